@@ -1,0 +1,102 @@
+"""fournines: stability engineering for Python services.
+
+Policies protect calls (:class:`CircuitBreaker`, :class:`Retry`, rate limiters,
+:class:`Bulkhead`, :class:`Timeout`, :class:`Fallback`, :class:`StaleCache`),
+compose in a :class:`Pipeline`, read time from a :class:`Clock`, respect the
+current deadline, and report every decision as an event to listeners.
+"""
+
+from ._clock import Clock, SystemClock
+from ._deadline import Deadline, current_deadline, deadline_after
+from ._errors import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigurationError,
+    DeadlineExceededError,
+    FourNinesError,
+    LoadShedError,
+    RateLimitedError,
+    RejectedError,
+)
+from ._events import (
+    BudgetExhausted,
+    CallRejected,
+    DeadlineExceeded,
+    Event,
+    FallbackUsed,
+    Listener,
+    RetriesExhausted,
+    RetryScheduled,
+    StateChanged,
+    add_listener,
+    remove_listener,
+)
+from .policies.backoff import Backoff
+from .policies.budget import RetryBudget
+from .policies.bulkhead import Bulkhead, BulkheadPermit
+from .policies.circuit_breaker import (
+    AdaptiveThrottling,
+    BreakerPermit,
+    CircuitBreaker,
+    ConsecutiveFailures,
+    FailureRate,
+    State,
+)
+from .policies.fallback import Degradation, Fallback, StaleCache, track_degradation
+from .policies.pipeline import Pipeline, Policy
+from .policies.rate_limit import Gcra, KeyedLimiter, RateLimiter, SlidingWindow, TokenBucket
+from .policies.retry import Retry
+from .policies.timeout import Timeout
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveThrottling",
+    "Backoff",
+    "BreakerPermit",
+    "BudgetExhausted",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadPermit",
+    "CallRejected",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "Clock",
+    "ConfigurationError",
+    "ConsecutiveFailures",
+    "Deadline",
+    "DeadlineExceeded",
+    "DeadlineExceededError",
+    "Degradation",
+    "Event",
+    "FailureRate",
+    "Fallback",
+    "FallbackUsed",
+    "FourNinesError",
+    "Gcra",
+    "KeyedLimiter",
+    "Listener",
+    "LoadShedError",
+    "Pipeline",
+    "Policy",
+    "RateLimitedError",
+    "RateLimiter",
+    "RejectedError",
+    "RetriesExhausted",
+    "Retry",
+    "RetryBudget",
+    "RetryScheduled",
+    "SlidingWindow",
+    "StaleCache",
+    "State",
+    "StateChanged",
+    "SystemClock",
+    "Timeout",
+    "TokenBucket",
+    "__version__",
+    "add_listener",
+    "current_deadline",
+    "deadline_after",
+    "remove_listener",
+    "track_degradation",
+]

@@ -1,0 +1,103 @@
+"""Deadlines: one per task or thread context, nesting to the earliest.
+
+Like trio's cancel scopes, a deadline is computed when its scope is entered,
+and an inner scope can only shorten it. Policies read :func:`current_deadline`
+so that retries never sleep past it, waits give up in time, and outgoing calls
+can send the remaining budget downstream.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+
+from ._clock import Clock, system_clock
+from ._errors import ConfigurationError
+
+__all__ = ["Deadline", "current_deadline", "deadline_after"]
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """An instant on ``clock``'s monotonic timeline by which work must finish."""
+
+    at: float
+    clock: Clock = system_clock
+
+    def remaining(self) -> float:
+        """Seconds left; negative once the deadline has passed."""
+        return self.at - self.clock.monotonic()
+
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.clock.monotonic() >= self.at
+
+
+_current: ContextVar[Deadline | None] = ContextVar("fournines_deadline", default=None)
+
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline of the current context, or ``None`` when there is none."""
+    return _current.get()
+
+
+
+def push_deadline(seconds: float, clock: Clock) -> tuple[Deadline, Token[Deadline | None]]:
+    """Set ``now + seconds`` (or the enclosing deadline, if earlier) as current."""
+    outer = _current.get()
+    if outer is not None and outer.remaining() <= seconds:
+        deadline = outer
+    else:
+        deadline = Deadline(clock.monotonic() + seconds, clock)
+    return deadline, _current.set(deadline)
+
+
+reset_deadline = _current.reset
+
+
+class deadline_after:
+    """Context manager (sync and async) that sets a deadline ``seconds`` from entry.
+
+    Nested scopes keep the earlier deadline. The scope does not interrupt code by
+    itself: fournines policies inside it respect it (retries stop waiting,
+    limiters and bulkheads give up, ``Timeout`` cancels async work).
+
+    >>> with deadline_after(0.5) as deadline:
+    ...     deadline.remaining() <= 0.5
+    True
+    """
+
+    __slots__ = ("_clock", "_seconds", "_tokens")
+
+    def __init__(self, seconds: float, *, clock: Clock = system_clock) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+            raise ConfigurationError(f"deadline_after.seconds must be a number, got {seconds!r}")
+        self._seconds = float(seconds)
+        self._clock = clock
+        self._tokens: list[Token[Deadline | None]] = []
+
+    def __enter__(self) -> Deadline:
+        deadline, token = push_deadline(self._seconds, self._clock)
+        self._tokens.append(token)
+        return deadline
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _current.reset(self._tokens.pop())
+
+    async def __aenter__(self) -> Deadline:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -1,0 +1,135 @@
+"""The one exception hierarchy of fournines.
+
+::
+
+    FourNinesError
+    ├── RejectedError                 a policy refused to run the call at all
+    │   ├── CircuitOpenError          the breaker is open (or throttling)
+    │   ├── RateLimitedError          a rate limiter has no room; carries retry_after
+    │   ├── BulkheadFullError         no free slot and no room (or time) to queue
+    │   └── LoadShedError             the server sheds load to protect itself
+    ├── DeadlineExceededError         the deadline passed (also a TimeoutError)
+    └── ConfigurationError            a bad setting, named (also a ValueError)
+
+Exhausted retries re-raise the last error of the call as it was, never a
+wrapper: callers keep catching what the wrapped function raises.
+
+Rejections are raised on hot paths (an open breaker rejecting thousands of calls
+a second), so they are cheap to build: the message is made only when printed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BulkheadFullError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "DeadlineExceededError",
+    "FourNinesError",
+    "LoadShedError",
+    "RateLimitedError",
+    "RejectedError",
+]
+
+
+class FourNinesError(Exception):
+    """Base class of every error fournines raises itself."""
+
+
+class RejectedError(FourNinesError):
+    """A policy refused the call without running it.
+
+    ``retry_after`` is the policy's hint, in seconds, of when trying again may
+    succeed (``None`` when it cannot tell). ``Retry`` honours it.
+    """
+
+    reason = "rejected"
+
+    def __init__(self, name: str = "", retry_after: float | None = None) -> None:
+        # Skip Exception.__init__'s message formatting: __str__ builds it lazily.
+        self.name = name
+        self.retry_after = retry_after
+
+    @property
+    def args(self) -> tuple[object, ...]:  # type: ignore[override]
+        return (self.name, self.retry_after)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.retry_after))
+
+    def __str__(self) -> str:
+        text = f"{self.reason}: {self.name!r}" if self.name else self.reason
+        if self.retry_after is not None:
+            text += f" (retry after {self.retry_after:.3f}s)"
+        return text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, retry_after={self.retry_after!r})"
+
+
+class CircuitOpenError(RejectedError):
+    """The circuit breaker is open, or adaptive throttling dropped the call."""
+
+    reason = "circuit open"
+
+
+class RateLimitedError(RejectedError):
+    """A rate limiter has no capacity now; ``retry_after`` says when it will."""
+
+    reason = "rate limited"
+
+
+class BulkheadFullError(RejectedError):
+    """The bulkhead has no free slot and no room or time to wait for one."""
+
+    reason = "bulkhead full"
+
+
+class LoadShedError(RejectedError):
+    """The service is shedding load to protect itself."""
+
+    reason = "load shed"
+
+
+class DeadlineExceededError(FourNinesError, TimeoutError):
+    """The deadline of the current operation passed before it could finish.
+
+    It is also a :class:`TimeoutError`, so code that already handles timeouts
+    handles it too.
+    """
+
+
+class ConfigurationError(FourNinesError, ValueError):
+    """A setting is invalid; the message names the field and what is allowed."""
+
+
+def check_number(
+    owner: str,
+    field: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    integer: bool = False,
+    optional: bool = False,
+) -> None:
+    """Raise ConfigurationError naming ``owner.field`` unless ``value`` is in range."""
+    if value is None and optional:
+        return
+    kind = "an int" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok_type:
+        raise ConfigurationError(
+            f"{owner}.{field} must be {kind}{' or None' if optional else ''}, got {value!r}"
+        )
+    assert isinstance(value, int | float)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigurationError(f"{owner}.{field} must be finite, got {value!r}")
+    low_bad = minimum is not None and (value <= minimum if exclusive_minimum else value < minimum)
+    high_bad = maximum is not None and value > maximum
+    if low_bad or high_bad:
+        lo = "" if minimum is None else f"{'>' if exclusive_minimum else '>='} {minimum:g}"
+        hi = "" if maximum is None else f"<= {maximum:g}"
+        rng = " and ".join(x for x in (lo, hi) if x)
+        raise ConfigurationError(f"{owner}.{field} must be {rng}, got {value!r}")

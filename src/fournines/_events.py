@@ -1,0 +1,136 @@
+"""Events: one frozen record per decision that matters, sent to listeners.
+
+A listener is any callable taking one :class:`Event`. Policies send events to
+their own ``listeners=`` and to the process-wide ones added with
+:func:`add_listener` (how the Prometheus and logging listeners see every
+policy without being passed around). A listener that raises is logged and
+never breaks the call it observes.
+
+Events are only built when someone listens, so an unobserved policy pays
+nothing for them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "BudgetExhausted",
+    "CallRejected",
+    "DeadlineExceeded",
+    "Event",
+    "FallbackUsed",
+    "Listener",
+    "RetriesExhausted",
+    "RetryScheduled",
+    "StateChanged",
+    "add_listener",
+    "remove_listener",
+]
+
+_log = logging.getLogger("fournines")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event: which kind of policy (``policy``) and which one (``name``)."""
+
+    policy: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateChanged(Event):
+    """A circuit breaker moved from ``old`` to ``new`` (state names as strings)."""
+
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRejected(Event):
+    """A policy refused a call; ``reason`` is e.g. ``"open"``, ``"rate_limited"``."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryScheduled(Event):
+    """Attempt ``attempt`` failed; the next one starts after ``delay`` seconds."""
+
+    attempt: int
+    delay: float
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetriesExhausted(Event):
+    """Retrying stopped after ``attempts``; ``reason`` says why.
+
+    Reasons: ``"attempts"`` (the limit), ``"timeout"`` (the retry's own time
+    limit), ``"deadline"`` (the next wait would pass the current deadline),
+    ``"budget"`` (the retry budget is empty).
+    """
+
+    attempts: int
+    reason: str
+    error: BaseException | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetExhausted(Event):
+    """A retry budget refused a retry (``name`` is the budget's name)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackUsed(Event):
+    """A fallback answered instead of the call; ``stale_age`` is set for cached answers."""
+
+    error: BaseException
+    stale_age: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeadlineExceeded(Event):
+    """A call hit its deadline (``timeout`` is the budget it had, in seconds)."""
+
+    timeout: float
+
+
+Listener = Callable[[Event], object]
+
+_global: list[Listener] = []
+
+
+def add_listener(listener: Listener) -> None:
+    """Send every policy's events to ``listener`` too (idempotent)."""
+    if listener not in _global:
+        _global.append(listener)
+
+
+def remove_listener(listener: Listener) -> None:
+    """Stop sending events to a listener added with :func:`add_listener`."""
+    if listener in _global:
+        _global.remove(listener)
+
+
+def global_listeners() -> list[Listener]:
+    """The live list of process-wide listeners (read-only by convention)."""
+    return _global
+
+
+def dispatch(listeners: Sequence[Listener], event: Event) -> None:
+    """Send ``event`` to ``listeners`` and the global ones; never raises."""
+    for listener in (*listeners, *_global):
+        try:
+            listener(event)
+        except Exception:
+            _log.exception("fournines listener %r failed on %r", listener, event)
+
+
+def has_listeners(listeners: Sequence[Listener]) -> bool:
+    """Whether an event sent now would reach anyone (so it is worth building)."""
+    return bool(listeners) or bool(_global)

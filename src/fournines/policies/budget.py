@@ -1,0 +1,85 @@
+"""The retry budget: retries as a bounded share of requests (Finagle's RetryBudget).
+
+Each request deposits ``ratio`` of a retry; each retry withdraws one. Deposits
+expire after ``ttl`` seconds, and a floor of ``min_per_second`` retries is
+always allowed so that a quiet service can still retry. Shared by several
+``Retry`` policies (every caller of one dependency, say), it keeps retries from
+multiplying load during an outage: with ratio 0.2 the dependency sees at most
+1.2x its normal traffic, however many layers retry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from .._clock import Clock, system_clock
+from .._errors import check_number
+from .._events import BudgetExhausted, Listener, dispatch, global_listeners
+from ._window import Rolling
+
+__all__ = ["RetryBudget"]
+
+_BUCKETS = 10
+
+
+class RetryBudget:
+    """Retries limited to ``ratio`` of requests plus ``min_per_second``, over ``ttl`` seconds."""
+
+    __slots__ = ("_listeners", "_lock", "_now", "_window", "min_per_second", "name", "ratio",
+                 "ttl")
+
+    def __init__(
+        self,
+        *,
+        ratio: float = 0.2,
+        min_per_second: float = 10.0,
+        ttl: float = 10.0,
+        name: str = "retry_budget",
+        clock: Clock = system_clock,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        check_number("RetryBudget", "ratio", ratio, minimum=0, maximum=1000)
+        check_number("RetryBudget", "min_per_second", min_per_second, minimum=0)
+        check_number("RetryBudget", "ttl", ttl, minimum=0, exclusive_minimum=True)
+        self.ratio = float(ratio)
+        self.min_per_second = float(min_per_second)
+        self.ttl = float(ttl)
+        self.name = name
+        self._now = clock.monotonic
+        self._listeners = tuple(listeners)
+        self._lock = threading.Lock()
+        self._window = Rolling(self.ttl / _BUCKETS, _BUCKETS, 2)
+
+    def deposit(self) -> None:
+        """Record one request (call it once per logical request, not per attempt)."""
+        with self._lock:
+            window = self._window
+            window.advance(self._now())[0] += 1
+            window.totals[0] += 1
+
+    def try_withdraw(self) -> bool:
+        """Take one retry from the budget; ``False`` (and an event) when it is empty."""
+        with self._lock:
+            window = self._window
+            bucket = window.advance(self._now())
+            requests, retries = window.totals
+            if retries + 1 <= self.ratio * requests + self.min_per_second * self.ttl:
+                bucket[1] += 1
+                window.totals[1] += 1
+                return True
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, BudgetExhausted(policy="retry_budget", name=self.name))
+        return False
+
+    @property
+    def balance(self) -> float:
+        """Retries that may be taken now."""
+        with self._lock:
+            self._window.advance(self._now())
+            requests, retries = self._window.totals
+            return self.ratio * requests + self.min_per_second * self.ttl - retries
+
+    def __repr__(self) -> str:
+        return (f"RetryBudget(name={self.name!r}, ratio={self.ratio!r}, "
+                f"min_per_second={self.min_per_second!r}, ttl={self.ttl!r})")

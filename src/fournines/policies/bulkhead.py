@@ -1,0 +1,249 @@
+"""Bulkhead: at most ``max_concurrent`` calls at once, a bounded queue for the rest.
+
+One bulkhead serves threads and asyncio tasks alike: the slot count is guarded
+by a thread lock, and waiters (a thread lock per waiting thread, a future per
+waiting task) queue in one FIFO. A released slot is handed straight to the
+first waiter, so no newcomer can barge past the queue, and a waiter that gives
+up (``max_wait``, the deadline, or cancellation) leaves the queue without
+losing or leaking a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .._clock import Clock, system_clock
+from .._deadline import current_deadline
+from .._errors import BulkheadFullError, check_number
+from .._events import CallRejected, Listener, dispatch, global_listeners
+from ._shell import decorate
+
+__all__ = ["Bulkhead", "BulkheadPermit"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Waiter:
+    """One queued caller: a thread (``lock``) or a task (``future`` on ``loop``)."""
+
+    __slots__ = ("future", "granted", "lock", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.granted = False
+        self.loop = loop
+        if loop is None:
+            self.lock: threading.Lock | None = threading.Lock()
+            self.lock.acquire()
+            self.future: asyncio.Future[None] | None = None
+        else:
+            self.lock = None
+            self.future = loop.create_future()
+
+    def wake(self) -> None:
+        """Hand the slot over (called with the bulkhead's lock held)."""
+        self.granted = True
+        if self.lock is not None:
+            self.lock.release()
+        elif self.loop is not None and self.future is not None:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class BulkheadPermit:
+    """A held slot; :meth:`release` it exactly once (also a context manager)."""
+
+    __slots__ = ("_bulkhead", "_released")
+
+    def __init__(self, bulkhead: Bulkhead) -> None:
+        self._bulkhead = bulkhead
+        self._released = False
+
+    def release(self) -> None:
+        """Give the slot back (extra calls are ignored)."""
+        if not self._released:
+            self._released = True
+            self._bulkhead._release()
+
+    def __enter__(self) -> BulkheadPermit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Bulkhead:
+    """Limit concurrency to ``max_concurrent``; queue up to ``max_queue`` for ``max_wait`` s.
+
+    ``max_queue=0`` (default) rejects at once when full. ``max_wait=None`` lets a
+    queued call wait until a slot frees or the current deadline passes.
+    Rejections raise :class:`~fournines.BulkheadFullError`.
+    """
+
+    __slots__ = ("_active", "_listeners", "_lock", "_now", "_waiters", "clock", "max_concurrent",
+                 "max_queue", "max_wait", "name")
+
+    def __init__(
+        self,
+        *,
+        max_concurrent: int = 10,
+        max_queue: int = 0,
+        max_wait: float | None = None,
+        name: str = "bulkhead",
+        clock: Clock = system_clock,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        check_number("Bulkhead", "max_concurrent", max_concurrent, minimum=1, integer=True)
+        check_number("Bulkhead", "max_queue", max_queue, minimum=0, integer=True)
+        check_number("Bulkhead", "max_wait", max_wait, minimum=0, optional=True)
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.max_wait = max_wait
+        self.name = name
+        self.clock = clock
+        self._now = clock.monotonic
+        self._listeners = tuple(listeners)
+        self._lock = threading.Lock()
+        self._active = 0
+        self._waiters: deque[_Waiter] = deque()
+
+    @property
+    def active(self) -> int:
+        """Calls holding a slot now."""
+        return self._active
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return len(self._waiters)
+
+    def __repr__(self) -> str:
+        return (f"Bulkhead(name={self.name!r}, max_concurrent={self.max_concurrent!r}, "
+                f"active={self._active!r}, queued={len(self._waiters)!r})")
+
+    # -- core ------------------------------------------------------------------------
+
+    def _reject(self, reason: str) -> BulkheadFullError:
+        if self._listeners or global_listeners():
+            dispatch(self._listeners,
+                     CallRejected(policy="bulkhead", name=self.name, reason=reason))
+        return BulkheadFullError(self.name)
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._waiters:
+                # The slot passes to the first waiter; _active stays as it is.
+                self._waiters.popleft().wake()
+            else:
+                self._active -= 1
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop | None) -> tuple[_Waiter | None, float]:
+        """Take a slot (``None``) or join the queue; raise when neither is possible."""
+        with self._lock:
+            if self._active < self.max_concurrent and not self._waiters:
+                self._active += 1
+                return None, 0.0
+            if len(self._waiters) >= self.max_queue:
+                full = True
+            else:
+                full = False
+                waiter = _Waiter(loop)
+                self._waiters.append(waiter)
+        if full:
+            raise self._reject("full")
+        wait = float("inf") if self.max_wait is None else self.max_wait
+        deadline = current_deadline()
+        if deadline is not None:
+            wait = min(wait, deadline.remaining())
+        return waiter, wait
+
+    def _abandon(self, waiter: _Waiter) -> bool:
+        """Leave the queue after giving up; ``True`` if a slot was granted meanwhile."""
+        with self._lock:
+            if waiter.granted:
+                return True
+            self._waiters.remove(waiter)
+            return False
+
+    def try_acquire(self) -> BulkheadPermit:
+        """Take a free slot now, or raise ``BulkheadFullError`` (never queues)."""
+        with self._lock:
+            if self._active < self.max_concurrent and not self._waiters:
+                self._active += 1
+                return BulkheadPermit(self)
+        raise self._reject("full")
+
+    def acquire(self) -> BulkheadPermit:
+        """Take a slot, waiting in the queue (blocking the thread) if allowed."""
+        waiter, wait = self._enqueue(None)
+        if waiter is not None:
+            assert waiter.lock is not None
+            got = waiter.lock.acquire(timeout=wait if wait != float("inf") else -1) \
+                if wait > 0 else False
+            if not got and not self._abandon(waiter):
+                raise self._reject("timeout")
+        return BulkheadPermit(self)
+
+    async def aacquire(self) -> BulkheadPermit:
+        """Take a slot, waiting in the queue (suspending the task) if allowed."""
+        waiter, wait = self._enqueue(asyncio.get_running_loop())
+        if waiter is not None:
+            assert waiter.future is not None
+            try:
+                if wait > 0:
+                    timeout = None if wait == float("inf") else wait
+                    await asyncio.wait((waiter.future,), timeout=timeout)
+            except BaseException:
+                if self._abandon(waiter):
+                    self._release()
+                raise
+            if not waiter.future.done() and not self._abandon(waiter):
+                raise self._reject("timeout")
+        return BulkheadPermit(self)
+
+    # -- shells ----------------------------------------------------------------------
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn`` holding a slot."""
+        lock = self._lock
+        with lock:
+            fast = self._active < self.max_concurrent and not self._waiters
+            if fast:
+                self._active += 1
+        if not fast:
+            self.acquire()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._release()
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn`` holding a slot."""
+        with self._lock:
+            fast = self._active < self.max_concurrent and not self._waiters
+            if fast:
+                self._active += 1
+        if not fast:
+            await self.aacquire()
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            self._release()
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a sync or async function so every call holds a slot."""
+        return decorate(self, fn)

@@ -1,0 +1,105 @@
+"""Pipeline: several policies around one call, the first outermost (Polly's rule).
+
+``Pipeline(Timeout(2), Retry(), breaker, limiter, bulkhead)`` runs a call as
+``timeout(retry(breaker(limiter(bulkhead(fn)))))``: the timeout bounds all
+attempts together, each attempt passes the breaker, and so on. Any object with
+``call(fn, *args, **kwargs)`` and ``async acall(fn, *args, **kwargs)`` is a
+policy, including user-written ones and other pipelines.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
+
+from .._errors import ConfigurationError
+
+__all__ = ["Pipeline", "Policy"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """The one strategy contract: run a call, sync or async, under the policy."""
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` under the policy."""
+
+    async def acall(
+        self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any
+    ) -> Any:
+        """Await ``fn(*args, **kwargs)`` under the policy."""
+
+
+class Pipeline:
+    """Compose policies; the first given is the outermost."""
+
+    __slots__ = ("_async_inner", "_sync_inner", "policies")
+
+    def __init__(self, *policies: Policy) -> None:
+        for i, policy in enumerate(policies):
+            if not (callable(getattr(policy, "call", None))
+                    and callable(getattr(policy, "acall", None))):
+                raise ConfigurationError(
+                    f"Pipeline.policies[{i}] must have call() and acall(), got {policy!r}"
+                )
+        self.policies = policies
+        # Bound methods of every policy but the first, innermost first: each call
+        # wraps fn in them from the inside out, then hands the chain to the first.
+        self._sync_inner = tuple(p.call for p in reversed(policies[1:]))
+        self._async_inner = tuple(p.acall for p in reversed(policies[1:]))
+
+    def __repr__(self) -> str:
+        return f"Pipeline({', '.join(map(repr, self.policies))})"
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn(*args, **kwargs)`` through every policy."""
+        if not self.policies:
+            return fn(*args, **kwargs)
+        chain: Callable[..., Any] = fn
+        for inner in self._sync_inner:
+            chain = functools.partial(inner, chain)
+        return self.policies[0].call(chain, *args, **kwargs)  # type: ignore[no-any-return]
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn(*args, **kwargs)`` through every policy."""
+        if not self.policies:
+            return await fn(*args, **kwargs)
+        chain: Callable[..., Any] = fn
+        for inner in self._async_inner:
+            chain = functools.partial(inner, chain)
+        return await self.policies[0].acall(chain, *args, **kwargs)  # type: ignore[no-any-return]
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate a sync or async function; the chain is built once, here."""
+        if not self.policies:
+            return fn
+        is_async = inspect.iscoroutinefunction(fn)
+        chain: Callable[..., Any] = fn
+        for inner in self._async_inner if is_async else self._sync_inner:
+            chain = functools.partial(inner, chain)
+        if is_async:
+            outer_async = self.policies[0].acall
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await outer_async(chain, *args, **kwargs)
+
+            return async_wrapper
+        outer = self.policies[0].call
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return outer(chain, *args, **kwargs)
+
+        return wrapper

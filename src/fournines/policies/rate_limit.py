@@ -1,0 +1,409 @@
+"""Local rate limiters: token bucket, GCRA, sliding window (counter and log), per key.
+
+All limiters share one contract:
+
+- ``try_acquire(cost=1)`` decides at once: it returns, or raises
+  :class:`~fournines.RateLimitedError` whose ``retry_after`` says when ``cost``
+  units will be available;
+- ``acquire(cost=1, max_wait=...)`` / ``await aacquire(...)`` wait up to
+  ``max_wait`` seconds (and never past the current deadline) for room;
+- ``call(fn, ...)`` / ``await acall(fn, ...)`` make them policies for a
+  ``Pipeline``; they wait up to the limiter's own ``max_wait`` (0 by default:
+  reject at once).
+
+Every limiter is thread-safe (one lock per decision) and reads time from its
+clock. ``KeyedLimiter`` keeps one limiter per key with bounded memory.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from .._clock import Clock, system_clock
+from .._deadline import current_deadline
+from .._errors import ConfigurationError, RateLimitedError, check_number
+from .._events import CallRejected, Listener, dispatch, global_listeners
+
+__all__ = ["Gcra", "KeyedLimiter", "RateLimiter", "SlidingWindow", "TokenBucket"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """What every fournines rate limiter offers (local or Redis-backed)."""
+
+    name: str
+
+    def try_acquire(self, cost: int = 1) -> None:
+        """Take ``cost`` units now or raise ``RateLimitedError``."""
+
+
+class _Limiter:
+    """Shared shells; subclasses implement ``_take(cost) -> wait`` (0.0 means taken)."""
+
+    __slots__ = ("_clock", "_listeners", "_lock", "_now", "max_wait", "name")
+
+    _kind = "rate_limit"
+
+    def __init__(
+        self, name: str, clock: Clock, listeners: Sequence[Listener], max_wait: float
+    ) -> None:
+        check_number(type(self).__name__, "max_wait", max_wait, minimum=0)
+        self.name = name
+        self.max_wait = float(max_wait)
+        self._clock = clock
+        self._now = clock.monotonic
+        self._listeners = tuple(listeners)
+        self._lock = threading.Lock()
+
+    def _take(self, cost: int) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _check_cost(self, cost: int, capacity: float) -> None:
+        if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+            raise ConfigurationError(
+                f"{type(self).__name__}.cost must be an int >= 1, got {cost!r}"
+            )
+        if cost > capacity:
+            raise ConfigurationError(
+                f"{type(self).__name__}.cost {cost} exceeds the capacity {capacity:g}; "
+                "it could never be granted"
+            )
+
+    def _reject(self, wait: float) -> RateLimitedError:
+        if self._listeners or global_listeners():
+            dispatch(
+                self._listeners,
+                CallRejected(policy=self._kind, name=self.name, reason="rate_limited",
+                             retry_after=wait),
+            )
+        return RateLimitedError(self.name, wait)
+
+    def try_acquire(self, cost: int = 1) -> None:
+        """Take ``cost`` units now, or raise ``RateLimitedError`` with ``retry_after``."""
+        wait = self._take(cost)
+        if wait:
+            raise self._reject(wait)
+
+    def _budget(self, max_wait: float | None) -> float:
+        limit = self.max_wait if max_wait is None else max_wait
+        deadline = current_deadline()
+        if deadline is not None:
+            limit = min(limit, deadline.remaining())
+        return limit
+
+    def acquire(self, cost: int = 1, *, max_wait: float | None = None) -> None:
+        """Wait (blocking the thread) up to ``max_wait`` seconds for ``cost`` units.
+
+        ``max_wait=None`` uses the limiter's own ``max_wait``. The wait never
+        goes past the current deadline; when it would, ``RateLimitedError`` is
+        raised at once instead of sleeping in vain.
+        """
+        budget = self._budget(max_wait)
+        start = self._now()
+        while True:
+            wait = self._take(cost)
+            if not wait:
+                return
+            left = budget - (self._now() - start)
+            if wait > left:
+                raise self._reject(wait)
+            self._clock.sleep(wait)
+
+    async def aacquire(self, cost: int = 1, *, max_wait: float | None = None) -> None:
+        """Like :meth:`acquire`, suspending the task instead of blocking the thread."""
+        budget = self._budget(max_wait)
+        start = self._now()
+        while True:
+            wait = self._take(cost)
+            if not wait:
+                return
+            left = budget - (self._now() - start)
+            if wait > left:
+                raise self._reject(wait)
+            await self._clock.asleep(wait)
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` once one unit is available (waiting up to ``max_wait``)."""
+        if self._take(1):
+            self.acquire(1)
+        return fn(*args, **kwargs)
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn`` once one unit is available (waiting up to ``max_wait``)."""
+        if self._take(1):
+            await self.aacquire(1)
+        return await fn(*args, **kwargs)
+
+
+class TokenBucket(_Limiter):
+    """A bucket of ``capacity`` tokens refilled at ``rate`` tokens per second.
+
+    Bursts up to ``capacity`` pass at once; the long-run rate is ``rate``. The
+    bucket starts full and never holds fewer than zero tokens.
+    """
+
+    __slots__ = ("_last", "_tokens", "capacity", "rate")
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        capacity: float | None = None,
+        name: str = "token_bucket",
+        max_wait: float = 0.0,
+        clock: Clock = system_clock,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        check_number("TokenBucket", "rate", rate, minimum=0, exclusive_minimum=True)
+        capacity = max(float(rate), 1.0) if capacity is None else capacity
+        check_number("TokenBucket", "capacity", capacity, minimum=1)
+        super().__init__(name, clock, listeners, max_wait)
+        self.rate = float(rate)
+        self.capacity = float(capacity)
+        self._tokens = self.capacity
+        self._last = self._now()
+
+    @property
+    def tokens(self) -> float:
+        """Tokens available now (refilled up to the present)."""
+        with self._lock:
+            now = self._now()
+            return min(self.capacity, self._tokens + (now - self._last) * self.rate)
+
+    def _take(self, cost: int) -> float:
+        with self._lock:
+            now = self._now()
+            tokens = self._tokens + (now - self._last) * self.rate
+            if tokens > self.capacity:
+                tokens = self.capacity
+            self._last = now
+            if tokens >= cost:
+                self._tokens = tokens - cost
+                return 0.0
+            self._tokens = tokens
+        self._check_cost(cost, self.capacity)
+        return (cost - tokens) / self.rate
+
+    def try_acquire(self, cost: int = 1) -> None:
+        """Take ``cost`` tokens now, or raise ``RateLimitedError`` with ``retry_after``."""
+        # Inlined _take: this is the hot path of every rate-limited call.
+        with self._lock:
+            now = self._now()
+            tokens = self._tokens + (now - self._last) * self.rate
+            if tokens > self.capacity:
+                tokens = self.capacity
+            self._last = now
+            if tokens >= cost:
+                self._tokens = tokens - cost
+                return
+            self._tokens = tokens
+        self._check_cost(cost, self.capacity)
+        raise self._reject((cost - tokens) / self.rate)
+
+    def __repr__(self) -> str:
+        return f"TokenBucket(name={self.name!r}, rate={self.rate!r}, capacity={self.capacity!r})"
+
+
+class Gcra(_Limiter):
+    """The generic cell rate algorithm: ``rate`` per second with bursts up to ``burst``.
+
+    It admits exactly what a full token bucket of ``burst`` tokens refilled at
+    ``rate`` would, but keeps a single number (the theoretical arrival time),
+    which is what makes it a good fit for one atomic Redis script.
+    """
+
+    __slots__ = ("_interval", "_tat", "_tolerance", "burst", "rate")
+
+    def __init__(
+        self,
+        *,
+        rate: float,
+        burst: int = 1,
+        name: str = "gcra",
+        max_wait: float = 0.0,
+        clock: Clock = system_clock,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        check_number("Gcra", "rate", rate, minimum=0, exclusive_minimum=True)
+        check_number("Gcra", "burst", burst, minimum=1, integer=True)
+        super().__init__(name, clock, listeners, max_wait)
+        self.rate = float(rate)
+        self.burst = burst
+        self._interval = 1.0 / self.rate
+        self._tolerance = burst * self._interval
+        self._tat = -math.inf
+
+    def _take(self, cost: int) -> float:
+        with self._lock:
+            now = self._now()
+            tat = self._tat if self._tat > now else now
+            new_tat = tat + cost * self._interval
+            allow_at = new_tat - self._tolerance
+            if allow_at <= now:
+                self._tat = new_tat
+                return 0.0
+        self._check_cost(cost, self.burst)
+        return allow_at - now
+
+    def __repr__(self) -> str:
+        return f"Gcra(name={self.name!r}, rate={self.rate!r}, burst={self.burst!r})"
+
+
+class SlidingWindow(_Limiter):
+    """At most ``limit`` units per ``window`` seconds, over a window that slides.
+
+    ``mode="counter"`` (the default) keeps two counters and weights the previous
+    fixed window by how much of it still overlaps the sliding one (Cloudflare's
+    approximation: constant memory, slightly permissive at window edges).
+    ``mode="log"`` keeps one timestamp per unit: exact, memory grows with
+    ``limit``.
+    """
+
+    __slots__ = ("_cur", "_cur_start", "_log", "_prev", "limit", "mode", "window")
+
+    def __init__(
+        self,
+        *,
+        limit: int,
+        window: float,
+        mode: Literal["counter", "log"] = "counter",
+        name: str = "sliding_window",
+        max_wait: float = 0.0,
+        clock: Clock = system_clock,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        check_number("SlidingWindow", "limit", limit, minimum=1, integer=True)
+        check_number("SlidingWindow", "window", window, minimum=0, exclusive_minimum=True)
+        if mode not in ("counter", "log"):
+            raise ConfigurationError(
+                f"SlidingWindow.mode must be 'counter' or 'log', got {mode!r}"
+            )
+        super().__init__(name, clock, listeners, max_wait)
+        self.limit = limit
+        self.window = float(window)
+        self.mode = mode
+        self._log: deque[float] = deque()
+        self._prev = 0
+        self._cur = 0
+        self._cur_start = math.floor(self._now() / self.window) * self.window
+
+    def _take(self, cost: int) -> float:
+        if self.mode == "log":
+            return self._take_log(cost)
+        return self._take_counter(cost)
+
+    def _take_log(self, cost: int) -> float:
+        with self._lock:
+            now = self._now()
+            log = self._log
+            horizon = now - self.window
+            while log and log[0] <= horizon:
+                log.popleft()
+            if len(log) + cost <= self.limit:
+                log.extend([now] * cost)
+                return 0.0
+            self._check_cost(cost, self.limit)
+            # The oldest entries must expire until cost more fit.
+            return log[len(log) + cost - self.limit - 1] + self.window - now
+
+    def _take_counter(self, cost: int) -> float:
+        with self._lock:
+            now = self._now()
+            w = self.window
+            start = self._cur_start
+            if now >= start + w:
+                windows = math.floor((now - start) / w)
+                self._prev = self._cur if windows == 1 else 0
+                self._cur = 0
+                start = self._cur_start = start + windows * w
+            elapsed = now - start
+            estimate = self._prev * (w - elapsed) / w + self._cur
+            if estimate + cost <= self.limit:
+                self._cur += cost
+                return 0.0
+            self._check_cost(cost, self.limit)
+            free = self.limit - self._cur - cost
+            if free >= 0 and self._prev:
+                # prev * (w - e) / w <= free  <=>  e >= w * (1 - free / prev)
+                return max(w * (1 - free / self._prev) - elapsed, 1e-9)
+            # Not within this window: wait for the next one, where cur becomes prev.
+            rest = w - elapsed
+            free_next = self.limit - cost
+            needed = w * (1 - free_next / self._cur) if self._cur > free_next else 0.0
+            return rest + max(needed, 0.0) + 1e-9
+
+    def __repr__(self) -> str:
+        return (
+            f"SlidingWindow(name={self.name!r}, limit={self.limit!r}, "
+            f"window={self.window!r}, mode={self.mode!r})"
+        )
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+class KeyedLimiter:
+    """One limiter per key (client, route, tenant), with bounded memory.
+
+    ``factory`` builds the limiter for a new key. At most ``max_keys`` are kept;
+    the least recently used is forgotten first. A forgotten key starts afresh,
+    which is harmless for idle keys (an idle bucket is a full bucket), and the
+    bound keeps a flood of distinct keys from exhausting memory.
+    """
+
+    __slots__ = ("_factory", "_limiters", "_lock", "max_keys", "name")
+
+    def __init__(
+        self,
+        factory: Callable[[], _Limiter],
+        *,
+        max_keys: int = 10_000,
+        name: str = "keyed",
+    ) -> None:
+        check_number("KeyedLimiter", "max_keys", max_keys, minimum=1, integer=True)
+        if not callable(factory):
+            raise ConfigurationError(f"KeyedLimiter.factory must be callable, got {factory!r}")
+        self._factory = factory
+        self.max_keys = max_keys
+        self.name = name
+        self._limiters: OrderedDict[Hashable, _Limiter] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def limiter(self, key: Hashable) -> _Limiter:
+        """The limiter for ``key``, created on first use."""
+        with self._lock:
+            limiters = self._limiters
+            found = limiters.get(key)
+            if found is not None:
+                limiters.move_to_end(key)
+                return found
+            made = limiters[key] = self._factory()
+            if len(limiters) > self.max_keys:
+                limiters.popitem(last=False)
+            return made
+
+    def __len__(self) -> int:
+        return len(self._limiters)
+
+    def try_acquire(self, key: Hashable, cost: int = 1) -> None:
+        """Take ``cost`` units from ``key``'s limiter now, or raise ``RateLimitedError``."""
+        self.limiter(key).try_acquire(cost)
+
+    def acquire(self, key: Hashable, cost: int = 1, *, max_wait: float | None = None) -> None:
+        """Wait up to ``max_wait`` for ``cost`` units of ``key``'s limiter."""
+        self.limiter(key).acquire(cost, max_wait=max_wait)
+
+    async def aacquire(
+        self, key: Hashable, cost: int = 1, *, max_wait: float | None = None
+    ) -> None:
+        """Async :meth:`acquire`."""
+        await self.limiter(key).aacquire(cost, max_wait=max_wait)
