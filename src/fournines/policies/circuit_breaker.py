@@ -38,7 +38,7 @@ from enum import StrEnum
 from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from .._clock import Clock, system_clock
-from .._errors import CircuitOpenError, ConfigurationError, check_number
+from .._errors import CircuitOpenError, ConfigurationError, RejectedError, check_number
 from .._events import CallRejected, Event, Listener, StateChanged, dispatch, global_listeners
 from ._classify import ExceptionFilter, exception_predicate
 from ._shell import decorate
@@ -72,6 +72,10 @@ _OPEN = State.OPEN
 _HALF_OPEN = State.HALF_OPEN
 _FORCED_OPEN = State.FORCED_OPEN
 _FORCED_CLOSED = State.FORCED_CLOSED
+
+
+def _not_rejected(exc: BaseException) -> bool:
+    return not isinstance(exc, RejectedError)
 
 
 # --- trip strategies (frozen configuration) -------------------------------------------
@@ -294,8 +298,10 @@ class CircuitBreaker:
     :param half_open_probes: calls admitted at once while half-open, and the
         successes needed to close (3).
     :param failure_on: which exceptions count as failures: a type, a tuple of
-        types or a predicate (default: every ``Exception``). Others count as
-        successes: the dependency answered.
+        types or a predicate (default: every ``Exception`` except fournines'
+        own rejections, which say nothing about the dependency's health: a
+        rate limiter or bulkhead inside the breaker must not open it). Other
+        exceptions count as successes: the dependency answered.
     :param clock: where time comes from.
     :param listeners: receive :class:`StateChanged` and :class:`CallRejected`.
     :param rng: the random source of adaptive throttling (seed it for tests).
@@ -331,7 +337,7 @@ class CircuitBreaker:
         trip: TripStrategy | None = None,
         reset_timeout: float = 60.0,
         half_open_probes: int = 3,
-        failure_on: ExceptionFilter = Exception,
+        failure_on: ExceptionFilter = _not_rejected,
         clock: Clock = system_clock,
         listeners: Sequence[Listener] = (),
         rng: random.Random | None = None,

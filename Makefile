@@ -1,0 +1,28 @@
+# The two commands of the README: `make lab` and `make test`. Both bootstrap themselves.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: lab test lint unit bench bootstrap clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh all
+
+lab:
+	@bash scripts/bootstrap.sh venv
+	$(PY) -m fournines lab
+
+# The whole suite: lint and types, then every test (real servers included).
+test: bootstrap lint unit
+
+lint:
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src
+
+unit:
+	$(PY) -m pytest -q
+
+bench:
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

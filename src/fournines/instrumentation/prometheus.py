@@ -1,0 +1,95 @@
+"""A listener that counts fournines events in ``prometheus_client`` metrics.
+
+Metric names (the ``fournines_`` prefix can be changed):
+
+=====================================================  =========  ==========================
+name                                                   type       labels
+=====================================================  =========  ==========================
+``fournines_circuit_breaker_state``                    gauge      name, state (1 = current)
+``fournines_circuit_breaker_transitions_total``        counter    name, from_state, to_state
+``fournines_rejections_total``                         counter    policy, name, reason
+``fournines_retries_total``                            counter    name
+``fournines_retries_exhausted_total``                  counter    name, reason
+``fournines_retry_budget_exhausted_total``             counter    name
+``fournines_fallbacks_total``                          counter    name, kind (value, stale)
+``fournines_deadline_exceeded_total``                  counter    name
+=====================================================  =========  ==========================
+
+``prometheus_client`` is an optional dependency: ``pip install fournines[prometheus]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import ConfigurationError
+from .._events import (
+    BudgetExhausted,
+    CallRejected,
+    DeadlineExceeded,
+    Event,
+    FallbackUsed,
+    RetriesExhausted,
+    RetryScheduled,
+    StateChanged,
+)
+
+__all__ = ["PrometheusListener"]
+
+_STATES = ("closed", "open", "half_open", "forced_open", "forced_closed")
+
+
+class PrometheusListener:
+    """Count events in Prometheus metrics registered on ``registry``.
+
+    :param registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
+    :param prefix: the metric name prefix.
+    """
+
+    def __init__(self, registry: Any = None, *, prefix: str = "fournines") -> None:
+        try:
+            import prometheus_client as prom  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigurationError(
+                "PrometheusListener needs prometheus_client: pip install 'fournines[prometheus]'"
+            ) from exc
+        reg = registry if registry is not None else prom.REGISTRY
+        p = prefix
+        self.state = prom.Gauge(f"{p}_circuit_breaker_state",
+                                "Circuit breaker state (1 for the current one).",
+                                ["name", "state"], registry=reg)
+        self.transitions = prom.Counter(f"{p}_circuit_breaker_transitions",
+                                        "Circuit breaker state transitions.",
+                                        ["name", "from_state", "to_state"], registry=reg)
+        self.rejections = prom.Counter(f"{p}_rejections", "Calls rejected by a policy.",
+                                       ["policy", "name", "reason"], registry=reg)
+        self.retries = prom.Counter(f"{p}_retries", "Retries scheduled.", ["name"], registry=reg)
+        self.exhausted = prom.Counter(f"{p}_retries_exhausted", "Retrying gave up.",
+                                      ["name", "reason"], registry=reg)
+        self.budget = prom.Counter(f"{p}_retry_budget_exhausted",
+                                   "Retries refused by an empty retry budget.", ["name"],
+                                   registry=reg)
+        self.fallbacks = prom.Counter(f"{p}_fallbacks", "Answers given by a fallback.",
+                                      ["name", "kind"], registry=reg)
+        self.deadlines = prom.Counter(f"{p}_deadline_exceeded", "Calls that hit their deadline.",
+                                      ["name"], registry=reg)
+
+    def __call__(self, event: Event) -> None:
+        """Count ``event``."""
+        if isinstance(event, StateChanged):
+            self.transitions.labels(event.name, event.old, event.new).inc()
+            for state in _STATES:
+                self.state.labels(event.name, state).set(1 if state == event.new else 0)
+        elif isinstance(event, CallRejected):
+            self.rejections.labels(event.policy, event.name, event.reason).inc()
+        elif isinstance(event, RetryScheduled):
+            self.retries.labels(event.name).inc()
+        elif isinstance(event, RetriesExhausted):
+            self.exhausted.labels(event.name, event.reason).inc()
+        elif isinstance(event, BudgetExhausted):
+            self.budget.labels(event.name).inc()
+        elif isinstance(event, FallbackUsed):
+            kind = "value" if event.stale_age is None else "stale"
+            self.fallbacks.labels(event.name, kind).inc()
+        elif isinstance(event, DeadlineExceeded):
+            self.deadlines.labels(event.name).inc()
