@@ -25,7 +25,8 @@ def free_port() -> int:
 
 
 def require_binary(name: str, package: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    sbin = Path("/usr/sbin") / name
+    path = shutil.which(name) or (str(sbin) if sbin.exists() else None)
     if path:
         return path
     message = (

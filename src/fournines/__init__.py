@@ -50,6 +50,28 @@ from .policies.timeout import Timeout
 
 __version__ = "0.1.0"
 
+# Redis-backed limiters need the optional ``redis`` package: imported on first use.
+_LAZY = {
+    "RedisGcra": "fournines.policies.redis_rate_limit",
+    "RedisSlidingWindow": "fournines.policies.redis_rate_limit",
+    "SyncRedisGcra": "fournines.policies.redis_rate_limit",
+    "SyncRedisSlidingWindow": "fournines.policies.redis_rate_limit",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fournines' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ImportError(
+            f"fournines.{name} needs the redis package: pip install 'fournines[redis]'"
+        ) from exc
+
 __all__ = [
     "AdaptiveThrottling",
     "Backoff",
@@ -81,6 +103,8 @@ __all__ = [
     "Policy",
     "RateLimitedError",
     "RateLimiter",
+    "RedisGcra",
+    "RedisSlidingWindow",
     "RejectedError",
     "RetriesExhausted",
     "Retry",
@@ -90,6 +114,8 @@ __all__ = [
     "StaleCache",
     "State",
     "StateChanged",
+    "SyncRedisGcra",
+    "SyncRedisSlidingWindow",
     "SystemClock",
     "Timeout",
     "TokenBucket",

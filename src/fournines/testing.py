@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TypeVar
 
 from ._clock import testing_state
 from ._errors import ConfigurationError
 from ._events import Event
 
-__all__ = ["FakeClock", "RecordingListener", "is_testing", "set_testing", "testing"]
+__all__ = ["FakeClock", "RecordingListener", "is_testing", "set_testing"]
 
 E = TypeVar("E", bound=Event)
 
@@ -96,31 +94,41 @@ class RecordingListener:
             self.events.clear()
 
 
-def set_testing(on: bool, *, attempts: int | None = None) -> None:
+class _Restore:
+    """Returned by :func:`set_testing`; as a context manager, restores the old state."""
+
+    __slots__ = ("_old",)
+
+    def __init__(self, old: tuple[bool, int | None]) -> None:
+        self._old = old
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        testing_state.enabled, testing_state.attempts = self._old
+
+
+def set_testing(on: bool, *, attempts: int | None = None) -> _Restore:
     """Turn testing mode on or off for the whole process.
 
     In testing mode the system clock's sleeps return at once (backoff, limiter
     and bulkhead waits cost nothing) and, when ``attempts`` is given, every
-    ``Retry`` makes at most that many attempts. Like stamina's testing mode.
+    ``Retry`` makes at most that many attempts. Like stamina's testing mode, it
+    also works as a context manager that restores the previous state::
+
+        with set_testing(True, attempts=1):
+            ...
     """
     if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int)
                                  or attempts < 1):
         raise ConfigurationError(f"set_testing.attempts must be an int >= 1, got {attempts!r}")
+    old = (testing_state.enabled, testing_state.attempts)
     testing_state.enabled = bool(on)
     testing_state.attempts = attempts if on else None
+    return _Restore(old)
 
 
 def is_testing() -> bool:
     """Whether testing mode is on."""
     return testing_state.enabled
-
-
-@contextmanager
-def testing(*, attempts: int | None = None) -> Iterator[None]:
-    """Testing mode for the duration of a ``with`` block, restoring the old state."""
-    old = (testing_state.enabled, testing_state.attempts)
-    set_testing(True, attempts=attempts)
-    try:
-        yield
-    finally:
-        testing_state.enabled, testing_state.attempts = old

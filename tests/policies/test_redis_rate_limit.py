@@ -98,21 +98,21 @@ async def admitted(limiter: Any, attempts: int, **kwargs: Any) -> int:
 
 
 async def test_gcra_admits_exactly_burst_then_rejects_with_retry_after(client, prefix):
-    limiter = RedisGcra(client, rate=1, burst=5, prefix=prefix)
+    limiter = RedisGcra(client, rate=0.5, burst=5, prefix=prefix)
     for _ in range(5):
         await limiter.try_acquire()
     with pytest.raises(RateLimitedError) as info:
         await limiter.try_acquire()
     assert info.value.name == "redis_gcra"
-    assert 0 < info.value.retry_after <= 1.0
+    assert 0 < info.value.retry_after <= 2.0  # at most one emission interval
 
 
 async def test_gcra_retry_after_for_a_cost_covers_the_whole_cost(client, prefix):
-    limiter = RedisGcra(client, rate=1, burst=3, prefix=prefix)
+    limiter = RedisGcra(client, rate=0.5, burst=3, prefix=prefix)
     await limiter.try_acquire(cost=3)
     with pytest.raises(RateLimitedError) as info:
         await limiter.try_acquire(cost=2)
-    assert 1.0 < info.value.retry_after <= 2.0
+    assert 2.0 < info.value.retry_after <= 4.0
 
 
 async def test_two_clients_share_one_gcra_budget(client, other_client, prefix):
@@ -148,11 +148,17 @@ async def test_keys_are_prefix_plus_key(client, prefix):
     ]
 
 
-def test_default_prefix():
+async def test_keys_use_the_default_prefix_unless_told(client):
+    key = f"test:{uuid.uuid4().hex}"
+    await RedisGcra(client, rate=SLOW, key=key).try_acquire()
+    assert await client.exists(f"fournines:rl:{key}") == 1
     assert DEFAULT_PREFIX == "fournines:rl:"
 
 
-async def test_concurrent_tasks_admit_exactly_burst(client, prefix):
+async def test_concurrent_tasks_admit_exactly_burst(redis_server, prefix):
+    # A blocking pool queues the 200 tasks instead of failing those beyond its size.
+    pool = aredis.BlockingConnectionPool.from_url(redis_server.url, max_connections=20)
+    client = aredis.Redis(connection_pool=pool)
     limiter = RedisGcra(client, rate=SLOW, burst=50, prefix=prefix)
 
     async def one() -> bool:
@@ -162,7 +168,11 @@ async def test_concurrent_tasks_admit_exactly_burst(client, prefix):
             return False
         return True
 
-    results = await asyncio.gather(*(one() for _ in range(200)))
+    try:
+        results = await asyncio.gather(*(one() for _ in range(200)))
+    finally:
+        await client.aclose()
+        await pool.disconnect()
     assert results.count(True) == 50
 
 
@@ -406,12 +416,12 @@ async def test_keys_expire(client, prefix, make):
 
 
 def test_sync_gcra_admits_exactly_burst(blocking_client, prefix):
-    limiter = SyncRedisGcra(blocking_client, rate=1, burst=3, prefix=prefix)
+    limiter = SyncRedisGcra(blocking_client, rate=0.5, burst=3, prefix=prefix)
     for _ in range(3):
         limiter.try_acquire()
     with pytest.raises(RateLimitedError) as info:
         limiter.try_acquire()
-    assert 0 < info.value.retry_after <= 1.0
+    assert 0 < info.value.retry_after <= 2.0
 
 
 async def test_sync_and_async_limiters_share_one_budget(client, blocking_client, prefix):
@@ -511,3 +521,26 @@ async def test_bad_cost_names_the_field(client, prefix, cost):
     limiter = RedisGcra(client, rate=1, burst=3, prefix=prefix)
     with pytest.raises(ConfigurationError, match=r"RedisGcra\.cost"):
         await limiter.try_acquire(cost=cost)
+
+
+async def test_a_full_connection_pool_does_not_pause_redis(redis_server, prefix):
+    pool = aredis.ConnectionPool.from_url(redis_server.url, max_connections=1)
+    client = aredis.Redis(connection_pool=pool)
+    limiter = RedisGcra(client, rate=SLOW, burst=5, prefix=prefix,
+                        on_redis_error="fail_closed", reconnect_after=3600)
+
+    async def one() -> float | None:
+        try:
+            await limiter.try_acquire()
+        except RateLimitedError as exc:
+            return exc.retry_after
+        return 0.0
+
+    try:
+        results = await asyncio.gather(*(one() for _ in range(3)))
+        assert results.count(None) >= 1  # decided without Redis: the pool was full
+        await limiter.try_acquire()  # ... but Redis is asked again at once
+        assert await client.exists(prefix + "default") == 1
+    finally:
+        await client.aclose()
+        await pool.disconnect()

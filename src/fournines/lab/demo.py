@@ -20,7 +20,6 @@ from typing import TextIO
 from .._events import (
     CallRejected,
     Event,
-    RetriesExhausted,
     StateChanged,
 )
 from ..instrumentation.logging import LoggingListener

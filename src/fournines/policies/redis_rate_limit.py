@@ -36,7 +36,9 @@ Configure the client for this: a short ``socket_timeout`` and
 waits a second for Redis is worse than none) and few or no retries, e.g.
 ``redis.asyncio.Redis(..., socket_timeout=0.05, socket_connect_timeout=0.05,
 retry=Retry(NoBackoff(), 1))``. redis-py's default retries with backoff can
-hold a call for seconds when Redis is down.
+hold a call for seconds when Redis is down. Size the connection pool for your
+concurrency, or use a ``BlockingConnectionPool``: a full pool raises
+``MaxConnectionsError``, which counts as a Redis error for that call.
 
 Every limiter sharing a key must use the same settings: the state in Redis is
 read with the settings of whoever reads it.
@@ -51,6 +53,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
+import redis.exceptions
 from redis.exceptions import NoScriptError, RedisError
 
 from .._clock import Clock, system_clock
@@ -84,6 +87,13 @@ _WARN_EVERY = 10.0
 # 1970: smaller numbers leave more of a double's 53 bits for the fractions of
 # microseconds that the GCRA adds up.
 _EPOCH = 1_700_000_000
+
+# A full client connection pool says nothing about Redis itself: that call is decided
+# without Redis, but the next ones still ask it (redis-py >= 5.1 has the class).
+_POOL_FULL: tuple[type[Exception], ...] = tuple(
+    cls for cls in (getattr(redis.exceptions, "MaxConnectionsError", None),)
+    if isinstance(cls, type)
+)
 
 _NOW = f"""
 if redis.replicate_commands then redis.replicate_commands() end
@@ -403,22 +413,24 @@ class _RedisLimiter:
         """Decide without Redis: 0.0 to admit, seconds to wait, None when unknown."""
         if error is not None:
             now = self._clock.monotonic()
-            self._down_until = now + self.reconnect_after
+            if not isinstance(error, _POOL_FULL):
+                self._down_until = now + self.reconnect_after
             self._failing = True
             if now - self._last_warning >= _WARN_EVERY:
                 self._last_warning = now
                 _log.warning(
-                    "fournines %s %r: Redis failed (%s: %s); on_redis_error=%r for the next "
-                    "%gs", self._owner, self.name, type(error).__name__, error,
-                    self.on_redis_error, self.reconnect_after,
+                    "fournines %s %r: Redis failed (%s: %s); deciding with on_redis_error=%r",
+                    self._owner, self.name, type(error).__name__, error, self.on_redis_error,
                 )
         if self.on_redis_error == "fail_open":
             return 0.0
         rescue = self._rescue
         if rescue is None:  # fail_closed
             return None
-        limiter = rescue.limiter(self.key if key is None else key) if isinstance(
-            rescue, KeyedLimiter) else rescue
+        if isinstance(rescue, KeyedLimiter):
+            limiter: RateLimiter = rescue.limiter(self.key if key is None else key)
+        else:
+            limiter = rescue
         try:
             if isinstance(limiter, _Limiter):
                 # _take, not try_acquire: the rejection event is ours to send, once.
