@@ -180,6 +180,8 @@ class TokenBucket(_Limiter):
             return min(self.capacity, self._tokens + (now - self._last) * self.rate)
 
     def _take(self, cost: int) -> float:
+        if cost != 1:
+            self._check_cost(cost, self.capacity)
         with self._lock:
             now = self._now()
             tokens = self._tokens + (now - self._last) * self.rate
@@ -190,12 +192,13 @@ class TokenBucket(_Limiter):
                 self._tokens = tokens - cost
                 return 0.0
             self._tokens = tokens
-        self._check_cost(cost, self.capacity)
         return (cost - tokens) / self.rate
 
     def try_acquire(self, cost: int = 1) -> None:
         """Take ``cost`` tokens now, or raise ``RateLimitedError`` with ``retry_after``."""
         # Inlined _take: this is the hot path of every rate-limited call.
+        if cost != 1:
+            self._check_cost(cost, self.capacity)
         with self._lock:
             now = self._now()
             tokens = self._tokens + (now - self._last) * self.rate
@@ -206,7 +209,6 @@ class TokenBucket(_Limiter):
                 self._tokens = tokens - cost
                 return
             self._tokens = tokens
-        self._check_cost(cost, self.capacity)
         raise self._reject((cost - tokens) / self.rate)
 
     def __repr__(self) -> str:
@@ -243,6 +245,8 @@ class Gcra(_Limiter):
         self._tat = -math.inf
 
     def _take(self, cost: int) -> float:
+        if cost != 1:
+            self._check_cost(cost, self.burst)
         with self._lock:
             now = self._now()
             tat = self._tat if self._tat > now else now
@@ -251,7 +255,6 @@ class Gcra(_Limiter):
             if allow_at <= now:
                 self._tat = new_tat
                 return 0.0
-        self._check_cost(cost, self.burst)
         return allow_at - now
 
     def __repr__(self) -> str:
@@ -297,6 +300,8 @@ class SlidingWindow(_Limiter):
         self._cur_start = math.floor(self._now() / self.window) * self.window
 
     def _take(self, cost: int) -> float:
+        if cost != 1:
+            self._check_cost(cost, self.limit)
         if self.mode == "log":
             return self._take_log(cost)
         return self._take_counter(cost)
@@ -311,7 +316,6 @@ class SlidingWindow(_Limiter):
             if len(log) + cost <= self.limit:
                 log.extend([now] * cost)
                 return 0.0
-            self._check_cost(cost, self.limit)
             # The oldest entries must expire until cost more fit.
             return log[len(log) + cost - self.limit - 1] + self.window - now
 
@@ -330,7 +334,6 @@ class SlidingWindow(_Limiter):
             if estimate + cost <= self.limit:
                 self._cur += cost
                 return 0.0
-            self._check_cost(cost, self.limit)
             free = self.limit - self._cur - cost
             if free >= 0 and self._prev:
                 # prev * (w - e) / w <= free  <=>  e >= w * (1 - free / prev)
