@@ -193,7 +193,7 @@ def test_budget_deposits_expire_after_ttl(clock: FakeClock) -> None:
     budget = RetryBudget(ratio=1.0, min_per_second=0, ttl=10, clock=clock)
     for _ in range(10):
         budget.deposit()
-    clock.advance(10.5)
+    clock.advance(10.0)
     assert not budget.try_withdraw()
 
 

@@ -41,6 +41,11 @@ class Backoff:
             raise ConfigurationError(
                 f"Backoff.cap must be >= Backoff.initial ({self.initial!r}), got {self.cap!r}"
             )
+        if self.jitter == "decorrelated" and self.initial <= 0:
+            raise ConfigurationError(
+                "Backoff.initial must be > 0 with jitter='decorrelated' (each delay grows "
+                f"from the previous one), got {self.initial!r}"
+            )
         if self.jitter not in ("full", "decorrelated", "equal", "none"):
             raise ConfigurationError(
                 "Backoff.jitter must be 'full', 'decorrelated', 'equal' or 'none', "

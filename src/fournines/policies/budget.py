@@ -1,7 +1,8 @@
 """The retry budget: retries as a bounded share of requests (Finagle's RetryBudget).
 
 Each request deposits ``ratio`` of a retry; each retry withdraws one. Deposits
-expire after ``ttl`` seconds, and a floor of ``min_per_second`` retries is
+expire after ``ttl`` seconds (a little earlier: they are kept in buckets of ttl/10),
+a withdrawal counts for at least ``ttl``, and a floor of ``min_per_second`` retries is
 always allowed so that a quiet service can still retry. Shared by several
 ``Retry`` policies (every caller of one dependency, say), it keeps retries from
 multiplying load during an outage: with ratio 0.2 the dependency sees at most
@@ -26,8 +27,8 @@ _BUCKETS = 10
 class RetryBudget:
     """Retries limited to ``ratio`` of requests plus ``min_per_second``, over ``ttl`` seconds."""
 
-    __slots__ = ("_listeners", "_lock", "_now", "_window", "min_per_second", "name", "ratio",
-                 "ttl")
+    __slots__ = ("_listeners", "_lock", "_now", "_requests", "_retries", "min_per_second", "name",
+                 "ratio", "ttl")
 
     def __init__(
         self,
@@ -49,24 +50,33 @@ class RetryBudget:
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
-        self._window = Rolling(self.ttl / _BUCKETS, _BUCKETS, 2)
+        # Both counts live in ten buckets of ttl/10, so an entry is counted for between
+        # 0.9 and 1.0 ttl with ten buckets, or between 1.0 and 1.1 ttl with eleven. Both
+        # err on the safe side: deposits may expire a little early (ten buckets) and a
+        # spent retry always counts for a full ttl (eleven), so the budget can never be
+        # spent twice within one ttl.
+        width = self.ttl / _BUCKETS
+        self._requests = Rolling(width, _BUCKETS, 1)
+        self._retries = Rolling(width, _BUCKETS + 1, 1)
 
     def deposit(self) -> None:
         """Record one request (call it once per logical request, not per attempt)."""
         with self._lock:
-            window = self._window
-            window.advance(self._now())[0] += 1
-            window.totals[0] += 1
+            requests = self._requests
+            requests.advance(self._now())[0] += 1
+            requests.totals[0] += 1
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; ``False`` (and an event) when it is empty."""
         with self._lock:
-            window = self._window
-            bucket = window.advance(self._now())
-            requests, retries = window.totals
-            if retries + 1 <= self.ratio * requests + self.min_per_second * self.ttl:
-                bucket[1] += 1
-                window.totals[1] += 1
+            now = self._now()
+            self._requests.advance(now)
+            retries = self._retries
+            bucket = retries.advance(now)
+            allowed = self.ratio * self._requests.totals[0] + self.min_per_second * self.ttl
+            if retries.totals[0] + 1 <= allowed:
+                bucket[0] += 1
+                retries.totals[0] += 1
                 return True
         if self._listeners or global_listeners():
             dispatch(self._listeners, BudgetExhausted(policy="retry_budget", name=self.name))
@@ -76,9 +86,11 @@ class RetryBudget:
     def balance(self) -> float:
         """Retries that may be taken now."""
         with self._lock:
-            self._window.advance(self._now())
-            requests, retries = self._window.totals
-            return self.ratio * requests + self.min_per_second * self.ttl - retries
+            now = self._now()
+            self._requests.advance(now)
+            self._retries.advance(now)
+            allowed = self.ratio * self._requests.totals[0] + self.min_per_second * self.ttl
+            return allowed - self._retries.totals[0]
 
     def __repr__(self) -> str:
         return (f"RetryBudget(name={self.name!r}, ratio={self.ratio!r}, "

@@ -33,6 +33,11 @@ __all__ = ["Gcra", "KeyedLimiter", "RateLimiter", "SlidingWindow", "TokenBucket"
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# Added to every retry_after: float rounding must never make a caller who waited exactly
+# the advertised time be rejected again. 0.1 us is far above the rounding of any
+# monotonic reading of the next centuries and far below any meaningful wait.
+_MARGIN = 1e-7
+
 
 @runtime_checkable
 class RateLimiter(Protocol):
@@ -192,7 +197,7 @@ class TokenBucket(_Limiter):
                 self._tokens = tokens - cost
                 return 0.0
             self._tokens = tokens
-        return (cost - tokens) / self.rate
+        return (cost - tokens) / self.rate + _MARGIN
 
     def try_acquire(self, cost: int = 1) -> None:
         """Take ``cost`` tokens now, or raise ``RateLimitedError`` with ``retry_after``."""
@@ -209,7 +214,7 @@ class TokenBucket(_Limiter):
                 self._tokens = tokens - cost
                 return
             self._tokens = tokens
-        raise self._reject((cost - tokens) / self.rate)
+        raise self._reject((cost - tokens) / self.rate + _MARGIN)
 
     def __repr__(self) -> str:
         return f"TokenBucket(name={self.name!r}, rate={self.rate!r}, capacity={self.capacity!r})"
@@ -250,12 +255,14 @@ class Gcra(_Limiter):
         with self._lock:
             now = self._now()
             tat = self._tat if self._tat > now else now
-            new_tat = tat + cost * self._interval
-            allow_at = new_tat - self._tolerance
-            if allow_at <= now:
-                self._tat = new_tat
+            # Compare the backlog (tat - now) with the room left, rather than computing
+            # an "allowed at" instant: the latter rounds past ``now`` for a fresh limiter.
+            room = self._tolerance - cost * self._interval
+            backlog = tat - now
+            if backlog <= room:
+                self._tat = tat + cost * self._interval
                 return 0.0
-        return allow_at - now
+        return backlog - room + _MARGIN
 
     def __repr__(self) -> str:
         return f"Gcra(name={self.name!r}, rate={self.rate!r}, burst={self.burst!r})"
@@ -317,7 +324,7 @@ class SlidingWindow(_Limiter):
                 log.extend([now] * cost)
                 return 0.0
             # The oldest entries must expire until cost more fit.
-            return log[len(log) + cost - self.limit - 1] + self.window - now
+            return log[len(log) + cost - self.limit - 1] + self.window - now + _MARGIN
 
     def _take_counter(self, cost: int) -> float:
         with self._lock:
@@ -337,12 +344,12 @@ class SlidingWindow(_Limiter):
             free = self.limit - self._cur - cost
             if free >= 0 and self._prev:
                 # prev * (w - e) / w <= free  <=>  e >= w * (1 - free / prev)
-                return max(w * (1 - free / self._prev) - elapsed, 1e-9)
+                return max(w * (1 - free / self._prev) - elapsed, 0.0) + _MARGIN
             # Not within this window: wait for the next one, where cur becomes prev.
             rest = w - elapsed
             free_next = self.limit - cost
             needed = w * (1 - free_next / self._cur) if self._cur > free_next else 0.0
-            return rest + max(needed, 0.0) + 1e-9
+            return rest + max(needed, 0.0) + _MARGIN
 
     def __repr__(self) -> str:
         return (
