@@ -116,13 +116,16 @@ def test_a_cost_that_is_not_a_whole_number_of_at_least_one_is_a_configuration_er
 
 @st.composite
 def backoffs(draw: st.DrawFn) -> Backoff:
-    initial = draw(st.floats(min_value=0, max_value=1e6))
+    jitter = draw(st.sampled_from(["full", "decorrelated", "equal", "none"]))
+    # Decorrelated jitter grows from the previous delay, so it needs initial > 0.
+    low = 1e-9 if jitter == "decorrelated" else 0
+    initial = draw(st.floats(min_value=low, max_value=1e6))
     cap = draw(st.floats(min_value=initial, max_value=1e9))
     return Backoff(
         initial=initial,
         multiplier=draw(st.floats(min_value=1, max_value=1e3)),
         cap=cap,
-        jitter=draw(st.sampled_from(["full", "decorrelated", "equal", "none"])),
+        jitter=jitter,
     )
 
 

@@ -14,13 +14,13 @@ import asyncio
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._deadline import current_deadline
 from .._errors import BulkheadFullError, check_number
 from .._events import CallRejected, Listener, dispatch, global_listeners
-from ._shell import decorate
+from ._shell import Decorates
 
 __all__ = ["Bulkhead", "BulkheadPermit"]
 
@@ -80,7 +80,7 @@ class BulkheadPermit:
         self.release()
 
 
-class Bulkhead:
+class Bulkhead(Decorates):
     """Limit concurrency to ``max_concurrent``; queue up to ``max_queue`` for ``max_wait`` s.
 
     ``max_queue=0`` (default) rejects at once when full. ``max_wait=None`` lets a
@@ -240,10 +240,3 @@ class Bulkhead:
         finally:
             self._release()
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function so every call holds a slot."""
-        return decorate(self, fn)

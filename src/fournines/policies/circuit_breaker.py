@@ -35,13 +35,13 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Literal, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._errors import CircuitOpenError, ConfigurationError, RejectedError, check_number
 from .._events import CallRejected, Event, Listener, StateChanged, dispatch, global_listeners
 from ._classify import ExceptionFilter, exception_predicate
-from ._shell import decorate
+from ._shell import Decorates
 from ._window import Rolling as _Rolling
 
 __all__ = [
@@ -285,7 +285,7 @@ class BreakerPermit:
             self._breaker._release(self._gen, self._probe)
 
 
-class CircuitBreaker:
+class CircuitBreaker(Decorates):
     """A circuit breaker; see the module docstring for states and strategies.
 
     Use it as ``breaker.call(fn, *args)``, ``await breaker.acall(fn, *args)``,
@@ -594,11 +594,4 @@ class CircuitBreaker:
         permit.success()
         return result
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function so every call goes through the breaker."""
-        return decorate(self, fn)
 

@@ -24,13 +24,13 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, check_number
 from .._events import FallbackUsed, Listener, dispatch
 from ._classify import ExceptionFilter, exception_predicate
-from ._shell import decorate
+from ._shell import Decorates
 
 __all__ = ["Degradation", "Fallback", "StaleCache", "track_degradation"]
 
@@ -87,7 +87,7 @@ def _degraded(listeners: Sequence[Listener], name: str, exc: BaseException,
 _MISSING: Any = object()
 
 
-class Fallback:
+class Fallback(Decorates):
     """On a matching error, answer ``value`` or ``fn(exc)`` instead.
 
     ``fn`` may be a coroutine function when used with ``acall``. ``on`` picks the
@@ -154,20 +154,13 @@ class Fallback:
                 answer = await answer
             return answer  # type: ignore[no-any-return]
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function with this fallback."""
-        return decorate(self, fn)
 
 
 def _default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
     return (args, tuple(sorted(kwargs.items()))) if kwargs else args
 
 
-class StaleCache(Generic[R]):
+class StaleCache(Decorates, Generic[R]):
     """Serve the last good result for a key, up to ``max_age`` seconds old, on failure.
 
     The key is the call's arguments by default, or ``key(*args, **kwargs)``. Use
@@ -258,10 +251,3 @@ class StaleCache(Generic[R]):
         self._store(key, result)
         return result
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function with this cache."""
-        return decorate(self, fn)

@@ -27,6 +27,7 @@ from .._clock import Clock, system_clock
 from .._deadline import current_deadline
 from .._errors import ConfigurationError, RateLimitedError, check_number
 from .._events import CallRejected, Listener, dispatch, global_listeners
+from ._shell import Decorates
 
 __all__ = ["Gcra", "KeyedLimiter", "RateLimiter", "SlidingWindow", "TokenBucket"]
 
@@ -49,7 +50,7 @@ class RateLimiter(Protocol):
         """Take ``cost`` units now or raise ``RateLimitedError``."""
 
 
-class _Limiter:
+class _Limiter(Decorates):
     """Shared shells; subclasses implement ``_take(cost) -> wait`` (0.0 means taken)."""
 
     __slots__ = ("_clock", "_listeners", "_lock", "_now", "max_wait", "name")

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock, testing_state
 from .._deadline import current_deadline
 from .._errors import ConfigurationError, check_number
 from .._events import Listener, RetriesExhausted, RetryScheduled, dispatch, global_listeners
 from ._classify import ExceptionFilter, exception_predicate
-from ._shell import decorate
+from ._shell import Decorates
 from .backoff import Backoff
 from .budget import RetryBudget
 
@@ -38,7 +38,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class Retry:
+class Retry(Decorates):
     """Retry a call on chosen errors or results.
 
     :param attempts: attempts in all, the first included (3).
@@ -254,10 +254,3 @@ class Retry:
                 continue
             return result
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function so every call is retried as configured."""
-        return decorate(self, fn)

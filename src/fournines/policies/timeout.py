@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._deadline import push_deadline, reset_deadline
 from .._errors import DeadlineExceededError, check_number
 from .._events import DeadlineExceeded, Listener, dispatch, global_listeners
-from ._shell import decorate
+from ._shell import Decorates
 
 __all__ = ["Timeout"]
 
@@ -45,7 +45,7 @@ class _Fuse:
         self.task.cancel()
 
 
-class Timeout:
+class Timeout(Decorates):
     """Give each call at most ``seconds`` (and never more than the current deadline)."""
 
     __slots__ = ("_listeners", "clock", "name", "seconds")
@@ -116,10 +116,3 @@ class Timeout:
         finally:
             reset_deadline(token)
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function so every call gets this timeout."""
-        return decorate(self, fn)
