@@ -61,14 +61,18 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """Record one request (call it once per logical request, not per attempt)."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             requests = self._requests
             requests.advance(self._now())[0] += 1
             requests.totals[0] += 1
+        finally:
+            self._lock.release()
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget; ``False`` (and an event) when it is empty."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             self._requests.advance(now)
             retries = self._retries
@@ -78,6 +82,8 @@ class RetryBudget:
                 bucket[0] += 1
                 retries.totals[0] += 1
                 return True
+        finally:
+            self._lock.release()
         if self._listeners or global_listeners():
             dispatch(self._listeners, BudgetExhausted(policy="retry_budget", name=self.name))
         return False
@@ -85,12 +91,15 @@ class RetryBudget:
     @property
     def balance(self) -> float:
         """Retries that may be taken now."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             self._requests.advance(now)
             self._retries.advance(now)
             allowed = self.ratio * self._requests.totals[0] + self.min_per_second * self.ttl
             return allowed - self._retries.totals[0]
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         return (f"RetryBudget(name={self.name!r}, ratio={self.ratio!r}, "

@@ -88,7 +88,7 @@ class Bulkhead(Decorates):
     Rejections raise :class:`~fournines.BulkheadFullError`.
     """
 
-    __slots__ = ("_active", "_listeners", "_lock", "_now", "_waiters", "clock", "max_concurrent",
+    __slots__ = ("_free", "_listeners", "_lock", "_now", "_waiters", "clock", "max_concurrent",
                  "max_queue", "max_wait", "name")
 
     def __init__(
@@ -112,13 +112,16 @@ class Bulkhead(Decorates):
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
-        self._active = 0
+        # One entry per free slot. list.pop() and list.append() are atomic under the
+        # GIL, so the uncontended path takes and returns a slot without the lock; the
+        # lock only orders the queue of waiters.
+        self._free: list[None] = [None] * max_concurrent
         self._waiters: deque[_Waiter] = deque()
 
     @property
     def active(self) -> int:
         """Calls holding a slot now."""
-        return self._active
+        return self.max_concurrent - len(self._free)
 
     @property
     def queued(self) -> int:
@@ -127,7 +130,7 @@ class Bulkhead(Decorates):
 
     def __repr__(self) -> str:
         return (f"Bulkhead(name={self.name!r}, max_concurrent={self.max_concurrent!r}, "
-                f"active={self._active!r}, queued={len(self._waiters)!r})")
+                f"active={self.active!r}, queued={len(self._waiters)!r})")
 
     # -- core ------------------------------------------------------------------------
 
@@ -137,27 +140,47 @@ class Bulkhead(Decorates):
                      CallRejected(policy="bulkhead", name=self.name, reason=reason))
         return BulkheadFullError(self.name)
 
+    def _take(self) -> bool:
+        try:
+            self._free.pop()
+        except IndexError:
+            return False
+        return True
+
     def _release(self) -> None:
-        with self._lock:
-            if self._waiters:
-                # The slot passes to the first waiter; _active stays as it is.
-                self._waiters.popleft().wake()
-            else:
-                self._active -= 1
+        self._free.append(None)
+        if self._waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give free slots to waiters, first come first served."""
+        self._lock.acquire()
+        try:
+            waiters = self._waiters
+            while waiters and self._take():
+                waiters.popleft().wake()
+        finally:
+            self._lock.release()
 
     def _enqueue(self, loop: asyncio.AbstractEventLoop | None) -> tuple[_Waiter | None, float]:
         """Take a slot (``None``) or join the queue; raise when neither is possible."""
-        with self._lock:
-            if self._active < self.max_concurrent and not self._waiters:
-                self._active += 1
+        self._lock.acquire()
+        try:
+            waiter: _Waiter | None = None
+            if not self._waiters and self._take():
                 return None, 0.0
-            if len(self._waiters) >= self.max_queue:
-                full = True
-            else:
-                full = False
+            full = len(self._waiters) >= self.max_queue
+            if not full:
                 waiter = _Waiter(loop)
                 self._waiters.append(waiter)
-        if full:
+                # A slot returned after our failed take, by a release that saw no waiter
+                # yet, would sit unused: look once more now that we are in the queue.
+                if self._waiters[0] is waiter and self._take():
+                    self._waiters.popleft()
+                    return None, 0.0
+        finally:
+            self._lock.release()
+        if waiter is None:
             raise self._reject("full")
         wait = float("inf") if self.max_wait is None else self.max_wait
         deadline = current_deadline()
@@ -167,18 +190,22 @@ class Bulkhead(Decorates):
 
     def _abandon(self, waiter: _Waiter) -> bool:
         """Leave the queue after giving up; ``True`` if a slot was granted meanwhile."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             if waiter.granted:
                 return True
             self._waiters.remove(waiter)
-            return False
+        finally:
+            self._lock.release()
+        # Leaving may uncover a free slot that was waiting for us to take it in turn.
+        if self._waiters and self._free:
+            self._hand_over()
+        return False
 
     def try_acquire(self) -> BulkheadPermit:
         """Take a free slot now, or raise ``BulkheadFullError`` (never queues)."""
-        with self._lock:
-            if self._active < self.max_concurrent and not self._waiters:
-                self._active += 1
-                return BulkheadPermit(self)
+        if self._take():
+            return BulkheadPermit(self)
         raise self._reject("full")
 
     def acquire(self) -> BulkheadPermit:
@@ -213,12 +240,7 @@ class Bulkhead(Decorates):
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn`` holding a slot."""
-        lock = self._lock
-        with lock:
-            fast = self._active < self.max_concurrent and not self._waiters
-            if fast:
-                self._active += 1
-        if not fast:
+        if self._waiters or not self._take():
             self.acquire()
         try:
             return fn(*args, **kwargs)
@@ -229,11 +251,7 @@ class Bulkhead(Decorates):
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await ``fn`` holding a slot."""
-        with self._lock:
-            fast = self._active < self.max_concurrent and not self._waiters
-            if fast:
-                self._active += 1
-        if not fast:
+        if self._waiters or not self._take():
             await self.aacquire()
         try:
             return await fn(*args, **kwargs)

@@ -380,8 +380,11 @@ class CircuitBreaker(Decorates):
     def state(self) -> State:
         """The current state (an open breaker whose timeout passed reports half-open)."""
         if self._state is _OPEN and self._now() >= self._open_until:
-            with self._lock:
+            self._lock.acquire()
+            try:
                 event = self._maybe_half_open(self._now())
+            finally:
+                self._lock.release()
             self._emit(event)
         return self._state
 
@@ -408,8 +411,11 @@ class CircuitBreaker(Decorates):
         self._set(_CLOSED)
 
     def _set(self, state: State) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             event = self._transition(state, self._now())
+        finally:
+            self._lock.release()
         self._emit(event)
 
     # -- the two-step core -----------------------------------------------------------
@@ -423,7 +429,8 @@ class CircuitBreaker(Decorates):
                 raise self._reject("open", self._open_until - now)
         elif state is _CLOSED and self._throttle is None:
             return BreakerPermit(self, self._gen, self._now() if self._rate else 0.0, False)
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             event = self._maybe_half_open(now) if self._state is _OPEN else None
             state = self._state
@@ -445,6 +452,8 @@ class CircuitBreaker(Decorates):
                 reason, retry_after = "open", self._open_until - now
             else:
                 reason, retry_after = "forced_open", None
+        finally:
+            self._lock.release()
         self._emit(event)
         if reason:
             raise self._reject(reason, retry_after)
@@ -458,7 +467,8 @@ class CircuitBreaker(Decorates):
         return CircuitOpenError(self.name, retry_after)
 
     def _record(self, gen: int, failed: bool, start: float, probe: bool) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             if gen != self._gen:
                 return
             state = self._state
@@ -487,13 +497,18 @@ class CircuitBreaker(Decorates):
                     self._half_open_successes += 1
                     if self._half_open_successes >= self.half_open_probes:
                         event = self._transition(_CLOSED, self._now())
+        finally:
+            self._lock.release()
         self._emit(event)
 
     def _release(self, gen: int, probe: bool) -> None:
         if probe:
-            with self._lock:
+            self._lock.acquire()
+            try:
                 if gen == self._gen and self._state is _HALF_OPEN:
                     self._probes -= 1
+            finally:
+                self._lock.release()
 
     def _failure_closed(self, gen: int, exc: Exception) -> None:
         # Fast path's failure branch: classify, then record as any permit would.

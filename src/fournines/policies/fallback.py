@@ -55,8 +55,11 @@ class Degradation:
 
     def mark(self, source: str) -> None:
         """Record that ``source`` (a policy name) answered in place of the real call."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             self.sources.append(source)
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         return f"Degradation(sources={self.sources!r})"
@@ -207,16 +210,22 @@ class StaleCache(Decorates, Generic[R]):
         return self._key(*args, **kwargs) if self._key is not None else _default_key(args, kwargs)
 
     def _store(self, key: Hashable, value: Any) -> None:
-        with self._lock:
+        self._lock.acquire()
+        try:
             entries = self._entries
             entries[key] = (self._now(), value)
             entries.move_to_end(key)
             if len(entries) > self.max_keys:
                 entries.popitem(last=False)
+        finally:
+            self._lock.release()
 
     def _stale(self, key: Hashable, exc: Exception) -> Any:
-        with self._lock:
+        self._lock.acquire()
+        try:
             entry = self._entries.get(key)
+        finally:
+            self._lock.release()
         if entry is None:
             raise exc
         age = self._now() - entry[0]

@@ -35,10 +35,14 @@ class Policy(Protocol):
         """Await ``fn(*args, **kwargs)`` under the policy."""
 
 
+def _never(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - placeholder, never run
+    raise AssertionError("unreachable")
+
+
 class Pipeline:
     """Compose policies; the first given is the outermost."""
 
-    __slots__ = ("_async_inner", "_sync_inner", "policies")
+    __slots__ = ("_async_inner", "_last_async", "_last_sync", "_sync_inner", "policies")
 
     def __init__(self, *policies: Policy) -> None:
         for i, policy in enumerate(policies):
@@ -52,6 +56,11 @@ class Pipeline:
         # wraps fn in them from the inside out, then hands the chain to the first.
         self._sync_inner = tuple(p.call for p in reversed(policies[1:]))
         self._async_inner = tuple(p.acall for p in reversed(policies[1:]))
+        # The chain built for the last function called, reused while the same function
+        # is called again (the usual case): building it costs a partial per policy.
+        # One entry only, so a stream of throwaway lambdas cannot grow it.
+        self._last_sync: tuple[object, Callable[..., Any]] = (None, _never)
+        self._last_async: tuple[object, Callable[..., Any]] = (None, _never)
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.policies))})"
@@ -60,9 +69,12 @@ class Pipeline:
         """Call ``fn(*args, **kwargs)`` through every policy."""
         if not self.policies:
             return fn(*args, **kwargs)
-        chain: Callable[..., Any] = fn
-        for inner in self._sync_inner:
-            chain = functools.partial(inner, chain)
+        last_fn, chain = self._last_sync
+        if last_fn is not fn:
+            chain = fn
+            for inner in self._sync_inner:
+                chain = functools.partial(inner, chain)
+            self._last_sync = (fn, chain)
         return self.policies[0].call(chain, *args, **kwargs)  # type: ignore[no-any-return]
 
     async def acall(
@@ -71,9 +83,12 @@ class Pipeline:
         """Await ``fn(*args, **kwargs)`` through every policy."""
         if not self.policies:
             return await fn(*args, **kwargs)
-        chain: Callable[..., Any] = fn
-        for inner in self._async_inner:
-            chain = functools.partial(inner, chain)
+        last_fn, chain = self._last_async
+        if last_fn is not fn:
+            chain = fn
+            for inner in self._async_inner:
+                chain = functools.partial(inner, chain)
+            self._last_async = (fn, chain)
         return await self.policies[0].acall(chain, *args, **kwargs)  # type: ignore[no-any-return]
 
     @overload

@@ -181,14 +181,18 @@ class TokenBucket(_Limiter):
     @property
     def tokens(self) -> float:
         """Tokens available now (refilled up to the present)."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             return min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        finally:
+            self._lock.release()
 
     def _take(self, cost: int) -> float:
         if cost != 1:
             self._check_cost(cost, self.capacity)
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             tokens = self._tokens + (now - self._last) * self.rate
             if tokens > self.capacity:
@@ -198,6 +202,8 @@ class TokenBucket(_Limiter):
                 self._tokens = tokens - cost
                 return 0.0
             self._tokens = tokens
+        finally:
+            self._lock.release()
         return (cost - tokens) / self.rate + _MARGIN
 
     def try_acquire(self, cost: int = 1) -> None:
@@ -205,7 +211,8 @@ class TokenBucket(_Limiter):
         # Inlined _take: this is the hot path of every rate-limited call.
         if cost != 1:
             self._check_cost(cost, self.capacity)
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             tokens = self._tokens + (now - self._last) * self.rate
             if tokens > self.capacity:
@@ -215,6 +222,8 @@ class TokenBucket(_Limiter):
                 self._tokens = tokens - cost
                 return
             self._tokens = tokens
+        finally:
+            self._lock.release()
         raise self._reject((cost - tokens) / self.rate + _MARGIN)
 
     def __repr__(self) -> str:
@@ -253,7 +262,8 @@ class Gcra(_Limiter):
     def _take(self, cost: int) -> float:
         if cost != 1:
             self._check_cost(cost, self.burst)
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             tat = self._tat if self._tat > now else now
             # Compare the backlog (tat - now) with the room left, rather than computing
@@ -263,6 +273,8 @@ class Gcra(_Limiter):
             if backlog <= room:
                 self._tat = tat + cost * self._interval
                 return 0.0
+        finally:
+            self._lock.release()
         return backlog - room + _MARGIN
 
     def __repr__(self) -> str:
@@ -315,7 +327,8 @@ class SlidingWindow(_Limiter):
         return self._take_counter(cost)
 
     def _take_log(self, cost: int) -> float:
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             log = self._log
             horizon = now - self.window
@@ -326,9 +339,12 @@ class SlidingWindow(_Limiter):
                 return 0.0
             # The oldest entries must expire until cost more fit.
             return log[len(log) + cost - self.limit - 1] + self.window - now + _MARGIN
+        finally:
+            self._lock.release()
 
     def _take_counter(self, cost: int) -> float:
-        with self._lock:
+        self._lock.acquire()
+        try:
             now = self._now()
             w = self.window
             start = self._cur_start
@@ -351,6 +367,8 @@ class SlidingWindow(_Limiter):
             free_next = self.limit - cost
             needed = w * (1 - free_next / self._cur) if self._cur > free_next else 0.0
             return rest + max(needed, 0.0) + _MARGIN
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         return (
@@ -391,7 +409,8 @@ class KeyedLimiter:
 
     def limiter(self, key: Hashable) -> _Limiter:
         """The limiter for ``key``, created on first use."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             limiters = self._limiters
             found = limiters.get(key)
             if found is not None:
@@ -401,6 +420,8 @@ class KeyedLimiter:
             if len(limiters) > self.max_keys:
                 limiters.popitem(last=False)
             return made
+        finally:
+            self._lock.release()
 
     def __len__(self) -> int:
         return len(self._limiters)
