@@ -158,3 +158,23 @@ async def test_timeout_outermost_bounds_all_retries() -> None:
 def test_policies_must_have_call_and_acall() -> None:
     with pytest.raises(ConfigurationError, match=r"Pipeline\.policies\[1\]"):
         Pipeline(Retry(), object())  # type: ignore[arg-type]
+
+
+def test_alternating_functions_each_run_through_the_chain() -> None:
+    log: list[str] = []
+    pipeline = Pipeline(Tracer("a", log), Tracer("b", log))
+    results = [pipeline.call(fn, 10) for fn in (lambda x: x + 1, lambda x: x * 3) * 2]
+    assert results == [11, 30, 11, 30]
+    assert log.count("enter b") == 4
+
+
+async def test_alternating_coroutine_functions_each_run_through_the_chain() -> None:
+    pipeline = Pipeline(Retry(), CircuitBreaker())
+
+    async def inc(x: int) -> int:
+        return x + 1
+
+    async def triple(x: int) -> int:
+        return x * 3
+
+    assert [await pipeline.acall(fn, 10) for fn in (inc, triple, inc)] == [11, 30, 11]
