@@ -46,25 +46,35 @@ class RejectedError(FourNinesError):
     reason = "rejected"
 
     def __init__(self, name: str = "", retry_after: float | None = None) -> None:
-        # Skip Exception.__init__'s message formatting: __str__ builds it lazily.
-        self.name = name
-        self.retry_after = retry_after
+        super().__init__(name, retry_after)
+
+    # The fields live in ``args`` only, so that hot paths can build a rejection with
+    # ``BaseException.__new__(cls, name, retry_after)`` alone: that skips this Python
+    # __init__ and costs 160 ns instead of 350 ns (bench/breaker_open.py).
+    @property
+    def name(self) -> str:
+        """The name of the policy that refused the call."""
+        return str(self.args[0]) if self.args else ""
 
     @property
-    def args(self) -> tuple[object, ...]:  # type: ignore[override]
-        return (self.name, self.retry_after)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.name, self.retry_after))
+    def retry_after(self) -> float | None:
+        """Seconds after which trying again may succeed, if the policy can tell."""
+        value = self.args[1] if len(self.args) > 1 else None
+        return value if isinstance(value, int | float) else None
 
     def __str__(self) -> str:
-        text = f"{self.reason}: {self.name!r}" if self.name else self.reason
-        if self.retry_after is not None:
-            text += f" (retry after {self.retry_after:.3f}s)"
+        name, retry_after = self.name, self.retry_after
+        text = f"{self.reason}: {name!r}" if name else self.reason
+        if retry_after is not None:
+            text += f" (retry after {retry_after:.3f}s)"
         return text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, retry_after={self.retry_after!r})"
+
+
+new_rejection = BaseException.__new__
+"""Build a rejection without running ``__init__``: ``new_rejection(cls, name, retry_after)``."""
 
 
 class CircuitOpenError(RejectedError):

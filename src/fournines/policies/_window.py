@@ -6,7 +6,7 @@ from __future__ import annotations
 class Rolling:
     """Counters over a rolling time window of ``n`` buckets of ``width`` seconds."""
 
-    __slots__ = ("_epoch", "_n", "_slots", "_width", "totals")
+    __slots__ = ("_epoch", "_n", "_slots", "_width", "current", "end", "totals")
 
     def __init__(self, width: float, n: int, fields: int) -> None:
         self._width = width
@@ -14,6 +14,10 @@ class Rolling:
         self._slots = [[0] * fields for _ in range(n)]
         self._epoch = [-1] * n
         self.totals = [0] * fields
+        # The bucket of the last advance() and the instant it ends: until then, callers
+        # may add to ``current`` (and ``totals``) directly, without calling advance().
+        self.current = self._slots[0]
+        self.end = float("-inf")
 
     def advance(self, now: float) -> list[int]:
         """Expire old buckets; return the current bucket's counters (mutable)."""
@@ -28,7 +32,9 @@ class Rolling:
             if self._epoch[slot] != -1:
                 self._drop(slot)
             self._epoch[slot] = index
-        return self._slots[slot]
+        self.current = bucket = self._slots[slot]
+        self.end = (index + 1) * self._width
+        return bucket
 
     def _drop(self, i: int) -> None:
         bucket = self._slots[i]
@@ -48,3 +54,4 @@ class Rolling:
     def clear(self) -> None:
         for i in range(self._n):
             self._drop(i)
+        self.end = float("-inf")

@@ -61,10 +61,14 @@ class RetryBudget:
 
     def deposit(self) -> None:
         """Record one request (call it once per logical request, not per attempt)."""
+        now = self._now()
+        requests = self._requests
         self._lock.acquire()
         try:
-            requests = self._requests
-            requests.advance(self._now())[0] += 1
+            if now < requests.end:  # still the same bucket: skip advance(), the common case
+                requests.current[0] += 1
+            else:
+                requests.advance(now)[0] += 1
             requests.totals[0] += 1
         finally:
             self._lock.release()

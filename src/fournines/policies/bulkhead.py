@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._deadline import current_deadline
-from .._errors import BulkheadFullError, check_number
+from .._errors import BulkheadFullError, check_number, new_rejection
 from .._events import CallRejected, Listener, dispatch, global_listeners
 from ._shell import Decorates
 
@@ -138,7 +138,7 @@ class Bulkhead(Decorates):
         if self._listeners or global_listeners():
             dispatch(self._listeners,
                      CallRejected(policy="bulkhead", name=self.name, reason=reason))
-        return BulkheadFullError(self.name)
+        return new_rejection(BulkheadFullError, self.name, None)
 
     def _take(self) -> bool:
         try:

@@ -25,7 +25,7 @@ from typing import Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .._clock import Clock, system_clock
 from .._deadline import current_deadline
-from .._errors import ConfigurationError, RateLimitedError, check_number
+from .._errors import ConfigurationError, RateLimitedError, check_number, new_rejection
 from .._events import CallRejected, Listener, dispatch, global_listeners
 from ._shell import Decorates
 
@@ -89,7 +89,7 @@ class _Limiter(Decorates):
                 CallRejected(policy=self._kind, name=self.name, reason="rate_limited",
                              retry_after=wait),
             )
-        return RateLimitedError(self.name, wait)
+        return new_rejection(RateLimitedError, self.name, wait)
 
     def try_acquire(self, cost: int = 1) -> None:
         """Take ``cost`` units now, or raise ``RateLimitedError`` with ``retry_after``."""
@@ -225,6 +225,37 @@ class TokenBucket(_Limiter):
         finally:
             self._lock.release()
         raise self._reject((cost - tokens) / self.rate + _MARGIN)
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` once a token is available (waiting up to ``max_wait``)."""
+        if not self._take_one():
+            self.acquire(1)
+        return fn(*args, **kwargs)
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn`` once a token is available (waiting up to ``max_wait``)."""
+        if not self._take_one():
+            await self.aacquire(1)
+        return await fn(*args, **kwargs)
+
+    def _take_one(self) -> bool:
+        # _take for cost 1 without the cost checks and the wait computation.
+        self._lock.acquire()
+        try:
+            now = self._now()
+            tokens = self._tokens + (now - self._last) * self.rate
+            if tokens > self.capacity:
+                tokens = self.capacity
+            self._last = now
+            if tokens >= 1:
+                self._tokens = tokens - 1
+                return True
+            self._tokens = tokens
+            return False
+        finally:
+            self._lock.release()
 
     def __repr__(self) -> str:
         return f"TokenBucket(name={self.name!r}, rate={self.rate!r}, capacity={self.capacity!r})"
