@@ -47,7 +47,15 @@ from .._errors import (
     check_number,
     new_rejection,
 )
-from .._events import CallRejected, Event, Listener, StateChanged, dispatch, global_listeners
+from .._events import (
+    CallRejected,
+    Event,
+    Listener,
+    StateChanged,
+    dispatch,
+    global_listeners,
+)
+from .._events import _global as _GLOBAL_LISTENERS
 from ._classify import ExceptionFilter, exception_predicate
 from ._shell import Decorates
 from ._window import Rolling as _Rolling
@@ -472,23 +480,14 @@ class CircuitBreaker(Decorates):
         return permit
 
     def _reject(self, reason: str, retry_after: float | None) -> CircuitOpenError:
-        if self._listeners or global_listeners():
-            dispatch(self._listeners, CallRejected(
-                policy="circuit_breaker", name=self.name, reason=reason, retry_after=retry_after,
-            ))
+        if self._listeners or _GLOBAL_LISTENERS:
+            self._notify_rejected(reason, retry_after)
         return new_rejection(CircuitOpenError, self.name, retry_after)
 
-    def _open_rejection(self) -> CircuitOpenError | None:
-        """The error for a call refused because the breaker is open, else ``None``.
-
-        The shells raise it themselves: every frame an exception passes through costs
-        ~140 ns, as much as the rest of a rejection (bench/breaker_open.py).
-        """
-        if self._state is _OPEN:
-            wait = self._open_until - self._now()
-            if wait > 0:
-                return self._reject("open", wait)
-        return None
+    def _notify_rejected(self, reason: str, retry_after: float | None) -> None:
+        dispatch(self._listeners, CallRejected(
+            policy="circuit_breaker", name=self.name, reason=reason, retry_after=retry_after,
+        ))
 
     def _record(self, gen: int, failed: bool, start: float, probe: bool) -> None:
         self._lock.acquire()
@@ -572,17 +571,20 @@ class CircuitBreaker(Decorates):
 
     # -- shells ----------------------------------------------------------------------
 
-    # The closed fast path below appears four times (call, acall and the two decorator
-    # wrappers) on purpose: a shared helper would add a Python frame to every
-    # protected call, which costs more than the whole breaker (bench/breaker_closed.py).
+    # The closed fast path and the open rejection below appear four times (call, acall
+    # and the two decorator wrappers) on purpose: a shared helper adds a Python frame,
+    # ~60 ns to every protected call and ~140 ns to every rejection it raises through,
+    # which is as much as the breaker itself (bench/breaker_closed.py, breaker_open.py).
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` through the breaker."""
         gen = self._closed_gen
         if gen is None:
-            rejection = self._open_rejection()
-            if rejection is not None:
-                raise rejection
+            wait = self._open_until - self._now() if self._state is _OPEN else 0.0
+            if wait > 0:
+                if self._listeners or _GLOBAL_LISTENERS:
+                    self._notify_rejected("open", wait)
+                raise new_rejection(CircuitOpenError, self.name, wait)
             return self._call_permit(fn, *args, **kwargs)
         try:
             result = fn(*args, **kwargs)
@@ -615,9 +617,11 @@ class CircuitBreaker(Decorates):
         """
         gen = self._closed_gen
         if gen is None:
-            rejection = self._open_rejection()
-            if rejection is not None:
-                raise rejection
+            wait = self._open_until - self._now() if self._state is _OPEN else 0.0
+            if wait > 0:
+                if self._listeners or _GLOBAL_LISTENERS:
+                    self._notify_rejected("open", wait)
+                raise new_rejection(CircuitOpenError, self.name, wait)
             return await self._acall_permit(fn, *args, **kwargs)
         try:
             result = await fn(*args, **kwargs)
@@ -652,7 +656,6 @@ class CircuitBreaker(Decorates):
         breaker = self
         failure_closed = self._failure_closed
         record = self._record
-        open_rejection = self._open_rejection
         if inspect.iscoroutinefunction(fn):
             acall_permit = self._acall_permit
 
@@ -660,9 +663,11 @@ class CircuitBreaker(Decorates):
             async def async_breaker(*args: P.args, **kwargs: P.kwargs) -> Any:
                 gen = breaker._closed_gen
                 if gen is None:
-                    rejection = open_rejection()
-                    if rejection is not None:
-                        raise rejection
+                    wait = breaker._open_until - breaker._now() if breaker._state is _OPEN else 0.0
+                    if wait > 0:
+                        if breaker._listeners or _GLOBAL_LISTENERS:
+                            breaker._notify_rejected("open", wait)
+                        raise new_rejection(CircuitOpenError, breaker.name, wait)
                     return await acall_permit(fn, *args, **kwargs)
                 try:
                     result = await fn(*args, **kwargs)
@@ -680,9 +685,11 @@ class CircuitBreaker(Decorates):
         def breaker_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
             gen = breaker._closed_gen
             if gen is None:
-                rejection = open_rejection()
-                if rejection is not None:
-                    raise rejection
+                wait = breaker._open_until - breaker._now() if breaker._state is _OPEN else 0.0
+                if wait > 0:
+                    if breaker._listeners or _GLOBAL_LISTENERS:
+                        breaker._notify_rejected("open", wait)
+                    raise new_rejection(CircuitOpenError, breaker.name, wait)
                 return call_permit(fn, *args, **kwargs)
             try:
                 result = fn(*args, **kwargs)
