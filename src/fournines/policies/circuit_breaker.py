@@ -30,14 +30,12 @@ it takes no lock, reads the clock never, and touches two attributes.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._errors import (
@@ -647,42 +645,14 @@ class CircuitBreaker(Decorates):
         permit.success()
         return result
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function so every call goes through the breaker."""
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A closure that calls ``fn`` through the breaker."""
         breaker = self
         failure_closed = self._failure_closed
         record = self._record
-        if inspect.iscoroutinefunction(fn):
-            acall_permit = self._acall_permit
-
-            @functools.wraps(fn)
-            async def async_breaker(*args: P.args, **kwargs: P.kwargs) -> Any:
-                gen = breaker._closed_gen
-                if gen is None:
-                    wait = breaker._open_until - breaker._now() if breaker._state is _OPEN else 0.0
-                    if wait > 0:
-                        if breaker._listeners or _GLOBAL_LISTENERS:
-                            breaker._notify_rejected("open", wait)
-                        raise new_rejection(CircuitOpenError, breaker.name, wait)
-                    return await acall_permit(fn, *args, **kwargs)
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    failure_closed(gen, exc)
-                    raise
-                if breaker._failures:
-                    record(gen, False, 0.0, False)
-                return result
-
-            return async_breaker
         call_permit = self._call_permit
 
-        @functools.wraps(fn)
-        def breaker_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+        def through_breaker(*args: Any, **kwargs: Any) -> Any:
             gen = breaker._closed_gen
             if gen is None:
                 wait = breaker._open_until - breaker._now() if breaker._state is _OPEN else 0.0
@@ -700,4 +670,31 @@ class CircuitBreaker(Decorates):
                 record(gen, False, 0.0, False)
             return result
 
-        return breaker_wrapper
+        return through_breaker
+
+    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """A coroutine function that awaits ``fn`` through the breaker."""
+        breaker = self
+        failure_closed = self._failure_closed
+        record = self._record
+        acall_permit = self._acall_permit
+
+        async def through_breaker(*args: Any, **kwargs: Any) -> Any:
+            gen = breaker._closed_gen
+            if gen is None:
+                wait = breaker._open_until - breaker._now() if breaker._state is _OPEN else 0.0
+                if wait > 0:
+                    if breaker._listeners or _GLOBAL_LISTENERS:
+                        breaker._notify_rejected("open", wait)
+                    raise new_rejection(CircuitOpenError, breaker.name, wait)
+                return await acall_permit(fn, *args, **kwargs)
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                failure_closed(gen, exc)
+                raise
+            if breaker._failures:
+                record(gen, False, 0.0, False)
+            return result
+
+        return through_breaker

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from .._errors import ConfigurationError
+from ._shell import awrap_with, wrap_with
 
 __all__ = ["Pipeline", "Policy"]
 
@@ -42,7 +43,7 @@ def _never(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - placeholder,
 class Pipeline:
     """Compose policies; the first given is the outermost."""
 
-    __slots__ = ("_async_inner", "_last_async", "_last_sync", "_sync_inner", "policies")
+    __slots__ = ("_last_async", "_last_sync", "policies")
 
     def __init__(self, *policies: Policy) -> None:
         for i, policy in enumerate(policies):
@@ -52,44 +53,46 @@ class Pipeline:
                     f"Pipeline.policies[{i}] must have call() and acall(), got {policy!r}"
                 )
         self.policies = policies
-        # Bound methods of every policy but the first, innermost first: each call
-        # wraps fn in them from the inside out, then hands the chain to the first.
-        self._sync_inner = tuple(p.call for p in reversed(policies[1:]))
-        self._async_inner = tuple(p.acall for p in reversed(policies[1:]))
         # The chain built for the last function called, reused while the same function
-        # is called again (the usual case): building it costs a partial per policy.
-        # One entry only, so a stream of throwaway lambdas cannot grow it.
+        # is called again (the usual case). One entry only, so a stream of throwaway
+        # lambdas cannot grow it.
         self._last_sync: tuple[object, Callable[..., Any]] = (None, _never)
         self._last_async: tuple[object, Callable[..., Any]] = (None, _never)
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.policies))})"
 
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` wrapped in every policy's closure, from the inside out."""
+        chain = fn
+        for policy in reversed(self.policies):
+            chain = wrap_with(policy, chain)
+        return chain
+
+    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """Coroutine function ``fn`` wrapped in every policy's async closure."""
+        chain = fn
+        for policy in reversed(self.policies):
+            chain = awrap_with(policy, chain)
+        return chain
+
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` through every policy."""
-        if not self.policies:
-            return fn(*args, **kwargs)
         last_fn, chain = self._last_sync
         if last_fn is not fn:
-            chain = fn
-            for inner in self._sync_inner:
-                chain = functools.partial(inner, chain)
+            chain = self.wrap(fn)
             self._last_sync = (fn, chain)
-        return self.policies[0].call(chain, *args, **kwargs)  # type: ignore[no-any-return]
+        return chain(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def acall(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await ``fn(*args, **kwargs)`` through every policy."""
-        if not self.policies:
-            return await fn(*args, **kwargs)
         last_fn, chain = self._last_async
         if last_fn is not fn:
-            chain = fn
-            for inner in self._async_inner:
-                chain = functools.partial(inner, chain)
+            chain = self.awrap(fn)
             self._last_async = (fn, chain)
-        return await self.policies[0].acall(chain, *args, **kwargs)  # type: ignore[no-any-return]
+        return await chain(*args, **kwargs)  # type: ignore[no-any-return]
 
     @overload
     def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
@@ -97,24 +100,5 @@ class Pipeline:
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a sync or async function; the chain is built once, here."""
-        if not self.policies:
-            return fn
-        is_async = inspect.iscoroutinefunction(fn)
-        chain: Callable[..., Any] = fn
-        for inner in self._async_inner if is_async else self._sync_inner:
-            chain = functools.partial(inner, chain)
-        if is_async:
-            outer_async = self.policies[0].acall
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await outer_async(chain, *args, **kwargs)
-
-            return async_wrapper
-        outer = self.policies[0].call
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            return outer(chain, *args, **kwargs)
-
-        return wrapper
+        wrapped = self.awrap(fn) if inspect.iscoroutinefunction(fn) else self.wrap(fn)
+        return functools.wraps(fn)(wrapped)

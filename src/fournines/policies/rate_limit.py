@@ -21,7 +21,7 @@ import math
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from typing import Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .._clock import Clock, system_clock
 from .._deadline import current_deadline
@@ -239,6 +239,28 @@ class TokenBucket(_Limiter):
         if not self._take_one():
             await self.aacquire(1)
         return await fn(*args, **kwargs)
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A closure that calls ``fn`` once a token is available."""
+        take_one, acquire = self._take_one, self.acquire
+
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            if not take_one():
+                acquire(1)
+            return fn(*args, **kwargs)
+
+        return limited
+
+    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """A coroutine function that awaits ``fn`` once a token is available."""
+        take_one, aacquire = self._take_one, self.aacquire
+
+        async def limited(*args: Any, **kwargs: Any) -> Any:
+            if not take_one():
+                await aacquire(1)
+            return await fn(*args, **kwargs)
+
+        return limited
 
     def _take_one(self) -> bool:
         # _take for cost 1 without the cost checks and the wait computation.

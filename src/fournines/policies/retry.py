@@ -19,11 +19,9 @@ lengthens the wait to at least that, capped by ``max_retry_after``.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock, testing_state
 from .._deadline import current_deadline
@@ -256,39 +254,17 @@ class Retry(Decorates):
                 continue
             return result
 
-    @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
-    @overload
-    def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
-    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
-        """Decorate a sync or async function so every call is retried as configured."""
-        # The first attempt is inlined, as in call/acall: the happy path must not pay
-        # for a second frame (bench/retry_success.py).
+    # The first attempt is inlined in these closures, as in call/acall: the happy path
+    # of a decorated function or a pipeline must not pay for a second frame
+    # (bench/retry_success.py, bench/pipeline.py).
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A closure that calls ``fn``, retrying as configured."""
         budget, now, on, on_result = self._budget, self._now, self._on, self._on_result
         timed = self.timeout is not None
-        if inspect.iscoroutinefunction(fn):
-            aagain = self._aagain
-
-            @functools.wraps(fn)
-            async def async_retrying(*args: P.args, **kwargs: P.kwargs) -> Any:
-                if budget is not None:
-                    budget.deposit()
-                start = now() if timed else 0.0
-                try:
-                    result = await fn(*args, **kwargs)
-                except Exception as exc:
-                    if not on(exc):
-                        raise
-                    return await aagain(fn, args, kwargs, start, exc, None)
-                if on_result is not None and on_result(result):
-                    return await aagain(fn, args, kwargs, start, None, result)
-                return result
-
-            return async_retrying
         again = self._again
 
-        @functools.wraps(fn)
-        def retrying(*args: P.args, **kwargs: P.kwargs) -> Any:
+        def retrying(*args: Any, **kwargs: Any) -> Any:
             if budget is not None:
                 budget.deposit()
             start = now() if timed else 0.0
@@ -300,6 +276,28 @@ class Retry(Decorates):
                 return again(fn, args, kwargs, start, exc, None)
             if on_result is not None and on_result(result):
                 return again(fn, args, kwargs, start, None, result)
+            return result
+
+        return retrying
+
+    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """A coroutine function that awaits ``fn``, retrying as configured."""
+        budget, now, on, on_result = self._budget, self._now, self._on, self._on_result
+        timed = self.timeout is not None
+        aagain = self._aagain
+
+        async def retrying(*args: Any, **kwargs: Any) -> Any:
+            if budget is not None:
+                budget.deposit()
+            start = now() if timed else 0.0
+            try:
+                result = await fn(*args, **kwargs)
+            except Exception as exc:
+                if not on(exc):
+                    raise
+                return await aagain(fn, args, kwargs, start, exc, None)
+            if on_result is not None and on_result(result):
+                return await aagain(fn, args, kwargs, start, None, result)
             return result
 
         return retrying
