@@ -21,7 +21,11 @@ lint:
 unit:
 	$(PY) -m pytest -q
 
+# Benchmarks against the peers (installs them, and wrk where permitted).
 bench:
+	@bash scripts/bootstrap.sh venv
+	$(PY) -m pip install -q -e '.[bench]' 2>&1 | grep -v '^WARNING: Location' || true
+	@command -v wrk >/dev/null || bash scripts/bootstrap.sh packages wrk:wrk || true
 	$(PY) bench/run_all.py
 
 clean:

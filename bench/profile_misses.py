@@ -6,13 +6,17 @@ prints a cProfile of the pipelines. Run: ``.venv/bin/python bench/profile_misses
 
 Sections:
 
-1. open breaker: building the rejection, raising it through 1 or 3 frames,
-   ``try_acquire`` alone, ``_call_permit`` and ``call``;
-2. decorator shell: a bare ``*args, **kwargs`` forwarding wrapper, and what one
-   more forwarding layer costs;
-3. pipelines: every policy of the pipeline alone, through its ``call``/``acall``
-   shell, next to the whole pipeline (their sum vs the pipeline);
-4. cProfile of ``Pipeline.call`` and ``Pipeline.acall`` (tottime per call).
+1. open breaker, sync and async: building the rejection (Python ``__init__`` vs
+   ``new_rejection``), raising it in place or through frames / a coroutine,
+   ``try_acquire`` alone, ``call``/``acall`` and the decorators, next to the floors
+   and the fastest peer (circuitbreaker);
+2. forwarding layers: a bare ``*args, **kwargs`` wrapper, a pipeline layer
+   (``functools.partial`` hop + ``call(fn, *args, **kwargs)`` frame), the decorators;
+3. the sync token bucket: a lock acquire+release alone, next to the floors,
+   fournines and the fastest sync peer (pyresilience);
+4. pipelines: every policy of the pipeline alone, through its ``call``/``acall``
+   shell, next to the whole pipeline (their sum vs the pipeline) and the peer;
+5. cProfile of ``Pipeline.call``, ``Pipeline.acall`` and an open ``call``.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import contextlib
 import cProfile
 import io
 import pstats
+import threading
 import warnings
 
 import _harness as h
 import fournines
-from _floors import FloorBreaker, FloorOpenError, FloorPipeline
+from _floors import FloorBreaker, FloorBucket, FloorBucketNoLock, FloorOpenError, FloorPipeline
 from fournines import CircuitOpenError
 from fournines._deadline import push_deadline, reset_deadline
+from fournines._errors import new_rejection
 
 RATE = 10**9
 
@@ -53,22 +59,58 @@ def _raise_2(e: type[BaseException]) -> None:
     _raise_1(e)
 
 
+def _raise_new_1(e: type[BaseException]) -> None:
+    raise new_rejection(e, "x", 1.0)
+
+
+async def _afailing() -> int:
+    raise h.Boom("down")
+
+
+async def _araise_floor() -> None:
+    raise FloorOpenError(1.0)
+
+
+async def _araise_new() -> None:
+    raise new_rejection(CircuitOpenError, "x", 1.0)
+
+
+async def _araise_new_args(*args: object, **kwargs: object) -> None:
+    raise new_rejection(CircuitOpenError, "x", 1.0)
+
+
 def open_group() -> h.Group:
+    import circuitbreaker
+
     catch = "try:\n    {}\nexcept _E:\n    pass\nelse:\n    _fail()"
     fl = FloorBreaker(reset_timeout=3600)
-    for _ in range(5):
-        with contextlib.suppress(h.Boom):
-            fl.call(h.failing)
+    g_fl = FloorBreaker(reset_timeout=3600).decorate(h.failing)
+    g_cb = fournines.CircuitBreaker("open-dec", reset_timeout=3600)(h.failing)
+    g_ck = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=3600,
+                                         name="profile-open")(h.failing)
+    for call in (lambda: fl.call(h.failing), g_fl, g_cb, g_ck):
+        for _ in range(5):
+            with contextlib.suppress(h.Boom):
+                call()
     c = [
         h.Candidate("build `FloorOpenError(x, 1.0)` (C-level __init__)", h.INFO,
                     "FloorOpenError('x', 1.0)\nf()", {"FloorOpenError": FloorOpenError}),
         h.Candidate("build `CircuitOpenError(x, 1.0)` (Python __init__)", h.INFO,
                     "CircuitOpenError('x', 1.0)\nf()", {"CircuitOpenError": CircuitOpenError}),
+        h.Candidate("build `new_rejection(CircuitOpenError, x, 1.0)` (no __init__)", h.INFO,
+                    "nr(CircuitOpenError, 'x', 1.0)\nf()",
+                    {"CircuitOpenError": CircuitOpenError, "nr": new_rejection}),
         h.Candidate("raise+catch FloorOpenError in place", h.INFO,
                     catch.format("raise _E('x', 1.0)"), {"_E": FloorOpenError},
                     calls_per_iter=0),
         h.Candidate("raise+catch CircuitOpenError in place", h.INFO,
                     catch.format("raise _E('x', 1.0)"), {"_E": CircuitOpenError},
+                    calls_per_iter=0),
+        h.Candidate("raise+catch `new_rejection(CircuitOpenError, …)` in place", h.INFO,
+                    catch.format("raise nr(_E, 'x', 1.0)"),
+                    {"_E": CircuitOpenError, "nr": new_rejection}, calls_per_iter=0),
+        h.Candidate("`new_rejection(CircuitOpenError, …)` raised 1 frame down", h.INFO,
+                    catch.format("r1(_E)"), {"_E": CircuitOpenError, "r1": _raise_new_1},
                     calls_per_iter=0),
         h.Candidate("CircuitOpenError raised 1 frame down", h.INFO,
                     catch.format("r1(_E)"), {"_E": CircuitOpenError, "r1": _raise_1},
@@ -78,20 +120,64 @@ def open_group() -> h.Group:
                     calls_per_iter=0),
         h.Candidate("floor `b.call(f)` (open)", h.FLOOR, catch.format("b.call(f)"),
                     {"_E": FloorOpenError, "b": fl}, calls_per_iter=0),
+        h.Candidate("floor decorator `g()` (open)", h.FLOOR, catch.format("g()"),
+                    {"_E": FloorOpenError, "g": g_fl}, calls_per_iter=0),
         h.Candidate("fournines `cb._reject('open', 1.0)` (build only)", h.INFO,
                     "cb._reject('open', 1.0)\nf()", {"cb": _open_breaker()}),
         h.Candidate("fournines `cb.try_acquire()` (open)", h.INFO,
                     catch.format("cb.try_acquire()"),
                     {"_E": CircuitOpenError, "cb": _open_breaker()}, calls_per_iter=0),
-        h.Candidate("fournines `cb._call_permit(f)` (open)", h.INFO,
-                    catch.format("cb._call_permit(f)"),
-                    {"_E": CircuitOpenError, "cb": _open_breaker()}, calls_per_iter=0),
         h.Candidate("fournines `cb.call(f)` (open)", h.INFO, catch.format("cb.call(f)"),
                     {"_E": CircuitOpenError, "cb": _open_breaker()}, calls_per_iter=0),
+        h.Candidate("fournines decorator `g()` (open)", h.INFO, catch.format("g()"),
+                    {"_E": CircuitOpenError, "g": g_cb}, calls_per_iter=0),
+        h.Candidate("circuitbreaker decorator (open)", h.PEER, catch.format("g()"),
+                    {"_E": circuitbreaker.CircuitBreakerError, "g": g_ck}, calls_per_iter=0),
     ]
     return h.Group("Open breaker, decomposed (sync)", "sync", c,
                    notes=["rows that only build an object also call `f()` so the counted "
                           "call matches the baseline"])
+
+
+async def open_async_group() -> h.Group:
+    import circuitbreaker
+
+    catch = "try:\n    {}\nexcept _E:\n    pass\nelse:\n    _fail()"
+    fl = FloorBreaker(reset_timeout=3600)
+    fl_dec = FloorBreaker(reset_timeout=3600)
+    g_fl = fl_dec.adecorate(_afailing)
+    cb = fournines.CircuitBreaker("aopen", reset_timeout=3600)
+    g_cb = fournines.CircuitBreaker("aopen-dec", reset_timeout=3600)(_afailing)
+    ck = circuitbreaker.CircuitBreaker(failure_threshold=5, recovery_timeout=3600,
+                                       name="profile-aopen")
+    g_ck = ck(_afailing)
+    for call in (lambda: fl.acall(_afailing), g_fl, lambda: cb.acall(_afailing), g_cb, g_ck):
+        for _ in range(5):
+            with contextlib.suppress(Exception):
+                await call()
+    assert cb.state is fournines.State.OPEN and ck.opened
+    c = [
+        h.Candidate("`async def` raising `FloorOpenError(1.0)`", h.INFO, catch.format("await r()"),
+                    {"_E": FloorOpenError, "r": _araise_floor}, calls_per_iter=0),
+        h.Candidate("`async def` raising `new_rejection(CircuitOpenError, …)`", h.INFO,
+                    catch.format("await r()"), {"_E": CircuitOpenError, "r": _araise_new},
+                    calls_per_iter=0),
+        h.Candidate("`async def (*a, **kw)` raising `new_rejection(…)`", h.INFO,
+                    catch.format("await r()"), {"_E": CircuitOpenError, "r": _araise_new_args},
+                    calls_per_iter=0),
+        h.Candidate("floor `await b.acall(af)` (open)", h.FLOOR, catch.format("await b.acall(af)"),
+                    {"_E": FloorOpenError, "b": fl}, calls_per_iter=0),
+        h.Candidate("floor decorator `await g()` (open)", h.FLOOR, catch.format("await g()"),
+                    {"_E": FloorOpenError, "g": g_fl}, calls_per_iter=0),
+        h.Candidate("fournines `await cb.acall(af)` (open)", h.INFO,
+                    catch.format("await cb.acall(af)"), {"_E": CircuitOpenError, "cb": cb},
+                    calls_per_iter=0),
+        h.Candidate("fournines decorator `await g()` (open)", h.INFO, catch.format("await g()"),
+                    {"_E": CircuitOpenError, "g": g_cb}, calls_per_iter=0),
+        h.Candidate("circuitbreaker decorator (async, open)", h.PEER, catch.format("await g()"),
+                    {"_E": circuitbreaker.CircuitBreakerError, "g": g_ck}, calls_per_iter=0),
+    ]
+    return h.Group("Open breaker, decomposed (async)", "async", c)
 
 
 def _fwd(fn: object) -> object:
@@ -107,8 +193,14 @@ def shell_group() -> h.Group:
         h.Candidate("one forwarding wrapper `w(*a, **kw) -> f(*a, **kw)`", h.INFO, "g()",
                     {"g": _fwd(h.f)}),
         h.Candidate("two forwarding wrappers", h.INFO, "g()", {"g": _fwd(_fwd(h.f))}),
+        h.Candidate("four forwarding wrappers (the layering of a 4-policy Pipeline)", h.INFO,
+                    "g()", {"g": _fwd(_fwd(_fwd(_fwd(h.f))))}),
+        h.Candidate("`Pipeline.call` entry: one `call(fn, *a, **kw)` frame + cache check",
+                    h.INFO, "p.call(f)", {"p": fournines.Pipeline()},
+                    note="an empty Pipeline: `call` looks up its cached chain (here `f` "
+                         "itself) and forwards the arguments"),
         h.Candidate("fournines `cb.call(f)` (closed)", h.INFO, "cb.call(f)", {"cb": cb}),
-        h.Candidate("fournines decorator (closed) = wrapper -> cb.call", h.INFO, "g()",
+        h.Candidate("fournines breaker decorator (closed, fast path inlined)", h.INFO, "g()",
                     {"g": fournines.CircuitBreaker("closed-dec")(h.f)}),
         h.Candidate("floor decorator (closed, inlined)", h.INFO, "g()",
                     {"g": FloorBreaker().decorate(h.f)}),
@@ -118,7 +210,31 @@ def shell_group() -> h.Group:
     return h.Group("Forwarding layers (sync)", "sync", c)
 
 
+def lock_group() -> h.Group:
+    import pyresilience
+
+    lock = threading.Lock()
+    c = [
+        h.Candidate("`lock.acquire()` + `lock.release()` only", h.INFO,
+                    "lock.acquire()\nlock.release()\nf()", {"lock": lock}),
+        h.Candidate("`with lock:` only", h.INFO, "with lock:\n    f()", {"lock": lock}),
+        h.Candidate("floor without lock", h.INFO, "b.try_acquire()\nf()",
+                    {"b": FloorBucketNoLock(RATE, RATE)}),
+        h.Candidate("floor `b.try_acquire()` (threading.Lock)", h.FLOOR, "b.try_acquire()\nf()",
+                    {"b": FloorBucket(RATE, RATE)}),
+        h.Candidate("fournines `tb.try_acquire()`", h.INFO, "tb.try_acquire()\nf()",
+                    {"tb": fournines.TokenBucket(rate=RATE, capacity=RATE)}),
+        h.Candidate("pyresilience `RateLimiter.acquire()`", h.PEER,
+                    "if not rl.acquire():\n    _fail()\nf()",
+                    {"rl": pyresilience.RateLimiter(
+                        pyresilience.RateLimiterConfig(max_calls=RATE, period=1.0))}),
+    ]
+    return h.Group("Sync token bucket: the lock", "sync", c)
+
+
 def pipeline_sync_group() -> h.Group:
+    import pyresilience as pr
+
     c = [
         h.Candidate("Retry().call(f)", h.INFO, "p.call(f)", {"p": fournines.Retry(attempts=3)}),
         h.Candidate("CircuitBreaker().call(f)", h.INFO, "p.call(f)",
@@ -139,6 +255,12 @@ def pipeline_sync_group() -> h.Group:
                                              fournines.Bulkhead(max_concurrent=10))(h.f)}),
         h.Candidate("floor: the four inlined in one frame", h.INFO, "p.call(f)",
                     {"p": FloorPipeline()}),
+        h.Candidate("pyresilience `@resilient(retry, breaker, limiter, bulkhead)`", h.PEER, "g()",
+                    {"g": pr.resilient(
+                        retry=pr.RetryConfig(max_attempts=3),
+                        circuit_breaker=pr.CircuitBreakerConfig(failure_threshold=5),
+                        rate_limiter=pr.RateLimiterConfig(max_calls=RATE, period=1.0),
+                        bulkhead=pr.BulkheadConfig(max_concurrent=10))(h.f)}),
     ]
     return h.Group("Sync pipeline, one policy at a time", "sync", c)
 
@@ -225,8 +347,10 @@ def profiles(loop: object) -> str:
 def groups() -> list[h.Group]:
     warnings.simplefilter("ignore", DeprecationWarning)
     loop = h.new_loop()
-    out = [h.run_group(open_group()), h.run_group(shell_group()),
-           h.run_group(pipeline_sync_group())]
+    out = [h.run_group(open_group())]
+    oag = loop.run_until_complete(open_async_group())
+    out += [h.run_group(oag, loop), h.run_group(shell_group()), h.run_group(lock_group()),
+            h.run_group(pipeline_sync_group())]
     ag = h.build_in_loop(loop, pipeline_async_group)
     out.append(h.run_group(ag, loop))
     h.register_extra(profiles(loop))

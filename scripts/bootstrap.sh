@@ -5,6 +5,7 @@
 #
 #   scripts/bootstrap.sh          packages (if permitted) + venv
 #   scripts/bootstrap.sh venv     venv only
+#   scripts/bootstrap.sh packages BIN:PKG...   just these Debian packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/
 
 install_packages() {
   local missing=()
+  if [ $# -gt 0 ]; then PACKAGES=("$@"); fi
   for pair in "${PACKAGES[@]}"; do
     local bin="${pair%%:*}" pkg="${pair##*:}"
     if ! have "$bin" && [[ " ${missing[*]-} " != *" $pkg "* ]]; then missing+=("$pkg"); fi
@@ -60,6 +62,7 @@ PY
 
 case "${1:-all}" in
   venv) make_venv ;;
+  packages) shift; install_packages "$@" ;;
   all) install_packages; make_venv ;;
-  *) echo "usage: $0 [all|venv]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|venv|packages BIN:PKG...]" >&2; exit 2 ;;
 esac
