@@ -1,0 +1,238 @@
+"""Run an ASGI app on uvicorn with readiness-first graceful shutdown.
+
+``serve(app)`` is ``uvicorn.run(app)`` with the drain sequence of
+:class:`~fournines.asgi.shutdown.GracefulShutdown`: on SIGTERM (or SIGINT) the
+readiness probe fails at once while the server keeps serving, new connections
+included, for ``drain_delay``; then it stops accepting, gives in-flight requests
+``drain_timeout`` to finish, cancels the rest, runs the lifespan shutdown and
+exits 0. A second signal stops waiting and exits ``128 + signal``.
+
+uvicorn alone stops accepting the moment SIGTERM arrives, while endpoints
+still route traffic to the pod, and waits forever for in-flight requests. When
+you run plain ``uvicorn`` instead of ``serve()``:
+
+- pass ``--timeout-graceful-shutdown 20`` (shorter than the grace period), or
+  a slow request holds the pod until the kubelet's SIGKILL;
+- readiness cannot fail before uvicorn stops accepting, so delay SIGTERM
+  itself with a Kubernetes ``preStop`` hook (``sleep 5``) for kube-proxy and
+  load balancers to take the pod out first.
+
+The server binds to 127.0.0.1 unless ``host`` or the ``HOST`` environment
+variable says otherwise: exposing a service is a decision, not a default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from types import FrameType
+from typing import Any, cast
+
+import uvicorn
+
+from .._clock import system_clock
+from .._errors import ConfigurationError
+from ._state import ServiceState
+from ._types import ASGIApp
+from .shutdown import GracefulShutdown, LifecycleMiddleware
+
+__all__ = ["DrainingServer", "find_state", "serve"]
+
+# uvicorn's own logger: its log config gives it a handler, and the drain is part of
+# the server's story ("Shutting down", "Waiting for connections to close", ...).
+logger = logging.getLogger("uvicorn.error")
+
+# Options serve() owns, or that would put uvicorn's own process supervisor (with
+# its own signal handling) between the signal and the drain.
+_REFUSED_OPTIONS = {
+    "timeout_graceful_shutdown": "use GracefulShutdown(drain_timeout=...)",
+    "workers": "run one serve() per process (or container) instead",
+    "reload": "use plain uvicorn --reload for development",
+}
+_MAX_APP_DEPTH = 32
+
+
+class DrainingServer(uvicorn.Server):
+    """A ``uvicorn.Server`` that drains on SIGTERM/SIGINT as ``shutdown`` says.
+
+    The first signal marks ``state`` draining at once (readiness fails) and
+    keeps the server running for ``shutdown.drain_delay``; then uvicorn's own
+    shutdown runs with ``config.timeout_graceful_shutdown`` as the drain
+    timeout (:func:`serve` sets it from ``shutdown.drain_timeout``). A second
+    signal sets uvicorn's ``force_exit`` (exit status ``128 +`` the first
+    signal). After :meth:`run`, :attr:`exit_code`
+    is the status the process should exit with.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        state: ServiceState,
+        shutdown: GracefulShutdown | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.state = state
+        self.graceful = shutdown if shutdown is not None else GracefulShutdown()
+        self.exit_signal: int | None = None
+        self.forced = False
+        self._drain_until: float | None = None
+        self._announced = False
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status after a signal (``None`` if the server stopped without one)."""
+        if self.exit_signal is None:
+            return None
+        return 128 + self.exit_signal if self.forced else self.graceful.exit_code
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Start draining on the first signal; stop waiting on the second.
+
+        Runs as a signal handler, so it only sets flags (logging here could
+        deadlock on the handler's lock); :meth:`on_tick` reports and acts. It
+        replaces uvicorn's, which would also re-raise the signal after shutdown
+        and so turn a graceful exit into death by SIGTERM.
+        """
+        if self.exit_signal is not None:
+            self.forced = True
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self.exit_signal = sig
+        was_ready = self.state.ready
+        self.state.mark_draining()
+        if was_ready and self.graceful.drain_delay > 0:
+            self._drain_until = system_clock.monotonic() + self.graceful.drain_delay
+        else:
+            # Never ready means no load balancer sends traffic: nothing to wait for.
+            self.should_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does; the service is ready once it listens."""
+        await super().startup(sockets=sockets)
+        if self.started:
+            # Covers apps run without LifecycleMiddleware or with lifespan="off";
+            # a no-op when the lifespan already marked it ready, or when draining.
+            self.state.mark_ready()
+
+    async def on_tick(self, counter: int) -> bool:
+        """Uvicorn's 10 Hz tick: end the drain delay when its time has come."""
+        drain_until = self._drain_until
+        if drain_until is not None and not self.should_exit:
+            if not self._announced:
+                self._announced = True
+                logger.info("%s received: readiness fails now; serving %gs more so load "
+                            "balancers can notice", _signal_name(self.exit_signal),
+                            self.graceful.drain_delay)
+            if system_clock.monotonic() >= drain_until:
+                logger.info("Drain delay over: closing the listener; in-flight requests "
+                            "have %s to finish", _seconds(self.graceful.drain_timeout))
+                self.should_exit = True
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Uvicorn's shutdown (stop accepting, wait, cancel, lifespan); then mark stopped."""
+        # Stopping for another reason (limit_max_requests): readiness fails now too.
+        self.state.mark_draining()
+        await super().shutdown(sockets=sockets)
+        self.state.mark_stopped()
+        if self.forced:
+            logger.warning("Forced exit on a second signal: in-flight requests are dropped "
+                           "and the lifespan shutdown is skipped")
+
+
+def serve(
+    app: ASGIApp,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    state: ServiceState | None = None,
+    shutdown: GracefulShutdown | None = None,
+    log_level: str | int | None = "info",
+    **uvicorn_options: Any,
+) -> None:
+    """Serve ``app`` with uvicorn until SIGTERM/SIGINT, then drain gracefully.
+
+    ``host``: ``HOST`` from the environment, else ``127.0.0.1`` (pass
+    ``"0.0.0.0"`` to listen on every interface). ``port``: ``PORT`` from the
+    environment, else 8000. ``state``: the :class:`ServiceState` that readiness
+    reads; by default the one found on ``app`` (``app.state``, following
+    ``.app`` through middleware), else a new one, with ``app`` wrapped in a
+    :class:`LifecycleMiddleware`. ``shutdown``: the drain timing (see
+    :class:`GracefulShutdown`). Other keyword arguments go to ``uvicorn.Config``.
+
+    Returns after a graceful drain that exits 0, so a script ending in
+    ``serve(app)`` exits 0; raises ``SystemExit`` with any other status (a
+    forced exit is ``128 + signal``). Exits 3 if the server cannot start, as
+    uvicorn does.
+    """
+    for name, advice in _REFUSED_OPTIONS.items():
+        if name in uvicorn_options:
+            raise ConfigurationError(f"serve() does not take {name!r}: {advice}")
+    shutdown = shutdown if shutdown is not None else GracefulShutdown()
+    if state is None:
+        state = find_state(app)
+        if state is None:
+            state = ServiceState()
+            app = LifecycleMiddleware(app, state=state)
+    # uvicorn annotates timeout_graceful_shutdown as int but only hands it to
+    # asyncio.wait_for, which takes float seconds.
+    drain_timeout = cast("int | None", shutdown.drain_timeout)
+    config = uvicorn.Config(
+        app,
+        host=_bind_host(host),
+        port=_bind_port(port),
+        log_level=log_level,
+        timeout_graceful_shutdown=drain_timeout,
+        **uvicorn_options,
+    )
+    server = DrainingServer(config, state=state, shutdown=shutdown)
+    server.run()
+    code = server.exit_code
+    if code:
+        raise SystemExit(code)
+
+
+def find_state(app: object) -> ServiceState | None:
+    """The :class:`ServiceState` of ``app``: its ``.state``, or that of an ``.app`` inside."""
+    for _ in range(_MAX_APP_DEPTH):
+        candidate = getattr(app, "state", None)
+        if isinstance(candidate, ServiceState):
+            return candidate
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+def _bind_host(host: str | None) -> str:
+    if host is not None:
+        return host
+    # Loopback unless told: a service reachable from everywhere by accident is a risk.
+    return os.environ.get("HOST", "").strip() or "127.0.0.1"
+
+
+def _bind_port(port: int | None) -> int:
+    if port is not None:
+        return port
+    text = os.environ.get("PORT", "").strip()
+    if not text:
+        return 8000
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigurationError(f"PORT must be an integer, got {text!r}") from None
+
+
+def _signal_name(sig: int | None) -> str:
+    try:
+        return signal.Signals(sig).name if sig is not None else "signal"
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _seconds(value: float | None) -> str:
+    return "unlimited time" if value is None else f"{value:g}s"
