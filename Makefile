@@ -15,7 +15,7 @@ lab:
 test: bootstrap lint unit
 
 lint:
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
 
 unit:

@@ -25,7 +25,7 @@ import uvicorn
 from fournines._errors import ConfigurationError
 from fournines.asgi._state import Phase, ServiceState
 from fournines.asgi._types import Message, Receive, Scope, Send, respond
-from fournines.asgi.serve import DrainingServer, _bind_host, find_state, serve
+from fournines.asgi.server import DrainingServer, _bind_host, find_state, serve
 from fournines.asgi.shutdown import GracefulShutdown, LifecycleMiddleware
 
 from .._servers import free_port

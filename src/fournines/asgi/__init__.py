@@ -1,8 +1,69 @@
 """ASGI service protection: health probes, golden metrics, deadlines, shedding, limits.
 
-Work in progress (issue 3): the parts land one by one; ``protect()`` composes them.
+``protect(app)`` stacks every part in the right order; each part is also a plain
+ASGI middleware of its own. ``serve(app)`` runs it under uvicorn with a draining
+shutdown (imported lazily: it needs the ``serve`` extra).
 """
 
 from ._state import Phase, ServiceState, instance_id
+from .checks import (
+    Check,
+    CheckFailed,
+    event_loop_lag_check,
+    http_check,
+    postgres_check,
+    rabbitmq_check,
+    redis_check,
+)
+from .deadline import DeadlineMiddleware
+from .health import HealthMiddleware, HealthStatus, health_app
+from .limits import RateLimitMiddleware, RateLimitRule
+from .protect import protect
+from .shedding import LoadShedder
+from .shutdown import GracefulShutdown, LifecycleMiddleware
 
-__all__ = ["Phase", "ServiceState", "instance_id"]
+# Parts that import optional packages (prometheus_client, opentelemetry, uvicorn) load on
+# first use, so `import fournines.asgi` works with none of them installed.
+_LAZY = {
+    "MetricsMiddleware": "fournines.asgi.metrics",
+    "TracingMiddleware": "fournines.asgi.tracing",
+    "TraceContextFilter": "fournines.asgi.tracing",
+    "serve": "fournines.asgi.server",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fournines.asgi' has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = [
+    "Check",
+    "CheckFailed",
+    "DeadlineMiddleware",
+    "GracefulShutdown",
+    "HealthMiddleware",
+    "HealthStatus",
+    "LifecycleMiddleware",
+    "LoadShedder",
+    "MetricsMiddleware",
+    "Phase",
+    "RateLimitMiddleware",
+    "RateLimitRule",
+    "ServiceState",
+    "TraceContextFilter",
+    "TracingMiddleware",
+    "event_loop_lag_check",
+    "health_app",
+    "http_check",
+    "instance_id",
+    "postgres_check",
+    "protect",
+    "rabbitmq_check",
+    "redis_check",
+    "serve",
+]

@@ -7,7 +7,7 @@ requests, and while the service drains asks keep-alive clients to reconnect
 (``connection: close``), so that their next request goes through the load
 balancer to a pod that is still ready.
 
-:class:`GracefulShutdown` holds the timing that :func:`fournines.asgi.serve.serve`
+:class:`GracefulShutdown` holds the timing that :func:`fournines.asgi.server.serve`
 applies on SIGTERM::
 
     SIGTERM ──> readiness 503 at once (state.mark_draining())

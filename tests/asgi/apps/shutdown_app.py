@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from fournines.asgi._state import ServiceState
 from fournines.asgi._types import Receive, Scope, Send, respond
-from fournines.asgi.serve import serve
+from fournines.asgi.server import serve
 from fournines.asgi.shutdown import GracefulShutdown, LifecycleMiddleware
 
 state = ServiceState(service="shutdown-app")

@@ -1,0 +1,129 @@
+"""``protect(app)``: one call that gives an ASGI app everything a fournines service wears.
+
+The middleware it stacks, outermost first, and why in that order:
+
+1. :class:`~fournines.asgi.shutdown.LifecycleMiddleware` — sees every request,
+   probes included: counts requests in flight, turns ready after startup,
+   adds ``x-instance-id``;
+2. :class:`~fournines.asgi.health.HealthMiddleware` — answers ``/livez``,
+   ``/readyz``, ``/startupz``, ``/healthz`` before anything can shed them;
+3. :class:`~fournines.asgi.metrics.MetricsMiddleware` — serves ``/metrics``
+   and records every other request, the 503s, 429s and 504s of the layers
+   below included;
+4. :class:`~fournines.asgi.tracing.TracingMiddleware` — only when tracing is
+   configured: one server span per request;
+5. :class:`~fournines.asgi.deadline.DeadlineMiddleware` — sets the request's
+   deadline from its header, answers 504 at once when it has passed;
+6. :class:`~fournines.asgi.shedding.LoadShedder` — refuses with 503 what
+   would overload the process;
+7. :class:`~fournines.asgi.limits.RateLimitMiddleware` — only when rate
+   limits are given: 429 for clients over their quota;
+8. the app.
+
+Every part is a plain ASGI middleware usable on its own; ``protect`` only
+chooses an order and shares one :class:`~fournines.asgi.ServiceState` among
+them. Run the result with :func:`fournines.asgi.server.serve` for the draining
+shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._errors import ConfigurationError
+from ..policies.adaptive import ConcurrencyLimit
+from ..policies.rate_limit import RateLimiter
+from ._state import ServiceState
+from ._types import ASGIApp
+from .checks import Check, event_loop_lag_check
+from .deadline import DeadlineMiddleware
+from .health import HealthMiddleware
+from .limits import RateLimitMiddleware, RateLimitRule
+from .shedding import LoadShedder
+from .shutdown import LifecycleMiddleware
+
+__all__ = ["protect"]
+
+
+def protect(
+    app: ASGIApp,
+    *,
+    service: str = "service",
+    version: str | None = None,
+    state: ServiceState | None = None,
+    checks: Sequence[Check] = (),
+    loop_lag_check: bool = True,
+    health_cache_ttl: float = 1.0,
+    metrics: bool = True,
+    registry: Any = None,
+    resilience_events: bool = True,
+    tracer_provider: Any = None,
+    tracing: bool = False,
+    max_timeout: float | None = 30.0,
+    shedding: bool = True,
+    concurrency_limit: ConcurrencyLimit | None = None,
+    max_loop_lag: float | None = 0.1,
+    critical_paths: Sequence[str] = (),
+    rate_limit: Callable[[], RateLimiter] | Sequence[RateLimitRule] | None = None,
+    rate_limit_key: str = "ip",
+    instance_header: bool = True,
+) -> LifecycleMiddleware:
+    """Wrap ``app`` in fournines' service protection (see the module docstring).
+
+    :param service: the service name (health ``serviceId``, logs).
+    :param version: reported by ``/healthz``.
+    :param state: the lifecycle state to share (one is made if not given).
+    :param checks: dependency checks for ``/readyz`` and ``/healthz``.
+    :param loop_lag_check: add the (non-critical) event-loop lag check.
+    :param metrics: serve ``/metrics`` and record the golden metrics.
+    :param registry: the ``prometheus_client`` registry (default: the global one).
+    :param resilience_events: also count fournines policy events in ``registry``.
+    :param tracer_provider: an OpenTelemetry tracer provider; tracing is on when
+        it is given or when ``tracing`` is true (then the global provider is used).
+    :param max_timeout: the longest deadline a request may ask for, in seconds.
+    :param shedding: shed load adaptively (``concurrency_limit``: the algorithm,
+        Gradient2 by default; ``max_loop_lag``: the event-loop lag that sheds
+        non-critical requests; ``critical_paths``: path prefixes shed last).
+    :param rate_limit: a factory of local limiters (one per client, keyed by
+        ``rate_limit_key``: ``"ip"``, ``"header:<name>"`` or ``"global"``), or a
+        list of :class:`~fournines.asgi.limits.RateLimitRule`.
+    :param instance_header: add ``x-instance-id`` to every response.
+    :returns: the outermost middleware; ``.state`` is the shared state.
+    """
+    state = state if state is not None else ServiceState(service=service)
+    if not isinstance(state, ServiceState):
+        raise ConfigurationError(f"protect.state must be a ServiceState, got {state!r}")
+    inner: ASGIApp = app
+    if rate_limit is not None:
+        if callable(rate_limit):
+            rules: Sequence[RateLimitRule] = [
+                RateLimitRule(name="default", limiter=rate_limit, key=rate_limit_key)
+            ]
+        elif isinstance(rate_limit, Sequence) and all(
+            isinstance(rule, RateLimitRule) for rule in rate_limit
+        ):
+            rules = rate_limit
+        else:
+            raise ConfigurationError(
+                "protect.rate_limit must be a limiter factory or a list of RateLimitRule, "
+                f"got {rate_limit!r}"
+            )
+        inner = RateLimitMiddleware(inner, rules=rules)
+    if shedding:
+        inner = LoadShedder(inner, limit=concurrency_limit, max_loop_lag=max_loop_lag,
+                            critical_paths=critical_paths)
+    inner = DeadlineMiddleware(inner, max_timeout=max_timeout)
+    if tracing or tracer_provider is not None:
+        from .tracing import TracingMiddleware  # noqa: PLC0415 - needs the otel extra
+
+        inner = TracingMiddleware(inner, tracer_provider=tracer_provider)
+    if metrics:
+        from .metrics import MetricsMiddleware  # noqa: PLC0415 - needs prometheus_client
+
+        inner = MetricsMiddleware(inner, registry=registry, state=state,
+                                  resilience_events=resilience_events)
+    all_checks = [*checks, event_loop_lag_check()] if loop_lag_check else list(checks)
+    inner = HealthMiddleware(inner, checks=all_checks, state=state, cache_ttl=health_cache_ttl,
+                             version=version, service_id=service)
+    return LifecycleMiddleware(inner, state=state, instance_header=instance_header)
