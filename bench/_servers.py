@@ -68,7 +68,7 @@ class Server:
 def wrk(port: int, path: str, *, seconds: float, connections: int = 32, core: int = 1) -> float:
     """Requests per second that wrk measured (non-2xx responses make it fail loudly)."""
     out = subprocess.run(
-        [*taskset(core), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+        [*taskset(core), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
          f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out:

@@ -5,17 +5,21 @@ The middleware it stacks, outermost first, and why in that order:
 1. :class:`~fournines.asgi.shutdown.LifecycleMiddleware` — sees every request,
    probes included: counts requests in flight, turns ready after startup,
    adds ``x-instance-id``;
-2. :class:`~fournines.asgi.health.HealthMiddleware` — answers ``/livez``,
-   ``/readyz``, ``/startupz``, ``/healthz`` before anything can shed them;
-3. :class:`~fournines.asgi.metrics.MetricsMiddleware` — serves ``/metrics``
-   and records every other request, the 503s, 429s and 504s of the layers
-   below included;
-4. :class:`~fournines.asgi.tracing.TracingMiddleware` — only when tracing is
+2. :class:`~fournines.asgi.shedding.LoadShedder` — refuses with 503 what
+   would overload the process, before any other work is spent on it: under
+   overload, clients that ignore ``Retry-After`` send several shed requests
+   per served one, so each must cost as little as possible (bench/asgi_overload.py).
+   Probes and ``/metrics`` are never shed; sheds are counted as
+   ``fournines_rejections_total{policy="load_shedder"}``;
+3. :class:`~fournines.asgi.health.HealthMiddleware` — answers ``/livez``,
+   ``/readyz``, ``/startupz``, ``/healthz``;
+4. :class:`~fournines.asgi.metrics.MetricsMiddleware` — serves ``/metrics``
+   and records every other request, the 429s and 504s of the layers below
+   included;
+5. :class:`~fournines.asgi.tracing.TracingMiddleware` — only when tracing is
    configured: one server span per request;
-5. :class:`~fournines.asgi.deadline.DeadlineMiddleware` — sets the request's
+6. :class:`~fournines.asgi.deadline.DeadlineMiddleware` — sets the request's
    deadline from its header, answers 504 at once when it has passed;
-6. :class:`~fournines.asgi.shedding.LoadShedder` — refuses with 503 what
-   would overload the process;
 7. :class:`~fournines.asgi.limits.RateLimitMiddleware` — only when rate
    limits are given: 429 for clients over their quota;
 8. the app.
@@ -110,9 +114,6 @@ def protect(
                 f"got {rate_limit!r}"
             )
         inner = RateLimitMiddleware(inner, rules=rules)
-    if shedding:
-        inner = LoadShedder(inner, limit=concurrency_limit, max_loop_lag=max_loop_lag,
-                            critical_paths=critical_paths)
     inner = DeadlineMiddleware(inner, max_timeout=max_timeout)
     if tracing or tracer_provider is not None:
         from .tracing import TracingMiddleware  # noqa: PLC0415 - needs the otel extra
@@ -126,4 +127,7 @@ def protect(
     all_checks = [*checks, event_loop_lag_check()] if loop_lag_check else list(checks)
     inner = HealthMiddleware(inner, checks=all_checks, state=state, cache_ttl=health_cache_ttl,
                              version=version, service_id=service)
+    if shedding:
+        inner = LoadShedder(inner, limit=concurrency_limit, max_loop_lag=max_loop_lag,
+                            critical_paths=critical_paths)
     return LifecycleMiddleware(inner, state=state, instance_header=instance_header)
