@@ -186,3 +186,17 @@ def test_example_fastapi_app_serves_and_drains_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_instance_log_filter_names_the_instance(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from fournines.asgi import InstanceLogFilter
+
+    state = ServiceState(service="orders", instance="orders-1")
+    logger = logging.getLogger("test.instance")
+    logger.addFilter(InstanceLogFilter(state))
+    with caplog.at_level(logging.INFO, logger="test.instance"):
+        logger.info("hello")
+    assert caplog.records[0].instance_id == "orders-1"  # type: ignore[attr-defined]
+    assert caplog.records[0].service == "orders"  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ ASGI middleware of its own. ``serve(app)`` runs it under uvicorn with a draining
 shutdown (imported lazily: it needs the ``serve`` extra).
 """
 
-from ._state import Phase, ServiceState, instance_id
+from ._state import InstanceLogFilter, Phase, ServiceState, instance_id
 from .checks import (
     Check,
     CheckFailed,
@@ -48,6 +48,7 @@ __all__ = [
     "GracefulShutdown",
     "HealthMiddleware",
     "HealthStatus",
+    "InstanceLogFilter",
     "LifecycleMiddleware",
     "LoadShedder",
     "MetricsMiddleware",

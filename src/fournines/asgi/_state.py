@@ -6,12 +6,13 @@ the shedder and metrics count in-flight requests in it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import uuid
 from enum import StrEnum
 
-__all__ = ["Phase", "ServiceState", "instance_id"]
+__all__ = ["InstanceLogFilter", "Phase", "ServiceState", "instance_id"]
 
 
 class Phase(StrEnum):
@@ -73,3 +74,21 @@ class ServiceState:
     def __repr__(self) -> str:
         return (f"ServiceState(service={self.service!r}, instance={self.instance!r}, "
                 f"phase={self.phase.value!r}, in_flight={self.in_flight})")
+
+
+class InstanceLogFilter(logging.Filter):
+    """Adds ``service`` and ``instance_id`` to every log record it sees.
+
+    Attach it to a handler (``handler.addFilter(InstanceLogFilter(state))``) and use
+    ``%(instance_id)s`` in the format: logs of many replicas stay attributable.
+    """
+
+    def __init__(self, state: ServiceState) -> None:
+        super().__init__()
+        self.state = state
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate ``record``; never drops it."""
+        record.service = self.state.service
+        record.instance_id = self.state.instance
+        return True
