@@ -200,3 +200,75 @@ def test_instance_log_filter_names_the_instance(caplog: pytest.LogCaptureFixture
         logger.info("hello")
     assert caplog.records[0].instance_id == "orders-1"  # type: ignore[attr-defined]
     assert caplog.records[0].service == "orders"  # type: ignore[attr-defined]
+
+
+async def test_metrics_survive_a_malformed_accept_header() -> None:
+    service = protect(starlette_app(), registry=CollectorRegistry())
+    async with client(service) as http:
+        for accept in ("text/plain;version=abc", "application/openmetrics-text; version=1.x"):
+            response = await http.get("/metrics", headers={"accept": accept})
+            assert response.status_code == 200
+            assert "http_requests_in_flight" in response.text
+
+
+async def test_a_reused_response_message_is_not_mutated() -> None:
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"text/plain")]}
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        await send(start)  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    service = protect(app, registry=CollectorRegistry())  # type: ignore[arg-type]
+    async with client(service) as http:
+        for _ in range(3):
+            assert (await http.get("/x")).headers["x-instance-id"]
+    assert start["headers"] == [(b"content-type", b"text/plain")]
+
+
+async def test_idle_scrape_reports_no_request_in_flight() -> None:
+    service = protect(starlette_app(), registry=CollectorRegistry())
+    async with client(service) as http:
+        text = (await http.get("/metrics")).text
+    assert "http_requests_in_flight 0.0" in text
+
+
+def test_closing_the_metrics_removes_their_event_listener() -> None:
+    from fournines._events import global_listeners
+    from fournines.asgi.metrics import MetricsMiddleware
+
+    before = len(global_listeners())
+    metrics = MetricsMiddleware(starlette_app(), registry=CollectorRegistry(),
+                                resilience_events=True)
+    assert len(global_listeners()) == before + 1
+    metrics.close()
+    assert len(global_listeners()) == before
+
+
+def test_a_new_event_loop_gets_a_fresh_lag_signal() -> None:
+    from fournines.asgi import LoadShedder
+
+    async def blocking(scope: dict[str, object], receive: object, send: object) -> None:
+        time.sleep(0.3)  # wedges the loop: the sampler sees lag
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    shedder = LoadShedder(blocking, max_loop_lag=0.1, lag_interval=0.01)  # type: ignore[arg-type]
+
+    async def one() -> int:
+        async with client(shedder) as http:
+            return (await http.get("/x")).status_code
+
+    first = asyncio.new_event_loop()
+    assert first.run_until_complete(one()) == 200
+    first.close()  # without cancelling the sampler task
+    second = asyncio.new_event_loop()
+    try:
+        assert second.run_until_complete(one()) == 200
+    finally:
+        second.close()
+
+
+def test_a_non_ascii_instance_id_is_made_header_safe() -> None:
+    assert ServiceState(instance="节点-1").instance == "%E8%8A%82%E7%82%B9-1"

@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from enum import StrEnum
+from urllib.parse import quote
 
 __all__ = ["InstanceLogFilter", "Phase", "ServiceState", "instance_id"]
 
@@ -36,6 +37,14 @@ def instance_id() -> str:
         return uuid.uuid4().hex[:12]
 
 
+def _header_safe(value: str) -> str:
+    # The id goes into a response header: percent-encode anything but visible ASCII
+    # (a non-Latin-1 pod name would otherwise fail every response).
+    if value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return quote(value, safe="-._~:@!$&'()*+,;=")
+
+
 class ServiceState:
     """Lifecycle phase, in-flight count and identity of this process."""
 
@@ -43,7 +52,7 @@ class ServiceState:
 
     def __init__(self, *, service: str = "service", instance: str | None = None) -> None:
         self.service = service
-        self.instance = instance or instance_id()
+        self.instance = _header_safe(instance or instance_id())
         self.phase = Phase.STARTING
         self.in_flight = 0
 

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._clock import SystemClock
 from .._errors import ConfigurationError, check_number
-from .._events import add_listener
+from .._events import add_listener, remove_listener
 from ._state import ServiceState
 from ._types import ASGIApp, Message, Receive, Scope, Send, header, respond
 from .routes import UNMATCHED, RouteOf, RouteTemplates
@@ -63,6 +63,18 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from ..instrumentation.prometheus import PrometheusListener
+
+# asyncio's C accessor: the running loop or None, without raising (cheap per request).
+_running_loop = asyncio._get_running_loop
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    # None when the task's coroutine is closed by the garbage collector after its loop
+    # was closed without cancelling it: there is no running loop then.
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_EXCLUDE_PATHS", "MetricsMiddleware"]
 
@@ -175,10 +187,10 @@ class MetricsMiddleware:
     :param path: where the metrics are served (``GET``); not counted.
     :param buckets: histogram bounds in seconds, increasing.
     :param exclude_paths: paths passed through without being counted (probes).
-    :param state: the process's :class:`~fournines.asgi.ServiceState`; the
-        in-flight gauge then reports ``state.in_flight``, which
-        :class:`~fournines.asgi.shutdown.LifecycleMiddleware` counts. Without it
-        the middleware counts in-flight requests itself.
+    :param state: the process's :class:`~fournines.asgi.ServiceState`, kept for
+        the integrator; the in-flight gauge always counts the requests this
+        middleware passes to the app (the state's own count also includes probes,
+        scrapes and shed requests).
     :param multiprocess: use prometheus_client's multi-process mode; ``None``
         (default) means "when ``PROMETHEUS_MULTIPROC_DIR`` is set".
     :param route_of: ``route_of(scope) -> str``, the route label of a request,
@@ -232,11 +244,11 @@ class MetricsMiddleware:
         # type(obj).__call__, a slower path on every request.
         self._route_of: RouteOf = route_of if route_of is not None else RouteTemplates().__call__
         self.state = state
-        self._count_in_flight = state is None
         self._own_in_flight = 0
         self.loop_lag = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._series: dict[tuple[str, str, int], _Series] = {}
         self._mp_series: dict[tuple[str, str, int], _MultiprocessSeries] = {}
 
@@ -306,7 +318,7 @@ class MetricsMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if self._sampler is None:
+        if self._sampler_loop is not _running_loop():
             self._start_sampler()
 
         status = 500  # what the server answers when the app raises before responding
@@ -319,16 +331,13 @@ class MetricsMiddleware:
                 status = message["status"]
             return send(message)
 
-        count = self._count_in_flight
-        if count:
-            self._own_in_flight += 1
+        self._own_in_flight += 1
         start = _now()
         try:
             await self.app(scope, receive, send_status)
         finally:
             duration = _now() - start
-            if count:
-                self._own_in_flight -= 1
+            self._own_in_flight -= 1
             try:
                 route = self._route_of(scope)
             except Exception:
@@ -361,7 +370,9 @@ class MetricsMiddleware:
         series.count.inc()
 
     def _in_flight(self) -> int:
-        return self.state.in_flight if self.state is not None else self._own_in_flight
+        # Always our own count: the shared state also counts probes, scrapes and shed
+        # requests, which never reach the app.
+        return self._own_in_flight
 
     def _task_count(self) -> int:
         try:
@@ -382,18 +393,26 @@ class MetricsMiddleware:
             # This worker's gauges are fresh; the others' are at most one sample old.
             self._write_gauges()
         accept = header(scope, b"accept")
-        encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        try:
+            encoder, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        except (TypeError, ValueError):
+            # prometheus_client chokes on odd Accept parameters (version=abc): a
+            # client's bad header must not turn every scrape into a 500.
+            encoder, content_type = choose_encoder("")
         body = encoder(self.registry)
         await respond(send, 200, body, content_type=content_type.encode("latin-1"))
 
     # -- background sampling -------------------------------------------------------
 
     def _start_sampler(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): no lag sampling
+        # Called when the running loop is not the sampler's: the first request, or a
+        # new loop after an old one was closed without cancelling our task.
+        loop = _running_loop()
+        if loop is None:  # not asyncio (trio): no lag sampling
             return
         self._loop = loop
+        self._sampler_loop = loop
+        self.loop_lag = 0.0
         self._sampler = loop.create_task(self._sample(), name="fournines-metrics-sampler")
 
     async def _sample(self) -> None:
@@ -412,8 +431,9 @@ class MetricsMiddleware:
         finally:
             # Cancelled (shutdown, or the loop closing): the next request or lifespan
             # on a new loop starts a fresh sampler.
-            if self._sampler is asyncio.current_task():
+            if self._sampler is _current_task():
                 self._sampler = None
+                self._sampler_loop = None
 
     def _write_gauges(self) -> None:
         self._mp_in_flight.set(self._in_flight())
@@ -425,7 +445,7 @@ class MetricsMiddleware:
             message = await receive()
             kind = message["type"]
             if kind == "lifespan.startup":
-                if self._sampler is None:
+                if self._sampler_loop is not _running_loop():
                     self._start_sampler()
             elif kind == "lifespan.shutdown":
                 self._stop()
@@ -433,10 +453,22 @@ class MetricsMiddleware:
 
         await self.app(scope, lifespan_receive, send)
 
+    def close(self) -> None:
+        """Stop the background sampler and the process-wide event listener.
+
+        Called at lifespan shutdown; call it yourself when you discard a middleware
+        without a lifespan (tests, apps built per request), or its listener keeps
+        counting every policy event into this registry.
+        """
+        self._stop()
+
     def _stop(self) -> None:
         sampler, self._sampler = self._sampler, None
+        self._sampler_loop = None
         if sampler is not None:
             sampler.cancel()
+        if self.events_listener is not None:
+            remove_listener(self.events_listener)
         if self.multiprocess:
             from prometheus_client import multiprocess as mp  # noqa: PLC0415
 

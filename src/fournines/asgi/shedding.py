@@ -58,6 +58,18 @@ from .._events import CallRejected, Listener, dispatch, global_listeners
 from ..policies.adaptive import ConcurrencyLimit, Gradient2Limit
 from ._types import ASGIApp, Receive, Scope, Send, respond
 
+# asyncio's C accessor: the running loop or None, without raising (cheap per request).
+_running_loop = asyncio._get_running_loop
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    # None when the task's coroutine is closed by the garbage collector after its loop
+    # was closed without cancelling it: there is no running loop then.
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
+
 __all__ = ["DEFAULT_NEVER_SHED_PATHS", "LoadShedder"]
 
 DEFAULT_NEVER_SHED_PATHS = ("/livez", "/readyz", "/startupz", "/healthz", "/metrics")
@@ -103,6 +115,7 @@ class LoadShedder:
         "_now",
         "_priority",
         "_sampler",
+        "_sampler_loop",
         "admitted",
         "algorithm",
         "app",
@@ -177,6 +190,7 @@ class LoadShedder:
         self._listeners = tuple(listeners)
         self._now = clock.monotonic
         self._sampler: asyncio.Task[None] | None = None
+        self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._admit = 0
         self._critical_admit = 0
         self._limit_changed(limit.limit)
@@ -226,7 +240,7 @@ class LoadShedder:
                 ))
             await respond(send, 503, _BODY, headers=self._headers)
             return
-        if self._sampler is None and self._max_lag is not None:
+        if self._sampler_loop is not _running_loop() and self._max_lag is not None:
             self._start_sampler()
         inflight += 1
         self.in_flight = inflight
@@ -278,9 +292,17 @@ class LoadShedder:
         self.lagging = self._max_lag is not None and lag > self._max_lag
 
     def _start_sampler(self) -> None:
-        self._sampler = asyncio.get_running_loop().create_task(
-            self._sample_lag(), name=f"fournines-{self.name}-loop-lag"
-        )
+        # Called when the running loop is not the sampler's: the first request, or a
+        # new loop after an old one was closed without cancelling our task (whose
+        # stale "lagging" must not shed everything on the new loop).
+        loop = _running_loop()
+        if loop is None:  # not asyncio (trio): no lag signal
+            return
+        self._sampler_loop = loop
+        self.lagging = False
+        self.loop_lag = 0.0
+        self._sampler = loop.create_task(self._sample_lag(),
+                                         name=f"fournines-{self.name}-loop-lag")
 
     async def _sample_lag(self) -> None:
         loop = asyncio.get_running_loop()
@@ -294,8 +316,9 @@ class LoadShedder:
             # The loop is closing (or aclose() was called): forget the signal, and let
             # the next request on a new loop start a new sampler.
             self.lagging = False
-            if self._sampler is asyncio.current_task():
+            if self._sampler is _current_task():
                 self._sampler = None
+                self._sampler_loop = None
 
     async def aclose(self) -> None:
         """Stop the lag sampler (it restarts with the next request)."""

@@ -124,7 +124,8 @@ class LifecycleMiddleware:
                 # Rare states only: the common case pays one identity test.
                 if phase is _STARTING and not self._lifespan_seen:
                     state.mark_ready()
-                elif phase is _DRAINING:
+                elif phase is _DRAINING and scope.get("http_version", "1.1").startswith("1"):
+                    # HTTP/1 only: HTTP/2 forbids connection-specific header fields.
                     extra = (*extra, _CONNECTION_CLOSE)
             if extra:
                 send = _add_headers(send, extra)
@@ -171,7 +172,8 @@ class LifecycleMiddleware:
 def _add_headers(send: Send, extra: tuple[tuple[bytes, bytes], ...]) -> Send:
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), *extra]
+            # A new dict: the app may reuse its message object for every response.
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
         await send(message)
 
     return send_with_headers

@@ -150,8 +150,9 @@ class TracingMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if trace_value is not None:
-                    message["headers"] = [*message.get("headers", ()),
-                                          (trace_header, trace_value)]
+                    # A new dict: the app may reuse its message object for every response.
+                    message = {**message, "headers": [*message.get("headers", ()),
+                                                      (trace_header, trace_value)]}
             return send(message)
 
         error_type: str | None = None
