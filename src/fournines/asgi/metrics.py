@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from .._clock import SystemClock
 from .._errors import ConfigurationError, check_number
 from .._events import add_listener, remove_listener
+from ._loop import current_task, running_loop
 from ._state import ServiceState
 from ._types import ASGIApp, Message, Receive, Scope, Send, header, respond
 from .routes import UNMATCHED, RouteOf, RouteTemplates
@@ -64,17 +65,6 @@ if TYPE_CHECKING:
 
     from ..instrumentation.prometheus import PrometheusListener
 
-# asyncio's C accessor: the running loop or None, without raising (cheap per request).
-_running_loop = asyncio._get_running_loop
-
-
-def _current_task() -> asyncio.Task[object] | None:
-    # None when the task's coroutine is closed by the garbage collector after its loop
-    # was closed without cancelling it: there is no running loop then.
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_EXCLUDE_PATHS", "MetricsMiddleware"]
 
@@ -318,7 +308,7 @@ class MetricsMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if self._sampler_loop is not _running_loop():
+        if self._sampler_loop is not running_loop():
             self._start_sampler()
 
         status = 500  # what the server answers when the app raises before responding
@@ -407,7 +397,7 @@ class MetricsMiddleware:
     def _start_sampler(self) -> None:
         # Called when the running loop is not the sampler's: the first request, or a
         # new loop after an old one was closed without cancelling our task.
-        loop = _running_loop()
+        loop = running_loop()
         if loop is None:  # not asyncio (trio): no lag sampling
             return
         self._loop = loop
@@ -431,7 +421,7 @@ class MetricsMiddleware:
         finally:
             # Cancelled (shutdown, or the loop closing): the next request or lifespan
             # on a new loop starts a fresh sampler.
-            if self._sampler is _current_task():
+            if self._sampler is current_task():
                 self._sampler = None
                 self._sampler_loop = None
 
@@ -445,7 +435,7 @@ class MetricsMiddleware:
             message = await receive()
             kind = message["type"]
             if kind == "lifespan.startup":
-                if self._sampler_loop is not _running_loop():
+                if self._sampler_loop is not running_loop():
                     self._start_sampler()
             elif kind == "lifespan.shutdown":
                 self._stop()

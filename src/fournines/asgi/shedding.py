@@ -56,19 +56,8 @@ from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, check_number
 from .._events import CallRejected, Listener, dispatch, global_listeners
 from ..policies.adaptive import ConcurrencyLimit, Gradient2Limit
+from ._loop import current_task, running_loop
 from ._types import ASGIApp, Receive, Scope, Send, respond
-
-# asyncio's C accessor: the running loop or None, without raising (cheap per request).
-_running_loop = asyncio._get_running_loop
-
-
-def _current_task() -> asyncio.Task[object] | None:
-    # None when the task's coroutine is closed by the garbage collector after its loop
-    # was closed without cancelling it: there is no running loop then.
-    try:
-        return asyncio.current_task()
-    except RuntimeError:
-        return None
 
 __all__ = ["DEFAULT_NEVER_SHED_PATHS", "LoadShedder"]
 
@@ -240,7 +229,7 @@ class LoadShedder:
                 ))
             await respond(send, 503, _BODY, headers=self._headers)
             return
-        if self._sampler_loop is not _running_loop() and self._max_lag is not None:
+        if self._sampler_loop is not running_loop() and self._max_lag is not None:
             self._start_sampler()
         inflight += 1
         self.in_flight = inflight
@@ -295,7 +284,7 @@ class LoadShedder:
         # Called when the running loop is not the sampler's: the first request, or a
         # new loop after an old one was closed without cancelling our task (whose
         # stale "lagging" must not shed everything on the new loop).
-        loop = _running_loop()
+        loop = running_loop()
         if loop is None:  # not asyncio (trio): no lag signal
             return
         self._sampler_loop = loop
@@ -316,7 +305,7 @@ class LoadShedder:
             # The loop is closing (or aclose() was called): forget the signal, and let
             # the next request on a new loop start a new sampler.
             self.lagging = False
-            if self._sampler is _current_task():
+            if self._sampler is current_task():
                 self._sampler = None
                 self._sampler_loop = None
 
