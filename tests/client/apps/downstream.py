@@ -1,0 +1,108 @@
+"""Downstream test services, run under real uvicorn processes.
+
+``app`` is a downstream whose behaviour is set at runtime with
+``POST /control`` (JSON: ``mode`` ``"ok"``/``"fail"``/``"slow"``, ``status``
+(fail status, 503), ``retry_after`` (header value sent with failures),
+``delay`` (seconds, for ``slow``)); the control call also forgets what was
+seen. ``GET /seen`` returns every request seen since: method, path and the
+``x-request-timeout-ms`` / ``x-request-attempt`` headers it carried.
+
+``chain_app`` is one link of a service chain: it records what it sees like
+``app`` and forwards each request to ``CHAIN_NEXT`` through an
+``AsyncResilientTransport`` (``CHAIN_RATIO``, ``CHAIN_MIN_PER_SECOND``,
+``CHAIN_ATTEMPTS`` configure it), answering 503 when the next hop failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from fournines import ConsecutiveFailures
+from fournines.client.transport import AsyncResilientTransport, ClientPolicy
+from fournines.policies.backoff import Backoff
+
+_control: dict[str, Any] = {"mode": "ok"}
+_seen: list[dict[str, Any]] = []
+
+
+async def control(request: Request) -> Response:
+    body = await request.json()
+    _control.clear()
+    _control.update({"mode": "ok", **body})
+    _seen.clear()
+    return JSONResponse({"ok": True})
+
+
+async def seen(request: Request) -> Response:
+    return JSONResponse({"count": len(_seen), "requests": _seen})
+
+
+def _record(request: Request) -> None:
+    _seen.append({
+        "method": request.method,
+        "path": request.url.path,
+        "timeout_ms": request.headers.get("x-request-timeout-ms"),
+        "attempt": request.headers.get("x-request-attempt"),
+    })
+
+
+async def serve(request: Request) -> Response:
+    _record(request)
+    mode = _control.get("mode", "ok")
+    if mode == "slow":
+        await asyncio.sleep(float(_control.get("delay", 1.0)))
+    if mode == "fail":
+        headers = {}
+        if _control.get("retry_after") is not None:
+            headers["retry-after"] = str(_control["retry_after"])
+        return Response("failing", status_code=int(_control.get("status", 503)),
+                        headers=headers)
+    return Response("ok")
+
+
+_ROUTES = [
+    Route("/control", control, methods=["POST"]),
+    Route("/seen", seen, methods=["GET"]),
+]
+_ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+app = Starlette(routes=[*_ROUTES, Route("/{path:path}", serve, methods=_ANY)])
+
+_client: httpx.AsyncClient | None = None
+
+
+def _chain_client() -> httpx.AsyncClient:
+    global _client
+    if _client is None:
+        policy = ClientPolicy(
+            # Only the retry budget is under test: a breaker would cut calls on its own.
+            trip=ConsecutiveFailures(threshold=1_000_000),
+            attempts=int(os.environ.get("CHAIN_ATTEMPTS", "3")),
+            backoff=Backoff(initial=0.001, cap=0.005),
+            budget_ratio=float(os.environ.get("CHAIN_RATIO", "0.2")),
+            budget_min_per_second=float(os.environ.get("CHAIN_MIN_PER_SECOND", "0.5")),
+            budget_ttl=float(os.environ.get("CHAIN_TTL", "10")),
+        )
+        _client = httpx.AsyncClient(transport=AsyncResilientTransport(config=policy),
+                                    timeout=10.0)
+    return _client
+
+
+async def forward(request: Request) -> Response:
+    _record(request)
+    target = os.environ["CHAIN_NEXT"] + request.url.path
+    response = await _chain_client().get(target)
+    if response.status_code >= 500:
+        return Response("next hop failed", status_code=503)
+    return Response(response.content, status_code=response.status_code)
+
+
+chain_app = Starlette(routes=[*_ROUTES, Route("/{path:path}", forward, methods=_ANY)])

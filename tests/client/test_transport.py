@@ -1,0 +1,339 @@
+"""AsyncResilientTransport against real uvicorn downstreams (no network mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fournines import (
+    BulkheadFullError,
+    CircuitOpenError,
+    ConfigurationError,
+    ConsecutiveFailures,
+    DeadlineExceededError,
+    FallbackUsed,
+    RetriesExhausted,
+    RetryBudget,
+    RetryScheduled,
+    State,
+    deadline_after,
+)
+from fournines.client.transport import AsyncResilientTransport, ClientPolicy, parse_retry_after
+from fournines.policies.backoff import Backoff
+from fournines.testing import RecordingListener
+
+from .._servers import free_port
+from ..asgi._uvicorn import UvicornProcess
+
+FAST = Backoff(initial=0.001, cap=0.005)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[tuple[UvicornProcess, UvicornProcess]]:
+    a = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+    try:
+        b = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+@pytest.fixture
+def host_a(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
+    httpx.post(servers[0].url + "/control", json={"mode": "ok"})
+    return servers[0].url
+
+
+@pytest.fixture
+def host_b(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
+    httpx.post(servers[1].url + "/control", json={"mode": "ok"})
+    return servers[1].url
+
+
+def control(url: str, **settings: Any) -> None:
+    httpx.post(url + "/control", json=settings).raise_for_status()
+
+
+def seen(url: str) -> list[dict[str, Any]]:
+    requests: list[dict[str, Any]] = httpx.get(url + "/seen").json()["requests"]
+    return requests
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Any]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(**kwargs: Any) -> tuple[httpx.AsyncClient, AsyncResilientTransport]:
+        transport = AsyncResilientTransport(**kwargs)
+        client = httpx.AsyncClient(transport=transport, timeout=10.0)
+        clients.append(client)
+        return client, transport
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+# -- pure parts --------------------------------------------------------------------------
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("7", 0.0) == 7.0
+    assert parse_retry_after(" 0 ", 0.0) == 0.0
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert parse_retry_after(date, now) == pytest.approx(30.0, abs=1.0)
+    past = email.utils.formatdate(now - 100, usegmt=True)
+    assert parse_retry_after(past, now) == 0.0
+    for bad in (None, "", "soon", "-5", "1.5"):
+        assert parse_retry_after(bad, now) is None
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("attempts", 0), ("reset_timeout", -1.0), ("attempt_timeout", 0.0),
+    ("max_concurrent", 0), ("budget_ratio", -0.1), ("budget_ttl", 0.0),
+    ("max_retry_after", float("nan")), ("retry_statuses", frozenset({99})),
+    ("trip", "five"), ("backoff", 0.1),
+])
+def test_config_errors_name_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"ClientPolicy.{field}"):
+        ClientPolicy(**{field: value})
+
+
+def test_registry_is_per_host_and_bounded() -> None:
+    transport = AsyncResilientTransport(max_hosts=2)
+    a = transport.policies_for("http://a.example/x")
+    assert transport.policies_for("http://a.example:80/y") is a
+    assert transport.policies_for("https://a.example/x") is not a
+    transport.policies_for("http://b.example/")
+    assert transport.policies_for("http://a.example/") is not a  # evicted: least recent
+
+
+def test_per_route_override_has_its_own_policies() -> None:
+    route = ClientPolicy(attempts=1)
+    transport = AsyncResilientTransport(per_route={("GET", "/pay"): route,
+                                                   "http://c.example:80": ClientPolicy(attempts=5)})
+    assert transport.policies_for("http://a.example/pay").config is route
+    assert transport.policies_for("http://a.example/other").config.attempts == 3
+    assert transport.policies_for("http://c.example/other").config.attempts == 5
+
+
+# -- breaker per host ----------------------------------------------------------------------
+
+
+async def test_breaker_opens_per_host_and_recovers(make_client: Any, host_a: str,
+                                                   host_b: str) -> None:
+    recorder = RecordingListener()
+    policy = ClientPolicy(trip=ConsecutiveFailures(threshold=3), reset_timeout=0.5, attempts=1)
+    client, transport = make_client(config=policy, listeners=[recorder])
+    control(host_a, mode="fail", status=500)
+    for _ in range(3):
+        assert (await client.get(host_a + "/work")).status_code == 500
+    with pytest.raises(CircuitOpenError):
+        await client.get(host_a + "/work")
+    assert len(seen(host_a)) == 3  # the open breaker did not touch the network
+    assert (await client.get(host_b + "/work")).status_code == 200
+    assert transport.policies_for(host_b).breaker.state is State.CLOSED
+
+    control(host_a, mode="ok")
+    for _ in range(100):
+        try:
+            response = await client.get(host_a + "/work")
+        except CircuitOpenError:
+            await asyncio.sleep(0.1)
+            continue
+        assert response.status_code == 200
+        break
+    assert transport.policies_for(host_a).breaker.state is State.CLOSED
+    assert [e.new for e in recorder.events if hasattr(e, "new")] == \
+        ["open", "half_open", "closed"]
+
+
+async def test_4xx_and_429_are_not_failures(make_client: Any, host_a: str) -> None:
+    policy = ClientPolicy(trip=ConsecutiveFailures(threshold=2), attempts=1)
+    client, transport = make_client(config=policy)
+    for status in (404, 400, 429, 429, 429):
+        control(host_a, mode="fail", status=status)
+        assert (await client.get(host_a + "/x")).status_code == status
+    assert transport.policies_for(host_a).breaker.state is State.CLOSED
+
+
+async def test_connect_error_counts_as_failure(make_client: Any) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    policy = ClientPolicy(trip=ConsecutiveFailures(threshold=2), attempts=1)
+    client, _ = make_client(config=policy)
+    for _ in range(2):
+        with pytest.raises(httpx.ConnectError):
+            await client.get(closed + "/x")
+    with pytest.raises(CircuitOpenError):
+        await client.get(closed + "/x")
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+async def test_post_is_never_retried(make_client: Any, host_a: str) -> None:
+    client, _ = make_client(config=ClientPolicy(backoff=FAST))
+    control(host_a, mode="fail", status=503)
+    assert (await client.post(host_a + "/orders", json={})).status_code == 503
+    assert (await client.patch(host_a + "/orders", json={})).status_code == 503
+    assert [r["method"] for r in seen(host_a)] == ["POST", "PATCH"]
+
+
+async def test_get_503_is_retried_up_to_attempts(make_client: Any, host_a: str) -> None:
+    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
+    control(host_a, mode="fail", status=503)
+    response = await client.get(host_a + "/items")
+    assert response.status_code == 503  # exhausted: the last response is returned
+    assert response.text == "failing"
+    assert [r["attempt"] for r in seen(host_a)] == ["1", "2", "3"]
+
+
+async def test_post_with_idempotency_key_is_retried(make_client: Any, host_a: str) -> None:
+    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
+    control(host_a, mode="fail", status=502)
+    response = await client.post(host_a + "/orders", json={},
+                                 headers={"Idempotency-Key": "k-1"})
+    assert response.status_code == 502
+    assert [r["method"] for r in seen(host_a)] == ["POST"] * 3
+
+
+async def test_connect_error_is_retried_for_get(make_client: Any) -> None:
+    recorder = RecordingListener()
+    closed = f"http://127.0.0.1:{free_port()}"
+    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3), listeners=[recorder])
+    with pytest.raises(httpx.ConnectError):
+        await client.get(closed + "/x")
+    assert len(recorder.of(RetryScheduled)) == 2
+    assert recorder.of(RetriesExhausted)[0].reason == "attempts"
+
+
+async def test_retry_after_seconds_is_honoured(make_client: Any, host_a: str) -> None:
+    recorder = RecordingListener()
+    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=2), listeners=[recorder])
+    control(host_a, mode="fail", status=503, retry_after="1")
+    assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 2
+    [scheduled] = recorder.of(RetryScheduled)
+    assert scheduled.delay >= 1.0
+
+
+async def test_retry_after_is_capped(make_client: Any, host_a: str) -> None:
+    recorder = RecordingListener()
+    policy = ClientPolicy(backoff=FAST, attempts=2, max_retry_after=0.05)
+    client, _ = make_client(config=policy, listeners=[recorder])
+    control(host_a, mode="fail", status=429, retry_after="3600")
+    assert (await client.get(host_a + "/x")).status_code == 429
+    assert len(seen(host_a)) == 2
+    assert recorder.of(RetryScheduled)[0].delay == 0.05
+
+
+async def test_empty_budget_stops_retries(make_client: Any, host_a: str) -> None:
+    recorder = RecordingListener()
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0)
+    client, _ = make_client(config=ClientPolicy(backoff=FAST), budget=budget,
+                            listeners=[recorder])
+    control(host_a, mode="fail", status=503)
+    assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 1
+    assert recorder.of(RetriesExhausted)[0].reason == "budget"
+
+
+# -- deadlines -----------------------------------------------------------------------------
+
+
+async def test_deadline_header_shrinks_across_retries(make_client: Any, host_a: str) -> None:
+    backoff = Backoff(initial=0.05, cap=0.05, jitter="none")
+    client, _ = make_client(config=ClientPolicy(backoff=backoff, attempts=3))
+    control(host_a, mode="fail", status=503)
+    async with deadline_after(2.0):
+        await client.get(host_a + "/x")
+    requests = seen(host_a)
+    budgets = [int(r["timeout_ms"]) for r in requests]
+    assert [r["attempt"] for r in requests] == ["1", "2", "3"]
+    assert 0 < budgets[0] <= 2000
+    assert budgets[0] > budgets[1] > budgets[2] > 0
+
+
+async def test_attempt_timeout_is_sent_without_deadline(make_client: Any, host_a: str) -> None:
+    client, _ = make_client(config=ClientPolicy(attempt_timeout=1.5))
+    await client.get(host_a + "/x")
+    [request] = seen(host_a)
+    assert request["timeout_ms"] == "1500"
+    assert request["attempt"] == "1"
+
+
+async def test_no_budget_left_fails_without_touching_network(make_client: Any,
+                                                             host_a: str) -> None:
+    client, _ = make_client()
+    async with deadline_after(0.0):
+        with pytest.raises(DeadlineExceededError):
+            await client.get(host_a + "/x")
+    assert seen(host_a) == []
+
+
+async def test_slow_call_is_cut_at_the_deadline(make_client: Any, host_a: str) -> None:
+    policy = ClientPolicy(trip=ConsecutiveFailures(threshold=1), attempts=3)
+    client, transport = make_client(config=policy)
+    control(host_a, mode="slow", delay=3.0)
+    async with deadline_after(0.3):
+        with pytest.raises(DeadlineExceededError):
+            await client.get(host_a + "/x")
+    assert len(seen(host_a)) == 1  # no retry: nothing left of the budget
+    assert transport.policies_for(host_a).breaker.state is State.OPEN
+
+
+# -- bulkhead and fallback -----------------------------------------------------------------
+
+
+async def test_bulkhead_per_host(make_client: Any, host_a: str, host_b: str) -> None:
+    client, _ = make_client(config=ClientPolicy(max_concurrent=1, attempts=1))
+    control(host_a, mode="slow", delay=0.5)
+    results = await asyncio.gather(client.get(host_a + "/x"), client.get(host_a + "/x"),
+                                   client.get(host_b + "/x"), return_exceptions=True)
+    kinds = sorted(type(r).__name__ for r in results)
+    assert kinds == ["BulkheadFullError", "Response", "Response"]
+    assert isinstance(results[0], httpx.Response) or isinstance(results[1], httpx.Response)
+    assert len(seen(host_a)) == 1
+    # The slot came back when the body was read: the next call is admitted.
+    control(host_a, mode="ok")
+    assert (await client.get(host_a + "/x")).status_code == 200
+
+
+async def test_bulkhead_error_type(make_client: Any, host_a: str) -> None:
+    client, _ = make_client(config=ClientPolicy(max_concurrent=1, attempts=1))
+    control(host_a, mode="slow", delay=0.5)
+    async with client.stream("GET", host_a + "/x") as held:
+        with pytest.raises(BulkheadFullError):
+            await client.get(host_a + "/x")
+        await held.aread()
+    assert (await client.get(host_a + "/x")).status_code == 200
+
+
+async def test_fallback_answers_for_route(make_client: Any, host_a: str) -> None:
+    recorder = RecordingListener()
+    errors: list[BaseException] = []
+
+    def cached(request: httpx.Request, exc: BaseException) -> httpx.Response:
+        errors.append(exc)
+        return httpx.Response(200, text="cached status")
+
+    client, _ = make_client(config=ClientPolicy(attempts=1), listeners=[recorder],
+                            fallbacks={("GET", "/payments/status"): cached})
+    control(host_a, mode="fail", status=503)
+    response = await client.get(host_a + "/payments/status")
+    assert response.text == "cached status"
+    assert isinstance(errors[0], httpx.HTTPStatusError)
+    assert len(recorder.of(FallbackUsed)) == 1
+    assert (await client.get(host_a + "/other")).status_code == 503  # no hook there
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert (await client.get(closed + "/payments/status")).text == "cached status"
+    assert isinstance(errors[1], httpx.ConnectError)
