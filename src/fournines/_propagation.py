@@ -10,16 +10,26 @@ request's deadline from it. Two formats are understood:
   micro-, nanoseconds), as in the gRPC over HTTP/2 specification.
 
 ``x-request-attempt: 2`` counts the attempts of one logical request across
-retries, so the next hop can refuse to retry a request that is already a retry
-(3 layers x 3 attempts must not become 27 calls at the bottom).
+retries (informational: the server side can log or count retried requests).
+
+``x-no-retry: 1`` is retry pushback, after the SRE book's advice to retry at one
+layer only: a service answers 5xx with it when its own outgoing call failed after
+*its* retries (or its retry budget refused them). The caller then does not retry
+that answer, so retries are made by the layer next to the failure and nowhere
+else: 3 layers x 3 attempts cannot become 27 calls at the bottom, and the bottom
+sees at most ``(1 + ratio) x requests + floor`` of the one retrying layer.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
+
 __all__ = [
     "ATTEMPT_HEADER",
     "GRPC_TIMEOUT_HEADER",
+    "NO_RETRY_HEADER",
     "TIMEOUT_HEADER",
+    "RetryPushback",
     "format_timeout_ms",
     "parse_grpc_timeout",
     "parse_timeout_ms",
@@ -28,6 +38,37 @@ __all__ = [
 TIMEOUT_HEADER = "x-request-timeout-ms"
 GRPC_TIMEOUT_HEADER = "grpc-timeout"
 ATTEMPT_HEADER = "x-request-attempt"
+NO_RETRY_HEADER = "x-no-retry"
+
+
+class RetryPushback:
+    """Per incoming request: whether an outgoing call gave up after its retries."""
+
+    __slots__ = ("exhausted",)
+
+    def __init__(self) -> None:
+        self.exhausted = False
+
+
+# A mutable marker rather than a flag in the context: child tasks of the request copy
+# the context, and their outgoing calls must still be able to set it.
+_pushback: ContextVar[RetryPushback | None] = ContextVar("fournines_pushback", default=None)
+
+
+def begin_pushback() -> tuple[RetryPushback, Token[RetryPushback | None]]:
+    """Start tracking retry pushback for the request being served (server side)."""
+    marker = RetryPushback()
+    return marker, _pushback.set(marker)
+
+
+end_pushback = _pushback.reset
+
+
+def mark_retries_exhausted() -> None:
+    """An outgoing call gave up retrying: the request being served must say so."""
+    marker = _pushback.get()
+    if marker is not None:
+        marker.exhausted = True
 
 _GRPC_UNITS = {
     "H": 3600.0,

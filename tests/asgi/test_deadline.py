@@ -210,3 +210,29 @@ def test_bad_settings_raise_configuration_error_naming_the_field(
 ) -> None:
     with pytest.raises(ConfigurationError, match=rf"DeadlineMiddleware\.{field} "):
         DeadlineMiddleware(inner, **kwargs)  # type: ignore[arg-type]
+
+
+async def _answer(status: int, exhausted: bool) -> httpx.Response:
+    from fournines._propagation import mark_retries_exhausted
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if exhausted:
+            mark_retries_exhausted()
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    transport = httpx.ASGITransport(app=DeadlineMiddleware(app))  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.get("/")
+
+
+async def test_failure_after_exhausted_retries_carries_retry_pushback() -> None:
+    assert (await _answer(503, exhausted=True)).headers["x-no-retry"] == "1"
+
+
+async def test_failure_without_exhausted_retries_has_no_pushback() -> None:
+    assert "x-no-retry" not in (await _answer(503, exhausted=False)).headers
+
+
+async def test_success_never_carries_pushback() -> None:
+    assert "x-no-retry" not in (await _answer(200, exhausted=True)).headers

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._clock import Clock, system_clock
 from .._deadline import push_deadline, reset_deadline
@@ -37,11 +38,14 @@ from .._errors import ConfigurationError, check_number
 from .._events import DeadlineExceeded, Listener, dispatch, global_listeners
 from .._propagation import (
     GRPC_TIMEOUT_HEADER,
+    NO_RETRY_HEADER,
     TIMEOUT_HEADER,
+    begin_pushback,
+    end_pushback,
     parse_grpc_timeout,
     parse_timeout_ms,
 )
-from ._types import ASGIApp, Receive, Scope, Send, respond
+from ._types import ASGIApp, Message, Receive, Scope, Send, respond
 
 __all__ = ["DeadlineMiddleware"]
 
@@ -51,6 +55,7 @@ _TIMEOUT = TIMEOUT_HEADER.encode("latin-1")
 _FAST_LEN = 32  # parse_timeout_ms refuses longer values
 _INF = float("inf")
 _GRPC = GRPC_TIMEOUT_HEADER.encode("latin-1")
+_NO_RETRY = (NO_RETRY_HEADER.encode("latin-1"), b"1")
 
 OnMalformed = Callable[[str, bytes], object]
 """Called as ``on_malformed(header_name, raw_value)`` for each malformed header."""
@@ -130,6 +135,23 @@ class DeadlineMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        marker, pushback = begin_pushback()
+
+        # A plain function returning send's awaitable: no extra coroutine per message.
+        def send_pushback(message: Message) -> Any:
+            if (marker.exhausted and message["type"] == "http.response.start"
+                    and message["status"] >= 500):
+                # Our outgoing call already retried and gave up: our caller must not
+                # retry this answer too (retry at one layer only).
+                message = {**message, "headers": [*message.get("headers", ()), _NO_RETRY]}
+            return send(message)
+
+        try:
+            await self._serve(scope, receive, send_pushback)
+        finally:
+            end_pushback(pushback)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         timeout_value = grpc_value = None
         for key, value in scope["headers"]:
             if key == _TIMEOUT:

@@ -48,7 +48,13 @@ from .._events import (
     dispatch,
     global_listeners,
 )
-from .._propagation import ATTEMPT_HEADER, TIMEOUT_HEADER, format_timeout_ms
+from .._propagation import (
+    ATTEMPT_HEADER,
+    NO_RETRY_HEADER,
+    TIMEOUT_HEADER,
+    format_timeout_ms,
+    mark_retries_exhausted,
+)
 from ..policies.backoff import Backoff
 from ..policies.budget import RetryBudget
 from ..policies.bulkhead import Bulkhead, BulkheadPermit
@@ -414,8 +420,11 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                     permit.release()
                 last = None  # the last outcome is this error, not an older response
                 planned = None
-                if retries and isinstance(error, _RETRYABLE):
-                    planned = self._plan(hp, attempt, delay, None, error, deadline)
+                if isinstance(error, _RETRYABLE):
+                    if retries:
+                        planned = self._plan(hp, attempt, delay, None, error, deadline)
+                    else:
+                        mark_retries_exhausted()
                 if planned is None:
                     if error is exc:
                         raise
@@ -431,7 +440,12 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                         response.stream,  # type: ignore[arg-type]
                         slot,
                     )
-                if not retries or status not in cfg.retry_statuses:
+                if status not in cfg.retry_statuses:
+                    return response
+                if not retries or NO_RETRY_HEADER in response.headers:
+                    # Not ours to retry (not idempotent), or the hop below already retried
+                    # and gave up: tell our own caller not to retry either.
+                    mark_retries_exhausted()
                     return response
                 hint = parse_retry_after(response.headers.get("retry-after"), self._clock.time())
                 planned = self._plan(hp, attempt, delay, hint, None, deadline)
@@ -468,6 +482,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 reason = "deadline"
             elif not hp.budget.try_withdraw():
                 reason = "budget"
+        if reason:
+            # Whatever we answer our own caller now, it must not be retried again.
+            mark_retries_exhausted()
         if self._listeners or global_listeners():
             if reason:
                 dispatch(self._listeners, RetriesExhausted(

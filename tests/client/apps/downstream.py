@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fournines import ConsecutiveFailures
+from fournines.asgi.deadline import DeadlineMiddleware
 from fournines.client.transport import AsyncResilientTransport, ClientPolicy
 from fournines.policies.backoff import Backoff
 
@@ -105,4 +106,7 @@ async def forward(request: Request) -> Response:
     return Response(response.content, status_code=response.status_code)
 
 
-chain_app = Starlette(routes=[*_ROUTES, Route("/{path:path}", forward, methods=_ANY)])
+# Served as a fournines service serves: the deadline middleware also sends retry
+# pushback (x-no-retry) when this link's own retries to the next hop gave up.
+chain_app_plain = Starlette(routes=[*_ROUTES, Route("/{path:path}", forward, methods=_ANY)])
+chain_app = DeadlineMiddleware(chain_app_plain)
