@@ -24,13 +24,17 @@ breaker. Per attempt the transport:
    drawing each retry from the host's :class:`~fournines.RetryBudget` and never
    sleeping past the deadline. Exhausted retries return the last response or
    re-raise the last error.
+
+With ``hedge_after`` set, an idempotent attempt that has no response headers
+after the hedge delay gets ONE concurrent twin (a hedge); see :class:`ClientPolicy`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +64,7 @@ from ..policies.budget import RetryBudget
 from ..policies.bulkhead import Bulkhead, BulkheadPermit
 from ..policies.circuit_breaker import (
     AdaptiveThrottling,
+    BreakerPermit,
     CircuitBreaker,
     ConsecutiveFailures,
     FailureRate,
@@ -114,6 +119,21 @@ class ClientPolicy:
     :param budget_ratio: retries allowed per request, over ``budget_ttl``.
     :param budget_min_per_second: retries allowed per second regardless of traffic.
     :param budget_ttl: the window of the retry budget.
+    :param hedge_after: hedging (``None``: off). When an idempotent attempt (same
+        rule as retries) has no response headers after this many seconds, ONE
+        second attempt is sent concurrently; the first non-retryable outcome
+        (a response whose status is not in ``retry_statuses``, or an error that
+        is not retried) wins, the other attempt is cancelled and its response,
+        if any, closed. A hedge withdraws one retry from the host's
+        :class:`~fournines.RetryBudget` (no hedge when it refuses), takes its own
+        breaker permit and bulkhead slot (never queueing: no hedge when either
+        refuses), does not use up one of ``attempts``, and is never sent when
+        the deadline would pass before the hedge delay. Each hedge emits
+        ``RetryScheduled(policy="hedge", delay=<hedge delay>)``.
+    :param hedge_quantile: with ``hedge_after`` (required, as the fallback), hedge
+        after this quantile (e.g. ``0.95``) of the host's last 100 successful
+        attempt latencies instead, once 20 of them exist. Attempts that lost a
+        race are not sampled.
     """
 
     trip: ConsecutiveFailures | FailureRate | AdaptiveThrottling = field(
@@ -130,6 +150,8 @@ class ClientPolicy:
     budget_ratio: float = 0.2
     budget_min_per_second: float = 10.0
     budget_ttl: float = 10.0
+    hedge_after: float | None = None
+    hedge_quantile: float | None = None
 
     def __post_init__(self) -> None:
         owner = "ClientPolicy"
@@ -159,6 +181,14 @@ class ClientPolicy:
         check_number(owner, "budget_ratio", self.budget_ratio, minimum=0, maximum=1000)
         check_number(owner, "budget_min_per_second", self.budget_min_per_second, minimum=0)
         check_number(owner, "budget_ttl", self.budget_ttl, minimum=0, exclusive_minimum=True)
+        check_number(owner, "hedge_after", self.hedge_after, minimum=0, optional=True)
+        check_number(owner, "hedge_quantile", self.hedge_quantile, minimum=0,
+                     exclusive_minimum=True, maximum=1, optional=True)
+        if self.hedge_quantile is not None and self.hedge_after is None:
+            raise ConfigurationError(
+                f"{owner}.hedge_quantile needs {owner}.hedge_after (the hedge delay used "
+                f"until enough latencies are known), got hedge_after=None"
+            )
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -187,7 +217,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 class _HostPolicies:
     """The policies of one host (or route): created once, reused by every request."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "config", "name")
+    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name")
 
     def __init__(self, name: str, config: ClientPolicy, budget: RetryBudget | None,
                  clock: Clock, listeners: Sequence[Listener]) -> None:
@@ -204,6 +234,26 @@ class _HostPolicies:
         self.bulkhead = None if config.max_concurrent is None else Bulkhead(
             max_concurrent=config.max_concurrent, name=name, clock=clock, listeners=listeners,
         )
+        # Recent successful attempt latencies, kept only for quantile hedging.
+        self.latencies: deque[float] | None = (
+            None if config.hedge_quantile is None else deque(maxlen=_HEDGE_SAMPLES)
+        )
+
+    def hedge_delay(self) -> float:
+        """Seconds to wait for an attempt's headers before sending a hedge."""
+        config = self.config
+        assert config.hedge_after is not None
+        latencies = self.latencies
+        if latencies is None or len(latencies) < _HEDGE_MIN_SAMPLES:
+            return config.hedge_after
+        assert config.hedge_quantile is not None
+        ordered = sorted(latencies)
+        index = min(len(ordered) - 1, int(config.hedge_quantile * len(ordered)))
+        return ordered[index]
+
+
+_HEDGE_SAMPLES = 100
+_HEDGE_MIN_SAMPLES = 20
 
 
 class _ReleasingStream(httpx.AsyncByteStream):
@@ -370,6 +420,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         retries = cfg.attempts > 1 and (
             request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
         )
+        hedge = cfg.hedge_after is not None and (
+            request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+        )
         breaker = hp.breaker
         bulkhead = hp.bulkhead
         inner = self._transport
@@ -406,7 +459,10 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
                 _attempt_timeout(request, limit)
             headers[ATTEMPT_HEADER] = str(attempt)
             try:
-                response = await inner.handle_async_request(request)
+                if hedge:
+                    response = await self._race(hp, request, permit, slot, deadline, attempt)
+                else:
+                    response = await inner.handle_async_request(request)
             except Exception as exc:
                 if slot is not None:
                     slot.release()
@@ -458,6 +514,159 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             delay = planned
             await self._clock.asleep(delay)
             attempt += 1
+
+    async def _race(self, hp: _HostPolicies, request: httpx.Request, permit: BreakerPermit,
+                    slot: BulkheadPermit | None, deadline: Deadline | None,
+                    attempt: int) -> httpx.Response:
+        """Send ``request``, hedged once if its headers are late; the first decisive outcome wins.
+
+        The caller settles ``permit`` and ``slot`` from what this returns or raises;
+        when the hedge's outcome is the one returned, the primary attempt is settled
+        here (those later calls are then no-ops), and the hedge always is.
+        """
+        cfg = hp.config
+        clock = self._clock
+        inner = self._transport
+        delay = hp.hedge_delay()
+        start = clock.monotonic()
+        primary: asyncio.Future[httpx.Response] = asyncio.ensure_future(
+            inner.handle_async_request(request))
+        second: asyncio.Future[httpx.Response] | None = None
+        h_permit: BreakerPermit | None = None
+        h_slot: BulkheadPermit | None = None
+        h_start = start
+        winner: asyncio.Future[httpx.Response] | None = None
+        try:
+            done, _ = await asyncio.wait((primary,), timeout=delay)
+            if not done:
+                launched = self._launch_hedge(hp, request, deadline, attempt, delay)
+                if launched is not None:
+                    h_request, h_permit, h_slot = launched
+                    h_start = clock.monotonic()
+                    second = asyncio.ensure_future(inner.handle_async_request(h_request))
+            if second is None:
+                winner = primary
+                response = await primary
+            else:
+                pending: set[asyncio.Future[httpx.Response]] = {primary, second}
+                while pending:
+                    done, pending = await asyncio.wait(
+                        pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (primary, second):  # the primary first on a tie
+                        if task in done and self._decisive(cfg, task):
+                            winner = task
+                            break
+                    if winner is not None:
+                        break
+                if winner is None:
+                    winner = primary  # both retryable: the primary's outcome goes up
+                response = await winner
+        finally:
+            entries: list[tuple[asyncio.Future[httpx.Response] | None, BreakerPermit | None,
+                                BulkheadPermit | None]] = [(primary, permit, slot),
+                                                           (second, h_permit, h_slot)]
+            for racer, t_permit, t_slot in entries:
+                if racer is None or (racer is winner and (
+                        racer is primary or racer.exception() is None)):
+                    continue  # the caller settles the primary; a winning hedge below
+                assert t_permit is not None
+                await self._settle_loser(racer, t_permit, t_slot)
+        if winner is second:
+            assert h_permit is not None
+            if response.status_code >= 500:
+                h_permit.failure()
+            else:
+                h_permit.success()
+            if h_slot is not None:
+                response.stream = _ReleasingStream(
+                    response.stream,  # type: ignore[arg-type]
+                    h_slot,
+                )
+        if hp.latencies is not None and response.status_code < 500:
+            hp.latencies.append(clock.monotonic() - (start if winner is primary else h_start))
+        return response
+
+    @staticmethod
+    def _decisive(cfg: ClientPolicy, task: asyncio.Future[httpx.Response]) -> bool:
+        if task.cancelled():
+            return False
+        error = task.exception()
+        if error is not None:
+            return not isinstance(error, _RETRYABLE)
+        return task.result().status_code not in cfg.retry_statuses
+
+    def _launch_hedge(self, hp: _HostPolicies, request: httpx.Request,
+                      deadline: Deadline | None, attempt: int, delay: float
+                      ) -> tuple[httpx.Request, BreakerPermit, BulkheadPermit | None] | None:
+        """The hedge's request, breaker permit and slot, or ``None`` when it may not go."""
+        limit = hp.config.attempt_timeout
+        if deadline is not None:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                return None
+            if limit is None or remaining < limit:
+                limit = remaining
+        try:
+            permit = hp.breaker.try_acquire()
+        except Exception:
+            return None
+        slot = None
+        if hp.bulkhead is not None:
+            try:
+                slot = hp.bulkhead.try_acquire()
+            except Exception:
+                permit.release()
+                return None
+        if not hp.budget.try_withdraw():
+            permit.release()
+            if slot is not None:
+                slot.release()
+            return None
+        hedge = httpx.Request(request.method, request.url, headers=request.headers,
+                              stream=request.stream, extensions=dict(request.extensions))
+        headers = hedge.headers  # a copy of the primary's
+        if limit is not None:
+            headers[TIMEOUT_HEADER] = format_timeout_ms(limit)
+            _attempt_timeout(hedge, limit)
+        headers[ATTEMPT_HEADER] = str(attempt + 1)
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, RetryScheduled(
+                policy="hedge", name=hp.name, attempt=attempt, delay=delay, error=None,
+            ))
+        return hedge, permit, slot
+
+    @staticmethod
+    async def _settle_loser(task: asyncio.Future[httpx.Response], permit: BreakerPermit,
+                            slot: BulkheadPermit | None) -> None:
+        """Cancel an attempt that lost the race; record its outcome if it had one."""
+        try:
+            if not task.done():
+                task.cancel()
+                try:
+                    await asyncio.wait((task,))
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
+            if task.cancelled():
+                permit.release()
+                return
+            error = task.exception()
+            if error is not None:
+                if isinstance(error, _FAILURES):
+                    permit.failure(error)
+                else:
+                    permit.release()
+                return
+            response = task.result()
+            if response.status_code >= 500:
+                permit.failure()
+            else:
+                permit.success()
+            await response.aclose()
+        finally:
+            permit.release()
+            if slot is not None:
+                slot.release()
 
     def _expired(self, hp: _HostPolicies, deadline: Deadline) -> DeadlineExceededError:
         if self._listeners or global_listeners():
