@@ -6,8 +6,8 @@ Users keep ``httpx.AsyncClient`` and all their habits; only the transport change
         transport=AsyncBalancingTransport(["http://10.0.0.1:8000", "http://10.0.0.2:8000"]),
     ))
 
-Work in progress (issue 4): hedging, a sync transport, client metrics and spans
-are not built yet.
+Work in progress (issue 4): a sync transport, client metrics and spans are not
+built yet.
 """
 
 from .balancing import (
