@@ -31,6 +31,7 @@ from ._events import (
     add_listener,
     remove_listener,
 )
+from ._lazy import lazy_attributes
 from .policies.backoff import Backoff
 from .policies.budget import RetryBudget
 from .policies.bulkhead import Bulkhead, BulkheadPermit
@@ -51,26 +52,14 @@ from .policies.timeout import Timeout
 __version__ = "0.1.0"
 
 # Redis-backed limiters need the optional ``redis`` package: imported on first use.
-_LAZY = {
-    "RedisGcra": "fournines.policies.redis_rate_limit",
-    "RedisSlidingWindow": "fournines.policies.redis_rate_limit",
-    "SyncRedisGcra": "fournines.policies.redis_rate_limit",
-    "SyncRedisSlidingWindow": "fournines.policies.redis_rate_limit",
-}
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fournines' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError as exc:
-        raise ImportError(
-            f"fournines.{name} needs the redis package: pip install 'fournines[redis]'"
-        ) from exc
+_REDIS = ("fournines.policies.redis_rate_limit",
+          "the redis package: pip install 'fournines[redis]'")
+__getattr__ = lazy_attributes("fournines", {
+    "RedisGcra": _REDIS,
+    "RedisSlidingWindow": _REDIS,
+    "SyncRedisGcra": _REDIS,
+    "SyncRedisSlidingWindow": _REDIS,
+})
 
 __all__ = [
     "AdaptiveThrottling",

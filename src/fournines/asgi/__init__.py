@@ -5,6 +5,7 @@ ASGI middleware of its own. ``serve(app)`` runs it under uvicorn with a draining
 shutdown (imported lazily: it needs the ``serve`` extra).
 """
 
+from .._lazy import lazy_attributes
 from ._state import InstanceLogFilter, Phase, ServiceState, instance_id
 from .checks import (
     Check,
@@ -24,22 +25,12 @@ from .shutdown import GracefulShutdown, LifecycleMiddleware
 
 # Parts that import optional packages (prometheus_client, opentelemetry, uvicorn) load on
 # first use, so `import fournines.asgi` works with none of them installed.
-_LAZY = {
-    "MetricsMiddleware": "fournines.asgi.metrics",
-    "TracingMiddleware": "fournines.asgi.tracing",
-    "TraceContextFilter": "fournines.asgi.tracing",
-    "serve": "fournines.asgi.server",
-}
-
-
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'fournines.asgi' has no attribute {name!r}")
-    import importlib  # noqa: PLC0415
-
-    return getattr(importlib.import_module(module), name)
-
+__getattr__ = lazy_attributes("fournines.asgi", {
+    "MetricsMiddleware": ("fournines.asgi.metrics", "pip install 'fournines[asgi]'"),
+    "TracingMiddleware": ("fournines.asgi.tracing", "pip install 'fournines[otel]'"),
+    "TraceContextFilter": ("fournines.asgi.tracing", "pip install 'fournines[otel]'"),
+    "serve": ("fournines.asgi.server", "pip install 'fournines[serve]'"),
+})
 
 __all__ = [
     "Check",

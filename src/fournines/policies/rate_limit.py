@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
@@ -50,7 +51,7 @@ class RateLimiter(Protocol):
         """Take ``cost`` units now or raise ``RateLimitedError``."""
 
 
-class _Limiter(Decorates):
+class _Limiter(Decorates, ABC):
     """Shared shells; subclasses implement ``_take(cost) -> wait`` (0.0 means taken)."""
 
     __slots__ = ("_clock", "_listeners", "_lock", "_now", "max_wait", "name")
@@ -68,8 +69,9 @@ class _Limiter(Decorates):
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
 
-    def _take(self, cost: int) -> float:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _take(self, cost: int) -> float:
+        """Take ``cost`` units now and return 0.0, or return the seconds to wait."""
 
     def _check_cost(self, cost: int, capacity: float) -> None:
         if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
@@ -226,26 +228,12 @@ class TokenBucket(_Limiter):
             self._lock.release()
         raise self._reject((cost - tokens) / self.rate + _MARGIN)
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn`` once a token is available (waiting up to ``max_wait``)."""
-        if not self._take_one():
-            self.acquire(1)
-        return fn(*args, **kwargs)
-
-    async def acall(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Await ``fn`` once a token is available (waiting up to ``max_wait``)."""
-        if not self._take_one():
-            await self.aacquire(1)
-        return await fn(*args, **kwargs)
-
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """A closure that calls ``fn`` once a token is available."""
-        take_one, acquire = self._take_one, self.acquire
+        take, acquire = self._take, self.acquire
 
         def limited(*args: Any, **kwargs: Any) -> Any:
-            if not take_one():
+            if take(1):
                 acquire(1)
             return fn(*args, **kwargs)
 
@@ -253,31 +241,14 @@ class TokenBucket(_Limiter):
 
     def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         """A coroutine function that awaits ``fn`` once a token is available."""
-        take_one, aacquire = self._take_one, self.aacquire
+        take, aacquire = self._take, self.aacquire
 
         async def limited(*args: Any, **kwargs: Any) -> Any:
-            if not take_one():
+            if take(1):
                 await aacquire(1)
             return await fn(*args, **kwargs)
 
         return limited
-
-    def _take_one(self) -> bool:
-        # _take for cost 1 without the cost checks and the wait computation.
-        self._lock.acquire()
-        try:
-            now = self._now()
-            tokens = self._tokens + (now - self._last) * self.rate
-            if tokens > self.capacity:
-                tokens = self.capacity
-            self._last = now
-            if tokens >= 1:
-                self._tokens = tokens - 1
-                return True
-            self._tokens = tokens
-            return False
-        finally:
-            self._lock.release()
 
     def __repr__(self) -> str:
         return f"TokenBucket(name={self.name!r}, rate={self.rate!r}, capacity={self.capacity!r})"

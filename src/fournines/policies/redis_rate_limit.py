@@ -50,6 +50,7 @@ import hashlib
 import inspect
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar
 
@@ -224,7 +225,7 @@ class _SyncClient(Protocol):
         """Send one command and return its parsed reply."""
 
 
-class _Algorithm:
+class _Algorithm(ABC):
     """The sans-I/O part of one algorithm: its script, arguments and local rescue."""
 
     __slots__ = ("capacity", "script")
@@ -232,11 +233,13 @@ class _Algorithm:
     script: _Script
     capacity: int
 
-    def argv(self, cost: int) -> tuple[object, ...]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def argv(self, cost: int) -> tuple[object, ...]:
+        """The script's ARGV for a decision of ``cost`` units."""
 
-    def rescue(self, instances: int, name: str) -> KeyedLimiter:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def rescue(self, instances: int, name: str) -> KeyedLimiter:
+        """The local limiter that decides while Redis is unreachable."""
 
 
 class _GcraAlgorithm(_Algorithm):
