@@ -1,4 +1,8 @@
-"""The ``fournines`` command line."""
+"""The ``fournines`` command line.
+
+Each area registers its own subcommands from a small ``_cli`` module that imports nothing
+heavy at module level, so ``fournines --help`` stays fast and the areas stay apart.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,17 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fournines ...``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="fournines", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    lab = sub.add_parser("lab", help="run the policy demo (the full lab comes later)")
-    lab.add_argument("--duration", type=float, default=6.0, help="seconds of traffic (6)")
-    lab.add_argument("--seed", type=int, default=7, help="random seed (7)")
-    args = parser.parse_args(argv)
-    if args.command == "lab":
-        if not 0.5 <= args.duration <= 3600:
-            parser.error("--duration must be between 0.5 and 3600 seconds")
-        from .lab import run_demo  # noqa: PLC0415 - keep `fournines --help` fast
+    from .chaos import _cli as chaos_cli  # noqa: PLC0415 - each area owns its commands
+    from .lab import _cli as lab_cli  # noqa: PLC0415
+    from .slo import _cli as slo_cli  # noqa: PLC0415
 
-        run_demo(args.duration, seed=args.seed)
-    return 0
+    parser = argparse.ArgumentParser(prog="fournines", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for area in (lab_cli, slo_cli, chaos_cli):
+        area.register(sub)
+    args = parser.parse_args(argv)
+    status: int = args.run(args, parser)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

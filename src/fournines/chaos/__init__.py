@@ -1,0 +1,1 @@
+"""Chaos engineering: faults as policies, runtime fault control, a fault proxy, network faults."""

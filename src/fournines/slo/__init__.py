@@ -1,0 +1,1 @@
+"""Service level objectives: specs, Prometheus rules, error budgets and the deploy gate."""
