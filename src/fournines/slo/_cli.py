@@ -1,17 +1,20 @@
-"""``fournines slo ...``: registered by :mod:`fournines.cli`."""
+"""``fournines slo ...`` and ``fournines remediate``: registered by :mod:`fournines.cli`."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from . import _cli_ops, _cli_rules
+
 
 def register(sub: Any) -> None:
-    """Add the ``slo`` subcommands to the top-level subparsers ``sub``."""
-    group = sub.add_parser("slo", help="slo commands")
+    """Add the ``slo`` subcommands (and ``remediate``) to the top-level subparsers ``sub``."""
+    group = sub.add_parser("slo", help="SLO rules, error budgets, the deploy gate, dashboards")
     group.set_defaults(run=_usage)
-    commands = group.add_subparsers(dest="slo_command")
-    del commands  # subcommands are added by their modules as they land
+    commands = group.add_subparsers(dest="slo_command", metavar="COMMAND")
+    _cli_rules.register(commands)
+    _cli_ops.register(commands, sub)
 
 
 def _usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
