@@ -11,10 +11,22 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
-# binary:package pairs of the servers tests start themselves.
-PACKAGES=(redis-server:redis-server etcd:etcd-server prometheus:prometheus promtool:prometheus)
+# binary:package pairs of the servers and tools tests start themselves; an absolute path
+# stands for a file the package installs (a header the NFQUEUE shim compiles against).
+PACKAGES=(
+  redis-server:redis-server etcd:etcd-server prometheus:prometheus promtool:prometheus
+  prometheus-alertmanager:prometheus-alertmanager
+  nft:nftables iptables:iptables ip:iproute2 gcc:gcc
+  /usr/include/libnetfilter_queue/libnetfilter_queue.h:libnetfilter-queue-dev
+  /usr/include/python3*/Python.h:python3-dev
+)
 
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
+have() {
+  case "$1" in
+    /*) compgen -G "$1" >/dev/null ;;
+    *) command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ] ;;
+  esac
+}
 
 install_packages() {
   local missing=()
@@ -56,6 +68,12 @@ PY
       | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -c "import fournines, redis, prometheus_client, pytest, hypothesis" \
       || { echo "bootstrap: installing the venv failed" >&2; exit 1; }
+    # The NFQUEUE delay shim compiles against libnetfilter-queue; without it the network
+    # delay tests say so and skip, everything else works.
+    if [ -e /usr/include/libnetfilter_queue/libnetfilter_queue.h ]; then
+      "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[netfaults]' 2>&1 \
+        | grep -v "^WARNING: Location" || echo "bootstrap: netfilterqueue did not build" >&2
+    fi
     touch "$stamp"
   fi
 }
