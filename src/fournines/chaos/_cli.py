@@ -11,9 +11,67 @@ def register(sub: Any) -> None:
     group = sub.add_parser("chaos", help="chaos commands")
     group.set_defaults(run=_usage)
     commands = group.add_subparsers(dest="chaos_command")
-    del commands  # subcommands are added by their modules as they land
+    proxy = commands.add_parser(
+        "proxy",
+        help="run the fault proxy (Toxiproxy's HTTP API and toxics)",
+        description="Run a TCP fault proxy that speaks Toxiproxy's HTTP API, so Toxiproxy "
+                    "clients can create proxies and add toxics to them.",
+    )
+    proxy.add_argument("--host", default="127.0.0.1",
+                       help="API address (127.0.0.1; anything else lets others break traffic)")
+    proxy.add_argument("--port", type=int, default=8474,
+                       help="API port (8474, Toxiproxy's; 0 picks a free one)")
+    proxy.add_argument("--config", metavar="FILE",
+                       help="JSON list of proxies to create at start, as for POST /populate")
+    proxy.add_argument("--seed", type=int, default=None,
+                       help="seed for jitter, slicing and toxicity draws")
+    proxy.set_defaults(run=_run_proxy)
 
 
 def _usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     parser.parse_args([args.command, "--help"])
     return 2
+
+
+def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import asyncio  # noqa: PLC0415 - keep `fournines --help` fast
+    import json  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from ._toxics import ApiError  # noqa: PLC0415
+    from .proxy import FaultProxy  # noqa: PLC0415
+
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, got {args.port}")
+    config: list[Any] = []
+    if args.config:
+        try:
+            with open(args.config, encoding="utf-8") as file:
+                config = json.load(file)
+        except (OSError, ValueError) as exc:
+            parser.error(f"--config {args.config}: {exc}")
+        if not isinstance(config, list):
+            parser.error(f"--config {args.config}: expected a JSON list of proxies")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    async def serve() -> int:
+        chaos = FaultProxy(host=args.host, port=args.port, seed=args.seed, config=config)
+        try:
+            await chaos.start()
+        except (OSError, ApiError) as exc:
+            print(f"fournines chaos proxy: {exc}", file=sys.stderr)
+            return 1
+        print(f"fournines chaos proxy: API on {chaos.api_url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await chaos.aclose()
+        return 0
+
+    return asyncio.run(serve())
