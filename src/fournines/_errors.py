@@ -7,7 +7,8 @@
     │   ├── CircuitOpenError          the breaker is open (or throttling)
     │   ├── RateLimitedError          a rate limiter has no room; carries retry_after
     │   ├── BulkheadFullError         no free slot and no room (or time) to queue
-    │   └── LoadShedError             the server sheds load to protect itself
+    │   ├── LoadShedError             the server sheds load to protect itself
+    │   └── NoEndpointsError          a client balancer has no endpoint to send to
     ├── DeadlineExceededError         the deadline passed (also a TimeoutError)
     └── ConfigurationError            a bad setting, named (also a ValueError)
 
@@ -27,6 +28,7 @@ __all__ = [
     "DeadlineExceededError",
     "FourNinesError",
     "LoadShedError",
+    "NoEndpointsError",
     "RateLimitedError",
     "RejectedError",
 ]
@@ -99,6 +101,12 @@ class LoadShedError(RejectedError):
     """The service is shedding load to protect itself."""
 
     reason = "load shed"
+
+
+class NoEndpointsError(RejectedError):
+    """A client-side balancer has no endpoint at all (its source returned none)."""
+
+    reason = "no endpoints"
 
 
 class DeadlineExceededError(FourNinesError, TimeoutError):

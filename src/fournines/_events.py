@@ -19,9 +19,13 @@ from dataclasses import dataclass
 __all__ = [
     "BudgetExhausted",
     "CallRejected",
+    "ClientRequestFinished",
+    "ClientRequestStarted",
     "DeadlineExceeded",
+    "EndpointEjected",
     "Event",
     "FallbackUsed",
+    "FaultInjected",
     "Listener",
     "RetriesExhausted",
     "RetryScheduled",
@@ -98,6 +102,49 @@ class DeadlineExceeded(Event):
     """A call hit its deadline (``timeout`` is the budget it had, in seconds)."""
 
     timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultInjected(Event):
+    """A chaos fault fired: ``kind`` is ``"latency"``, ``"error"`` or ``"crash"``.
+
+    ``delay`` is the injected latency in seconds (latency faults only); ``route``
+    is the request path when the fault fired inside an ASGI request.
+    """
+
+    kind: str
+    delay: float | None = None
+    route: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointEjected(Event):
+    """``endpoint`` was ejected for ``duration`` seconds, its ``times``-th time in a row."""
+
+    endpoint: str
+    duration: float
+    times: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRequestStarted(Event):
+    """An outgoing HTTP request to host ``name`` (an origin) started."""
+
+    method: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientRequestFinished(Event):
+    """An outgoing HTTP request to host ``name`` ended after ``duration`` seconds.
+
+    ``status_code`` is ``None`` when it ended with an error (``error_type``, the
+    exception's class name). Retries and hedges are inside one request.
+    """
+
+    method: str
+    status_code: int | None
+    duration: float
+    error_type: str | None = None
 
 
 Listener = Callable[[Event], object]

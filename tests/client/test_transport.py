@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -28,43 +28,9 @@ from fournines.policies.backoff import Backoff
 from fournines.testing import RecordingListener
 
 from .._servers import free_port
-from ..asgi._uvicorn import UvicornProcess
+from ._helpers import control, seen
 
 FAST = Backoff(initial=0.001, cap=0.005)
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[tuple[UvicornProcess, UvicornProcess]]:
-    a = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
-    try:
-        b = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
-
-
-@pytest.fixture
-def host_a(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
-    httpx.post(servers[0].url + "/control", json={"mode": "ok"})
-    return servers[0].url
-
-
-@pytest.fixture
-def host_b(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
-    httpx.post(servers[1].url + "/control", json={"mode": "ok"})
-    return servers[1].url
-
-
-def control(url: str, **settings: Any) -> None:
-    httpx.post(url + "/control", json=settings).raise_for_status()
-
-
-def seen(url: str) -> list[dict[str, Any]]:
-    requests: list[dict[str, Any]] = httpx.get(url + "/seen").json()["requests"]
-    return requests
 
 
 @pytest.fixture

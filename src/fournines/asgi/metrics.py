@@ -79,6 +79,12 @@ DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/startupz", "/he
 LABELS = ("method", "route", "status")
 """Label names of the request histogram and counter."""
 
+REQUESTS_TOTAL = "http_requests_total"
+"""The request counter as Prometheus stores it (SLO specs and dashboards use this name)."""
+
+REQUEST_DURATION = "http_request_duration_seconds"
+"""Base name of the request histogram (``_bucket``, ``_count`` and ``_sum`` series)."""
+
 # Methods outside this set become "_OTHER" (as in OpenTelemetry's conventions): a
 # client sending random methods must not create a series per method.
 _METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
@@ -128,8 +134,8 @@ class _Collector:
 
         owner = self._owner
         histogram = HistogramMetricFamily(
-            "http_request_duration_seconds", "HTTP request duration in seconds.", labels=LABELS)
-        counter = CounterMetricFamily("http_requests", "HTTP requests handled.", labels=LABELS)
+            REQUEST_DURATION, "HTTP request duration in seconds.", labels=LABELS)
+        counter = CounterMetricFamily(REQUESTS_TOTAL, "HTTP requests handled.", labels=LABELS)
         in_flight = GaugeMetricFamily("http_requests_in_flight", "HTTP requests in progress.")
         lag = GaugeMetricFamily("event_loop_lag_seconds",
                                 "How late the event loop woke a sampler sleep, in seconds.")
@@ -262,9 +268,9 @@ class MetricsMiddleware:
             # the MultiProcessCollector above is what serves them. Not registering
             # also keeps a second app instance in the process from clashing.
             self._mp_duration = prom.Histogram(
-                "http_request_duration_seconds", "HTTP request duration in seconds.",
+                REQUEST_DURATION, "HTTP request duration in seconds.",
                 LABELS, buckets=self._bounds, registry=None)
-            self._mp_count = prom.Counter("http_requests", "HTTP requests handled.", LABELS,
+            self._mp_count = prom.Counter(REQUESTS_TOTAL, "HTTP requests handled.", LABELS,
                                           registry=None)
             self._mp_in_flight = prom.Gauge("http_requests_in_flight",
                                             "HTTP requests in progress.",

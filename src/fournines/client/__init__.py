@@ -1,38 +1,48 @@
 """Resilient outgoing HTTP calls: httpx transports with per-host policies and balancing.
 
-Users keep ``httpx.AsyncClient`` and all their habits; only the transport changes::
+Users keep ``httpx.Client`` / ``httpx.AsyncClient`` and all their habits; only
+the transport changes::
 
     client = httpx.AsyncClient(transport=AsyncResilientTransport(
         transport=AsyncBalancingTransport(["http://10.0.0.1:8000", "http://10.0.0.2:8000"]),
     ))
 
-Work in progress (issue 4): a sync transport, client metrics and spans are not
-built yet.
+:class:`ResilientTransport` and :class:`BalancingTransport` are the sync twins
+(the sync transport does not hedge).
 """
 
+from .._errors import NoEndpointsError
+from .._events import ClientRequestFinished, ClientRequestStarted, EndpointEjected
 from .balancing import (
     AsyncBalancingTransport,
+    BalancingTransport,
     Endpoint,
-    EndpointEjected,
     EndpointSource,
-    NoEndpointsError,
     OutlierEjection,
     P2CBalancer,
     StaticEndpoints,
 )
 from .transport import (
     IDEMPOTENT_METHODS,
+    STALE_AGE_EXTENSION,
+    STALE_HEADER,
     AsyncResilientTransport,
     ClientPolicy,
     FallbackHook,
+    ResilientTransport,
     parse_retry_after,
 )
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "STALE_AGE_EXTENSION",
+    "STALE_HEADER",
     "AsyncBalancingTransport",
     "AsyncResilientTransport",
+    "BalancingTransport",
     "ClientPolicy",
+    "ClientRequestFinished",
+    "ClientRequestStarted",
     "Endpoint",
     "EndpointEjected",
     "EndpointSource",
@@ -40,6 +50,7 @@ __all__ = [
     "NoEndpointsError",
     "OutlierEjection",
     "P2CBalancer",
+    "ResilientTransport",
     "StaticEndpoints",
     "parse_retry_after",
 ]

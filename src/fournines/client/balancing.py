@@ -4,9 +4,10 @@ One service, several endpoints (``http://10.0.0.5:8000``, ...). For every
 attempt :class:`P2CBalancer` draws two distinct healthy endpoints at random and
 sends the attempt to the one with the lower score::
 
-    score = latency EWMA * (in-flight + 1)
+    score = latency EWMA * (in-flight + 1) / health
 
-(go-zero's and Kratos's p2c use the same load). Two random choices instead of
+(go-zero's and Kratos's p2c use the same load; the health divisor is Kratos's
+success-rate factor). Two random choices instead of
 "the best of all" keep many clients from stampeding onto the same endpoint,
 and the in-flight factor reacts at once, before any latency sample arrives.
 
@@ -14,12 +15,16 @@ Latency is a time-decayed EWMA: a sample ``dt`` seconds after the previous one
 weighs ``1 - exp(-dt / 10 s)`` (go-zero's tau), but at least 5 %, so a burst of
 samples within a millisecond still moves the average. Only successful
 attempts are sampled: a refused connection answers in a millisecond and must
-not make a dead endpoint look fast. An endpoint without samples yet scores as
-well as the fastest sampled one (warm-up: new endpoints get tried at once,
-and their in-flight count keeps them from being flooded before the first
-answer). An endpoint that lost every draw for a second gets the next one it
-takes part in, as long as nothing is in flight to it, so a once-slow endpoint
-can show that it recovered.
+not make a dead endpoint look fast. Failures lower ``health`` instead: it starts
+at 1, each failure multiplies it by 0.3 (down to 0.001) and each success moves
+it halfway back to 1 (all the way for the probe that ends an ejection), so a
+dead endpoint scores 11 times worse after two failures and 37 times after
+three, and loses its traffic well before outlier ejection takes it out. An
+endpoint without samples yet scores as well as the fastest sampled one
+(warm-up: new endpoints get tried at once, and their in-flight count keeps
+them from being flooded before the first answer). An endpoint that lost every
+draw for a second gets the next one it takes part in, as long as nothing is in
+flight to it, so a once-slow (or once-failing) endpoint can show that it recovered.
 
 :class:`OutlierEjection` takes an endpoint out after consecutive failures (5xx
 or transport errors) for ``base_ejection * 2^(n-1)`` seconds at its ``n``-th
@@ -52,11 +57,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from .._clock import Clock, system_clock
-from .._errors import ConfigurationError, RejectedError, check_number
-from .._events import Event, Listener, dispatch, has_listeners
+from .._errors import ConfigurationError, NoEndpointsError, check_number
+from .._events import EndpointEjected, Listener, dispatch, has_listeners
 
 __all__ = [
     "AsyncBalancingTransport",
+    "BalancingTransport",
     "Endpoint",
     "EndpointEjected",
     "EndpointSource",
@@ -75,22 +81,16 @@ _MIN_WEIGHT = 0.05
 _FORCE_PICK_AFTER = 1.0
 """Seconds without a pick after which an idle endpoint wins its next draw."""
 
+_HEALTH_PENALTY = 0.3
+"""Factor applied to an endpoint's health by each failure."""
+
+_HEALTH_RECOVERY = 0.5
+"""Share of the way back to full health that each success covers."""
+
+_MIN_HEALTH = 0.001
+"""Floor of an endpoint's health, so its score stays finite and it can come back."""
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class NoEndpointsError(RejectedError):
-    """The balancer has no endpoint at all (its source returned none)."""
-
-    reason = "no endpoints"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EndpointEjected(Event):
-    """``endpoint`` was ejected for ``duration`` seconds, its ``times``-th time in a row."""
-
-    endpoint: str
-    duration: float
-    times: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +172,7 @@ class Endpoint:
         "consecutive_failures",
         "ejected_until",
         "failures",
+        "health",
         "host",
         "in_flight",
         "last_pick",
@@ -210,6 +211,7 @@ class Endpoint:
         self.ejected_until = 0.0
         self.successes = 0
         self.failures = 0
+        self.health = 1.0
 
     @property
     def netloc(self) -> str:
@@ -325,8 +327,8 @@ class P2CBalancer:
         sampled = [e.latency for e in peers if e.latency is not None]
         # Unsampled endpoints score like the fastest one: optimistic, so they get tried.
         neutral = min(sampled) if sampled else 1.0
-        score_a = (neutral if a.latency is None else a.latency) * (a.in_flight + 1)
-        score_b = (neutral if b.latency is None else b.latency) * (b.in_flight + 1)
+        score_a = (neutral if a.latency is None else a.latency) * (a.in_flight + 1) / a.health
+        score_b = (neutral if b.latency is None else b.latency) * (b.in_flight + 1) / b.health
         best, other = (a, b) if score_a <= score_b else (b, a)
         if other.in_flight == 0 and now - other.last_pick > _FORCE_PICK_AFTER:
             return other
@@ -344,12 +346,16 @@ class P2CBalancer:
             endpoint.in_flight = max(endpoint.in_flight - 1, 0)
             if not failed:
                 endpoint.successes += 1
+                endpoint.health += (1.0 - endpoint.health) * _HEALTH_RECOVERY
                 self._sample(endpoint, max(latency, 0.0), now)
                 if not endpoint.is_ejected(now):
+                    if endpoint.times_ejected:
+                        endpoint.health = 1.0  # a half-open probe succeeded: fully back
                     endpoint.consecutive_failures = 0
                     endpoint.times_ejected = 0
                 return
             endpoint.failures += 1
+            endpoint.health = max(endpoint.health * _HEALTH_PENALTY, _MIN_HEALTH)
             if endpoint.is_ejected(now):
                 # A straggler started before the ejection: already accounted for.
                 return
@@ -395,6 +401,54 @@ class P2CBalancer:
         return f"P2CBalancer({self.source!r}, name={self.name!r})"
 
 
+def _attempt_request(request: httpx.Request, endpoint: Endpoint) -> httpx.Request:
+    """A copy of ``request`` aimed at ``endpoint`` (the caller's request stays as it was)."""
+    headers = request.headers.copy()
+    headers["Host"] = endpoint.netloc
+    return httpx.Request(
+        request.method,
+        request.url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port),
+        headers=headers,
+        stream=request.stream,
+        extensions=request.extensions,
+    )
+
+
+class BalancingTransport(httpx.BaseTransport):
+    """The sync twin of :class:`AsyncBalancingTransport` (same balancer, same rules)."""
+
+    def __init__(
+        self,
+        endpoints: P2CBalancer | EndpointSource | Sequence[str],
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.balancer = endpoints if isinstance(endpoints, P2CBalancer) else P2CBalancer(endpoints)
+        self._transport = transport if transport is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` to the picked endpoint and report the outcome to the balancer."""
+        balancer = self.balancer
+        endpoint = balancer.pick()
+        attempt = _attempt_request(request, endpoint)
+        start = balancer.clock.monotonic()
+        try:
+            response = self._transport.handle_request(attempt)
+        except httpx.TransportError:
+            balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
+            raise
+        except BaseException:
+            balancer.cancel(endpoint)
+            raise
+        balancer.release(endpoint, balancer.clock.monotonic() - start,
+                         failed=response.status_code >= 500)
+        return response
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self._transport.close()
+
+
 class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     """An httpx transport that sends each request to an endpoint picked by a balancer.
 
@@ -419,16 +473,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         """Send ``request`` to the picked endpoint and report the outcome to the balancer."""
         balancer = self.balancer
         endpoint = balancer.pick()
-        headers = request.headers.copy()
-        headers["Host"] = endpoint.netloc
-        # A new request, so the caller's (and a retrying layer's) request stays as it was.
-        attempt = httpx.Request(
-            request.method,
-            request.url.copy_with(scheme=endpoint.scheme, host=endpoint.host, port=endpoint.port),
-            headers=headers,
-            stream=request.stream,
-            extensions=request.extensions,
-        )
+        attempt = _attempt_request(request, endpoint)
         start = balancer.clock.monotonic()
         try:
             response = await self._transport.handle_async_request(attempt)

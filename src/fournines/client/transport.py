@@ -1,8 +1,10 @@
 """Resilient httpx transports: per-host breakers, budgeted retries, deadlines, bulkheads.
 
-Users keep ``httpx.AsyncClient`` and all its habits; only the transport changes::
+Users keep ``httpx.Client`` / ``httpx.AsyncClient`` and all their habits; only
+the transport changes::
 
     client = httpx.AsyncClient(transport=AsyncResilientTransport())
+    client = httpx.Client(transport=ResilientTransport())
 
 Each origin (``scheme://host:port``) gets its own circuit breaker, retry budget
 and optional bulkhead, created on first use from one :class:`ClientPolicy` and
@@ -25,236 +27,69 @@ breaker. Per attempt the transport:
    sleeping past the deadline. Exhausted retries return the last response or
    re-raise the last error.
 
-With ``hedge_after`` set, an idempotent attempt that has no response headers
-after the hedge delay gets ONE concurrent twin (a hedge); see :class:`ClientPolicy`.
+The two transports share every decision (:mod:`fournines.client._core`); they
+differ only in how they wait and send. Hedging (``hedge_after``: one concurrent
+twin for a late idempotent attempt; see :class:`ClientPolicy`) needs concurrency
+and is async-only: :class:`ResilientTransport` ignores it.
+
+A route in ``fallbacks`` may map to a function ``hook(request, error) -> response``
+or to a :class:`~fournines.StaleCache`: the transport then reads and keeps the
+last 2xx answer of each URL of that route (bodies up to ``max_stale_bytes``)
+and, when a call fails (an error, an open breaker, a 5xx), serves it while it is
+at most the cache's ``max_age`` old, marked with ``x-fournines-degraded: stale``,
+an ``Age`` header and the response extension ``"fournines.stale_age"``.
+
+With ``tracing=True`` (or a ``tracer_provider``) each request is one
+OpenTelemetry ``CLIENT`` span (see :mod:`fournines.client._tracing`); when
+anyone listens, each request also sends :class:`~fournines.ClientRequestStarted`
+and :class:`~fournines.ClientRequestFinished` (the client golden metrics of
+:class:`~fournines.instrumentation.prometheus.PrometheusListener`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from .._clock import Clock, system_clock
-from .._deadline import Deadline, current_deadline
-from .._errors import ConfigurationError, DeadlineExceededError, check_number
-from .._events import (
-    DeadlineExceeded,
-    FallbackUsed,
-    Listener,
-    RetriesExhausted,
-    RetryScheduled,
-    dispatch,
-    global_listeners,
-)
-from .._propagation import (
-    ATTEMPT_HEADER,
-    NO_RETRY_HEADER,
-    TIMEOUT_HEADER,
-    format_timeout_ms,
-    mark_retries_exhausted,
-)
-from ..policies.backoff import Backoff
+from .._deadline import Deadline
+from .._events import Listener, RetryScheduled, dispatch, global_listeners
+from .._propagation import ATTEMPT_HEADER, TIMEOUT_HEADER, format_timeout_ms
 from ..policies.budget import RetryBudget
-from ..policies.bulkhead import Bulkhead, BulkheadPermit
-from ..policies.circuit_breaker import (
-    AdaptiveThrottling,
-    BreakerPermit,
-    CircuitBreaker,
-    ConsecutiveFailures,
-    FailureRate,
+from ..policies.bulkhead import BulkheadPermit
+from ..policies.circuit_breaker import BreakerPermit
+from ..policies.fallback import StaleCache
+from ._core import (
+    _FAILURES,
+    _RETRYABLE,
+    IDEMPOTENT_METHODS,
+    STALE_AGE_EXTENSION,
+    STALE_HEADER,
+    ClientPolicy,
+    FallbackHook,
+    Fallbacks,
+    TransportCore,
+    _attempt_timeout,
+    _HostPolicies,
+    parse_retry_after,
 )
 
 __all__ = [
     "IDEMPOTENT_METHODS",
+    "STALE_AGE_EXTENSION",
+    "STALE_HEADER",
     "AsyncResilientTransport",
     "ClientPolicy",
     "FallbackHook",
+    "ResilientTransport",
     "parse_retry_after",
 ]
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-"""Methods retried without an ``Idempotency-Key`` (RFC 9110, section 9.2.2)."""
-
-FallbackHook = Callable[[httpx.Request, BaseException], httpx.Response]
-"""``hook(request, error) -> response``: answers instead of a failed call."""
-
-# Errors that say the host is unhealthy (breaker failures) and that are safe to retry
-# for an idempotent request: the request either never left or its answer never came.
-_FAILURES: tuple[type[BaseException], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.ReadTimeout,
-    httpx.WriteTimeout,
-    httpx.RemoteProtocolError,
-    DeadlineExceededError,
-)
-_RETRYABLE: tuple[type[BaseException], ...] = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.ReadTimeout,
-    httpx.RemoteProtocolError,
-)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientPolicy:
-    """Declarative settings for the policies of one host (all times in seconds).
-
-    :param trip: when the host's breaker opens (default ``ConsecutiveFailures(5)``).
-    :param reset_timeout: how long an open breaker waits before probing.
-    :param half_open_probes: probes admitted, and successes needed, while half-open.
-    :param attempts: attempts per idempotent request, the first included (1: no retry).
-    :param backoff: the wait before each retry.
-    :param retry_statuses: response statuses that are retried.
-    :param max_retry_after: the cap on a ``Retry-After`` hint.
-    :param attempt_timeout: each attempt's timeout (``None``: the client's own);
-        always shortened to the remaining deadline.
-    :param max_concurrent: requests in flight to the host at once (``None``: no bulkhead).
-    :param budget_ratio: retries allowed per request, over ``budget_ttl``.
-    :param budget_min_per_second: retries allowed per second regardless of traffic.
-    :param budget_ttl: the window of the retry budget.
-    :param hedge_after: hedging (``None``: off). When an idempotent attempt (same
-        rule as retries) has no response headers after this many seconds, ONE
-        second attempt is sent concurrently; the first non-retryable outcome
-        (a response whose status is not in ``retry_statuses``, or an error that
-        is not retried) wins, the other attempt is cancelled and its response,
-        if any, closed. A hedge withdraws one retry from the host's
-        :class:`~fournines.RetryBudget` (no hedge when it refuses), takes its own
-        breaker permit and bulkhead slot (never queueing: no hedge when either
-        refuses), does not use up one of ``attempts``, and is never sent when
-        the deadline would pass before the hedge delay. Each hedge emits
-        ``RetryScheduled(policy="hedge", delay=<hedge delay>)``.
-    :param hedge_quantile: with ``hedge_after`` (required, as the fallback), hedge
-        after this quantile (e.g. ``0.95``) of the host's last 100 successful
-        attempt latencies instead, once 20 of them exist. Attempts that lost a
-        race are not sampled.
-    """
-
-    trip: ConsecutiveFailures | FailureRate | AdaptiveThrottling = field(
-        default_factory=ConsecutiveFailures
-    )
-    reset_timeout: float = 30.0
-    half_open_probes: int = 1
-    attempts: int = 3
-    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.05, cap=2.0))
-    retry_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
-    max_retry_after: float = 30.0
-    attempt_timeout: float | None = None
-    max_concurrent: int | None = None
-    budget_ratio: float = 0.2
-    budget_min_per_second: float = 10.0
-    budget_ttl: float = 10.0
-    hedge_after: float | None = None
-    hedge_quantile: float | None = None
-
-    def __post_init__(self) -> None:
-        owner = "ClientPolicy"
-        if not isinstance(self.trip, ConsecutiveFailures | FailureRate | AdaptiveThrottling):
-            raise ConfigurationError(
-                f"{owner}.trip must be ConsecutiveFailures, FailureRate or AdaptiveThrottling, "
-                f"got {self.trip!r}"
-            )
-        check_number(owner, "reset_timeout", self.reset_timeout, minimum=0)
-        check_number(owner, "half_open_probes", self.half_open_probes, minimum=1, integer=True)
-        check_number(owner, "attempts", self.attempts, minimum=1, integer=True)
-        if not isinstance(self.backoff, Backoff):
-            raise ConfigurationError(f"{owner}.backoff must be a Backoff, got {self.backoff!r}")
-        if not isinstance(self.retry_statuses, frozenset) or not all(
-            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599
-            for s in self.retry_statuses
-        ):
-            raise ConfigurationError(
-                f"{owner}.retry_statuses must be a frozenset of HTTP status codes, "
-                f"got {self.retry_statuses!r}"
-            )
-        check_number(owner, "max_retry_after", self.max_retry_after, minimum=0)
-        check_number(owner, "attempt_timeout", self.attempt_timeout, minimum=0,
-                     exclusive_minimum=True, optional=True)
-        check_number(owner, "max_concurrent", self.max_concurrent, minimum=1, integer=True,
-                     optional=True)
-        check_number(owner, "budget_ratio", self.budget_ratio, minimum=0, maximum=1000)
-        check_number(owner, "budget_min_per_second", self.budget_min_per_second, minimum=0)
-        check_number(owner, "budget_ttl", self.budget_ttl, minimum=0, exclusive_minimum=True)
-        check_number(owner, "hedge_after", self.hedge_after, minimum=0, optional=True)
-        check_number(owner, "hedge_quantile", self.hedge_quantile, minimum=0,
-                     exclusive_minimum=True, maximum=1, optional=True)
-        if self.hedge_quantile is not None and self.hedge_after is None:
-            raise ConfigurationError(
-                f"{owner}.hedge_quantile needs {owner}.hedge_after (the hedge delay used "
-                f"until enough latencies are known), got hedge_after=None"
-            )
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date).
-
-    ``now`` is the current Unix time (for HTTP-dates). Returns ``None`` when the
-    value is absent or malformed; a date in the past gives ``0.0``.
-
-    >>> parse_retry_after("3", 0.0)
-    3.0
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    if text.isascii() and text.isdigit():
-        return float(text)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-class _HostPolicies:
-    """The policies of one host (or route): created once, reused by every request."""
-
-    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name")
-
-    def __init__(self, name: str, config: ClientPolicy, budget: RetryBudget | None,
-                 clock: Clock, listeners: Sequence[Listener]) -> None:
-        self.name = name
-        self.config = config
-        self.breaker = CircuitBreaker(
-            name, trip=config.trip, reset_timeout=config.reset_timeout,
-            half_open_probes=config.half_open_probes, clock=clock, listeners=listeners,
-        )
-        self.budget = budget if budget is not None else RetryBudget(
-            ratio=config.budget_ratio, min_per_second=config.budget_min_per_second,
-            ttl=config.budget_ttl, name=name, clock=clock, listeners=listeners,
-        )
-        self.bulkhead = None if config.max_concurrent is None else Bulkhead(
-            max_concurrent=config.max_concurrent, name=name, clock=clock, listeners=listeners,
-        )
-        # Recent successful attempt latencies, kept only for quantile hedging.
-        self.latencies: deque[float] | None = (
-            None if config.hedge_quantile is None else deque(maxlen=_HEDGE_SAMPLES)
-        )
-
-    def hedge_delay(self) -> float:
-        """Seconds to wait for an attempt's headers before sending a hedge."""
-        config = self.config
-        assert config.hedge_after is not None
-        latencies = self.latencies
-        if latencies is None or len(latencies) < _HEDGE_MIN_SAMPLES:
-            return config.hedge_after
-        assert config.hedge_quantile is not None
-        ordered = sorted(latencies)
-        index = min(len(ordered) - 1, int(config.hedge_quantile * len(ordered)))
-        return ordered[index]
-
-
-_HEDGE_SAMPLES = 100
-_HEDGE_MIN_SAMPLES = 20
-
+_MAX_STALE_BYTES = 1 << 20
 
 class _ReleasingStream(httpx.AsyncByteStream):
     """A response body that gives the bulkhead slot back when it is closed."""
@@ -276,24 +111,45 @@ class _ReleasingStream(httpx.AsyncByteStream):
             self._permit.release()
 
 
-def _origin(url: httpx.URL) -> str:
-    port = url.port
-    if port is None:
-        port = 443 if url.scheme == "https" else 80
-    return f"{url.scheme}://{url.host}:{port}"
+
+class _ReleasingSyncStream(httpx.SyncByteStream):
+    """The sync twin of :class:`_ReleasingStream`."""
+
+    __slots__ = ("_permit", "_stream")
+
+    def __init__(self, stream: httpx.SyncByteStream, permit: BulkheadPermit) -> None:
+        self._stream = stream
+        self._permit = permit
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._stream
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._permit.release()
 
 
-def _attempt_timeout(request: httpx.Request, seconds: float) -> None:
-    """Shorten every timeout of ``request`` to at most ``seconds``."""
-    current = request.extensions.get("timeout") or {}
-    timeout: dict[str, float] = {}
-    for key in ("connect", "read", "write", "pool"):
-        value = current.get(key)
-        timeout[key] = seconds if value is None or value > seconds else value
-    request.extensions = {**request.extensions, "timeout": timeout}
+def _hold(response: httpx.Response, slot: BulkheadPermit, *, sync: bool = False) -> None:
+    """Keep the bulkhead slot until the body is closed (at once if it already is)."""
+    if response.is_closed:
+        # A response built with its content (a mock, a cache) was read and closed
+        # at construction: nobody will close its stream again.
+        slot.release()
+    elif sync:
+        response.stream = _ReleasingSyncStream(
+            response.stream,  # type: ignore[arg-type]
+            slot,
+        )
+    else:
+        response.stream = _ReleasingStream(
+            response.stream,  # type: ignore[arg-type]
+            slot,
+        )
 
 
-class AsyncResilientTransport(httpx.AsyncBaseTransport):
+class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that protects every request; see the module docstring.
 
     :param transport: the transport that does the I/O (default ``httpx.AsyncHTTPTransport()``).
@@ -301,14 +157,19 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     :param per_route: overrides keyed by origin (``"http://host:port"``), or by
         ``(method, path)`` for one route (that route then has policies of its own).
     :param budget: one retry budget shared by all hosts (default: one per host).
-    :param fallbacks: hooks keyed by ``(method, path)``, called with the request and
+    :param fallbacks: keyed by ``(method, path)``: a hook called with the request and
         the error when a request fails (an exception, or a 5xx as
-        ``httpx.HTTPStatusError``) to answer instead.
+        ``httpx.HTTPStatusError``) to answer instead, or a :class:`~fournines.StaleCache`.
     :param listeners: receive the events of every policy (named by host).
     :param clock: where time comes from.
     :param max_hosts: hosts whose policies are kept (least recently used go first).
     :param rng: the random source of backoff jitter.
+    :param tracing: one OpenTelemetry client span per request (needs OpenTelemetry).
+    :param tracer_provider: where spans go (implies ``tracing``; default: the global one).
+    :param max_stale_bytes: larger bodies are not kept for a stale-cache fallback.
     """
+
+    _owner = "AsyncResilientTransport"
 
     def __init__(
         self,
@@ -317,203 +178,110 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         config: ClientPolicy | None = None,
         per_route: Mapping[str | tuple[str, str], ClientPolicy] | None = None,
         budget: RetryBudget | None = None,
-        fallbacks: Mapping[tuple[str, str], FallbackHook] | None = None,
+        fallbacks: Fallbacks | None = None,
         listeners: Sequence[Listener] = (),
         clock: Clock = system_clock,
         max_hosts: int = 1000,
         rng: random.Random | None = None,
+        tracing: bool = False,
+        tracer_provider: Any = None,
+        max_stale_bytes: int = _MAX_STALE_BYTES,
     ) -> None:
-        if config is not None and not isinstance(config, ClientPolicy):
-            raise ConfigurationError(
-                f"AsyncResilientTransport.config must be a ClientPolicy, got {config!r}"
-            )
-        routes = dict(per_route or {})
-        for key, value in routes.items():
-            if not isinstance(value, ClientPolicy):
-                raise ConfigurationError(
-                    f"AsyncResilientTransport.per_route[{key!r}] must be a ClientPolicy, "
-                    f"got {value!r}"
-                )
-        if budget is not None and not isinstance(budget, RetryBudget):
-            raise ConfigurationError(
-                f"AsyncResilientTransport.budget must be a RetryBudget, got {budget!r}"
-            )
-        check_number("AsyncResilientTransport", "max_hosts", max_hosts, minimum=1, integer=True)
+        TransportCore.__init__(
+            self, config=config, per_route=per_route, budget=budget, fallbacks=fallbacks,
+            listeners=listeners, clock=clock, max_hosts=max_hosts, rng=rng, tracing=tracing,
+            tracer_provider=tracer_provider, max_stale_bytes=max_stale_bytes,
+        )
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
-        self._config = config or ClientPolicy()
-        self._routes = {k: v for k, v in routes.items() if isinstance(k, tuple)}
-        self._hosts = {k: v for k, v in routes.items() if isinstance(k, str)}
-        self._budget = budget
-        self._fallbacks = {(m.upper(), p): h for (m, p), h in (fallbacks or {}).items()}
-        self._listeners = tuple(listeners)
-        self._clock = clock
-        self._max_hosts = max_hosts
-        self._rng = rng or random.Random()
-        self._registry: OrderedDict[object, _HostPolicies] = OrderedDict()
-
-    # -- the registry ----------------------------------------------------------------
-
-    def policies_for(self, url: httpx.URL | str, method: str = "GET") -> _HostPolicies:
-        """The policies that protect a request to ``url`` (created on first use)."""
-        url = httpx.URL(url) if isinstance(url, str) else url
-        origin = _origin(url)
-        key: object = origin
-        config: ClientPolicy | None = None
-        if self._routes:
-            route = (method, url.path)
-            config = self._routes.get(route)
-            if config is not None:
-                key = (origin, *route)
-        registry = self._registry
-        policies = registry.get(key)
-        if policies is not None:
-            if len(registry) > 1:
-                registry.move_to_end(key)
-            return policies
-        if config is None:
-            config = self._hosts.get(origin, self._config)
-        name = origin if isinstance(key, str) else f"{method} {origin}{url.path}"
-        policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners)
-        registry[key] = policies
-        if len(registry) > self._max_hosts:
-            registry.popitem(last=False)
-        return policies
-
-    # -- the transport ---------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` under the policies of its host."""
-        if not self._fallbacks:
-            return await self._protected(request)
-        hook = self._fallbacks.get((request.method, request.url.path))
+        if not self._observing():
+            if not self._fallbacks:
+                return await self._protected(request)
+            return await self._answer(request)
+        obs = self._observe_start(request)
+        try:
+            response = await self._answer(request)
+        except BaseException as exc:
+            self._observe_end(obs, request, None, exc)
+            raise
+        self._observe_end(obs, request, response, None)
+        return response
+
+    async def _answer(self, request: httpx.Request) -> httpx.Response:
+        """The protected call, or its route's fallback when it failed."""
+        hook = self._hook(request) if self._fallbacks else None
         if hook is None:
             return await self._protected(request)
         try:
             response = await self._protected(request)
         except Exception as exc:
-            return self._fallback(hook, request, exc)
+            if not isinstance(hook, StaleCache):
+                return self._fallback(hook, request, exc)
+            stale = self._stale(hook, request, exc)
+            if stale is None:
+                raise
+            return stale
         if response.status_code < 500:
+            if isinstance(hook, StaleCache) and 200 <= response.status_code < 300:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
+                await response.aclose()
+                return self._remember(hook, request, response, body)
             return response
+        error = self._status_error(request, response)
+        if isinstance(hook, StaleCache):
+            stale = self._stale(hook, request, error)
+            if stale is None:
+                return response
+            await response.aclose()
+            return stale
         await response.aclose()
-        error = httpx.HTTPStatusError(
-            f"{response.status_code} from {request.url}", request=request, response=response
-        )
         return self._fallback(hook, request, error)
 
-    def _fallback(self, hook: FallbackHook, request: httpx.Request,
-                  exc: BaseException) -> httpx.Response:
-        response = hook(request, exc)
-        if self._listeners or global_listeners():
-            dispatch(self._listeners, FallbackUsed(
-                policy="fallback", name=f"{request.method} {request.url.path}", error=exc,
-            ))
-        return response
-
     async def _protected(self, request: httpx.Request) -> httpx.Response:
-        deadline = current_deadline()
-        hp = self.policies_for(request.url, request.method)
-        if deadline is not None and deadline.remaining() <= 0:
-            raise self._expired(hp, deadline)
-        cfg = hp.config
-        budget = hp.budget
-        budget.deposit()
-        retries = cfg.attempts > 1 and (
-            request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
-        )
-        hedge = cfg.hedge_after is not None and (
-            request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
-        )
-        breaker = hp.breaker
-        bulkhead = hp.bulkhead
+        call = self._begin(request)
         inner = self._transport
-        headers = request.headers
-        attempt = 1
-        delay = 0.0
-        last: httpx.Response | None = None
         while True:
-            limit = cfg.attempt_timeout
-            if deadline is not None:
-                remaining = deadline.remaining()
-                if remaining <= 0:
-                    if last is not None:
-                        return last
-                    raise self._expired(hp, deadline)
-                if limit is None or remaining < limit:
-                    limit = remaining
-            try:
-                permit = breaker.try_acquire()
-            except Exception:
-                # The breaker opened during our retries: the last answer says more.
-                if last is not None:
-                    return last
-                raise
+            permit = self._admit(call, request)
+            if permit is None:
+                assert call.last is not None
+                return call.last
             slot = None
+            bulkhead = call.hp.bulkhead
             if bulkhead is not None:
                 try:
                     slot = await bulkhead.aacquire()
                 except BaseException:
                     permit.release()
                     raise
-            if limit is not None:
-                headers[TIMEOUT_HEADER] = format_timeout_ms(limit)
-                _attempt_timeout(request, limit)
-            headers[ATTEMPT_HEADER] = str(attempt)
             try:
-                if hedge:
-                    response = await self._race(hp, request, permit, slot, deadline, attempt)
+                if call.hedge:
+                    response = await self._race(call.hp, request, permit, slot, call.deadline,
+                                                call.attempt)
                 else:
                     response = await inner.handle_async_request(request)
             except Exception as exc:
                 if slot is not None:
                     slot.release()
-                error: Exception = exc
-                if (deadline is not None and isinstance(exc, httpx.TimeoutException)
-                        and deadline.remaining() <= 0):
-                    error = self._expired(hp, deadline)
-                if isinstance(error, _FAILURES):
-                    permit.failure(error)
-                else:
-                    permit.release()
-                last = None  # the last outcome is this error, not an older response
-                planned = None
-                if isinstance(error, _RETRYABLE):
-                    if retries:
-                        planned = self._plan(hp, attempt, delay, None, error, deadline)
-                    else:
-                        mark_retries_exhausted()
+                planned, error = self._after_error(call, exc, permit)
                 if planned is None:
                     if error is exc:
                         raise
                     raise error from exc
             else:
-                status = response.status_code
-                if status >= 500:
-                    permit.failure()
-                else:
-                    permit.success()
                 if slot is not None:
-                    response.stream = _ReleasingStream(
-                        response.stream,  # type: ignore[arg-type]
-                        slot,
-                    )
-                if status not in cfg.retry_statuses:
-                    return response
-                if not retries or NO_RETRY_HEADER in response.headers:
-                    # Not ours to retry (not idempotent), or the hop below already retried
-                    # and gave up: tell our own caller not to retry either.
-                    mark_retries_exhausted()
-                    return response
-                hint = parse_retry_after(response.headers.get("retry-after"), self._clock.time())
-                planned = self._plan(hp, attempt, delay, hint, None, deadline)
+                    _hold(response, slot)
+                planned = self._after_response(call, response, permit)
                 if planned is None:
                     return response
                 # Read and close what we discard, so its connection goes back to the pool.
                 await response.aread()
                 await response.aclose()
-                last = response
-            delay = planned
-            await self._clock.asleep(delay)
-            attempt += 1
+                call.last = response
+            call.delay = planned
+            await self._clock.asleep(planned)
+            call.attempt += 1
 
     async def _race(self, hp: _HostPolicies, request: httpx.Request, permit: BreakerPermit,
                     slot: BulkheadPermit | None, deadline: Deadline | None,
@@ -578,10 +346,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             else:
                 h_permit.success()
             if h_slot is not None:
-                response.stream = _ReleasingStream(
-                    response.stream,  # type: ignore[arg-type]
-                    h_slot,
-                )
+                _hold(response, h_slot)
         if hp.latencies is not None and response.status_code < 500:
             hp.latencies.append(clock.monotonic() - (start if winner is primary else h_start))
         return response
@@ -668,42 +433,6 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             if slot is not None:
                 slot.release()
 
-    def _expired(self, hp: _HostPolicies, deadline: Deadline) -> DeadlineExceededError:
-        if self._listeners or global_listeners():
-            dispatch(self._listeners, DeadlineExceeded(
-                policy="client", name=hp.name, timeout=max(0.0, deadline.remaining()),
-            ))
-        return DeadlineExceededError(f"no time left for a request to {hp.name}")
-
-    def _plan(self, hp: _HostPolicies, attempt: int, previous: float, hint: float | None,
-              error: BaseException | None, deadline: Deadline | None) -> float | None:
-        """The wait before attempt ``attempt + 1``, or ``None`` to stop (event sent)."""
-        cfg = hp.config
-        reason = ""
-        delay = 0.0
-        if attempt >= cfg.attempts:
-            reason = "attempts"
-        else:
-            delay = cfg.backoff.delay(attempt, previous, self._rng)
-            if hint is not None and hint > delay:
-                delay = min(hint, cfg.max_retry_after)
-            if deadline is not None and deadline.remaining() <= delay:
-                reason = "deadline"
-            elif not hp.budget.try_withdraw():
-                reason = "budget"
-        if reason:
-            # Whatever we answer our own caller now, it must not be retried again.
-            mark_retries_exhausted()
-        if self._listeners or global_listeners():
-            if reason:
-                dispatch(self._listeners, RetriesExhausted(
-                    policy="retry", name=hp.name, attempts=attempt, reason=reason, error=error,
-                ))
-            else:
-                dispatch(self._listeners, RetryScheduled(
-                    policy="retry", name=hp.name, attempt=attempt, delay=delay, error=error,
-                ))
-        return None if reason else delay
 
     async def aclose(self) -> None:
         """Close the wrapped transport."""
@@ -711,3 +440,129 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
 
     def __repr__(self) -> str:
         return f"AsyncResilientTransport(hosts={len(self._registry)}, config={self._config!r})"
+
+
+class ResilientTransport(TransportCore, httpx.BaseTransport):
+    """The sync twin of :class:`AsyncResilientTransport`: same parameters, same decisions.
+
+    ``httpx.Client(transport=ResilientTransport())``. It blocks the calling thread
+    for backoff and bulkhead queueing, and it does not hedge (``hedge_after`` is
+    ignored: a hedge needs a second concurrent attempt).
+    """
+
+    _owner = "ResilientTransport"
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        config: ClientPolicy | None = None,
+        per_route: Mapping[str | tuple[str, str], ClientPolicy] | None = None,
+        budget: RetryBudget | None = None,
+        fallbacks: Fallbacks | None = None,
+        listeners: Sequence[Listener] = (),
+        clock: Clock = system_clock,
+        max_hosts: int = 1000,
+        rng: random.Random | None = None,
+        tracing: bool = False,
+        tracer_provider: Any = None,
+        max_stale_bytes: int = _MAX_STALE_BYTES,
+    ) -> None:
+        TransportCore.__init__(
+            self, config=config, per_route=per_route, budget=budget, fallbacks=fallbacks,
+            listeners=listeners, clock=clock, max_hosts=max_hosts, rng=rng, tracing=tracing,
+            tracer_provider=tracer_provider, max_stale_bytes=max_stale_bytes,
+        )
+        self._transport = transport if transport is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` under the policies of its host."""
+        if not self._observing():
+            if not self._fallbacks:
+                return self._protected(request)
+            return self._answer(request)
+        obs = self._observe_start(request)
+        try:
+            response = self._answer(request)
+        except BaseException as exc:
+            self._observe_end(obs, request, None, exc)
+            raise
+        self._observe_end(obs, request, response, None)
+        return response
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        """The protected call, or its route's fallback when it failed."""
+        hook = self._hook(request) if self._fallbacks else None
+        if hook is None:
+            return self._protected(request)
+        try:
+            response = self._protected(request)
+        except Exception as exc:
+            if not isinstance(hook, StaleCache):
+                return self._fallback(hook, request, exc)
+            stale = self._stale(hook, request, exc)
+            if stale is None:
+                raise
+            return stale
+        if response.status_code < 500:
+            if isinstance(hook, StaleCache) and 200 <= response.status_code < 300:
+                body = b"".join(response.iter_raw())
+                response.close()
+                return self._remember(hook, request, response, body)
+            return response
+        error = self._status_error(request, response)
+        if isinstance(hook, StaleCache):
+            stale = self._stale(hook, request, error)
+            if stale is None:
+                return response
+            response.close()
+            return stale
+        response.close()
+        return self._fallback(hook, request, error)
+
+    def _protected(self, request: httpx.Request) -> httpx.Response:
+        call = self._begin(request)
+        inner = self._transport
+        while True:
+            permit = self._admit(call, request)
+            if permit is None:
+                assert call.last is not None
+                return call.last
+            slot = None
+            bulkhead = call.hp.bulkhead
+            if bulkhead is not None:
+                try:
+                    slot = bulkhead.acquire()
+                except BaseException:
+                    permit.release()
+                    raise
+            try:
+                response = inner.handle_request(request)
+            except Exception as exc:
+                if slot is not None:
+                    slot.release()
+                planned, error = self._after_error(call, exc, permit)
+                if planned is None:
+                    if error is exc:
+                        raise
+                    raise error from exc
+            else:
+                if slot is not None:
+                    _hold(response, slot, sync=True)
+                planned = self._after_response(call, response, permit)
+                if planned is None:
+                    return response
+                # Read and close what we discard, so its connection goes back to the pool.
+                response.read()
+                response.close()
+                call.last = response
+            call.delay = planned
+            self._clock.sleep(planned)
+            call.attempt += 1
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self._transport.close()
+
+    def __repr__(self) -> str:
+        return f"ResilientTransport(hosts={len(self._registry)}, config={self._config!r})"

@@ -13,7 +13,18 @@ name                                                   type       labels
 ``fournines_retry_budget_exhausted_total``             counter    name
 ``fournines_fallbacks_total``                          counter    name, kind (value, stale)
 ``fournines_deadline_exceeded_total``                  counter    name
+``fournines_client_hedges_total``                      counter    name (host)
+``fournines_endpoint_ejections_total``                 counter    name, endpoint
+``http_client_request_duration_seconds``               histogram  host, method, status_class
+``http_client_requests_in_flight``                     gauge      host
 =====================================================  =========  ==========================
+
+The ``http_client_*`` metrics are the client golden metrics of the resilient
+httpx transports (from ``ClientRequestStarted`` / ``ClientRequestFinished``):
+one observation per request, retries and hedges included, timed until the
+response headers (or the error); ``status_class`` is ``2xx`` ... ``5xx``, or
+``error`` when no response came. Hedges (``RetryScheduled`` with policy
+``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
 
 ``prometheus_client`` is an optional dependency: ``pip install fournines[prometheus]``.
 """
@@ -26,7 +37,10 @@ from .._errors import ConfigurationError
 from .._events import (
     BudgetExhausted,
     CallRejected,
+    ClientRequestFinished,
+    ClientRequestStarted,
     DeadlineExceeded,
+    EndpointEjected,
     Event,
     FallbackUsed,
     RetriesExhausted,
@@ -74,6 +88,18 @@ class PrometheusListener:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.deadlines = prom.Counter(f"{p}_deadline_exceeded", "Calls that hit their deadline.",
                                       ["name"], registry=reg)
+        self.hedges = prom.Counter(f"{p}_client_hedges", "Hedged attempts sent.", ["name"],
+                                   registry=reg)
+        self.ejections = prom.Counter(f"{p}_endpoint_ejections",
+                                      "Endpoints ejected by a client balancer.",
+                                      ["name", "endpoint"], registry=reg)
+        self.client_duration = prom.Histogram(
+            "http_client_request_duration_seconds",
+            "Outgoing HTTP request duration in seconds (retries and hedges included).",
+            ["host", "method", "status_class"], registry=reg)
+        self.client_in_flight = prom.Gauge("http_client_requests_in_flight",
+                                           "Outgoing HTTP requests in progress.", ["host"],
+                                           registry=reg)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() costs several microseconds (validation, a lock, a dict of tuples);
@@ -92,8 +118,19 @@ class PrometheusListener:
             self.transitions.labels(event.name, event.old, event.new).inc()
             for state in _STATES:
                 self.state.labels(event.name, state).set(1 if state == event.new else 0)
+        elif isinstance(event, ClientRequestFinished):
+            status = event.status_code
+            status_class = "error" if status is None else f"{status // 100}xx"
+            self._child(self.client_in_flight, event.name).dec()
+            self._child(self.client_duration, event.name, event.method,
+                        status_class).observe(event.duration)
+        elif isinstance(event, ClientRequestStarted):
+            self._child(self.client_in_flight, event.name).inc()
         elif isinstance(event, RetryScheduled):
-            self._child(self.retries, event.name).inc()
+            if event.policy == "hedge":
+                self._child(self.hedges, event.name).inc()
+            else:
+                self._child(self.retries, event.name).inc()
         elif isinstance(event, RetriesExhausted):
             self.exhausted.labels(event.name, event.reason).inc()
         elif isinstance(event, BudgetExhausted):
@@ -103,3 +140,5 @@ class PrometheusListener:
             self.fallbacks.labels(event.name, kind).inc()
         elif isinstance(event, DeadlineExceeded):
             self.deadlines.labels(event.name).inc()
+        elif isinstance(event, EndpointEjected):
+            self.ejections.labels(event.name, event.endpoint).inc()

@@ -3,9 +3,11 @@
 ``app`` is a downstream whose behaviour is set at runtime with
 ``POST /control`` (JSON: ``mode`` ``"ok"``/``"fail"``/``"slow"``, ``status``
 (fail status, 503), ``retry_after`` (header value sent with failures),
-``delay`` (seconds, for ``slow``)); the control call also forgets what was
-seen. ``GET /seen`` returns every request seen since: method, path and the
-``x-request-timeout-ms`` / ``x-request-attempt`` headers it carried.
+``no_retry`` (true: failures carry ``x-no-retry: 1``), ``delay`` (seconds, for
+``slow``), ``body`` (the ``ok`` answer, default ``"ok"``)); the control call
+also forgets what was seen. ``GET /seen`` returns every request seen since:
+method, path and the ``x-request-timeout-ms`` / ``x-request-attempt`` /
+``traceparent`` headers it carried.
 
 ``chain_app`` is one link of a service chain: it records what it sees like
 ``app`` and forwards each request to ``CHAIN_NEXT`` through an
@@ -52,6 +54,7 @@ def _record(request: Request) -> None:
         "path": request.url.path,
         "timeout_ms": request.headers.get("x-request-timeout-ms"),
         "attempt": request.headers.get("x-request-attempt"),
+        "traceparent": request.headers.get("traceparent"),
     })
 
 
@@ -64,9 +67,11 @@ async def serve(request: Request) -> Response:
         headers = {}
         if _control.get("retry_after") is not None:
             headers["retry-after"] = str(_control["retry_after"])
+        if _control.get("no_retry"):
+            headers["x-no-retry"] = "1"
         return Response("failing", status_code=int(_control.get("status", 503)),
                         headers=headers)
-    return Response("ok")
+    return Response(str(_control.get("body", "ok")))
 
 
 _ROUTES = [

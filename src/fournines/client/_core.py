@@ -1,0 +1,602 @@
+"""The sans-I/O core shared by the sync and async resilient transports.
+
+Everything that decides lives here: the per-host registry, admission (deadline,
+breaker, per-attempt timeout and headers), what an attempt's outcome means for
+the breaker and whether to retry, the stale-cache fallback, and observation
+(events for metrics, an OpenTelemetry client span). The shells in
+:mod:`fournines.client.transport` only do the I/O: send, sleep, read bodies.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import httpx
+
+from .._clock import Clock
+from .._deadline import Deadline, current_deadline
+from .._errors import ConfigurationError, DeadlineExceededError, check_number
+from .._events import (
+    ClientRequestFinished,
+    ClientRequestStarted,
+    DeadlineExceeded,
+    FallbackUsed,
+    Listener,
+    RetriesExhausted,
+    RetryScheduled,
+    dispatch,
+    global_listeners,
+)
+from .._propagation import (
+    ATTEMPT_HEADER,
+    NO_RETRY_HEADER,
+    TIMEOUT_HEADER,
+    format_timeout_ms,
+    mark_retries_exhausted,
+)
+from ..policies.backoff import Backoff
+from ..policies.budget import RetryBudget
+from ..policies.bulkhead import Bulkhead
+from ..policies.circuit_breaker import (
+    AdaptiveThrottling,
+    BreakerPermit,
+    CircuitBreaker,
+    ConsecutiveFailures,
+    FailureRate,
+)
+from ..policies.fallback import StaleCache
+
+if TYPE_CHECKING:
+    from ._tracing import ClientTracer
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+"""Methods retried without an ``Idempotency-Key`` (RFC 9110, section 9.2.2)."""
+
+FallbackHook = Callable[[httpx.Request, BaseException], httpx.Response]
+"""``hook(request, error) -> response``: answers instead of a failed call."""
+
+# Errors that say the host is unhealthy (breaker failures) and that are safe to retry
+# for an idempotent request: the request either never left or its answer never came.
+_FAILURES: tuple[type[BaseException], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.RemoteProtocolError,
+    DeadlineExceededError,
+)
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.ReadTimeout,
+    httpx.RemoteProtocolError,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientPolicy:
+    """Declarative settings for the policies of one host (all times in seconds).
+
+    :param trip: when the host's breaker opens (default ``ConsecutiveFailures(5)``).
+    :param reset_timeout: how long an open breaker waits before probing.
+    :param half_open_probes: probes admitted, and successes needed, while half-open.
+    :param attempts: attempts per idempotent request, the first included (1: no retry).
+    :param backoff: the wait before each retry.
+    :param retry_statuses: response statuses that are retried.
+    :param max_retry_after: the cap on a ``Retry-After`` hint.
+    :param attempt_timeout: each attempt's timeout (``None``: the client's own);
+        always shortened to the remaining deadline.
+    :param max_concurrent: requests in flight to the host at once (``None``: no bulkhead).
+    :param budget_ratio: retries allowed per request, over ``budget_ttl``.
+    :param budget_min_per_second: retries allowed per second regardless of traffic.
+    :param budget_ttl: the window of the retry budget.
+    :param hedge_after: hedging (``None``: off). When an idempotent attempt (same
+        rule as retries) has no response headers after this many seconds, ONE
+        second attempt is sent concurrently; the first non-retryable outcome
+        (a response whose status is not in ``retry_statuses``, or an error that
+        is not retried) wins, the other attempt is cancelled and its response,
+        if any, closed. A hedge withdraws one retry from the host's
+        :class:`~fournines.RetryBudget` (no hedge when it refuses), takes its own
+        breaker permit and bulkhead slot (never queueing: no hedge when either
+        refuses), does not use up one of ``attempts``, and is never sent when
+        the deadline would pass before the hedge delay. Each hedge emits
+        ``RetryScheduled(policy="hedge", delay=<hedge delay>)``.
+    :param hedge_quantile: with ``hedge_after`` (required, as the fallback), hedge
+        after this quantile (e.g. ``0.95``) of the host's last 100 successful
+        attempt latencies instead, once 20 of them exist. Attempts that lost a
+        race are not sampled.
+    """
+
+    trip: ConsecutiveFailures | FailureRate | AdaptiveThrottling = field(
+        default_factory=ConsecutiveFailures
+    )
+    reset_timeout: float = 30.0
+    half_open_probes: int = 1
+    attempts: int = 3
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.05, cap=2.0))
+    retry_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
+    max_retry_after: float = 30.0
+    attempt_timeout: float | None = None
+    max_concurrent: int | None = None
+    budget_ratio: float = 0.2
+    budget_min_per_second: float = 10.0
+    budget_ttl: float = 10.0
+    hedge_after: float | None = None
+    hedge_quantile: float | None = None
+
+    def __post_init__(self) -> None:
+        owner = "ClientPolicy"
+        if not isinstance(self.trip, ConsecutiveFailures | FailureRate | AdaptiveThrottling):
+            raise ConfigurationError(
+                f"{owner}.trip must be ConsecutiveFailures, FailureRate or AdaptiveThrottling, "
+                f"got {self.trip!r}"
+            )
+        check_number(owner, "reset_timeout", self.reset_timeout, minimum=0)
+        check_number(owner, "half_open_probes", self.half_open_probes, minimum=1, integer=True)
+        check_number(owner, "attempts", self.attempts, minimum=1, integer=True)
+        if not isinstance(self.backoff, Backoff):
+            raise ConfigurationError(f"{owner}.backoff must be a Backoff, got {self.backoff!r}")
+        if not isinstance(self.retry_statuses, frozenset) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599
+            for s in self.retry_statuses
+        ):
+            raise ConfigurationError(
+                f"{owner}.retry_statuses must be a frozenset of HTTP status codes, "
+                f"got {self.retry_statuses!r}"
+            )
+        check_number(owner, "max_retry_after", self.max_retry_after, minimum=0)
+        check_number(owner, "attempt_timeout", self.attempt_timeout, minimum=0,
+                     exclusive_minimum=True, optional=True)
+        check_number(owner, "max_concurrent", self.max_concurrent, minimum=1, integer=True,
+                     optional=True)
+        check_number(owner, "budget_ratio", self.budget_ratio, minimum=0, maximum=1000)
+        check_number(owner, "budget_min_per_second", self.budget_min_per_second, minimum=0)
+        check_number(owner, "budget_ttl", self.budget_ttl, minimum=0, exclusive_minimum=True)
+        check_number(owner, "hedge_after", self.hedge_after, minimum=0, optional=True)
+        check_number(owner, "hedge_quantile", self.hedge_quantile, minimum=0,
+                     exclusive_minimum=True, maximum=1, optional=True)
+        if self.hedge_quantile is not None and self.hedge_after is None:
+            raise ConfigurationError(
+                f"{owner}.hedge_quantile needs {owner}.hedge_after (the hedge delay used "
+                f"until enough latencies are known), got hedge_after=None"
+            )
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date).
+
+    ``now`` is the current Unix time (for HTTP-dates). Returns ``None`` when the
+    value is absent or malformed; a date in the past gives ``0.0``.
+
+    >>> parse_retry_after("3", 0.0)
+    3.0
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    if text.isascii() and text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class _HostPolicies:
+    """The policies of one host (or route): created once, reused by every request."""
+
+    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name")
+
+    def __init__(self, name: str, config: ClientPolicy, budget: RetryBudget | None,
+                 clock: Clock, listeners: Sequence[Listener]) -> None:
+        self.name = name
+        self.config = config
+        self.breaker = CircuitBreaker(
+            name, trip=config.trip, reset_timeout=config.reset_timeout,
+            half_open_probes=config.half_open_probes, clock=clock, listeners=listeners,
+        )
+        self.budget = budget if budget is not None else RetryBudget(
+            ratio=config.budget_ratio, min_per_second=config.budget_min_per_second,
+            ttl=config.budget_ttl, name=name, clock=clock, listeners=listeners,
+        )
+        self.bulkhead = None if config.max_concurrent is None else Bulkhead(
+            max_concurrent=config.max_concurrent, name=name, clock=clock, listeners=listeners,
+        )
+        # Recent successful attempt latencies, kept only for quantile hedging.
+        self.latencies: deque[float] | None = (
+            None if config.hedge_quantile is None else deque(maxlen=_HEDGE_SAMPLES)
+        )
+
+    def hedge_delay(self) -> float:
+        """Seconds to wait for an attempt's headers before sending a hedge."""
+        config = self.config
+        assert config.hedge_after is not None
+        latencies = self.latencies
+        if latencies is None or len(latencies) < _HEDGE_MIN_SAMPLES:
+            return config.hedge_after
+        assert config.hedge_quantile is not None
+        ordered = sorted(latencies)
+        index = min(len(ordered) - 1, int(config.hedge_quantile * len(ordered)))
+        return ordered[index]
+
+
+_HEDGE_SAMPLES = 100
+_HEDGE_MIN_SAMPLES = 20
+
+def _origin(url: httpx.URL) -> str:
+    port = url.port
+    if port is None:
+        port = 443 if url.scheme == "https" else 80
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+def _attempt_timeout(request: httpx.Request, seconds: float) -> None:
+    """Shorten every timeout of ``request`` to at most ``seconds``."""
+    current = request.extensions.get("timeout") or {}
+    timeout: dict[str, float] = {}
+    for key in ("connect", "read", "write", "pool"):
+        value = current.get(key)
+        timeout[key] = seconds if value is None or value > seconds else value
+    request.extensions = {**request.extensions, "timeout": timeout}
+
+
+
+STALE_HEADER = "x-fournines-degraded"
+"""Response header marking an answer served by a fallback (value ``stale`` for a cached one)."""
+
+STALE_AGE_EXTENSION = "fournines.stale_age"
+"""Response extension: how old (seconds) the cached answer served instead is."""
+
+Fallbacks = Mapping[tuple[str, str], FallbackHook | StaleCache[Any]]
+
+
+class _Snapshot:
+    """A good response kept for a stale-cache route: raw body, so encodings stay right."""
+
+    __slots__ = ("body", "extensions", "headers", "status", "stored_at")
+
+    def __init__(self, response: httpx.Response, body: bytes, stored_at: float) -> None:
+        self.status = response.status_code
+        self.headers = response.headers.raw
+        self.extensions = {k: v for k, v in response.extensions.items()
+                           if k in ("http_version", "reason_phrase")}
+        self.body = body
+        self.stored_at = stored_at
+
+
+def _raise(exc: Exception) -> Callable[[str], _Snapshot]:
+    def fail(key: str) -> NoReturn:
+        raise exc
+    return fail
+
+
+class _Call:
+    """The state of one request across its attempts."""
+
+    __slots__ = ("attempt", "deadline", "delay", "hedge", "hp", "last", "retries")
+
+    def __init__(self, hp: _HostPolicies, deadline: Deadline | None, retries: bool,
+                 hedge: bool) -> None:
+        self.hp = hp
+        self.deadline = deadline
+        self.retries = retries
+        self.hedge = hedge
+        self.attempt = 1
+        self.delay = 0.0
+        self.last: httpx.Response | None = None
+
+
+class _Observation:
+    """What is measured of one request: start time, and its span when tracing."""
+
+    __slots__ = ("announced", "host", "span", "start", "token")
+
+    def __init__(self, host: str, start: float, span: Any, token: Any, announced: bool) -> None:
+        self.host = host
+        self.start = start
+        self.span = span
+        self.token = token
+        # Finished is sent only after Started was: a listener added mid-request must
+        # not see an in-flight count go below zero.
+        self.announced = announced
+
+
+class TransportCore:
+    """Decisions shared by :class:`ResilientTransport` and :class:`AsyncResilientTransport`."""
+
+    _owner = "ResilientTransport"
+
+    def __init__(
+        self,
+        *,
+        config: ClientPolicy | None,
+        per_route: Mapping[str | tuple[str, str], ClientPolicy] | None,
+        budget: RetryBudget | None,
+        fallbacks: Fallbacks | None,
+        listeners: Sequence[Listener],
+        clock: Clock,
+        max_hosts: int,
+        rng: random.Random | None,
+        tracing: bool,
+        tracer_provider: Any,
+        max_stale_bytes: int,
+    ) -> None:
+        owner = self._owner
+        if config is not None and not isinstance(config, ClientPolicy):
+            raise ConfigurationError(f"{owner}.config must be a ClientPolicy, got {config!r}")
+        routes = dict(per_route or {})
+        for key, value in routes.items():
+            if not isinstance(value, ClientPolicy):
+                raise ConfigurationError(
+                    f"{owner}.per_route[{key!r}] must be a ClientPolicy, got {value!r}"
+                )
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise ConfigurationError(f"{owner}.budget must be a RetryBudget, got {budget!r}")
+        hooks = dict(fallbacks or {})
+        for key, hook in hooks.items():
+            if not (isinstance(key, tuple) and len(key) == 2
+                    and all(isinstance(part, str) for part in key)):
+                raise ConfigurationError(
+                    f"{owner}.fallbacks keys must be (method, path) tuples, got {key!r}"
+                )
+            if not callable(hook) and not isinstance(hook, StaleCache):
+                raise ConfigurationError(
+                    f"{owner}.fallbacks[{key!r}] must be a function or a StaleCache, "
+                    f"got {hook!r}"
+                )
+        check_number(owner, "max_hosts", max_hosts, minimum=1, integer=True)
+        check_number(owner, "max_stale_bytes", max_stale_bytes, minimum=0, integer=True)
+        self._config = config or ClientPolicy()
+        self._routes = {k: v for k, v in routes.items() if isinstance(k, tuple)}
+        self._hosts = {k: v for k, v in routes.items() if isinstance(k, str)}
+        self._budget = budget
+        self._fallbacks: dict[tuple[str, str], FallbackHook | StaleCache[Any]] = {
+            (m.upper(), p): h for (m, p), h in hooks.items()
+        }
+        self._clock = clock
+        self._max_hosts = max_hosts
+        self._max_stale_bytes = max_stale_bytes
+        self._rng = rng or random.Random()
+        self._registry: OrderedDict[object, _HostPolicies] = OrderedDict()
+        self._tracer: ClientTracer | None = None
+        if tracing or tracer_provider is not None:
+            from ._tracing import ClientTracer  # noqa: PLC0415 - OpenTelemetry is optional
+
+            self._tracer = ClientTracer(owner, tracer_provider)
+            # Resilience events (retries, hedges, rejections, fallbacks) become span events.
+            listeners = (*listeners, self._tracer.record_event)
+        self._listeners = tuple(listeners)
+
+    # -- the registry ----------------------------------------------------------------
+
+    def policies_for(self, url: httpx.URL | str, method: str = "GET") -> _HostPolicies:
+        """The policies that protect a request to ``url`` (created on first use)."""
+        url = httpx.URL(url) if isinstance(url, str) else url
+        origin = _origin(url)
+        key: object = origin
+        config: ClientPolicy | None = None
+        if self._routes:
+            route = (method, url.path)
+            config = self._routes.get(route)
+            if config is not None:
+                key = (origin, *route)
+        registry = self._registry
+        policies = registry.get(key)
+        if policies is not None:
+            if len(registry) > 1:
+                registry.move_to_end(key)
+            return policies
+        if config is None:
+            config = self._hosts.get(origin, self._config)
+        name = origin if isinstance(key, str) else f"{method} {origin}{url.path}"
+        policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners)
+        registry[key] = policies
+        if len(registry) > self._max_hosts:
+            registry.popitem(last=False)
+        return policies
+
+    # -- one request: admission and outcomes -------------------------------------------
+
+    def _begin(self, request: httpx.Request) -> _Call:
+        """Start a request: fail at once when no time is left, else count it in the budget."""
+        deadline = current_deadline()
+        hp = self.policies_for(request.url, request.method)
+        if deadline is not None and deadline.remaining() <= 0:
+            raise self._expired(hp, deadline)
+        cfg = hp.config
+        hp.budget.deposit()
+        idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+        return _Call(hp, deadline, cfg.attempts > 1 and idempotent,
+                     cfg.hedge_after is not None and idempotent)
+
+    def _admit(self, call: _Call, request: httpx.Request) -> BreakerPermit | None:
+        """The breaker permit of the next attempt, its timeout and headers set on ``request``.
+
+        ``None`` means stop and answer ``call.last`` (the deadline passed or the
+        breaker opened during retries: the last answer says more than an error).
+        """
+        hp = call.hp
+        limit = hp.config.attempt_timeout
+        deadline = call.deadline
+        if deadline is not None:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                if call.last is not None:
+                    return None
+                raise self._expired(hp, deadline)
+            if limit is None or remaining < limit:
+                limit = remaining
+        try:
+            permit = hp.breaker.try_acquire()
+        except Exception:
+            if call.last is not None:
+                return None
+            raise
+        headers = request.headers
+        if limit is not None:
+            headers[TIMEOUT_HEADER] = format_timeout_ms(limit)
+            _attempt_timeout(request, limit)
+        headers[ATTEMPT_HEADER] = str(call.attempt)
+        return permit
+
+    def _after_error(self, call: _Call, exc: Exception,
+                     permit: BreakerPermit) -> tuple[float | None, Exception]:
+        """Settle a failed attempt: ``(wait before the next one or None, error to raise)``."""
+        hp = call.hp
+        deadline = call.deadline
+        error: Exception = exc
+        if (deadline is not None and isinstance(exc, httpx.TimeoutException)
+                and deadline.remaining() <= 0):
+            error = self._expired(hp, deadline)
+        if isinstance(error, _FAILURES):
+            permit.failure(error)
+        else:
+            permit.release()
+        call.last = None  # the last outcome is this error, not an older response
+        planned = None
+        if isinstance(error, _RETRYABLE):
+            if call.retries:
+                planned = self._plan(hp, call.attempt, call.delay, None, error, deadline)
+            else:
+                mark_retries_exhausted()
+        return planned, error
+
+    def _after_response(self, call: _Call, response: httpx.Response,
+                        permit: BreakerPermit) -> float | None:
+        """Settle an attempt that answered: the wait before retrying, or ``None`` to return it."""
+        status = response.status_code
+        if status >= 500:
+            permit.failure()
+        else:
+            permit.success()
+        hp = call.hp
+        if status not in hp.config.retry_statuses:
+            return None
+        if not call.retries or NO_RETRY_HEADER in response.headers:
+            # Not ours to retry (not idempotent), or the hop below already retried
+            # and gave up: tell our own caller not to retry either.
+            mark_retries_exhausted()
+            return None
+        hint = parse_retry_after(response.headers.get("retry-after"), self._clock.time())
+        return self._plan(hp, call.attempt, call.delay, hint, None, call.deadline)
+
+    def _expired(self, hp: _HostPolicies, deadline: Deadline) -> DeadlineExceededError:
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, DeadlineExceeded(
+                policy="client", name=hp.name, timeout=max(0.0, deadline.remaining()),
+            ))
+        return DeadlineExceededError(f"no time left for a request to {hp.name}")
+
+    def _plan(self, hp: _HostPolicies, attempt: int, previous: float, hint: float | None,
+              error: BaseException | None, deadline: Deadline | None) -> float | None:
+        """The wait before attempt ``attempt + 1``, or ``None`` to stop (event sent)."""
+        cfg = hp.config
+        reason = ""
+        delay = 0.0
+        if attempt >= cfg.attempts:
+            reason = "attempts"
+        else:
+            delay = cfg.backoff.delay(attempt, previous, self._rng)
+            if hint is not None and hint > delay:
+                delay = min(hint, cfg.max_retry_after)
+            if deadline is not None and deadline.remaining() <= delay:
+                reason = "deadline"
+            elif not hp.budget.try_withdraw():
+                reason = "budget"
+        if reason:
+            # Whatever we answer our own caller now, it must not be retried again.
+            mark_retries_exhausted()
+        if self._listeners or global_listeners():
+            if reason:
+                dispatch(self._listeners, RetriesExhausted(
+                    policy="retry", name=hp.name, attempts=attempt, reason=reason, error=error,
+                ))
+            else:
+                dispatch(self._listeners, RetryScheduled(
+                    policy="retry", name=hp.name, attempt=attempt, delay=delay, error=error,
+                ))
+        return None if reason else delay
+
+    # -- fallbacks -----------------------------------------------------------------------
+
+    def _hook(self, request: httpx.Request) -> FallbackHook | StaleCache[Any] | None:
+        return self._fallbacks.get((request.method, request.url.path))
+
+    @staticmethod
+    def _status_error(request: httpx.Request, response: httpx.Response) -> httpx.HTTPStatusError:
+        return httpx.HTTPStatusError(
+            f"{response.status_code} from {request.url}", request=request, response=response
+        )
+
+    def _fallback(self, hook: FallbackHook, request: httpx.Request,
+                  exc: BaseException) -> httpx.Response:
+        response = hook(request, exc)
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, FallbackUsed(
+                policy="fallback", name=f"{request.method} {request.url.path}", error=exc,
+            ))
+        return response
+
+    def _remember(self, cache: StaleCache[Any], request: httpx.Request,
+                  response: httpx.Response, body: bytes) -> httpx.Response:
+        """Keep a good answer of a stale-cache route; return it, body already read."""
+        if 200 <= response.status_code < 300 and len(body) <= self._max_stale_bytes:
+            snapshot = _Snapshot(response, body, self._clock.monotonic())
+            cache.call(lambda key: snapshot, str(request.url))
+        return httpx.Response(response.status_code, headers=response.headers.raw,
+                              stream=httpx.ByteStream(body), extensions=response.extensions)
+
+    def _stale(self, cache: StaleCache[Any], request: httpx.Request,
+               exc: Exception) -> httpx.Response | None:
+        """The cached answer for ``request`` if fresh enough (the cache sends FallbackUsed)."""
+        try:
+            snapshot: _Snapshot = cache.call(_raise(exc), str(request.url))
+        except Exception:
+            return None
+        age = max(0.0, self._clock.monotonic() - snapshot.stored_at)
+        if self._tracer is not None:
+            self._tracer.record_event(FallbackUsed(
+                policy="fallback", name=cache.name, error=exc, stale_age=age))
+        headers = [(k, v) for k, v in snapshot.headers
+                   if k.lower() not in (b"age", STALE_HEADER.encode())]
+        headers += [(STALE_HEADER.encode(), b"stale"), (b"age", str(int(age)).encode())]
+        return httpx.Response(
+            snapshot.status, headers=headers, stream=httpx.ByteStream(snapshot.body),
+            extensions={**snapshot.extensions, STALE_AGE_EXTENSION: age},
+        )
+
+    # -- observation -----------------------------------------------------------------
+
+    def _observing(self) -> bool:
+        return self._tracer is not None or bool(self._listeners) or bool(global_listeners())
+
+    def _observe_start(self, request: httpx.Request) -> _Observation:
+        host = _origin(request.url)
+        announced = bool(self._listeners or global_listeners())
+        if announced:
+            dispatch(self._listeners, ClientRequestStarted(
+                policy="client", name=host, method=request.method))
+        span = token = None
+        if self._tracer is not None:
+            span, token = self._tracer.start(request)
+        return _Observation(host, self._clock.monotonic(), span, token, announced)
+
+    def _observe_end(self, obs: _Observation, request: httpx.Request,
+                     response: httpx.Response | None, error: BaseException | None) -> None:
+        if self._tracer is not None:
+            self._tracer.end(obs.span, obs.token, response, error)
+        if obs.announced:
+            dispatch(self._listeners, ClientRequestFinished(
+                policy="client", name=obs.host, method=request.method,
+                status_code=None if response is None else response.status_code,
+                duration=max(0.0, self._clock.monotonic() - obs.start),
+                error_type=None if error is None else type(error).__qualname__,
+            ))

@@ -1,0 +1,37 @@
+"""Two downstream apps under real uvicorn, shared by the client tests of the session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ..asgi._uvicorn import UvicornProcess
+from ._helpers import control
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[tuple[UvicornProcess, UvicornProcess]]:
+    a = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+    try:
+        b = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+        try:
+            yield a, b
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+@pytest.fixture
+def host_a(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
+    """The first downstream, answering ``ok``, with nothing seen yet."""
+    control(servers[0].url, mode="ok")
+    return servers[0].url
+
+
+@pytest.fixture
+def host_b(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
+    """The second downstream, answering ``ok``, with nothing seen yet."""
+    control(servers[1].url, mode="ok")
+    return servers[1].url

@@ -1,0 +1,164 @@
+"""A StaleCache as a route's fallback: the last good answer, served (marked) when calls fail."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fournines import (
+    CircuitOpenError,
+    ConfigurationError,
+    ConsecutiveFailures,
+    FallbackUsed,
+    StaleCache,
+)
+from fournines.client import (
+    STALE_AGE_EXTENSION,
+    STALE_HEADER,
+    AsyncResilientTransport,
+    ClientPolicy,
+    ResilientTransport,
+)
+from fournines.testing import FakeClock, RecordingListener
+
+from ..asgi._uvicorn import UvicornProcess
+from ._helpers import control, seen
+
+ROUTE = ("GET", "/payments/42/status")
+NO_RETRY = ClientPolicy(attempts=1)
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[Any]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(cache: StaleCache[Any], **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("config", NO_RETRY)
+        transport = AsyncResilientTransport(fallbacks={ROUTE: cache}, **kwargs)
+        client = httpx.AsyncClient(transport=transport, timeout=10.0)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_last_good_answer_is_served_marked_stale_on_5xx(make_client: Any,
+                                                              host_a: str) -> None:
+    recorder = RecordingListener()
+    client = make_client(StaleCache(max_age=300.0, listeners=[recorder]))
+    control(host_a, body="paid")
+    fresh = await client.get(host_a + ROUTE[1])
+    assert fresh.text == "paid"
+    assert STALE_HEADER not in fresh.headers
+
+    control(host_a, mode="fail", status=503)
+    stale = await client.get(host_a + ROUTE[1])
+    assert (stale.status_code, stale.text) == (200, "paid")
+    assert stale.headers[STALE_HEADER] == "stale"
+    assert int(stale.headers["age"]) >= 0
+    assert stale.extensions[STALE_AGE_EXTENSION] >= 0.0
+    [used] = recorder.of(FallbackUsed)
+    assert used.stale_age is not None
+    assert isinstance(used.error, httpx.HTTPStatusError)
+    assert len(seen(host_a)) == 1  # the failing call was really made
+
+
+async def test_stale_answer_is_served_while_the_breaker_is_open(make_client: Any,
+                                                                host_a: str) -> None:
+    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60)
+    client = make_client(StaleCache(max_age=300.0), config=policy)
+    control(host_a, body="paid")
+    await client.get(host_a + ROUTE[1])
+    control(host_a, mode="fail", status=500)
+    assert (await client.get(host_a + ROUTE[1])).text == "paid"  # opens the breaker
+    for _ in range(3):
+        stale = await client.get(host_a + ROUTE[1])
+        assert stale.headers[STALE_HEADER] == "stale"
+    assert len(seen(host_a)) == 1  # the open breaker kept the rest off the network
+    with pytest.raises(CircuitOpenError):
+        await client.get(host_a + "/payments/43/status")  # nothing cached for that URL
+
+
+async def test_stale_answer_replaces_a_connect_error(make_client: Any) -> None:
+    recorder = RecordingListener()
+    client = make_client(StaleCache(max_age=300.0, listeners=[recorder]))
+    downstream = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+    try:
+        control(downstream.url, body="paid")
+        await client.get(downstream.url + ROUTE[1])
+    finally:
+        downstream.stop()
+    stale = await client.get(downstream.url + ROUTE[1])
+    assert (stale.text, stale.headers[STALE_HEADER]) == ("paid", "stale")
+    assert isinstance(recorder.of(FallbackUsed)[0].error, httpx.ConnectError)
+    with pytest.raises(httpx.ConnectError):
+        await client.get(downstream.url + "/payments/43/status")  # nothing cached there
+
+
+async def test_answers_older_than_max_age_are_not_served(make_client: Any,
+                                                         host_a: str) -> None:
+    clock = FakeClock()
+    client = make_client(StaleCache(max_age=300.0, clock=clock))
+    control(host_a, body="paid")
+    await client.get(host_a + ROUTE[1])
+    control(host_a, mode="fail", status=503)
+    clock.advance(301.0)
+    response = await client.get(host_a + ROUTE[1])
+    assert (response.status_code, response.text) == (503, "failing")
+    assert STALE_HEADER not in response.headers
+
+
+async def test_each_url_of_the_route_has_its_own_entry(make_client: Any, host_a: str) -> None:
+    client = make_client(StaleCache(max_age=300.0))
+    for order in ("1", "2"):
+        control(host_a, body=f"order {order}")
+        await client.get(host_a + ROUTE[1], params={"order": order})
+    control(host_a, mode="fail", status=503)
+    assert (await client.get(host_a + ROUTE[1], params={"order": "2"})).text == "order 2"
+    assert (await client.get(host_a + ROUTE[1], params={"order": "1"})).text == "order 1"
+
+
+async def test_cache_is_bounded_in_entries_and_body_size(make_client: Any, host_a: str) -> None:
+    client = make_client(StaleCache(max_age=300.0, max_keys=1), max_stale_bytes=10)
+    control(host_a, body="x" * 11)
+    await client.get(host_a + ROUTE[1], params={"big": "1"})
+    for order in ("1", "2"):
+        control(host_a, body=f"order {order}")
+        await client.get(host_a + ROUTE[1], params={"order": order})
+    control(host_a, mode="fail", status=503)
+    assert (await client.get(host_a + ROUTE[1], params={"order": "2"})).text == "order 2"
+    evicted = await client.get(host_a + ROUTE[1], params={"order": "1"})
+    assert evicted.status_code == 503
+    too_big = await client.get(host_a + ROUTE[1], params={"big": "1"})
+    assert too_big.status_code == 503
+
+
+async def test_other_routes_and_failed_answers_are_not_cached(make_client: Any,
+                                                              host_a: str) -> None:
+    cache: StaleCache[Any] = StaleCache(max_age=300.0)
+    client = make_client(cache)
+    control(host_a, body="other")
+    await client.get(host_a + "/payments/42")
+    control(host_a, mode="fail", status=404)
+    await client.get(host_a + ROUTE[1])
+    assert len(cache) == 0
+
+
+def test_sync_transport_serves_stale_answers_too(host_a: str) -> None:
+    transport = ResilientTransport(config=NO_RETRY, fallbacks={ROUTE: StaleCache(max_age=300.0)})
+    with httpx.Client(transport=transport, timeout=10.0) as client:
+        control(host_a, body="paid")
+        assert client.get(host_a + ROUTE[1]).text == "paid"
+        control(host_a, mode="fail", status=502)
+        stale = client.get(host_a + ROUTE[1])
+    assert (stale.text, stale.headers[STALE_HEADER]) == ("paid", "stale")
+
+
+def test_fallbacks_must_be_functions_or_stale_caches() -> None:
+    with pytest.raises(ConfigurationError, match=r"fallbacks\[\('GET', '/x'\)\]"):
+        AsyncResilientTransport(fallbacks={("GET", "/x"): "cached"})  # type: ignore[dict-item]
