@@ -69,9 +69,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_BUCKETS", "DEFAULT_EXCLUDE_PATHS", "MetricsMiddleware"]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
-"""Histogram bounds in seconds: prometheus_client's defaults, so dashboards carry over."""
+"""Histogram bounds in seconds: prometheus_client's defaults, so dashboards carry over,
+plus 0.3: the seed's latency objective ("faster than 300 ms") needs an exact bucket."""
 
 DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = ("/livez", "/readyz", "/startupz", "/healthz")
 """Probe paths, not counted: kubelet traffic would dilute the service's own numbers."""

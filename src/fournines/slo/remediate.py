@@ -1,0 +1,533 @@
+"""Alert-driven remediation: an Alertmanager webhook receiver that runs allowlisted commands.
+
+``fournines remediate --config remediate.yaml`` listens (on loopback unless
+told otherwise) for Alertmanager's webhook notifications and maps each firing
+alert to actions by its labels, e.g. a burn-rate page for ``payment-svc`` to
+``kubectl rollout restart deployment/payment-svc``. An unattended robot that
+restarts production needs guardrails more than features, so every one of these
+is on by default and none can be turned off:
+
+- **authentication**: each request must carry ``Authorization: Bearer <token>``
+  (Alertmanager's ``http_config.authorization``); the token comes from a file or
+  an environment variable, never from the config itself;
+- **allowlist**: commands are argv lists run without a shell, and every rendered
+  command must start with one of the ``allow`` prefixes, checked when the config
+  loads and again before each run;
+- **label templating is inert**: ``{label}`` placeholders take only values made of
+  ``A-Za-z0-9._:/-`` that do not start with ``-`` (no option injection);
+- **cooldown per target**: one action per target (``deployment/payment-svc``)
+  per cooldown, however often Alertmanager repeats the notification;
+- **max actions per hour**, over all targets;
+- **dry run**: decide and log, run nothing (``dry_run: true`` or ``--dry-run``);
+  dry runs count against cooldowns and the hourly limit, so they show exactly
+  what a real run would have done;
+- **audit log**: one JSON line per decision: ``executed`` (with the exit
+  status), ``failed``, ``dry-run``, ``refused`` (with the reason) or ``ignored``.
+
+Config (YAML; JSON works too)::
+
+    listen: 127.0.0.1:9095
+    path: /alerts
+    token_file: /etc/fournines/remediate.token     # or token_env: REMEDIATE_TOKEN
+    dry_run: false
+    max_actions_per_hour: 6
+    command_timeout: 2m
+    audit_log: /var/log/fournines/remediate.jsonl   # "-" (default): standard output
+    allow:
+      - [kubectl, rollout, restart]
+    actions:
+      - name: restart-payment
+        match: {alertname: ErrorBudgetBurn, service: payment-svc}
+        command: [kubectl, rollout, restart, "deployment/{service}", -n, "{namespace}"]
+        target: "deployment/{service}"             # default: the whole command
+        cooldown: 15m
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, TextIO
+
+from .._clock import Clock, system_clock
+from .._errors import ConfigurationError
+from .budget import parse_duration
+
+__all__ = [
+    "Action",
+    "Decision",
+    "RemediateConfig",
+    "Remediator",
+    "WebhookServer",
+    "load_config",
+    "parse_config",
+]
+
+_log = logging.getLogger("fournines.remediate")
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/][A-Za-z0-9._:/-]*")
+_MAX_BODY = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action:
+    """One mapping from alerts to a command.
+
+    :param name: shown in the audit log.
+    :param match: label values an alert must all have (``alertname`` among them, usually).
+    :param command: the argv to run; ``{label}`` placeholders take the alert's label values.
+    :param target: what the cooldown is kept per (a template too); default: the command.
+    :param cooldown: seconds between two actions on one target.
+    """
+
+    name: str
+    match: Mapping[str, str]
+    command: tuple[str, ...]
+    target: str = ""
+    cooldown: float = 900.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemediateConfig:
+    """The receiver's settings (see the module docstring for the file format).
+
+    :param token: the bearer token requests must carry (read from a file or the environment).
+    """
+
+    token: str = field(repr=False)
+    actions: tuple[Action, ...]
+    allow: tuple[tuple[str, ...], ...]
+    host: str = "127.0.0.1"
+    port: int = 9095
+    path: str = "/alerts"
+    dry_run: bool = False
+    max_actions_per_hour: int = 6
+    command_timeout: float = 120.0
+    audit_log: str = "-"
+    source: str = "<config>"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decision:
+    """What the receiver did about one alert and one action (one audit line)."""
+
+    decision: str
+    reason: str = ""
+    action: str = ""
+    target: str = ""
+    command: tuple[str, ...] = ()
+    alertname: str = ""
+    fingerprint: str = ""
+    returncode: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The audit line's fields (empty ones left out)."""
+        out: dict[str, object] = {"decision": self.decision}
+        for key in ("reason", "action", "target", "alertname", "fingerprint"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        if self.command:
+            out["command"] = list(self.command)
+        if self.returncode is not None:
+            out["returncode"] = self.returncode
+        return out
+
+
+def _fail(source: str, path: str, problem: str) -> ConfigurationError:
+    return ConfigurationError(f"{source}: {path}: {problem}")
+
+
+def _argv(source: str, path: str, value: object) -> tuple[str, ...]:
+    if (not isinstance(value, list) or not value
+            or not all(isinstance(part, str) and part for part in value)):
+        raise _fail(source, path, f"must be a non-empty list of non-empty strings (an argv, "
+                                  f"no shell), got {value!r}")
+    return tuple(value)
+
+
+def _seconds(source: str, path: str, value: object) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration(value, field_name=path)
+        except ConfigurationError as exc:
+            raise _fail(source, path, str(exc)) from None
+    raise _fail(source, path, f"must be a duration like '15m' or seconds, got {value!r}")
+
+
+def _allowed(command: Sequence[str], allow: Sequence[tuple[str, ...]]) -> bool:
+    return any(tuple(command[: len(prefix)]) == prefix for prefix in allow)
+
+
+def _read_token(source: str, data: Mapping[str, Any], base: Path) -> str:
+    if "token" in data:
+        raise _fail(source, "token", "secrets do not belong in the config: use token_file or "
+                                     "token_env")
+    if "token_file" in data:
+        token_path = base / str(data["token_file"])
+        try:
+            token = token_path.read_text().strip()
+        except OSError as exc:
+            raise _fail(source, "token_file", f"cannot read {token_path}: {exc}") from None
+    elif "token_env" in data:
+        token = os.environ.get(str(data["token_env"]), "").strip()
+        if not token:
+            raise _fail(source, "token_env", f"the environment variable {data['token_env']!r} "
+                                             "is not set or empty")
+    else:
+        raise _fail(source, "token_file", "a token is required: set token_file or token_env")
+    if len(token) < 16:
+        raise _fail(source, "token_file" if "token_file" in data else "token_env",
+                    "the token must have at least 16 characters")
+    return token
+
+
+_KEYS = {"listen", "path", "token", "token_file", "token_env", "dry_run", "max_actions_per_hour",
+         "command_timeout", "audit_log", "allow", "actions"}
+_ACTION_KEYS = {"name", "match", "command", "target", "cooldown"}
+
+
+def parse_config(data: object, *, source: str = "<config>", base: Path | None = None
+                 ) -> RemediateConfig:
+    """Validate a config mapping; errors name the file, the path inside it and the problem."""
+    if not isinstance(data, dict):
+        raise _fail(source, "(top)", f"must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise _fail(source, unknown[0], f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    token = _read_token(source, data, base or Path.cwd())
+    listen = str(data.get("listen", "127.0.0.1:9095"))
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise _fail(source, "listen", f"must be HOST:PORT, got {listen!r}")
+    path = data.get("path", "/alerts")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise _fail(source, "path", f"must start with '/', got {path!r}")
+    dry_run = data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise _fail(source, "dry_run", f"must be true or false, got {dry_run!r}")
+    max_actions = data.get("max_actions_per_hour", 6)
+    if isinstance(max_actions, bool) or not isinstance(max_actions, int) or max_actions < 1:
+        raise _fail(source, "max_actions_per_hour", f"must be an int >= 1, got {max_actions!r}")
+    timeout = _seconds(source, "command_timeout", data.get("command_timeout", 120.0))
+    audit_log = data.get("audit_log", "-")
+    if not isinstance(audit_log, str) or not audit_log:
+        raise _fail(source, "audit_log", f"must be a file path or '-', got {audit_log!r}")
+    raw_allow = data.get("allow")
+    if not isinstance(raw_allow, list) or not raw_allow:
+        raise _fail(source, "allow", "must list the allowed command prefixes (argv lists)")
+    allow = tuple(_argv(source, f"allow[{i}]", item) for i, item in enumerate(raw_allow))
+    for i, prefix in enumerate(allow):
+        if any(_PLACEHOLDER.search(part) for part in prefix):
+            raise _fail(source, f"allow[{i}]", "must not contain {label} placeholders")
+    raw_actions = data.get("actions")
+    if not isinstance(raw_actions, list) or not raw_actions:
+        raise _fail(source, "actions", "must be a non-empty list")
+    actions = []
+    for i, raw in enumerate(raw_actions):
+        where = f"actions[{i}]"
+        if not isinstance(raw, dict):
+            raise _fail(source, where, f"must be a mapping, got {raw!r}")
+        extra = sorted(set(raw) - _ACTION_KEYS)
+        if extra:
+            raise _fail(source, f"{where}.{extra[0]}", "unknown key")
+        name = raw.get("name", f"action-{i}")
+        match = raw.get("match")
+        if (not isinstance(match, dict) or not match
+                or not all(isinstance(k, str) and isinstance(v, str) for k, v in match.items())):
+            raise _fail(source, f"{where}.match", "must map label names to values, e.g. "
+                                                  "{alertname: ErrorBudgetBurn}")
+        command = _argv(source, f"{where}.command", raw.get("command"))
+        if not _allowed(command, allow):
+            raise _fail(source, f"{where}.command",
+                        f"{list(command)} does not start with an allowed prefix "
+                        f"({[list(p) for p in allow]})")
+        target = raw.get("target", "")
+        if not isinstance(target, str):
+            raise _fail(source, f"{where}.target", f"must be a string, got {target!r}")
+        cooldown = _seconds(source, f"{where}.cooldown", raw.get("cooldown", 900.0))
+        actions.append(Action(name=str(name), match=dict(match), command=command,
+                              target=target, cooldown=cooldown))
+    return RemediateConfig(
+        token=token, actions=tuple(actions), allow=allow, host=host.strip("[]"),
+        port=int(port_text), path=path, dry_run=dry_run, max_actions_per_hour=max_actions,
+        command_timeout=timeout, audit_log=audit_log, source=source)
+
+
+def load_config(path: str | os.PathLike[str]) -> RemediateConfig:
+    """Read and validate a YAML (or JSON) config file; token files are relative to it."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"{file}: cannot read: {exc}") from None
+    try:
+        import yaml  # noqa: PLC0415 - the slo extra
+
+        data = yaml.safe_load(text)
+    except ImportError:  # pragma: no cover - depends on the environment
+        data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError and friends
+        raise ConfigurationError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(data, source=str(file), base=file.parent)
+
+
+def _render(template: str, labels: Mapping[str, str]) -> str:
+    def fill(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in labels:
+            raise LookupError(f"the alert has no label {name!r}")
+        value = labels[name]
+        if not _SAFE_VALUE.fullmatch(value):
+            raise LookupError(f"label {name}={value!r} is not safe to put in a command")
+        return value
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+Runner = Callable[[Sequence[str], float], int]
+
+
+def _run(command: Sequence[str], timeout: float) -> int:
+    completed = subprocess.run(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=timeout, check=False)
+    return completed.returncode
+
+
+class Remediator:
+    """The decisions, without HTTP: which alerts run which commands, under the guardrails.
+
+    :param clock: time for cooldowns, the hourly limit and audit timestamps.
+    :param audit: where audit lines go (default: the config's ``audit_log``).
+    :param background: run commands on a worker thread (the server does, so that
+        Alertmanager gets its answer at once); otherwise :meth:`handle` waits for them.
+    """
+
+    def __init__(
+        self,
+        config: RemediateConfig,
+        *,
+        clock: Clock = system_clock,
+        audit: Callable[[dict[str, object]], None] | None = None,
+        runner: Runner = _run,
+        background: bool = False,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._runner = runner
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._recent: deque[float] = deque()
+        self._stream: TextIO | None = None
+        self._audit = audit if audit is not None else self._write_audit
+        if audit is None and config.audit_log != "-":
+            # Opened now: a receiver that could not audit must not start, let alone act.
+            try:
+                self._stream = open(config.audit_log, "a", buffering=1)  # noqa: SIM115
+            except OSError as exc:
+                raise _fail(config.source, "audit_log", f"cannot open {config.audit_log}: "
+                                                        f"{exc}") from None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="remediate") if background else None
+
+    def _write_audit(self, line: dict[str, object]) -> None:
+        if self._stream is None:
+            self._stream = sys.stdout
+        self._stream.write(json.dumps(line, sort_keys=True) + "\n")
+        self._stream.flush()
+
+    def audit(self, decision: Decision, **extra: object) -> None:
+        """Write one audit line for ``decision`` (never raises)."""
+        stamp = datetime.fromtimestamp(self._clock.time(), UTC)
+        line: dict[str, object] = {"ts": stamp.isoformat(timespec="milliseconds"),
+                                   "dry_run": self.config.dry_run, **decision.as_dict(), **extra}
+        try:
+            with self._lock:
+                self._audit(line)
+        except Exception:
+            _log.exception("cannot write the audit line %r", line)
+
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the configured bearer token."""
+        if not authorization:
+            return False
+        scheme, _, credentials = authorization.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode(), self.config.token.encode())
+
+    def handle(self, payload: Mapping[str, Any]) -> list[Decision]:
+        """Decide about every alert of one webhook notification (and run what is decided)."""
+        alerts = payload.get("alerts")
+        if not isinstance(alerts, list):
+            decision = Decision(decision="refused", reason="not an Alertmanager notification")
+            self.audit(decision)
+            return [decision]
+        decisions = []
+        for alert in alerts:
+            decisions.extend(self._alert(alert if isinstance(alert, dict) else {}))
+        return decisions
+
+    def _alert(self, alert: Mapping[str, Any]) -> list[Decision]:
+        raw_labels = alert.get("labels")
+        labels = {str(k): str(v) for k, v in raw_labels.items()} if isinstance(
+            raw_labels, dict) else {}
+        common = Decision(decision="", alertname=labels.get("alertname", ""),
+                          fingerprint=str(alert.get("fingerprint", "")))
+        if alert.get("status") != "firing":
+            decision = replace(common, decision="ignored",
+                               reason=f"status {alert.get('status')!r}")
+            self.audit(decision)
+            return [decision]
+        matching = [a for a in self.config.actions
+                    if all(labels.get(k) == v for k, v in a.match.items())]
+        if not matching:
+            decision = replace(common, decision="ignored", reason="no action matches")
+            self.audit(decision)
+            return [decision]
+        return [self._decide(action, labels, common) for action in matching]
+
+    def _decide(self, action: Action, labels: Mapping[str, str],
+                common: Decision) -> Decision:
+        try:
+            command = tuple(_render(part, labels) for part in action.command)
+            target = _render(action.target, labels) if action.target else " ".join(command)
+        except LookupError as exc:
+            decision = replace(common, decision="refused", reason=str(exc), action=action.name)
+            self.audit(decision)
+            return decision
+        base = replace(common, action=action.name, target=target, command=command)
+        with self._lock:
+            now = self._clock.monotonic()
+            refusal = ""
+            if not _allowed(command, self.config.allow):
+                refusal = "command not in the allowlist"
+            elif target in self._last and now - self._last[target] < action.cooldown:
+                left = action.cooldown - (now - self._last[target])
+                refusal = f"cooldown: {target} was acted on {now - self._last[target]:.0f}s " \
+                          f"ago ({left:.0f}s left)"
+            else:
+                while self._recent and now - self._recent[0] >= 3600.0:
+                    self._recent.popleft()
+                if len(self._recent) >= self.config.max_actions_per_hour:
+                    refusal = (f"max_actions_per_hour: {self.config.max_actions_per_hour} "
+                               "actions in the last hour")
+                else:
+                    self._last[target] = now
+                    self._recent.append(now)
+        if refusal:
+            decision = replace(base, decision="refused", reason=refusal)
+            self.audit(decision)
+            return decision
+        if self.config.dry_run:
+            decision = replace(base, decision="dry-run", reason="dry run: not executed")
+            self.audit(decision)
+            return decision
+        decision = replace(base, decision="executed")
+        if self._pool is not None:
+            self._pool.submit(self._execute, decision)
+        else:
+            decision = self._execute(decision)
+        return decision
+
+    def _execute(self, decision: Decision) -> Decision:
+        try:
+            code = self._runner(decision.command, self.config.command_timeout)
+        except subprocess.TimeoutExpired:
+            done = replace(decision, decision="failed",
+                           reason=f"timed out after {self.config.command_timeout:g}s")
+        except OSError as exc:
+            done = replace(decision, decision="failed", reason=f"cannot run: {exc}")
+        else:
+            done = replace(decision, returncode=code,
+                           decision="executed" if code == 0 else "failed",
+                           reason="" if code == 0 else f"exit status {code}")
+        self.audit(done)
+        return done
+
+    def close(self) -> None:
+        """Wait for running commands and close the audit file."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self._stream is not None and self._stream is not sys.stdout:
+            self._stream.close()
+        self._stream = None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: WebhookServer
+    protocol_version = "HTTP/1.1"
+
+    def _reply(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/healthz":
+            self._reply(200, {"status": "ok"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        remediator = self.server.remediator
+        length = int(self.headers.get("content-length") or 0)
+        if length > _MAX_BODY:
+            self.close_connection = True
+            self._reply(413, {"error": "body too large"})
+            return
+        body = self.rfile.read(length)
+        if self.path.split("?", 1)[0] != remediator.config.path:
+            self._reply(404, {"error": "not found"})
+            return
+        if not remediator.authorized(self.headers.get("authorization")):
+            remediator.audit(Decision(decision="refused", reason="unauthorized"),
+                             remote=self.client_address[0])
+            self._reply(401, {"error": "unauthorized"})
+            return
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            remediator.audit(Decision(decision="refused", reason="body is not JSON"))
+            self._reply(400, {"error": "body is not JSON"})
+            return
+        decisions = remediator.handle(payload if isinstance(payload, dict) else {})
+        self._reply(200, {"decisions": [d.as_dict() for d in decisions]})
+
+    def log_message(self, format: str, *args: Any) -> None:
+        _log.debug("%s " + format, self.address_string(), *args)
+
+
+class WebhookServer(ThreadingHTTPServer):
+    """The HTTP side: ``POST <path>`` with Alertmanager's JSON, ``GET /healthz``."""
+
+    daemon_threads = True
+
+    def __init__(self, remediator: Remediator, *, host: str | None = None,
+                 port: int | None = None) -> None:
+        self.remediator = remediator
+        config = remediator.config
+        super().__init__((host or config.host, config.port if port is None else port), _Handler)
+
+    @property
+    def url(self) -> str:
+        """The webhook URL to give Alertmanager."""
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}{self.remediator.config.path}"

@@ -1,0 +1,655 @@
+"""The SLO model, and readers for fournines, Sloth and OpenSLO spec files.
+
+A fournines spec (YAML)::
+
+    service: payment
+    labels: {team: payments}
+    slos:
+      - name: availability
+        objective: 99.9            # percent
+        period: 30d                # 30d (default), 28d or 7d
+        sli:
+          availability:            # fournines' own middleware metrics
+            selector: job="payment"
+      - name: latency
+        objective: 99
+        sli:
+          latency:                 # "requests faster than 300 ms"
+            threshold: 300ms
+            selector: job="payment"
+      - name: checkout
+        objective: 99.95
+        sli:
+          events:                  # any PromQL; {{.window}} is the range, as in Sloth
+            error_query: sum(rate(orders_failed_total[{{.window}}]))
+            total_query: sum(rate(orders_total[{{.window}}]))
+        alerting: {page: true, ticket: false, min_events: 100}
+
+Sloth's ``prometheus/v1`` files (and its ``PrometheusServiceLevel`` resources)
+and OpenSLO v1 files (``SLO`` documents with inline or referenced ``SLI``
+documents carrying a ``ratioMetric``) are read into the same model;
+:func:`load_spec` tells them apart by their content.
+
+Every problem is a :class:`SpecError` naming the file, the path inside it
+(``slos[1].objective``) and what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any
+
+from .._errors import ConfigurationError
+from ..asgi.metrics import DEFAULT_BUCKETS, REQUEST_DURATION, REQUESTS_TOTAL
+
+__all__ = [
+    "PERIODS",
+    "SLO",
+    "Alerting",
+    "EventsSLI",
+    "LatencySLI",
+    "SLOSpec",
+    "SpecError",
+    "error_ratio_query",
+    "errors_query",
+    "load_spec",
+    "parse_spec",
+    "render_window",
+    "total_query",
+]
+
+PERIODS: Mapping[str, int] = MappingProxyType({"30d": 30 * 86400, "28d": 28 * 86400,
+                                               "7d": 7 * 86400})
+"""The supported SLO periods and their length in seconds."""
+
+_WINDOW = re.compile(r"\{\{\s*\.window\s*\}\}")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d|w)$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SELECTOR = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?$", re.DOTALL)
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+class SpecError(ConfigurationError):
+    """An invalid SLO spec; ``str()`` reads ``"FILE: slos[1].objective: what is wrong"``."""
+
+    def __init__(self, problem: str, *, path: str = "", file: str | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.problem = problem
+        super().__init__(": ".join(x for x in (file, path, problem) if x))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventsSLI:
+    """Bad events over all events, as two PromQL queries of per-second rates.
+
+    Both queries contain ``{{.window}}`` (as in Sloth) where the range goes:
+    ``sum(rate(http_requests_total{status=~"5.."}[{{.window}}]))``.
+    """
+
+    error_query: str
+    total_query: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencySLI:
+    """Requests slower than ``threshold`` seconds are bad events.
+
+    ``histogram`` is the base name of a Prometheus histogram, ``threshold`` one
+    of its bucket bounds (``le``; written as prometheus_client writes it, so
+    ``1`` selects ``le="1.0"``), ``selector`` label matchers without braces.
+    """
+
+    histogram: str = REQUEST_DURATION
+    threshold: float
+    selector: str = ""
+
+    @property
+    def le(self) -> str:
+        """The ``le`` label value of the threshold bucket, as prometheus_client formats it."""
+        return repr(float(self.threshold))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Alerting:
+    """Which alerts to generate for one SLO, and their labels.
+
+    ``page``/``ticket`` switch the multi-window multi-burn-rate tiers, ``simple``
+    adds the seed's plain rule (5m error ratio above ``simple_percent`` % is
+    ``P1``), ``min_events`` keeps windows with fewer requests than that from
+    alerting, ``absent_after`` is how long the SLI's traffic may be missing
+    before an alert says so (``None``: no such alert).
+    """
+
+    name: str = "SLOErrorBudgetBurn"
+    page: bool = True
+    ticket: bool = True
+    simple: bool = False
+    simple_percent: float = 0.1
+    min_events: float = 0
+    absent_after: str | None = "10m"
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    page_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    ticket_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SLO:
+    """One objective: ``objective`` percent of events good over a rolling ``period``."""
+
+    name: str
+    objective: float
+    period: str = "30d"
+    sli: EventsSLI | LatencySLI
+    description: str = ""
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    alerting: Alerting = field(default_factory=Alerting)
+
+    @property
+    def period_seconds(self) -> int:
+        """The period's length in seconds."""
+        return PERIODS[self.period]
+
+    @property
+    def objective_ratio(self) -> Decimal:
+        """The objective as an exact ratio (99.9 -> ``Decimal("0.999")``)."""
+        return Decimal(repr(float(self.objective))) / 100
+
+    @property
+    def error_budget_ratio(self) -> Decimal:
+        """The error budget as an exact ratio (99.9 -> ``Decimal("0.001")``)."""
+        return 1 - self.objective_ratio
+
+    @property
+    def error_budget(self) -> float:
+        """The share of events allowed to be bad: ``1 - objective / 100``."""
+        return float(self.error_budget_ratio)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SLOSpec:
+    """A service's SLOs, as read from ``source`` (a file name, or ``None``)."""
+
+    service: str
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    slos: tuple[SLO, ...]
+    source: str | None = None
+
+
+# --- queries ---------------------------------------------------------------------------------
+
+
+def render_window(query: str, window: str) -> str:
+    """``query`` with every ``{{.window}}`` replaced by ``window``."""
+    return _WINDOW.sub(window, query)
+
+
+def _matchers(selector: str, *extra: str) -> str:
+    parts = [p for p in (selector.strip(), *extra) if p]
+    return "{" + ",".join(parts) + "}"
+
+
+def total_query(slo: SLO, window: str) -> str:
+    """PromQL for all events per second over ``window``."""
+    sli = slo.sli
+    if isinstance(sli, EventsSLI):
+        return render_window(sli.total_query, window)
+    return f"sum(rate({sli.histogram}_count{_matchers(sli.selector)}[{window}]))"
+
+
+def errors_query(slo: SLO, window: str) -> str:
+    """PromQL for bad events per second over ``window``."""
+    sli = slo.sli
+    if isinstance(sli, EventsSLI):
+        return render_window(sli.error_query, window)
+    good = _matchers(sli.selector, f'le="{sli.le}"')
+    return (f"{total_query(slo, window)}\n  - sum(rate({sli.histogram}_bucket{good}[{window}]))")
+
+
+def error_ratio_query(slo: SLO, window: str) -> str:
+    """PromQL for the error ratio over ``window``: bad events / all events.
+
+    Both are rates over the same window, so the ratio is weighted by traffic.
+    Bad events with no series yet count as 0 (``or 0 * total``: a service that
+    never failed still has a ratio), and zero traffic gives no sample rather
+    than NaN (``total > 0``).
+    """
+    total = total_query(slo, window)
+    errors = errors_query(slo, window)
+    return f"(\n  ({errors})\n  or\n  0 * ({total})\n)\n/\n(({total}) > 0)"
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def load_spec(path: str | os.PathLike[str]) -> SLOSpec:
+    """Read a fournines, Sloth ``prometheus/v1`` or OpenSLO v1 spec file."""
+    import yaml  # noqa: PLC0415 - the slo extra
+
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            documents = [d for d in yaml.safe_load_all(f) if d is not None]
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror or exc}", file=name) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"not valid YAML: {exc}", file=name) from exc
+    if not documents:
+        raise SpecError("empty file", file=name)
+    return parse_spec(documents if len(documents) > 1 else documents[0], source=name)
+
+
+def parse_spec(data: object, *, source: str | None = None) -> SLOSpec:
+    """Build an :class:`SLOSpec` from parsed YAML/JSON (a list of documents for OpenSLO)."""
+    try:
+        if isinstance(data, list) or (isinstance(data, Mapping) and
+                                      str(data.get("apiVersion", "")).startswith("openslo/")):
+            docs = data if isinstance(data, list) else [data]
+            if not any(isinstance(d, Mapping) and str(d.get("apiVersion", "")).startswith(
+                    "openslo/") for d in docs):
+                raise SpecError("several YAML documents, none of them OpenSLO: only OpenSLO "
+                                "files may hold more than one document")
+            return _read_openslo(docs, source)
+        if not isinstance(data, Mapping):
+            raise SpecError(f"must be a mapping, got {_kind(data)}")
+        if data.get("kind") == "PrometheusServiceLevel":
+            spec = data.get("spec")
+            if not isinstance(spec, Mapping):
+                raise SpecError("must be a mapping", path="spec")
+            return _read_sloth(spec, source, prefix="spec.")
+        if data.get("version") == "prometheus/v1":
+            return _read_sloth(data, source, prefix="")
+        return _read_fournines(data, source)
+    except SpecError as exc:
+        if exc.file is None and source is not None:
+            raise SpecError(exc.problem, path=exc.path, file=source) from None
+        raise
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__)
+
+
+class _Node:
+    """A value at a path inside the document, with typed accessors that name the path."""
+
+    __slots__ = ("path", "value")
+
+    def __init__(self, value: object, path: str) -> None:
+        self.value = value
+        self.path = path
+
+    def error(self, problem: str) -> SpecError:
+        return SpecError(problem, path=self.path)
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def mapping(self) -> Mapping[str, Any]:
+        if not isinstance(self.value, Mapping):
+            raise self.error(f"must be a mapping, got {_kind(self.value)}")
+        return self.value
+
+    def get(self, key: str) -> _Node:
+        return _Node(self.mapping().get(key), self.at(key))
+
+    def has(self, key: str) -> bool:
+        return self.mapping().get(key) is not None
+
+    def check_keys(self, allowed: Sequence[str]) -> None:
+        for key in self.mapping():
+            if key not in allowed:
+                raise SpecError(f"unknown field (allowed: {', '.join(allowed)})",
+                                path=self.at(str(key)))
+
+    def items(self) -> list[_Node]:
+        if self.value is None:
+            raise self.error("is required")
+        if not isinstance(self.value, list):
+            raise self.error(f"must be a list, got {_kind(self.value)}")
+        return [_Node(v, f"{self.path}[{i}]") for i, v in enumerate(self.value)]
+
+    def string(self, default: str | None = None, *, pattern: re.Pattern[str] | None = None,
+               what: str = "") -> str:
+        if self.value is None:
+            if default is None:
+                raise self.error("is required")
+            return default
+        if not isinstance(self.value, str) or not self.value.strip():
+            raise self.error(f"must be a non-empty string, got {self.value!r}")
+        if pattern is not None and not pattern.match(self.value):
+            raise self.error(f"must be {what}, got {self.value!r}")
+        return self.value
+
+    def boolean(self, default: bool) -> bool:
+        if self.value is None:
+            return default
+        if not isinstance(self.value, bool):
+            raise self.error(f"must be true or false, got {self.value!r}")
+        return self.value
+
+    def number(self, default: float | None = None) -> float:
+        if self.value is None:
+            if default is None:
+                raise self.error("is required")
+            return default
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float):
+            raise self.error(f"must be a number, got {self.value!r}")
+        if not math.isfinite(self.value):
+            raise self.error(f"must be finite, got {self.value!r}")
+        return float(self.value)
+
+    def labels(self) -> Mapping[str, str]:
+        if self.value is None:
+            return _EMPTY
+        out: dict[str, str] = {}
+        for key, value in self.mapping().items():
+            where = self.at(str(key))
+            if not isinstance(key, str) or not _LABEL_NAME.match(key):
+                raise SpecError(f"label name must match {_LABEL_NAME.pattern}", path=where)
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise SpecError(f"label value must be a string, got {value!r}", path=where)
+            out[key] = str(value)
+        return MappingProxyType(out)
+
+
+def _objective(node: _Node) -> float:
+    value = node.number()
+    if not 0 < value < 100:
+        raise node.error(f"must be a percentage > 0 and < 100 (got {value!r})")
+    return value
+
+
+def _period(node: _Node, default: str = "30d") -> str:
+    value = node.value
+    if value is None:
+        return default
+    aliases = {"4w": "28d", "1w": "7d", "720h": "30d", "672h": "28d", "168h": "7d"}
+    if isinstance(value, str) and (value in PERIODS or value in aliases):
+        return aliases.get(value, value)
+    raise node.error(f"must be one of {', '.join(PERIODS)}, got {value!r}")
+
+
+def _duration(node: _Node, default: str | None) -> str | None:
+    value = node.value
+    if value is None:
+        return default
+    if value is False:
+        return None
+    if not isinstance(value, str) or not _DURATION.match(value) or value.endswith("ms"):
+        raise node.error(f"must be a duration like 10m, or false, got {value!r}")
+    return value
+
+
+def _seconds(node: _Node) -> float:
+    value = node.value
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if not match:
+            raise node.error(f"must be seconds or a duration like 300ms, got {value!r}")
+        seconds = int(match.group(1)) * Decimal(str(_DURATION_SECONDS[match.group(2)]))
+        number = float(seconds)
+    else:
+        number = node.number()
+    if number <= 0:
+        raise node.error(f"must be > 0 seconds, got {value!r}")
+    return number
+
+
+def _windowed(node: _Node) -> str:
+    query = node.string()
+    if not _WINDOW.search(query):
+        raise node.error("must contain {{.window}} where the range goes, e.g. "
+                         "sum(rate(errors_total[{{.window}}]))")
+    return query
+
+
+def _events(node: _Node) -> EventsSLI:
+    node.check_keys(("error_query", "total_query"))
+    return EventsSLI(error_query=_windowed(node.get("error_query")),
+                     total_query=_windowed(node.get("total_query")))
+
+
+def _fournines_sli(node: _Node) -> EventsSLI | LatencySLI:
+    kinds = [k for k in ("events", "availability", "latency") if node.has(k)]
+    node.check_keys(("events", "availability", "latency"))
+    if len(kinds) != 1:
+        raise node.error("needs exactly one of events, availability, latency")
+    sub = node.get(kinds[0])
+    if kinds[0] == "events":
+        return _events(sub)
+    if kinds[0] == "availability":
+        sub.check_keys(("selector", "error_status"))
+        selector = sub.get("selector").string("")
+        status = sub.get("error_status").string("5..")
+        window = "[{{.window}}]))"
+        bad = _matchers(selector, f'status=~"{status}"')
+        return EventsSLI(
+            error_query=f"sum(rate({REQUESTS_TOTAL}{bad}" + window,
+            total_query=f"sum(rate({REQUESTS_TOTAL}{_matchers(selector)}" + window,
+        )
+    sub.check_keys(("histogram", "threshold", "selector"))
+    threshold = _seconds(sub.get("threshold"))
+    if not sub.has("histogram") and threshold not in DEFAULT_BUCKETS:
+        # A threshold between two bounds matches no `le` series: the SLI would read as
+        # all-bad (or no data) forever, so refuse it here rather than in production.
+        bounds = ", ".join(f"{b:g}" for b in DEFAULT_BUCKETS)
+        raise sub.get("threshold").error(
+            f"{threshold:g} s is not a bucket bound of fournines' request histogram "
+            f"({bounds}); pick one of those, or name the histogram under `histogram:` "
+            f"when your MetricsMiddleware has buckets=... with this bound")
+    return LatencySLI(
+        histogram=sub.get("histogram").string(REQUEST_DURATION, pattern=_LABEL_NAME,
+                                              what="a metric name"),
+        threshold=threshold,
+        selector=sub.get("selector").string(""),
+    )
+
+
+def _alerting(node: _Node) -> Alerting:
+    if node.value is None:
+        return Alerting()
+    node.check_keys(("name", "page", "ticket", "simple", "simple_percent", "min_events",
+                     "absent_after", "labels", "annotations", "page_labels", "ticket_labels"))
+    simple_percent = node.get("simple_percent").number(0.1)
+    if not 0 < simple_percent < 100:
+        raise node.get("simple_percent").error(f"must be > 0 and < 100 (got {simple_percent})")
+    min_events = node.get("min_events").number(0)
+    if min_events < 0:
+        raise node.get("min_events").error(f"must be >= 0 (got {min_events})")
+    return Alerting(
+        name=node.get("name").string("SLOErrorBudgetBurn", pattern=_LABEL_NAME,
+                                     what="an alert name"),
+        page=node.get("page").boolean(True),
+        ticket=node.get("ticket").boolean(True),
+        simple=node.get("simple").boolean(False),
+        simple_percent=simple_percent,
+        min_events=min_events,
+        absent_after=_duration(node.get("absent_after"), "10m"),
+        labels=node.get("labels").labels(),
+        annotations=node.get("annotations").labels(),
+        page_labels=node.get("page_labels").labels(),
+        ticket_labels=node.get("ticket_labels").labels(),
+    )
+
+
+def _unique(slos: list[SLO], node: _Node) -> tuple[SLO, ...]:
+    seen: set[str] = set()
+    for i, slo in enumerate(slos):
+        if slo.name in seen:
+            raise SpecError(f"duplicate SLO name {slo.name!r}", path=f"{node.path}[{i}].name")
+        seen.add(slo.name)
+    if not slos:
+        raise node.error("needs at least one SLO")
+    return tuple(slos)
+
+
+def _read_fournines(data: Mapping[str, Any], source: str | None) -> SLOSpec:
+    root = _Node(data, "")
+    root.check_keys(("version", "service", "labels", "slos"))
+    version = root.get("version").value
+    if version not in (None, "fournines/v1"):
+        raise root.get("version").error(
+            f"must be fournines/v1 (or prometheus/v1 for Sloth), got {version!r}")
+    slos: list[SLO] = []
+    for item in root.get("slos").items():
+        item.check_keys(("name", "objective", "period", "description", "labels", "sli",
+                         "alerting"))
+        slos.append(SLO(
+            name=item.get("name").string(pattern=_NAME, what="a name of letters, digits, _ . -"),
+            objective=_objective(item.get("objective")),
+            period=_period(item.get("period")),
+            sli=_fournines_sli(item.get("sli")),
+            description=item.get("description").string(""),
+            labels=item.get("labels").labels(),
+            alerting=_alerting(item.get("alerting")),
+        ))
+    return SLOSpec(service=root.get("service").string(pattern=_NAME, what="a service name"),
+                   labels=root.get("labels").labels(), slos=_unique(slos, root.get("slos")),
+                   source=source)
+
+
+def _sloth_alert(node: _Node) -> tuple[bool, Mapping[str, str], Mapping[str, str]]:
+    if node.value is None:
+        return True, _EMPTY, _EMPTY
+    return (not node.get("disable").boolean(False), node.get("labels").labels(),
+            node.get("annotations").labels())
+
+
+def _read_sloth(data: Mapping[str, Any], source: str | None, prefix: str) -> SLOSpec:
+    root = _Node(data, prefix.rstrip("."))
+    slos: list[SLO] = []
+    for item in root.get("slos").items():
+        sli = item.get("sli")
+        if sli.has("raw"):
+            raise sli.get("raw").error("raw error ratio SLIs are not supported (an average of "
+                                       "ratios is not weighted by traffic); use sli.events")
+        if sli.has("plugin"):
+            raise sli.get("plugin").error("Sloth SLI plugins are not supported; use sli.events")
+        if not sli.has("events"):
+            raise sli.error("needs events (error_query and total_query)")
+        alerting = item.get("alerting")
+        if alerting.value is None:
+            alert = Alerting(page=False, ticket=False)
+        else:
+            page, page_labels, _ = _sloth_alert(alerting.get("page_alert"))
+            ticket, ticket_labels, _ = _sloth_alert(alerting.get("ticket_alert"))
+            alert = Alerting(
+                name=alerting.get("name").string(pattern=_LABEL_NAME, what="an alert name"),
+                page=page, ticket=ticket,
+                labels=alerting.get("labels").labels(),
+                annotations=alerting.get("annotations").labels(),
+                page_labels=page_labels, ticket_labels=ticket_labels,
+            )
+        slos.append(SLO(
+            name=item.get("name").string(pattern=_NAME, what="a name of letters, digits, _ . -"),
+            objective=_objective(item.get("objective")),
+            sli=_events(sli.get("events")),
+            description=item.get("description").string(""),
+            labels=item.get("labels").labels(),
+            alerting=alert,
+        ))
+    return SLOSpec(service=root.get("service").string(pattern=_NAME, what="a service name"),
+                   labels=root.get("labels").labels(), slos=_unique(slos, root.get("slos")),
+                   source=source)
+
+
+def _openslo_query(node: _Node, counter: bool) -> str:
+    source = node.get("metricSource")
+    kind = source.get("type").string("Prometheus")
+    if kind.lower() != "prometheus":
+        raise source.get("type").error(f"only Prometheus metric sources are supported, got "
+                                       f"{kind!r}")
+    query_node = source.get("spec").get("query")
+    query = query_node.string().strip()
+    if _WINDOW.search(query):
+        return query
+    if counter and _SELECTOR.match(query):
+        return f"sum(rate({query}[{{{{.window}}}}]))"
+    raise query_node.error("must be a counter selector (with counter: true) or a query "
+                           "containing {{.window}}")
+
+
+def _openslo_sli(node: _Node) -> EventsSLI:
+    ratio = node.get("spec").get("ratioMetric")
+    if ratio.value is None:
+        raise ratio.error("is required (only ratio metrics are supported)")
+    counter = ratio.get("counter").boolean(True)
+    total = _openslo_query(ratio.get("total"), counter)
+    if ratio.has("bad"):
+        bad = _openslo_query(ratio.get("bad"), counter)
+    elif ratio.has("good"):
+        good = _openslo_query(ratio.get("good"), counter)
+        bad = f"({total}) - ({good})"
+    else:
+        raise ratio.error("needs good or bad, and total")
+    return EventsSLI(error_query=bad, total_query=total)
+
+
+def _read_openslo(documents: Sequence[object], source: str | None) -> SLOSpec:
+    nodes = [_Node(d, f"documents[{i}]") for i, d in enumerate(documents)]
+    slis: dict[str, _Node] = {}
+    slo_nodes: list[_Node] = []
+    for node in nodes:
+        kind = node.get("kind").string()
+        api = node.get("apiVersion").string()
+        if api != "openslo/v1":
+            raise node.get("apiVersion").error(f"must be openslo/v1, got {api!r}")
+        if kind == "SLI":
+            slis[node.get("metadata").get("name").string()] = node
+        elif kind == "SLO":
+            slo_nodes.append(node)
+    if not slo_nodes:
+        raise SpecError("no OpenSLO document of kind SLO")
+    service: str | None = None
+    slos: list[SLO] = []
+    for node in slo_nodes:
+        spec = node.get("spec")
+        name = node.get("metadata").get("name").string(pattern=_NAME, what="an SLO name")
+        this_service = spec.get("service").string(pattern=_NAME, what="a service name")
+        if service is not None and this_service != service:
+            raise spec.get("service").error(
+                f"all SLOs in one file must share a service ({service!r} before)")
+        service = this_service
+        if spec.has("indicator"):
+            sli = _openslo_sli(spec.get("indicator"))
+        else:
+            ref = spec.get("indicatorRef").string()
+            if ref not in slis:
+                raise spec.get("indicatorRef").error(f"no SLI document named {ref!r}")
+            sli = _openslo_sli(slis[ref])
+        period = "30d"
+        if spec.has("timeWindow"):
+            windows = spec.get("timeWindow").items()
+            if len(windows) != 1:
+                raise spec.get("timeWindow").error("needs exactly one time window")
+            period = _period(windows[0].get("duration"))
+        objectives = spec.get("objectives").items()
+        if not objectives:
+            raise spec.get("objectives").error("needs at least one objective")
+        for i, objective in enumerate(objectives):
+            if objective.has("targetPercent"):
+                percent = _objective(objective.get("targetPercent"))
+            else:
+                target = objective.get("target")
+                ratio = target.number()
+                if not 0 < ratio < 1:
+                    raise target.error(f"must be > 0 and < 1 (got {ratio!r})")
+                percent = float(Decimal(repr(ratio)) * 100)
+            slos.append(SLO(
+                name=name if len(objectives) == 1 else f"{name}-{i}",
+                objective=percent, period=period, sli=sli,
+                description=spec.get("description").string(""),
+            ))
+    assert service is not None
+    return SLOSpec(service=service, slos=_unique(slos, _Node(None, "SLOs")), source=source)

@@ -1,0 +1,405 @@
+"""``fournines remediate``: alerts to allowlisted actions under guardrails, with a real
+Alertmanager sending the webhook."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fournines._errors import ConfigurationError
+from fournines.slo.remediate import Remediator, parse_config
+from fournines.testing import FakeClock
+
+from .._prometheus import PrometheusServer
+from .._servers import free_port, require_binary
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+# Appends its second argument to the file named by its first: a harmless, countable action.
+SCRIPT = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+
+
+def config_data(marker: Path, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "token_env": "FOURNINES_TEST_REMEDIATE_TOKEN",
+        "allow": [[sys.executable, "-c", SCRIPT]],
+        "actions": [{
+            "name": "restart",
+            "match": {"alertname": "ErrorBudgetBurn"},
+            "command": [sys.executable, "-c", SCRIPT, str(marker), "deployment/{service}"],
+            "target": "deployment/{service}",
+            "cooldown": "10m",
+        }],
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture(autouse=True)
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOURNINES_TEST_REMEDIATE_TOKEN", TOKEN)
+
+
+class Audit:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, object]] = []
+
+    def __call__(self, line: dict[str, object]) -> None:
+        self.lines.append(line)
+
+    def decisions(self) -> list[object]:
+        return [line["decision"] for line in self.lines]
+
+
+def notification(*alerts: dict[str, Any]) -> dict[str, Any]:
+    return {"version": "4", "status": "firing", "receiver": "remediate", "alerts": list(alerts)}
+
+
+def alert(status: str = "firing", **labels: str) -> dict[str, Any]:
+    return {"status": status, "fingerprint": "f1",
+            "labels": {"alertname": "ErrorBudgetBurn", "service": "payment-svc", **labels}}
+
+
+def remediator(marker: Path, clock: FakeClock | None = None,
+               **overrides: Any) -> tuple[Remediator, Audit]:
+    audit = Audit()
+    config = parse_config(config_data(marker, **overrides), source="remediate.yaml")
+    return Remediator(config, clock=clock or FakeClock(), audit=audit), audit
+
+
+def ran(marker: Path) -> list[str]:
+    return marker.read_text().splitlines() if marker.exists() else []
+
+
+def test_a_firing_alert_runs_its_command_with_label_values(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    rem, audit = remediator(marker)
+    [decision] = rem.handle(notification(alert()))
+    assert (decision.decision, decision.returncode) == ("executed", 0)
+    assert ran(marker) == ["deployment/payment-svc"]
+    assert audit.lines[0]["target"] == "deployment/payment-svc"
+    assert audit.lines[0]["alertname"] == "ErrorBudgetBurn"
+
+
+def test_repeats_within_the_cooldown_are_refused_then_allowed_after(tmp_path: Path) -> None:
+    marker, clock = tmp_path / "ran", FakeClock()
+    rem, audit = remediator(marker, clock)
+    rem.handle(notification(alert()))
+    clock.advance(599)
+    [refused] = rem.handle(notification(alert()))
+    assert refused.decision == "refused" and refused.reason.startswith("cooldown")
+    clock.advance(1)
+    rem.handle(notification(alert()))
+    assert ran(marker) == ["deployment/payment-svc"] * 2
+    assert audit.decisions() == ["executed", "refused", "executed"]
+
+
+def test_cooldown_is_per_target(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    rem, _ = remediator(marker)
+    rem.handle(notification(alert(service="a"), alert(service="b"), alert(service="a")))
+    assert ran(marker) == ["deployment/a", "deployment/b"]
+
+
+def test_max_actions_per_hour_holds_across_targets(tmp_path: Path) -> None:
+    marker, clock = tmp_path / "ran", FakeClock()
+    rem, audit = remediator(marker, clock, max_actions_per_hour=2)
+    rem.handle(notification(*(alert(service=f"s{i}") for i in range(3))))
+    assert len(ran(marker)) == 2
+    assert "max_actions_per_hour" in str(audit.lines[-1]["reason"])
+    clock.advance(3600)
+    rem.handle(notification(alert(service="s2")))
+    assert len(ran(marker)) == 3
+
+
+def test_dry_run_decides_and_logs_but_runs_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    rem, audit = remediator(marker, dry_run=True)
+    rem.handle(notification(alert(), alert()))
+    assert not marker.exists()
+    assert audit.decisions() == ["dry-run", "refused"]
+    assert audit.lines[0]["dry_run"] is True
+
+
+@pytest.mark.parametrize("value", ["--kubeconfig=/tmp/evil", "a b", "x;rm", ""])
+def test_unsafe_label_values_never_reach_a_command(tmp_path: Path, value: str) -> None:
+    marker = tmp_path / "ran"
+    rem, _ = remediator(marker)
+    [decision] = rem.handle(notification(alert(service=value)))
+    assert decision.decision == "refused" and "not safe" in decision.reason
+    assert not marker.exists()
+
+
+def test_a_missing_label_is_refused_by_name(tmp_path: Path) -> None:
+    rem, _ = remediator(tmp_path / "ran")
+    labels = {"alertname": "ErrorBudgetBurn"}
+    [decision] = rem.handle(notification({"status": "firing", "labels": labels}))
+    assert decision.decision == "refused" and "'service'" in decision.reason
+
+
+def test_resolved_and_unmatched_alerts_are_ignored(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    rem, audit = remediator(marker)
+    rem.handle(notification(alert("resolved"), alert(alertname="Other")))
+    assert audit.decisions() == ["ignored", "ignored"]
+    assert not marker.exists()
+
+
+def test_a_failing_command_is_logged_as_failed_with_its_status(tmp_path: Path) -> None:
+    command = [sys.executable, "-c", "raise SystemExit(3)"]
+    rem, audit = remediator(tmp_path / "ran", allow=[command], actions=[
+        {"match": {"alertname": "ErrorBudgetBurn"}, "command": command}])
+    [decision] = rem.handle(notification(alert()))
+    assert (decision.decision, decision.returncode) == ("failed", 3)
+    assert audit.lines[0]["reason"] == "exit status 3"
+
+
+def test_only_the_bearer_token_is_authorized(tmp_path: Path) -> None:
+    rem, _ = remediator(tmp_path / "ran")
+    assert rem.authorized(f"Bearer {TOKEN}")
+    assert not rem.authorized(None)
+    assert not rem.authorized(f"Basic {TOKEN}")
+    assert not rem.authorized(f"Bearer {TOKEN}x")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"allow": [["kubectl", "rollout", "restart"]]}, r"actions\[0\].command: .* allowed prefix"),
+    ({"token": TOKEN}, "token: secrets do not belong"),
+    ({"token_env": "FOURNINES_TEST_UNSET_VARIABLE"}, "token_env: .* not set"),
+    ({"max_actions_per_hour": 0}, "max_actions_per_hour: must be an int >= 1"),
+    ({"listen": "9095"}, "listen: must be HOST:PORT"),
+    ({"actions": [{"match": {}, "command": ["x"]}]}, r"actions\[0\].match"),
+    ({"actions": [{"match": {"a": "b"}, "command": "kubectl rollout restart"}]},
+     r"actions\[0\].command: must be a non-empty list"),
+    ({"surprise": 1}, "surprise: unknown key"),
+])
+def test_bad_configs_name_the_file_and_the_field(tmp_path: Path, change: dict[str, Any],
+                                                 message: str) -> None:
+    data = config_data(tmp_path / "ran", **change)
+    with pytest.raises(ConfigurationError, match=f"remediate.yaml: {message}"):
+        parse_config(data, source="remediate.yaml")
+
+
+def test_a_token_without_a_source_is_refused(tmp_path: Path) -> None:
+    data = config_data(tmp_path / "ran")
+    del data["token_env"]
+    with pytest.raises(ConfigurationError, match="a token is required"):
+        parse_config(data, source="remediate.yaml")
+
+
+# --- with the real Alertmanager -------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               details: Callable[[], str] = str) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{details()}")
+        time.sleep(0.2)
+
+
+class Alertmanager:
+    def __init__(self, receiver_url: str) -> None:
+        self.binary = require_binary("prometheus-alertmanager", "prometheus-alertmanager")
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="fournines-alertmanager-"))
+        webhook = {"url": receiver_url, "send_resolved": False}
+        config = {
+            "route": {"receiver": "remediate", "group_by": ["alertname"], "group_wait": "1s",
+                      "group_interval": "1s", "repeat_interval": "1s"},
+            "receivers": [{"name": "remediate", "webhook_configs": [
+                {**webhook, "http_config": {"authorization": {"type": "Bearer",
+                                                              "credentials": TOKEN}}},
+                webhook,  # no credentials: the receiver must refuse it
+            ]}],
+        }
+        (self.dir / "alertmanager.yml").write_text(json.dumps(config))
+        self.log = (self.dir / "alertmanager.log").open("wb")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.dir / 'alertmanager.yml'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", f"--storage.path={self.dir}",
+             "--cluster.listen-address="],  # no gossip port: tests run side by side
+            stdout=self.log, stderr=subprocess.STDOUT)
+        wait_until(self.ready, 20, "alertmanager to be ready")
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, (self.dir / "alertmanager.log").read_text()
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/-/ready", timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+
+class AlertingPrometheus(PrometheusServer):
+    """Resends firing alerts every second: Prometheus finds its Alertmanager a few
+    seconds after start, drops what fired before that, and by default resends only
+    after a minute."""
+
+    def start(self, timeout: float = 20.0) -> PrometheusServer:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={self.config_path}",
+             f"--web.listen-address=127.0.0.1:{self.port}",
+             f"--storage.tsdb.path={self.dir / 'data'}", "--rules.alert.resend-delay=1s"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir)
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log()
+            try:
+                return httpx.get(self.url + "/-/ready", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, timeout, "prometheus to be ready", self.log)
+        return self
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """``fournines remediate`` as its own process: (webhook URL, marker file, audit log)."""
+    marker, audit = tmp_path / "ran", tmp_path / "audit.jsonl"
+    port = free_port()
+    config = config_data(marker, listen=f"127.0.0.1:{port}", audit_log=str(audit),
+                         command_timeout="20s")
+    path = tmp_path / "remediate.yaml"
+    path.write_text(json.dumps(config))
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "fournines", "remediate", "--config",
+                             str(path)], env=env, stderr=subprocess.PIPE)
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 20, "fournines remediate to listen")
+        yield f"http://127.0.0.1:{port}/alerts", marker, audit
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+def audit_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_real_alertmanager_webhook_runs_the_action_once_and_refuses_no_token(
+        receiver: tuple[str, Path, Path]) -> None:
+    url, marker, audit = receiver
+    alertmanager = Alertmanager(url)
+    prometheus = AlertingPrometheus(targets=[])
+    rules = prometheus.dir / "rules.yml"
+    rules.write_text(json.dumps({"groups": [{"name": "slo", "rules": [{
+        "alert": "ErrorBudgetBurn", "expr": "vector(1)",
+        "labels": {"service": "payment-svc", "severity": "page"}}]}]}))
+    config = json.loads(prometheus.config_path.read_text())
+    config["rule_files"] = [str(rules)]
+    config["alerting"] = {"alertmanagers": [
+        {"static_configs": [{"targets": [f"127.0.0.1:{alertmanager.port}"]}]}]}
+    prometheus.config_path.write_text(json.dumps(config))
+    try:
+        prometheus.start()
+
+        def repeated() -> bool:
+            lines = audit_lines(audit)
+            cooldowns = [x for x in lines if str(x.get("reason", "")).startswith("cooldown")]
+            return len(cooldowns) >= 2 and any(x["decision"] == "executed" for x in lines)
+
+        def details() -> str:
+            log = (alertmanager.dir / "alertmanager.log").read_text()
+            return f"audit: {audit_lines(audit)}\nalertmanager:\n{log}\n{prometheus.log()}"
+
+        wait_until(repeated, 40, "an executed action and two repeats refused by the cooldown",
+                   details)
+    finally:
+        prometheus.stop()
+        alertmanager.stop()
+    lines = audit_lines(audit)
+    assert ran(marker) == ["deployment/payment-svc"]
+    [executed] = [x for x in lines if x["decision"] == "executed"]
+    assert executed["returncode"] == 0 and executed["alertname"] == "ErrorBudgetBurn"
+    unauthorized = [x for x in lines if x.get("reason") == "unauthorized"]
+    assert unauthorized and all(x["decision"] == "refused" for x in unauthorized)
+    assert all(x["remote"] == "127.0.0.1" for x in unauthorized)
+
+
+def test_requests_without_the_token_are_answered_401(receiver: tuple[str, Path, Path]) -> None:
+    url, marker, audit = receiver
+    response = httpx.post(url, json=notification(alert()),
+                          headers={"authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    assert not marker.exists()
+    assert audit_lines(audit)[-1]["reason"] == "unauthorized"
+
+
+def test_the_example_config_loads_in_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fournines.slo.remediate import load_config
+
+    monkeypatch.setenv("FOURNINES_REMEDIATE_TOKEN", TOKEN)
+    root = Path(__file__).resolve().parents[2]
+    config = load_config(root / "examples" / "remediate" / "remediate.yaml")
+    assert config.dry_run and (config.host, config.port) == ("127.0.0.1", 9095)
+    assert config.actions[0].command[:3] == ("kubectl", "rollout", "restart")
+
+
+def test_the_example_alertmanager_config_is_valid_for_amtool(tmp_path: Path) -> None:
+    amtool = require_binary("amtool", "prometheus-alertmanager")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([amtool, "check-config",
+                             str(root / "examples" / "remediate" / "alertmanager.yml")],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cli_refuses_a_bad_config_with_the_file_and_field(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fournines.cli import main
+
+    path = tmp_path / "remediate.yaml"
+    path.write_text(json.dumps(config_data(tmp_path / "ran", allow=[["kubectl"]])))
+    assert main(["remediate", "--config", str(path)]) == 2
+    assert f"{path}: actions[0].command" in capsys.readouterr().err
+
+
+def test_the_receiver_answers_404_elsewhere_and_400_to_bad_json(
+        receiver: tuple[str, Path, Path]) -> None:
+    url, _, audit = receiver
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(url + "x", json={}, headers=auth).status_code == 404
+    assert httpx.post(url, content=b"{not json", headers=auth).status_code == 400
+    assert audit_lines(audit)[-1]["reason"] == "body is not JSON"
+    response = httpx.post(url, json=notification(alert(service="web")), headers=auth)
+    assert response.status_code == 200
+    assert response.json()["decisions"][0]["decision"] == "executed"
+
+
+def test_an_audit_log_that_cannot_be_opened_stops_the_receiver_from_starting(
+        tmp_path: Path) -> None:
+    config = parse_config(config_data(tmp_path / "ran",
+                                      audit_log=str(tmp_path / "missing" / "audit.jsonl")),
+                          source="remediate.yaml")
+    with pytest.raises(ConfigurationError, match=r"remediate\.yaml: audit_log: cannot open"):
+        Remediator(config)
