@@ -10,6 +10,7 @@ from .._events import (
     DeadlineExceeded,
     Event,
     FallbackUsed,
+    FaultInjected,
     RetriesExhausted,
     RetryScheduled,
     StateChanged,
@@ -58,4 +59,8 @@ class LoggingListener:
             return logging.INFO, f"{who}: fallback answered{stale} after {event.error!r}"
         if isinstance(event, DeadlineExceeded):
             return logging.INFO, f"{who}: deadline of {event.timeout:.3f}s exceeded"
+        if isinstance(event, FaultInjected):
+            delay = "" if event.delay is None else f" of {event.delay:.3f}s"
+            where = "" if event.route is None else f" on {event.route}"
+            return logging.INFO, f"{who}: injected {event.kind} fault{delay}{where}"
         return logging.DEBUG, f"{who}: {event!r}"
