@@ -1,5 +1,29 @@
-"""The lab: fournines measuring itself. For now, a short demo of the policies."""
+"""The four-nines lab: a real fleet under real faults, measured twice (unprotected, protected).
 
-from .demo import DemoResult, run_demo
+``fournines lab`` (or :func:`run_lab` with a :class:`Scenario`) starts a gateway,
+an order, a payment and a profile service as uvicorn processes on loopback,
+drives open-loop load through them while a fault schedule plays, and reports
+whether the 99.99 % objective held for each variant.
+"""
 
-__all__ = ["DemoResult", "run_demo"]
+from .._lazy import lazy_attributes
+from .scenario import Fault, PaymentModel, Scenario, default_scenario, load_scenario
+
+# The runner imports httpx (the `lab` extra), and this package is imported by
+# `fournines --help`: load it on first use.
+__getattr__ = lazy_attributes("fournines.lab", {
+    "LabResult": ("fournines.lab.runner", "pip install 'fournines[lab]'"),
+    "run_lab": ("fournines.lab.runner", "pip install 'fournines[lab]'"),
+    "run_and_report": ("fournines.lab.main", "pip install 'fournines[lab]'"),
+})
+
+__all__ = [
+    "Fault",
+    "LabResult",
+    "PaymentModel",
+    "Scenario",
+    "default_scenario",
+    "load_scenario",
+    "run_and_report",
+    "run_lab",
+]

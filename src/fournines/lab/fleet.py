@@ -1,0 +1,285 @@
+"""Starting, faulting and stopping the lab's real processes.
+
+- :class:`ServiceProcess`: one uvicorn process (one worker, uvloop, httptools) on a
+  free loopback port, running :func:`fournines.lab.services.create_app`.
+- :class:`FaultProxy`: the fault proxy process (``python -m fournines chaos proxy``)
+  and a client of its Toxiproxy-compatible HTTP API.
+- :class:`Fleet`: the four services of one variant, order -> payment through the
+  proxy, and the fault actions of a scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .scenario import Fault, PaymentModel
+
+__all__ = ["FaultProxy", "Fleet", "LabError", "ServiceProcess", "free_port"]
+
+
+class LabError(RuntimeError):
+    """The lab could not run (a process did not start, a fault could not be applied)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, what: str,
+                     timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=0.5) as client:
+        while time.monotonic() < end:
+            if proc.poll() is not None:
+                raise LabError(f"{what} exited with status {proc.returncode}:\n{_tail(log)}")
+            try:
+                await client.get(url)
+                return
+            except httpx.HTTPError:
+                await asyncio.sleep(0.05)
+    raise LabError(f"{what} did not answer {url} within {timeout:g} s:\n{_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class ServiceProcess:
+    """One lab service in its own uvicorn process."""
+
+    def __init__(self, role: str, variant: str, env: dict[str, str], workdir: Path,
+                 port: int | None = None) -> None:
+        self.role = role
+        self.variant = variant
+        self.port = port or free_port()
+        self.env = env
+        self.log = workdir / f"{variant}-{role}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def spawn(self) -> None:
+        """Start the process (does not wait for it to answer)."""
+        env = {**os.environ, **self.env, "FOURNINES_LAB_ROLE": self.role,
+               "FOURNINES_LAB_VARIANT": self.variant}
+        command = [sys.executable, "-m", "uvicorn", "fournines.lab.services:create_app",
+                   "--factory", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", "1", "--no-access-log", "--log-level", "warning",
+                   "--loop", "uvloop", "--http", "httptools", "--backlog", "4096",
+                   # idle keep-alive connections outlive the pauses between fault phases
+                   "--timeout-keep-alive", "30"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    async def ready(self, timeout: float = 20.0) -> None:
+        """Wait until the service answers ``/livez``."""
+        assert self.proc is not None
+        await _wait_http(self.url + "/livez", self.proc, self.log,
+                         f"the {self.variant} {self.role} service", timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no draining, no goodbye (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        _stop(self.proc)
+
+
+class FaultProxy:
+    """The fault proxy process and its Toxiproxy-compatible HTTP API."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.log = workdir / "fault-proxy.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.api = f"http://127.0.0.1:{self.port}"
+        self._client = httpx.AsyncClient(base_url=self.api, timeout=5.0)
+
+    async def start(self) -> None:
+        """Start ``python -m fournines chaos proxy`` and wait until its API answers."""
+        command = [sys.executable, "-m", "fournines", "chaos", "proxy",
+                   "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        await _wait_http(self.api + "/version", self.proc, self.log, "the fault proxy")
+
+    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:
+        response = await self._client.request(method, path, json=body)
+        if response.status_code >= 300:
+            raise LabError(f"fault proxy: {method} {path} answered {response.status_code}: "
+                           f"{response.text[:200]}")
+
+    async def create(self, name: str, upstream_port: int) -> int:
+        """A proxy ``name`` to ``127.0.0.1:upstream_port``; returns its listening port."""
+        port = free_port()
+        await self._call("POST", "/proxies", {
+            "name": name, "listen": f"127.0.0.1:{port}",
+            "upstream": f"127.0.0.1:{upstream_port}", "enabled": True,
+        })
+        return port
+
+    async def add_toxic(self, proxy: str, name: str, kind: str, stream: str,
+                        attributes: dict[str, Any]) -> None:
+        """Add a toxic (Toxiproxy's ``POST /proxies/{proxy}/toxics``)."""
+        await self._call("POST", f"/proxies/{proxy}/toxics", {
+            "name": name, "type": kind, "stream": stream, "toxicity": 1.0,
+            "attributes": attributes,
+        })
+
+    async def remove_toxic(self, proxy: str, name: str) -> None:
+        """Remove a toxic."""
+        await self._call("DELETE", f"/proxies/{proxy}/toxics/{name}")
+
+    async def enable(self, proxy: str, enabled: bool) -> None:
+        """Open or close the proxy's listener (closed: connections are refused)."""
+        await self._call("POST", f"/proxies/{proxy}", {"enabled": enabled})
+
+    async def reset(self) -> None:
+        """Remove every toxic and enable every proxy."""
+        await self._call("POST", "/reset")
+
+    async def stop(self) -> None:
+        """Stop the process."""
+        await self._client.aclose()
+        _stop(self.proc)
+
+
+class Fleet:
+    """The four services of one variant, and the faults that can be done to them."""
+
+    def __init__(self, variant: str, workdir: Path, proxy: FaultProxy, payment: PaymentModel,
+                 seed: int, redis_url: str | None = None) -> None:
+        self.variant = variant
+        self.proxy = proxy
+        self.proxy_name = f"payment-{variant}"
+        self.token = secrets.token_hex(16)
+        self.workdir = workdir
+        self.payment_model = payment
+        self.seed = seed
+        self.redis_url = redis_url
+        self.services: dict[str, ServiceProcess] = {}
+        self.payment_via_proxy = ""
+        self._http = httpx.AsyncClient(timeout=5.0)
+
+    async def start(self) -> None:
+        """Start every service (in parallel) and the proxy route order -> payment."""
+        common = {"FOURNINES_LAB_SEED": str(self.seed),
+                  "FOURNINES_LAB_CHAOS_TOKEN": self.token}
+        if self.redis_url:
+            common["FOURNINES_LAB_REDIS_URL"] = self.redis_url
+        payment = ServiceProcess("payment", self.variant, {
+            **common,
+            "FOURNINES_LAB_PAYMENT_CONCURRENCY": str(self.payment_model.concurrency),
+            "FOURNINES_LAB_PAYMENT_SERVICE_TIME": str(self.payment_model.service_time),
+        }, self.workdir)
+        profile = ServiceProcess("profile", self.variant, common, self.workdir)
+        proxy_port = await self.proxy.create(self.proxy_name, payment.port)
+        self.payment_via_proxy = f"http://127.0.0.1:{proxy_port}"
+        order = ServiceProcess("order", self.variant, {
+            **common, "FOURNINES_LAB_PAYMENT_URL": self.payment_via_proxy,
+        }, self.workdir)
+        gateway = ServiceProcess("gateway", self.variant, {
+            **common, "FOURNINES_LAB_ORDER_URL": order.url,
+            "FOURNINES_LAB_PROFILE_URL": profile.url,
+        }, self.workdir)
+        self.services = {"gateway": gateway, "order": order, "payment": payment,
+                         "profile": profile}
+        for service in self.services.values():
+            service.spawn()
+        await asyncio.gather(*(s.ready() for s in self.services.values()))
+
+    @property
+    def gateway_url(self) -> str:
+        """Where the load goes."""
+        return self.services["gateway"].url
+
+    async def stop(self) -> None:
+        """Stop every service."""
+        await self._http.aclose()
+        for service in self.services.values():
+            service.stop()
+
+    # -- faults ---------------------------------------------------------------------
+
+    async def begin(self, fault: Fault, index: int) -> None:
+        """Start ``fault``."""
+        toxic = f"lab-{index}"
+        if fault.kind == "payment_errors":
+            response = await self._http.post(
+                self.services["payment"].url + "/chaos/faults",
+                json={"kind": "error", "rate": fault.rate, "status": fault.status,
+                      "duration": fault.duration + 1.0},
+                headers={"authorization": f"Bearer {self.token}"},
+            )
+            if response.status_code != 201:
+                raise LabError(f"chaos API: POST /chaos/faults answered {response.status_code}: "
+                               f"{response.text[:200]}")
+        elif fault.kind == "payment_latency":
+            await self.proxy.add_toxic(self.proxy_name, toxic, "latency", "downstream", {
+                "latency": int(fault.latency * 1000), "jitter": int(fault.jitter * 1000)})
+        elif fault.kind == "partition":
+            if fault.mode == "refuse":
+                await self.proxy.enable(self.proxy_name, False)
+            else:
+                await self.proxy.add_toxic(self.proxy_name, toxic, "timeout", "upstream",
+                                           {"timeout": 0})
+        elif fault.kind == "profile_kill":
+            self.services["profile"].kill()
+        # overload is in the arrival schedule itself
+
+    async def end(self, fault: Fault, index: int) -> None:
+        """Stop ``fault`` (a killed service is started again and awaited)."""
+        toxic = f"lab-{index}"
+        if fault.kind == "payment_errors":
+            response = await self._http.delete(
+                self.services["payment"].url + "/chaos/faults",
+                headers={"authorization": f"Bearer {self.token}"},
+            )
+            if response.status_code >= 300:
+                raise LabError(f"chaos API: DELETE /chaos/faults answered "
+                               f"{response.status_code}: {response.text[:200]}")
+        elif fault.kind == "payment_latency" or (fault.kind == "partition"
+                                                 and fault.mode != "refuse"):
+            await self.proxy.remove_toxic(self.proxy_name, toxic)
+        elif fault.kind == "partition":
+            await self.proxy.enable(self.proxy_name, True)
+        elif fault.kind == "profile_kill":
+            profile = self.services["profile"]
+            profile.spawn()
+            await profile.ready()

@@ -1,0 +1,140 @@
+"""``fournines lab`` end to end: live progress, the run, the table and the reports."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .fleet import LabError
+from .load import Outcome
+from .runner import LabResult, Progress, run_lab
+from .scenario import Scenario, default_scenario, load_scenario
+
+__all__ = ["RichProgress", "run_and_report"]
+
+
+class RichProgress(Progress):
+    """A rich progress bar per phase, with live counts of full, degraded and failed answers."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, TextColumn  # noqa: PLC0415
+        from rich.progress import Progress as Bar  # noqa: PLC0415
+
+        self.console = console
+        self.bar = Bar(TextColumn("{task.description}"), BarColumn(bar_width=16),
+                       TextColumn("{task.completed:>5.0f}/{task.total:.0f}"),
+                       TextColumn("{task.fields[counts]}"),
+                       console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+        self.counts: dict[str, list[int]] = {}
+        self.fault: dict[str, str] = {}
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> RichProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def phase(self, text: str) -> None:
+        """Log a step."""
+        self.console.log(text)
+
+    def load_started(self, variant: str, total: int, duration: float) -> None:
+        """A bar for this variant's load."""
+        self.started = time.perf_counter()
+        self.counts[variant] = [0, 0, 0]
+        self.tasks[variant] = self.bar.add_task(f"{variant:<11}", total=total, counts="")
+
+    def outcome(self, variant: str, outcome: Outcome) -> None:
+        """Count one answer."""
+        counts = self.counts[variant]
+        counts[0 if outcome.ok and not outcome.degraded else 1 if outcome.ok else 2] += 1
+
+    def tick(self, variant: str, elapsed: float, fault: str) -> None:
+        """Refresh the bar."""
+        full, degraded, failed = self.counts[variant]
+        style = "red" if failed else "green"
+        self.bar.update(self.tasks[variant], completed=full + degraded + failed,
+                        counts=f"[green]{full} full[/] [yellow]{degraded} degraded[/] "
+                               f"[{style}]{failed} failed[/] {elapsed:4.0f}s {fault}")
+
+    def load_finished(self, variant: str) -> None:
+        """Final counts."""
+        self.tick(variant, time.perf_counter() - self.started, "done")
+
+
+def _scenario(scenario_file: str | None, duration: float | None) -> Scenario:
+    scenario = load_scenario(scenario_file) if scenario_file else default_scenario()
+    if duration is not None and duration != scenario.duration:
+        scenario = scenario.with_duration(duration)
+    return scenario
+
+
+def run_and_report(*, scenario_file: str | None = None, duration: float | None = None,
+                   rate: float | None = None, seed: int = 7, out: Path = Path("lab-report"),
+                   json_file: Path | None = None, redis_url: str | None = None,
+                   prometheus: bool = False, console: Any = None) -> int:
+    """Run the lab, print the table, write ``out/report.html``, ``out/summary.svg``, JSON.
+
+    Returns the exit status: 0 when the run completed (whatever the verdict:
+    the lab measures, it does not gate), 1 when the lab itself could not run.
+    """
+    from rich.console import Console  # noqa: PLC0415
+
+    from .report import (  # noqa: PLC0415
+        render_html,
+        render_summary_svg,
+        render_table,
+        write_json,
+    )
+
+    console = console or Console()
+    scenario = _scenario(scenario_file, duration)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    prom: Any = None
+    console.print(f"[bold]fournines lab[/]: scenario {scenario.name!r} ({scenario.source}), "
+                  f"{scenario.duration:g} s of load per variant, seed {seed}")
+    try:
+        with RichProgress(console) as progress:
+            on_fleet = None
+            if prometheus:
+                from .prometheus import LabPrometheus  # noqa: PLC0415
+
+                prom = LabPrometheus(out / "prometheus")
+                progress.phase(f"starting Prometheus on {prom.url}")
+                prom.start()
+                on_fleet = prom.watch
+            result: LabResult = run_lab(scenario, seed=seed, rate=rate, workdir=logs,
+                                        progress=progress, redis_url=redis_url,
+                                        on_fleet=on_fleet)
+        if prom is not None:
+            result.prometheus = prom.summary()
+    except LabError as exc:
+        console.print(f"[red]the lab could not run[/]: {exc}")
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("[red]interrupted[/]: every process the lab started was stopped")
+        return 130
+    finally:
+        if prom is not None:
+            prom.stop()
+    render_table(result, console)
+    report = out / "report.html"
+    report.write_text(render_html(result), encoding="utf-8")
+    (out / "summary.svg").write_text(render_summary_svg(result), encoding="utf-8")
+    console.print(f"HTML report: {report} (and the main plots in {out / 'summary.svg'})")
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json(result, json_file)
+        console.print(f"JSON: {json_file}")
+    if result.prometheus:
+        console.print(f"Prometheus: {result.prometheus}")
+    console.print(f"lab finished in {result.timings['total']:.1f} s")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,106 @@
+"""Reading what the protected fleet's policies did, from each service's ``/metrics``.
+
+The lab scrapes every protected service once a second while the load runs and
+keeps, per scrape, the cumulative fournines counters (retries, sheds, breaker
+openings, fallbacks) summed over the fleet and the state of every breaker.
+Differences between scrapes give the per-second series of the report. The
+unprotected fleet has no policies and no ``/metrics``: its series are zeros.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+__all__ = ["Sample", "Scraper", "parse_metrics"]
+
+BREAKER_LEVEL = {"closed": 0, "forced_closed": 0, "half_open": 1, "open": 2, "forced_open": 2}
+"""How breaker states are drawn: 0 closed, 1 half-open, 2 open."""
+
+
+@dataclass(slots=True)
+class Sample:
+    """One scrape of the fleet: cumulative counters and breaker states at ``at`` s."""
+
+    at: float
+    retries: float = 0.0
+    sheds: float = 0.0
+    openings: float = 0.0
+    fallbacks: float = 0.0
+    breakers: dict[str, int] = field(default_factory=dict)
+
+
+def parse_metrics(text: str, service: str, sample: Sample) -> None:
+    """Add the fournines counters of one service's exposition ``text`` to ``sample``."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            name, labels, value = s.name, s.labels, s.value
+            if name == "fournines_retries_total":
+                sample.retries += value
+            elif name == "fournines_rejections_total" and labels.get("policy") == "load_shedder":
+                sample.sheds += value
+            elif (name == "fournines_circuit_breaker_transitions_total"
+                  and labels.get("to_state") == "open"):
+                sample.openings += value
+            elif name == "fournines_fallbacks_total":
+                sample.fallbacks += value
+            elif name == "fournines_circuit_breaker_state" and value == 1:
+                key = f"{service} -> {_short(labels.get('name', '?'))}"
+                sample.breakers[key] = BREAKER_LEVEL.get(labels.get("state", ""), 0)
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("http://")
+
+
+class Scraper:
+    """Scrapes ``targets`` (service name -> base URL) every ``interval`` seconds."""
+
+    def __init__(self, targets: Mapping[str, str], names: Mapping[str, str] | None = None,
+                 interval: float = 1.0) -> None:
+        self.targets = dict(targets)
+        self.names = dict(names or {})  # host:port -> service name, for breaker labels
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self.errors = 0
+
+    def _rename(self, sample: Sample) -> None:
+        renamed: dict[str, int] = {}
+        for key, level in sample.breakers.items():
+            source, _, target = key.partition(" -> ")
+            renamed[f"{source} -> {self.names.get(target, target)}"] = level
+        sample.breakers = renamed
+
+    async def scrape(self, client: httpx.AsyncClient, at: float) -> Sample:
+        """One scrape of every target."""
+        sample = Sample(at=at)
+
+        async def one(service: str, url: str) -> None:
+            try:
+                response = await client.get(url + "/metrics")
+            except httpx.HTTPError:
+                self.errors += 1  # a killed service has no metrics for a while
+                return
+            parse_metrics(response.text, service, sample)
+
+        await asyncio.gather(*(one(s, u) for s, u in self.targets.items()))
+        self._rename(sample)
+        return sample
+
+    async def run(self, start: float, stop: asyncio.Event) -> None:
+        """Scrape until ``stop`` is set; ``start`` is the load's ``perf_counter`` origin."""
+        if not self.targets:
+            return
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while not stop.is_set():
+                self.samples.append(await self.scrape(client, time.perf_counter() - start))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.interval)
+            self.samples.append(await self.scrape(client, time.perf_counter() - start))

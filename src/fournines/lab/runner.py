@@ -1,0 +1,312 @@
+"""Running the lab: both variants, the same load and the same faults, one after the other.
+
+1. Start the fault proxy, then the unprotected fleet; probe the payment
+   service's capacity (closed loop, 1 s) and size the load from it.
+2. For each variant: start its fleet, run the load while the fault schedule
+   plays and the fleet's ``/metrics`` are scraped, stop the fleet.
+3. Summarise (see :mod:`fournines.lab.stats`); the caller writes the reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .fleet import FaultProxy, Fleet, LabError
+from .load import Arrival, Outcome, _get, _Pool, arrivals, run_load
+from .metrics import Scraper
+from .scenario import Fault, Scenario
+from .stats import OBJECTIVE, P99_TARGET, VariantSummary, summarize
+
+__all__ = ["LabResult", "Progress", "run_lab"]
+
+VARIANTS = ("unprotected", "protected")
+MAX_AUTO_RATE = 150.0
+AUTO_RATE_SHARE = 0.6
+
+
+class Progress:
+    """Hooks the runner calls as it goes; the default does nothing (see ``_cli`` for rich)."""
+
+    def phase(self, text: str) -> None:
+        """A new step (starting a fleet, probing...)."""
+
+    def load_started(self, variant: str, total: int, duration: float) -> None:
+        """A variant's load begins (``total`` requests over ``duration`` seconds)."""
+
+    def outcome(self, variant: str, outcome: Outcome) -> None:
+        """One request finished."""
+
+    def tick(self, variant: str, elapsed: float, fault: str) -> None:
+        """About every 0.25 s during the load: the time and the current fault."""
+
+    def load_finished(self, variant: str) -> None:
+        """A variant's load ended."""
+
+
+@dataclass(slots=True)
+class LabResult:
+    """What a lab run measured."""
+
+    scenario: Scenario
+    seed: int
+    rate: float
+    capacity: float
+    capacity_model: float
+    summaries: dict[str, VariantSummary]
+    fault_log: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    workdir: str = ""
+    prometheus: str | None = None
+
+    def targets(self) -> dict[str, dict[str, Any]]:
+        """The issue's targets, each with the measured value and whether it was met."""
+        protected = self.summaries.get("protected")
+        unprotected = self.summaries.get("unprotected")
+        out: dict[str, dict[str, Any]] = {}
+        if protected is not None:
+            out["protected availability >= 99.99 %"] = {
+                "value": protected.availability, "met": protected.availability >= OBJECTIVE}
+            out["protected p99 < 1 s"] = {"value": protected.p99,
+                                          "met": protected.p99 < P99_TARGET}
+        if unprotected is not None:
+            out["unprotected availability < 99 %"] = {
+                "value": unprotected.availability, "met": unprotected.availability < 0.99}
+        if protected is not None and unprotected is not None:
+            out["protected beats unprotected"] = {
+                "value": protected.availability - unprotected.availability,
+                "met": protected.availability > unprotected.availability}
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole run."""
+        s = self.scenario
+        return {
+            "scenario": {"name": s.name, "source": s.source, "duration": s.duration,
+                         "orders": s.orders, "timeout": s.timeout,
+                         "payment": {"concurrency": s.payment.concurrency,
+                                     "service_time": s.payment.service_time}},
+            "seed": self.seed, "rate": self.rate,
+            "capacity": {"measured": self.capacity, "model": self.capacity_model},
+            "objective": OBJECTIVE,
+            "faults": [{"kind": f.kind, "label": f.label(), "at": f.at, "end": f.end}
+                       for f in s.faults],
+            "fault_log": self.fault_log,
+            "variants": {k: v.to_json() for k, v in self.summaries.items()},
+            "targets": self.targets(),
+            "timings": self.timings,
+            "prometheus": self.prometheus,
+        }
+
+
+async def probe_capacity(payment_url: str, concurrency: int, seconds: float = 1.0) -> float:
+    """Requests per second the payment service completes under a closed loop.
+
+    ``4 x concurrency`` workers each send the next request as soon as the last
+    is answered, for ``seconds``: the service's queue never empties, so its
+    completions per second are its capacity.
+    """
+    host, _, port = payment_url.removeprefix("http://").partition(":")
+    pool = _Pool(host, int(port))
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            status, _, _ = await _get(pool, f"/status/probe-{i}")
+            if status == 200:
+                done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(4 * concurrency)))
+    pool.close()
+    return done / (time.perf_counter() - started)
+
+
+async def _check_redis(url: str) -> None:
+    try:
+        import redis.asyncio as redis  # noqa: PLC0415
+    except ImportError as exc:
+        raise LabError("--redis needs the redis package: pip install 'fournines[redis]'") from exc
+    client = redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        await client.ping()
+    except Exception as exc:
+        raise LabError(f"--redis: no Redis answers at {url} ({type(exc).__name__}: {exc})") from exc
+    finally:
+        await client.aclose()
+
+
+async def warm_up(gateway_url: str, pages: int = 10) -> None:
+    """A few pages through the whole fleet before measuring, as a deploy would do.
+
+    Their order ids (``warmup-N``) are never in the schedule, so no cache
+    gets an answer the measured load would use.
+    """
+    host, _, port = gateway_url.removeprefix("http://").partition(":")
+    pool = _Pool(host, int(port))
+    for i in range(pages):
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError, ValueError):
+            await _get(pool, f"/page/warmup-{i}?user=warmup")
+    pool.close()
+
+
+async def _play_faults(fleet: Fleet, faults: tuple[Fault, ...], start: float,
+                       log: list[dict[str, Any]]) -> None:
+    async def one(index: int, fault: Fault) -> None:
+        for action, when in (("begin", fault.at), ("end", fault.end)):
+            await asyncio.sleep(max(start + when - time.perf_counter(), 0.0))
+            entry: dict[str, Any] = {"variant": fleet.variant, "fault": fault.label(),
+                                     "action": action, "planned": when,
+                                     "at": round(time.perf_counter() - start, 3)}
+            try:
+                await (fleet.begin if action == "begin" else fleet.end)(fault, index)
+            except Exception as exc:  # reported, never hidden: the run goes on
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+            entry["done"] = round(time.perf_counter() - start, 3)
+            log.append(entry)
+
+    await asyncio.gather(*(one(i, f) for i, f in enumerate(faults)))
+
+
+def _current_fault(faults: tuple[Fault, ...], elapsed: float) -> str:
+    active = [f.kind for f in faults if f.at <= elapsed < f.end]
+    return ", ".join(active) or "steady"
+
+
+async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival],
+                       progress: Progress, fault_log: list[dict[str, Any]]) -> tuple[
+                           list[Outcome], Scraper]:
+    variant = fleet.variant
+    targets = ({name: s.url for name, s in fleet.services.items()}
+               if variant == "protected" else {})
+    names = {s.url.removeprefix("http://"): name for name, s in fleet.services.items()}
+    names[fleet.payment_via_proxy.removeprefix("http://")] = "payment (via proxy)"
+    scraper = Scraper(targets, names=names)
+    start = time.perf_counter() + 0.2
+    stop = asyncio.Event()
+    progress.load_started(variant, len(schedule), scenario.duration)
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            elapsed = time.perf_counter() - start
+            progress.tick(variant, max(elapsed, 0.0), _current_fault(scenario.faults, elapsed))
+            await asyncio.sleep(0.25)
+
+    scraping = asyncio.create_task(scraper.run(start, stop))
+    ticking = asyncio.create_task(ticker())
+    faults = asyncio.create_task(_play_faults(fleet, scenario.faults, start, fault_log))
+    try:
+        outcomes = await run_load(fleet.gateway_url, schedule, timeout=scenario.timeout,
+                                  start=start,
+                                  on_outcome=lambda o: progress.outcome(variant, o))
+        await faults
+    finally:
+        stop.set()
+        await asyncio.gather(scraping, ticking, return_exceptions=True)
+        if not faults.done():
+            faults.cancel()
+            with contextlib.suppress(BaseException):
+                await faults
+    progress.load_finished(variant)
+    return outcomes, scraper
+
+
+async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Path,
+               progress: Progress, variants: tuple[str, ...],
+               redis_url: str | None,
+               on_fleet: Callable[[Fleet], Any] | None) -> LabResult:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # SIGTERM ends the run like Ctrl-C does: cancelled, so every `finally` below stops
+    # the processes the lab started instead of leaving them behind.
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    if redis_url:
+        await _check_redis(redis_url)
+    proxy = FaultProxy(workdir)
+    progress.phase("starting the fault proxy")
+    await proxy.start()
+    model = scenario.payment.concurrency / scenario.payment.service_time
+    capacity = math.nan
+    schedule: list[Arrival] = []
+    results: dict[str, tuple[list[Outcome], Scraper]] = {}
+    fault_log: list[dict[str, Any]] = []
+    try:
+        for variant in variants:
+            progress.phase(f"{variant}: starting gateway, order, payment, profile")
+            t = time.perf_counter()
+            fleet = Fleet(variant, workdir, proxy, scenario.payment, seed, redis_url=redis_url)
+            try:
+                await fleet.start()
+                timings[f"{variant}_startup"] = time.perf_counter() - t
+                await warm_up(fleet.gateway_url)
+                if on_fleet is not None:
+                    on_fleet(fleet)
+                if not schedule:
+                    progress.phase("probing the payment service's capacity (1 s)")
+                    capacity = await probe_capacity(fleet.services["payment"].url,
+                                                    scenario.payment.concurrency)
+                    if rate is None:
+                        rate = scenario.rate or min(MAX_AUTO_RATE, AUTO_RATE_SHARE * capacity)
+                    schedule = arrivals(scenario, rate, capacity, seed)
+                t = time.perf_counter()
+                cpu = time.process_time()
+                results[variant] = await _run_variant(fleet, scenario, schedule, progress,
+                                                      fault_log)
+                timings[f"{variant}_load"] = time.perf_counter() - t
+                # The generator must not be the bottleneck: its own CPU time says so.
+                timings[f"{variant}_generator_cpu"] = time.process_time() - cpu
+            finally:
+                await fleet.stop()
+                with contextlib.suppress(Exception):
+                    await proxy.reset()
+    finally:
+        await proxy.stop()
+    summaries = {
+        variant: summarize(variant, outcomes, scraper.samples, scenario.faults,
+                           scenario.duration)
+        for variant, (outcomes, scraper) in results.items()
+    }
+    timings["total"] = time.perf_counter() - t0
+    assert rate is not None
+    return LabResult(scenario=scenario, seed=seed, rate=rate, capacity=capacity,
+                     capacity_model=model, summaries=summaries, fault_log=fault_log,
+                     timings=timings, workdir=str(workdir))
+
+
+def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,
+            workdir: Path | None = None, progress: Progress | None = None,
+            variants: tuple[str, ...] = VARIANTS, redis_url: str | None = None,
+            on_fleet: Callable[[Fleet], Any] | None = None) -> LabResult:
+    """Run ``scenario`` against each variant in turn; returns what was measured.
+
+    Process logs go to ``workdir`` (a new temporary directory by default).
+    ``on_fleet`` is called with each fleet once it is up (``--prometheus`` uses it).
+    """
+    for variant in variants:
+        if variant not in VARIANTS:
+            raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="fournines-lab-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_run(scenario, seed=seed, rate=rate, workdir=workdir,
+                            progress=progress or Progress(), variants=variants,
+                            redis_url=redis_url, on_fleet=on_fleet))
+
+
+def count_statuses(outcomes: list[Outcome]) -> Counter[int]:
+    """Outcomes counted by status (0: no answer)."""
+    return Counter(o.status for o in outcomes)

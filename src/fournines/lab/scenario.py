@@ -1,0 +1,259 @@
+"""Lab scenarios: the fleet's modelled capacity, the load, and the fault schedule, from YAML.
+
+A scenario file looks like the one shipped with the package
+(``fournines/lab/scenarios/default.yaml``)::
+
+    name: default
+    duration: 60            # seconds of load per variant
+    rate: auto              # requests per second, or auto: sized from the measured capacity
+    orders: 40              # distinct order ids (and users) the load cycles through
+    timeout: 3.0            # the load generator's hard timeout per request, seconds
+    payment: {concurrency: 2, service_time: 0.03}   # modelled capacity: 2 / 0.03 = 66/s
+    faults:
+      - {kind: payment_errors, at: 8, duration: 10, rate: 0.2, status: 500}
+
+Fault times are seconds from the start of the load. When the lab runs for a
+different ``--duration`` than the file's, every time is scaled by the same
+factor, so a shortened run keeps the shape of the schedule.
+
+Errors raise :class:`~fournines.ConfigurationError` naming the file and the
+path inside it (``default.yaml: faults[2].duration must be ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConfigurationError
+
+__all__ = [
+    "FAULT_KINDS",
+    "Fault",
+    "PaymentModel",
+    "Scenario",
+    "default_scenario",
+    "load_scenario",
+    "parse_scenario",
+]
+
+FAULT_KINDS: dict[str, str] = {
+    "payment_errors": "payment answers `rate` of its calls with `status` (in-process chaos API)",
+    "payment_latency": "order -> payment gets `latency` seconds slower (fault proxy toxic)",
+    "partition": "order cannot reach payment (`mode`: timeout = packets dropped, refuse)",
+    "profile_kill": "the profile service is SIGKILLed, and restarted when the fault ends",
+    "overload": "arrivals rise to `factor` x the fleet's measured capacity",
+}
+"""Every fault kind a scenario may use, with what it does."""
+
+
+_DEFAULT_DURATION = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fault:
+    """One fault window: ``kind`` from ``at`` for ``duration`` seconds of the load."""
+
+    kind: str
+    at: float
+    duration: float
+    rate: float = 0.2
+    status: int = 500
+    latency: float = 2.0
+    jitter: float = 0.0
+    mode: str = "timeout"
+    factor: float = 3.0
+
+    @property
+    def end(self) -> float:
+        """When the fault stops, in seconds from the start of the load."""
+        return self.at + self.duration
+
+    def label(self) -> str:
+        """A short human label (for tables and plots)."""
+        detail = {
+            "payment_errors": f"{self.rate:.0%} x {self.status}",
+            "payment_latency": f"+{self.latency:g} s",
+            "partition": self.mode,
+            "profile_kill": "SIGKILL",
+            "overload": f"{self.factor:g}x capacity",
+        }.get(self.kind, "")
+        return f"{self.kind} ({detail})" if detail else self.kind
+
+    def scaled(self, factor: float) -> Fault:
+        """The same fault with its times multiplied by ``factor``."""
+        return dataclasses.replace(self, at=self.at * factor, duration=self.duration * factor)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PaymentModel:
+    """The payment service's modelled capacity: ``concurrency`` workers, ``service_time`` each.
+
+    Its capacity is ``concurrency / service_time`` requests per second; the lab
+    measures it with a short probe rather than trusting this arithmetic.
+    """
+
+    concurrency: int = 2
+    service_time: float = 0.03
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    """A whole lab run: load, modelled capacity and fault schedule (see the module docs)."""
+
+    name: str = "default"
+    duration: float = _DEFAULT_DURATION
+    rate: float | None = None
+    orders: int = 40
+    timeout: float = 3.0
+    payment: PaymentModel = field(default_factory=PaymentModel)
+    faults: tuple[Fault, ...] = ()
+    source: str = "<default>"
+
+    def with_duration(self, duration: float) -> Scenario:
+        """The scenario run for ``duration`` seconds, its fault times scaled to match."""
+        factor = duration / self.duration
+        return dataclasses.replace(
+            self, duration=duration, faults=tuple(f.scaled(factor) for f in self.faults)
+        )
+
+
+_FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
+    # field: (type, minimum, maximum); bounds are inclusive
+    "at": (float, 0.0, None),
+    "duration": (float, 0.0, None),
+    "rate": (float, 0.0, 1.0),
+    "status": (int, 100, 599),
+    "latency": (float, 0.0, 60.0),
+    "jitter": (float, 0.0, 60.0),
+    "factor": (float, 1.0, 20.0),
+}
+
+
+def _number(where: str, value: Any, kind: type, low: float | None, high: float | None,
+            positive: bool = False) -> float:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if ok and kind is int and not float(value).is_integer():
+        ok = False
+    if ok and ((low is not None and value < low) or (high is not None and value > high)
+               or (positive and value <= 0)):
+        ok = False
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        bounds = []
+        if positive:
+            bounds.append("> 0")
+        elif low is not None:
+            bounds.append(f">= {low:g}")
+        if high is not None:
+            bounds.append(f"<= {high:g}")
+        raise ConfigurationError(f"{where} must be {what} {' and '.join(bounds)}, got {value!r}")
+    return float(value)
+
+
+def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{where} must be a mapping, got {value!r}")
+    for key in value:
+        if key not in allowed:
+            raise ConfigurationError(
+                f"{where} has an unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
+            )
+    return value
+
+
+def _fault(where: str, raw: Any) -> Fault:
+    data = _mapping(where, raw, {"kind", "mode", *_FAULT_FIELDS})
+    kind = data.get("kind")
+    if kind not in FAULT_KINDS:
+        raise ConfigurationError(
+            f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}"
+        )
+    for required in ("at", "duration"):
+        if required not in data:
+            raise ConfigurationError(f"{where}.{required} is missing")
+    values: dict[str, Any] = {"kind": kind}
+    for name, (typ, low, high) in _FAULT_FIELDS.items():
+        if name in data:
+            number = _number(f"{where}.{name}", data[name], typ, low, high,
+                             positive=name == "duration")
+            values[name] = int(number) if typ is int else number
+    if "mode" in data:
+        if data["mode"] not in ("timeout", "refuse"):
+            raise ConfigurationError(
+                f"{where}.mode must be 'timeout' or 'refuse', got {data['mode']!r}"
+            )
+        values["mode"] = data["mode"]
+    return Fault(**values)
+
+
+def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
+    """Build a :class:`Scenario` from parsed YAML; errors name ``source`` and the path."""
+    top = _mapping(source, data, {"name", "duration", "rate", "orders", "timeout", "payment",
+                                  "faults", "description"})
+    values: dict[str, Any] = {"source": source}
+    if "name" in top:
+        if not isinstance(top["name"], str) or not top["name"]:
+            raise ConfigurationError(f"{source}: name must be a non-empty string, "
+                                     f"got {top['name']!r}")
+        values["name"] = top["name"]
+    if "duration" in top:
+        values["duration"] = _number(f"{source}: duration", top["duration"], float, 1.0, 3600.0)
+    if "rate" in top and top["rate"] != "auto":
+        values["rate"] = _number(f"{source}: rate (or 'auto')", top["rate"], float, 1.0, 5000.0)
+    if "orders" in top:
+        values["orders"] = int(_number(f"{source}: orders", top["orders"], int, 1, 100_000))
+    if "timeout" in top:
+        values["timeout"] = _number(f"{source}: timeout", top["timeout"], float, 0.1, 60.0)
+    if "payment" in top:
+        pay = _mapping(f"{source}: payment", top["payment"], {"concurrency", "service_time"})
+        model: dict[str, Any] = {}
+        if "concurrency" in pay:
+            model["concurrency"] = int(_number(f"{source}: payment.concurrency",
+                                               pay["concurrency"], int, 1, 1000))
+        if "service_time" in pay:
+            model["service_time"] = _number(f"{source}: payment.service_time",
+                                            pay["service_time"], float, 0.001, 10.0)
+        values["payment"] = PaymentModel(**model)
+    faults: list[Fault] = []
+    raw_faults = top.get("faults", [])
+    if not isinstance(raw_faults, list):
+        raise ConfigurationError(f"{source}: faults must be a list, got {raw_faults!r}")
+    duration = values.get("duration", _DEFAULT_DURATION)
+    for i, raw in enumerate(raw_faults):
+        fault = _fault(f"{source}: faults[{i}]", raw)
+        if fault.end > duration:
+            raise ConfigurationError(
+                f"{source}: faults[{i}] ends at {fault.end:g} s, after the load "
+                f"(duration {duration:g} s)"
+            )
+        faults.append(fault)
+    values["faults"] = tuple(sorted(faults, key=lambda f: f.at))
+    return Scenario(**values)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file (errors name the file and the path inside it)."""
+    import yaml  # noqa: PLC0415 - an optional dependency ("fournines[lab]")
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the scenario ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigurationError(f"{path}: not valid YAML ({exc})") from exc
+    return parse_scenario(data, source=str(path))
+
+
+def default_scenario() -> Scenario:
+    """The scenario shipped with the package (``scenarios/default.yaml``)."""
+    import yaml  # noqa: PLC0415
+
+    text = resources.files(__package__).joinpath("scenarios/default.yaml").read_text("utf-8")
+    return parse_scenario(yaml.safe_load(text), source="default.yaml")

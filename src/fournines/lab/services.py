@@ -1,0 +1,394 @@
+"""The lab's fleet: gateway, order, payment and profile, as plain ASGI apps.
+
+Every service runs in its own uvicorn process (``create_app`` is the factory,
+configured from ``FOURNINES_LAB_*`` environment variables), in one of two
+variants that share all their business code:
+
+- ``unprotected``: plain ``httpx`` with fixed 5 s timeouts (httpx's default), no
+  policies; the payment service queues without bound;
+- ``protected``: every service behind :func:`fournines.asgi.protect` (health,
+  metrics, deadlines, load shedding); outgoing calls through
+  :class:`~fournines.client.AsyncResilientTransport` (breakers, budgeted
+  retries, deadline propagation); the payment status from a
+  :class:`~fournines.StaleCache` (up to 300 s old); a missing profile renders
+  the default avatar and the nickname "Guest" / "访客".
+
+The gateway's page ``GET /page/{order}?user={user}`` calls order (which calls
+payment through the fault proxy) and profile concurrently. A degraded answer
+is still 200, and says so in ``x-lab-degraded`` (the fallbacks that answered)
+and in the JSON body.
+
+The payment service models a capacity: ``concurrency`` workers that each take
+``service_time`` seconds per request (an ``asyncio.Semaphore``; the CPU cost
+is negligible, so the model, not the shared machine, is the bottleneck).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from .._deadline import current_deadline, deadline_after
+from .._errors import DeadlineExceededError
+from ..asgi._types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["GUEST_PROFILE", "create_app"]
+
+GUEST_PROFILE: dict[str, Any] = {
+    "user": None, "nickname": "Guest", "nickname_zh": "访客", "avatar": "/avatars/default.png",
+}
+"""What the protected gateway renders when the profile service cannot answer."""
+
+# The lab's time scale: a minute of load stands for an hour of operation, so breakers
+# probe after 5 s instead of the seed's 60 s (faults last 5-10 s; with 60 s the breaker
+# would still be open long after each fault and the report would show nothing recovering).
+BREAKER_RESET = 5.0
+PAGE_DEADLINE = 0.9  # the gateway answers within 0.9 s or not at all (p99 target: 1 s)
+
+Handler = Callable[[dict[str, str], dict[str, str]], Awaitable[tuple[int, dict[str, Any],
+                                                                     dict[str, str]]]]
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(f"FOURNINES_LAB_{name}", default)
+    if value is None:
+        raise RuntimeError(f"FOURNINES_LAB_{name} is not set")
+    return value
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body, ensure_ascii=False).encode()
+    raw = [(b"content-type", b"application/json"),
+           (b"content-length", str(len(payload)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _router(prefix: str, handler: Handler) -> ASGIApp:
+    from ..policies import fallback  # noqa: F401, PLC0415 - imported before the first request
+
+    """An ASGI app: ``GET {prefix}{id}`` -> ``handler(params, query)``; ``/livez`` -> 200."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        path: str = scope["path"]
+        if path == "/livez":
+            await _send_json(send, 200, {"status": "pass"})
+            return
+        if not path.startswith(prefix):
+            await _send_json(send, 404, {"error": "not found"})
+            return
+        query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        status, body, headers = await handler({"id": path[len(prefix):]}, query)
+        await _send_json(send, status, body, headers)
+
+    return app
+
+
+# -- payment ----------------------------------------------------------------------------
+
+
+def _payment(protected: bool) -> ASGIApp:
+    workers = asyncio.Semaphore(int(_env("PAYMENT_CONCURRENCY", "2")))
+    service_time = float(_env("PAYMENT_SERVICE_TIME", "0.03"))
+
+    async def status(params: dict[str, str], query: dict[str, str]) -> tuple[
+            int, dict[str, Any], dict[str, str]]:
+        deadline = current_deadline() if protected else None
+        if deadline is not None:
+            # Work whose caller has given up is dropped, not done: a queue of dead requests
+            # is how an overload outlives the burst that caused it.
+            try:
+                async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+                    await workers.acquire()
+            except TimeoutError:
+                return 504, {"error": "deadline passed while queued"}, {}
+        else:
+            await workers.acquire()
+        try:
+            await asyncio.sleep(service_time)
+        finally:
+            workers.release()
+        return 200, {"order": params["id"], "status": "paid"}, {}
+
+    app = _router("/status/", status)
+    from ..chaos import ChaosMiddleware  # noqa: PLC0415
+
+    # Seeded: both variants see the same injected errors in the same order of calls.
+    chaotic: ASGIApp = ChaosMiddleware(app, admin_token=_env("CHAOS_TOKEN"),
+                                       admin_prefix="/chaos/faults",
+                                       seed=int(_env("SEED", "7")))
+    if not protected:
+        return chaotic
+    # Payment is where the fleet's capacity ends, and a shed payment call becomes a stale
+    # answer upstream: shed early, from a limit near what the workers really serve.
+    return _protect(chaotic, "payment", concurrency_limit=_limit(initial=8, minimum=4))
+
+
+def _protect(app: ASGIApp, service: str, **options: Any) -> ASGIApp:
+    from ..asgi import protect  # noqa: PLC0415
+
+    return protect(app, service=service, **options)
+
+
+def _limit(*, initial: int, minimum: int, maximum: int = 1000) -> Any:
+    from ..policies.adaptive import Gradient2Limit  # noqa: PLC0415
+
+    return Gradient2Limit(initial_limit=initial, min_limit=minimum, max_limit=maximum)
+
+
+# Gateway and order have no fallback above them: what they shed is a failed page. They shed
+# only far past normal (their deadlines bound latency already); the bottleneck sheds first.
+_EDGE = {"max_loop_lag": 0.5}
+
+
+# -- profile ----------------------------------------------------------------------------
+
+
+def _profile(protected: bool) -> ASGIApp:
+    async def profile(params: dict[str, str], query: dict[str, str]) -> tuple[
+            int, dict[str, Any], dict[str, str]]:
+        user = params["id"]
+        return 200, {"user": user, "nickname": f"user-{user}",
+                     "avatar": f"/avatars/{user}.png"}, {}
+
+    app = _router("/profiles/", profile)
+    return _protect(app, "profile") if protected else app
+
+
+# -- clients ----------------------------------------------------------------------------
+
+
+def _plain_client() -> Any:
+    import httpx  # noqa: PLC0415
+
+    from ._transport import LeanTransport  # noqa: PLC0415
+
+    return httpx.AsyncClient(transport=LeanTransport(), timeout=5.0)
+
+
+def _resilient_client(config: Any, per_route: dict[Any, Any] | None = None) -> Any:
+    import httpx  # noqa: PLC0415
+
+    from ..client import AsyncResilientTransport  # noqa: PLC0415
+    from ._transport import LeanTransport  # noqa: PLC0415
+
+    transport = AsyncResilientTransport(LeanTransport(), config=config, per_route=per_route)
+    return httpx.AsyncClient(transport=transport, timeout=5.0)
+
+
+# -- order ------------------------------------------------------------------------------
+
+
+def _order(protected: bool) -> ASGIApp:
+    payment_url = _env("PAYMENT_URL")
+    client = None
+
+    def get_client() -> Any:
+        nonlocal client
+        if client is None:
+            if protected:
+                from ..client import ClientPolicy  # noqa: PLC0415
+                from ..policies.backoff import Backoff  # noqa: PLC0415
+
+                client = _resilient_client(ClientPolicy(
+                    attempts=3, attempt_timeout=0.12, reset_timeout=BREAKER_RESET,
+                    half_open_probes=3,
+                    # the status read is idempotent and a 500 from payment is transient
+                    retry_statuses=frozenset({429, 500, 502, 503, 504}),
+                    backoff=Backoff(initial=0.01, cap=0.04),
+                ))
+            else:
+                client = _plain_client()
+        return client
+
+    get_client()  # imports and policies now, not on the first request
+
+    async def fetch_status(order: str) -> str:
+        response = await get_client().get(f"{payment_url}/status/{order}")
+        response.raise_for_status()
+        return str(response.json()["status"])
+
+    payment_status: Callable[[str], Awaitable[str]] = fetch_status
+    if protected:
+        from ..policies.fallback import StaleCache  # noqa: PLC0415
+        from ..policies.pipeline import Pipeline  # noqa: PLC0415
+        from ..policies.timeout import Timeout  # noqa: PLC0415
+
+        pipeline = Pipeline(StaleCache(max_age=300, name="payment-status"), Timeout(0.3))
+
+        async def cached(order: str) -> str:
+            result: str = await pipeline.acall(fetch_status, order)
+            return result
+
+        payment_status = cached
+
+    async def order(params: dict[str, str], query: dict[str, str]) -> tuple[
+            int, dict[str, Any], dict[str, str]]:
+        from ..policies.fallback import track_degradation  # noqa: PLC0415
+
+        oid = params["id"]
+        with track_degradation() as degradation:
+            try:
+                status = await payment_status(oid)
+            except Exception as exc:
+                return 502, {"error": f"payment: {type(exc).__name__}"}, {
+                    "x-lab-error": f"payment {type(exc).__name__}"}
+        body = {"order": oid, "items": [{"sku": f"sku-{oid}", "qty": 1}], "payment": status,
+                "degraded": sorted(set(degradation.sources))}
+        return 200, body, {}
+
+    app = _router("/orders/", order)
+    if not protected:
+        return app
+    return _protect(app, "order", concurrency_limit=_limit(initial=300, minimum=300), **_EDGE)
+
+
+# -- gateway ----------------------------------------------------------------------------
+
+
+def _gateway(protected: bool) -> ASGIApp:
+    order_url = _env("ORDER_URL")
+    profile_url = _env("PROFILE_URL")
+    client = None
+
+    def get_client() -> Any:
+        nonlocal client
+        if client is None:
+            if protected:
+                from ..client import ClientPolicy  # noqa: PLC0415
+                from ..policies.backoff import Backoff  # noqa: PLC0415
+                from ..policies.circuit_breaker import FailureRate  # noqa: PLC0415
+
+                # Order has no fallback above it, and its 502 usually says "payment had no
+                # cached answer", not "order is down": trip on a failure RATE (half of at
+                # least 20 calls in 5 s), not on the seed's 5 in a row.
+                base = ClientPolicy(attempts=2, attempt_timeout=0.6,
+                                    trip=FailureRate(threshold=0.5, window=5,
+                                                     window_type="time", minimum_calls=20),
+                                    reset_timeout=BREAKER_RESET, half_open_probes=3,
+                                    backoff=Backoff(initial=0.01, cap=0.05))
+                fast = ClientPolicy(attempts=2, attempt_timeout=0.2,
+                                    reset_timeout=BREAKER_RESET, half_open_probes=3,
+                                    backoff=Backoff(initial=0.01, cap=0.05))
+                client = _resilient_client(base, per_route={profile_url: fast})
+            else:
+                client = _plain_client()
+        return client
+
+    get_client()  # imports and policies now, not on the first request
+
+    async def fetch_order(oid: str) -> dict[str, Any]:
+        response = await get_client().get(f"{order_url}/orders/{oid}")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def fetch_profile(user: str) -> dict[str, Any]:
+        response = await get_client().get(f"{profile_url}/profiles/{user}")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    profile_of: Callable[[str], Awaitable[dict[str, Any]]] = fetch_profile
+    if protected:
+        from ..policies.fallback import Fallback  # noqa: PLC0415
+
+        guest = Fallback(value=GUEST_PROFILE, name="profile")
+
+        async def with_fallback(user: str) -> dict[str, Any]:
+            result: dict[str, Any] = await guest.acall(fetch_profile, user)
+            return result
+
+        profile_of = with_fallback
+
+    async def page(params: dict[str, str], query: dict[str, str]) -> tuple[
+            int, dict[str, Any], dict[str, str]]:
+        from ..policies.fallback import track_degradation  # noqa: PLC0415
+
+        oid, user = params["id"], query.get("user", "0")
+        with track_degradation() as degradation:
+            try:
+                if protected:
+                    with deadline_after(PAGE_DEADLINE):
+                        order, profile = await asyncio.gather(fetch_order(oid), profile_of(user))
+                else:
+                    order, profile = await asyncio.gather(fetch_order(oid), profile_of(user))
+            except DeadlineExceededError:
+                return 504, {"error": "deadline exceeded"}, {"x-lab-error": "deadline"}
+            except Exception as exc:
+                return 502, {"error": f"{type(exc).__name__}: {exc}"[:200]}, {
+                    "x-lab-error": _reason(exc)}
+        degraded = sorted({*degradation.sources, *order.get("degraded", [])})
+        body = {"order": order, "profile": profile, "degraded": degraded}
+        return 200, body, {"x-lab-degraded": ",".join(degraded)} if degraded else {}
+
+    app = _router("/page/", page)
+    if not protected:
+        return app
+    options: dict[str, Any] = {}
+    redis_url = os.environ.get("FOURNINES_LAB_REDIS_URL")
+    if redis_url:
+        options["rate_limit"] = [_redis_limit(redis_url)]
+    return _protect(app, "gateway", concurrency_limit=_limit(initial=300, minimum=300),
+                    **_EDGE, **options)
+
+
+def _redis_limit(url: str) -> Any:
+    """``--redis``: a per-client GCRA shared through Redis at the gateway.
+
+    Generous on purpose (2000/s, bursts of 4000): the lab shows the Redis round trip
+    on every page and that Redis trouble cannot fail a page (``on_redis_error="local"``
+    falls back to a local limiter), not a limit the load generator would hit.
+    """
+    import redis.asyncio as redis  # noqa: PLC0415
+
+    from ..asgi import RateLimitRule  # noqa: PLC0415
+    from ..policies.redis_rate_limit import RedisGcra  # noqa: PLC0415
+
+    client = redis.from_url(url, socket_timeout=0.1, socket_connect_timeout=0.1)
+    limiter = RedisGcra(client, rate=2000, burst=4000, on_redis_error="local")
+    return RateLimitRule(name="edge", limiter=limiter, key="ip")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a page failed, in a few words (the load generator records it)."""
+    import httpx  # noqa: PLC0415
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        where = "order" if "/orders/" in str(response.request.url) else "profile"
+        return f"{where} {response.status_code} {response.headers.get('x-lab-error', '')}".strip()
+    return type(exc).__name__
+
+
+_ROLES: dict[str, Callable[[bool], ASGIApp]] = {
+    "gateway": _gateway, "order": _order, "payment": _payment, "profile": _profile,
+}
+
+
+def create_app() -> ASGIApp:
+    """The ``FOURNINES_LAB_ROLE`` service in ``FOURNINES_LAB_VARIANT`` (a uvicorn factory)."""
+    role = _env("ROLE")
+    variant = _env("VARIANT")
+    if role not in _ROLES:
+        raise RuntimeError(f"FOURNINES_LAB_ROLE must be one of {', '.join(_ROLES)}, got {role!r}")
+    if variant not in ("protected", "unprotected"):
+        raise RuntimeError(f"FOURNINES_LAB_VARIANT must be protected or unprotected, "
+                           f"got {variant!r}")
+    return _ROLES[role](variant == "protected")

@@ -1,0 +1,224 @@
+"""The lab's arithmetic: percentiles, availability, error budgets, per-second series.
+
+Pure functions over the load generator's outcomes and the metric samples, so
+the report's numbers can be checked by hand (and are, in ``tests/lab``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .load import Outcome
+from .metrics import Sample
+from .scenario import Fault
+
+__all__ = [
+    "OBJECTIVE",
+    "VariantSummary",
+    "budget_consumed",
+    "per_second",
+    "percentile",
+    "phase_of",
+    "summarize",
+]
+
+OBJECTIVE = 0.9999
+"""The availability objective the lab holds the fleet to: four nines."""
+
+P99_TARGET = 1.0
+"""The protected variant's p99 latency target, seconds."""
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` percentile (0 < q <= 100) of ``values``; NaN when empty.
+
+    Nearest rank: the smallest value with at least ``q`` % of the values at or
+    below it, i.e. the ``ceil(q / 100 * n)``-th smallest. No interpolation, so
+    every reported latency is one a request really had.
+    """
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def budget_consumed(requests: int, failures: int, objective: float = OBJECTIVE) -> float:
+    """The share of the error budget spent: ``failures / ((1 - objective) * requests)``.
+
+    1.0 means exactly the budget; above 1.0 the objective is missed. With no
+    requests nothing is spent (0.0).
+    """
+    if requests == 0:
+        return 0.0
+    return failures / ((1.0 - objective) * requests)
+
+
+def phase_of(at: float, faults: Sequence[Fault]) -> str:
+    """The fault window that time ``at`` falls in (the first, by start), else ``"steady"``."""
+    for fault in faults:
+        if fault.at <= at < fault.end:
+            return fault.label()
+    return "steady"
+
+
+def _failure_kind(outcome: Outcome) -> str:
+    if not outcome.status:
+        return outcome.error or "no answer"
+    return f"HTTP {outcome.status}" + (f" ({outcome.error})" if outcome.error else "")
+
+
+@dataclass(slots=True)
+class VariantSummary:
+    """Everything the report says about one variant."""
+
+    variant: str
+    requests: int
+    full: int
+    degraded: int
+    failed: int
+    availability_full: float
+    availability: float
+    p50: float
+    p95: float
+    p99: float
+    max_latency: float
+    max_send_lag: float
+    breaker_openings: int
+    retries: int
+    sheds: int
+    fallbacks: int
+    budget_consumed: float
+    meets_objective: bool
+    failures_by_phase: dict[str, dict[str, int]] = field(default_factory=dict)
+    degraded_by_source: dict[str, int] = field(default_factory=dict)
+    series: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """One line: did four nines hold, and was p99 under its target."""
+        nines = "99.99 % HELD" if self.meets_objective else "99.99 % MISSED"
+        p99 = "p99 < 1 s" if self.p99 < P99_TARGET else "p99 >= 1 s"
+        return f"{nines}, {p99}"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the per-second series included)."""
+        return {
+            "variant": self.variant, "requests": self.requests, "full": self.full,
+            "degraded": self.degraded, "failed": self.failed,
+            "availability_full": self.availability_full, "availability": self.availability,
+            "latency_seconds": {"p50": self.p50, "p95": self.p95, "p99": self.p99,
+                                "max": self.max_latency},
+            "max_send_lag_seconds": self.max_send_lag,
+            "breaker_openings": self.breaker_openings, "retries": self.retries,
+            "sheds": self.sheds, "fallbacks": self.fallbacks,
+            "error_budget_consumed": self.budget_consumed,
+            "meets_objective": self.meets_objective, "verdict": self.verdict,
+            "failures_by_phase": self.failures_by_phase,
+            "degraded_by_source": self.degraded_by_source, "series": self.series,
+        }
+
+
+def _deltas(samples: Sequence[Sample], attr: str, seconds: int) -> list[float]:
+    """Per-second increases of a cumulative counter (resets, from restarts, clamp to 0)."""
+    out = [0.0] * seconds
+    previous: float | None = None
+    for sample in samples:
+        value = float(getattr(sample, attr))
+        if previous is not None:
+            second = min(max(int(sample.at), 0), seconds - 1)
+            out[second] += max(value - previous, 0.0)
+        previous = value
+    return out
+
+
+def per_second(outcomes: Sequence[Outcome], samples: Sequence[Sample], duration: float,
+               objective: float = OBJECTIVE) -> dict[str, list[Any]]:
+    """The report's time series, one value per second of intended send time."""
+    seconds = max(1, math.ceil(duration))
+    buckets: list[list[Outcome]] = [[] for _ in range(seconds)]
+    for outcome in outcomes:
+        buckets[min(int(outcome.at), seconds - 1)].append(outcome)
+    total = len(outcomes)
+    allowed = (1.0 - objective) * total if total else 1.0
+    series: dict[str, list[Any]] = {
+        "second": list(range(seconds)), "requests": [], "availability": [],
+        "availability_full": [], "p50": [], "p95": [], "p99": [], "budget_consumed": [],
+    }
+    failed_so_far = 0
+    for bucket in buckets:
+        n = len(bucket)
+        ok = sum(1 for o in bucket if o.ok)
+        full = sum(1 for o in bucket if o.ok and not o.degraded)
+        failed_so_far += n - ok
+        latencies = [o.latency for o in bucket]
+        series["requests"].append(n)
+        series["availability"].append(ok / n if n else None)
+        series["availability_full"].append(full / n if n else None)
+        for q in (50, 95, 99):
+            series[f"p{q}"].append(percentile(latencies, q) if n else None)
+        series["budget_consumed"].append(failed_so_far / allowed)
+    for attr in ("retries", "sheds", "openings", "fallbacks"):
+        series[attr] = _deltas(samples, attr, seconds)
+    names = sorted({name for s in samples for name in s.breakers})
+    breakers: dict[str, list[int | None]] = {}
+    for name in names:
+        states: list[int | None] = [None] * seconds
+        for sample in samples:
+            if name in sample.breakers:
+                second = min(max(int(sample.at), 0), seconds - 1)
+                states[second] = max(states[second] or 0, sample.breakers[name])
+        # A breaker is only exported once it exists (closed) and a second may have no
+        # scrape: carry the last known state forward, closed before the first.
+        last = 0
+        for second, state in enumerate(states):
+            if state is None:
+                states[second] = last
+            else:
+                last = state
+        breakers[name] = states
+    series["breakers"] = [{"name": n, "states": s} for n, s in breakers.items()]
+    return series
+
+
+def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sample],
+              faults: Sequence[Fault], duration: float) -> VariantSummary:
+    """Summarise one variant's run."""
+    n = len(outcomes)
+    ok = [o for o in outcomes if o.ok]
+    full = sum(1 for o in ok if not o.degraded)
+    failed = n - len(ok)
+    latencies = [o.latency for o in outcomes]
+    by_phase: dict[str, Counter[str]] = {}
+    for outcome in outcomes:
+        if not outcome.ok:
+            phase = phase_of(outcome.at, faults)
+            by_phase.setdefault(phase, Counter())[_failure_kind(outcome)] += 1
+    sources: Counter[str] = Counter()
+    for outcome in ok:
+        for source in filter(None, outcome.sources.split(",")):
+            sources[source] += 1
+    last = samples[-1] if samples else Sample(at=0.0)
+    first = samples[0] if samples else Sample(at=0.0)
+    series = per_second(outcomes, samples, duration)
+    availability = len(ok) / n if n else 0.0
+    return VariantSummary(
+        variant=variant, requests=n, full=full, degraded=len(ok) - full, failed=failed,
+        availability_full=full / n if n else 0.0, availability=availability,
+        p50=percentile(latencies, 50), p95=percentile(latencies, 95),
+        p99=percentile(latencies, 99), max_latency=max(latencies, default=math.nan),
+        max_send_lag=max((o.send_lag for o in outcomes), default=0.0),
+        breaker_openings=round(sum(series["openings"]) + first.openings),
+        retries=round(sum(series["retries"]) + first.retries),
+        sheds=round(sum(series["sheds"]) + first.sheds),
+        fallbacks=round(max(last.fallbacks, sum(series["fallbacks"]) + first.fallbacks)),
+        budget_consumed=budget_consumed(n, failed),
+        meets_objective=n > 0 and availability >= OBJECTIVE,
+        failures_by_phase={k: dict(v) for k, v in by_phase.items()},
+        degraded_by_source=dict(sources.most_common()),
+        series=series,
+    )

@@ -1,0 +1,101 @@
+"""Specification of the lab's fleet: what each variant answers when a dependency fails.
+
+Real uvicorn processes and the real fault proxy, started by each test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from fournines.lab.fleet import FaultProxy, Fleet
+from fournines.lab.scenario import Fault, PaymentModel
+
+
+@asynccontextmanager
+async def fleet(variant: str, workdir: Path) -> AsyncIterator[tuple[Fleet, httpx.AsyncClient]]:
+    proxy = FaultProxy(workdir)
+    await proxy.start()
+    lab = Fleet(variant, workdir, proxy, PaymentModel(), seed=1)
+    try:
+        await lab.start()
+        async with httpx.AsyncClient(base_url=lab.gateway_url, timeout=10) as client:
+            yield lab, client
+    finally:
+        await lab.stop()
+        await proxy.stop()
+
+
+async def test_a_healthy_fleet_answers_the_page_in_full(tmp_path: Path) -> None:
+    async with fleet("protected", tmp_path) as (_, client):
+        response = await client.get("/page/7?user=3")
+    assert response.status_code == 200
+    assert "x-lab-degraded" not in response.headers
+    page = response.json()
+    assert page["order"]["payment"] == "paid"
+    assert page["profile"]["nickname"] == "user-3"
+    assert page["degraded"] == []
+
+
+async def test_protected_a_dead_profile_service_renders_the_guest_profile(
+        tmp_path: Path) -> None:
+    async with fleet("protected", tmp_path) as (lab, client):
+        await lab.begin(Fault(kind="profile_kill", at=0, duration=1), 0)
+        response = await client.get("/page/7?user=3")
+    assert response.status_code == 200
+    assert response.headers["x-lab-degraded"] == "profile"
+    profile = response.json()["profile"]
+    assert (profile["nickname"], profile["nickname_zh"]) == ("Guest", "访客")
+    assert profile["avatar"] == "/avatars/default.png"
+
+
+async def test_unprotected_a_dead_profile_service_fails_the_page(tmp_path: Path) -> None:
+    async with fleet("unprotected", tmp_path) as (lab, client):
+        await lab.begin(Fault(kind="profile_kill", at=0, duration=1), 0)
+        response = await client.get("/page/7?user=3")
+    assert response.status_code == 502
+    assert response.headers["x-lab-error"] == "ConnectError"
+
+
+async def test_protected_a_partition_serves_the_last_known_payment_status(
+        tmp_path: Path) -> None:
+    partition = Fault(kind="partition", at=0, duration=1, mode="refuse")
+    async with fleet("protected", tmp_path) as (lab, client):
+        assert (await client.get("/page/7?user=3")).status_code == 200  # remembered
+        await lab.begin(partition, 0)
+        stale = await client.get("/page/7?user=3")
+        never_seen = await client.get("/page/8?user=3")
+        await lab.end(partition, 0)
+    assert stale.status_code == 200
+    assert stale.headers["x-lab-degraded"] == "payment-status"
+    assert stale.json()["order"]["payment"] == "paid"
+    # no cached answer for an order never fetched: an honest failure, not an invention
+    assert never_seen.status_code == 502
+    assert never_seen.headers["x-lab-error"].startswith("order 502 payment")
+
+
+async def test_payment_errors_are_injected_through_the_chaos_api_and_removed(
+        tmp_path: Path) -> None:
+    errors = Fault(kind="payment_errors", at=0, duration=30, rate=1.0, status=500)
+    async with fleet("unprotected", tmp_path) as (lab, client):
+        await lab.begin(errors, 0)
+        failing = await client.get("/page/7?user=3")
+        await lab.end(errors, 0)
+        healed = await client.get("/page/7?user=3")
+    assert failing.status_code == 502
+    assert failing.headers["x-lab-error"] == "order 502 payment HTTPStatusError"
+    assert healed.status_code == 200
+
+
+async def test_payment_latency_comes_from_the_fault_proxy(tmp_path: Path) -> None:
+    slow = Fault(kind="payment_latency", at=0, duration=5, latency=0.5)
+    async with fleet("unprotected", tmp_path) as (lab, client):
+        await client.get("/page/7?user=3")
+        await lab.begin(slow, 0)
+        response = await client.get("/page/7?user=3")
+        await lab.end(slow, 0)
+    assert response.status_code == 200
+    assert response.elapsed.total_seconds() >= 0.5

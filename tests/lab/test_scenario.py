@@ -1,0 +1,133 @@
+"""Specification of lab scenario files: the default, the examples, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fournines import ConfigurationError
+from fournines.lab.scenario import (
+    FAULT_KINDS,
+    Fault,
+    Scenario,
+    default_scenario,
+    load_scenario,
+    parse_scenario,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lab"
+
+
+def test_the_default_scenario_has_every_fault_of_the_issue_within_60_seconds() -> None:
+    scenario = default_scenario()
+    assert scenario.duration == 60
+    assert {f.kind for f in scenario.faults} == set(FAULT_KINDS)
+    assert all(f.end <= scenario.duration for f in scenario.faults)
+    errors = next(f for f in scenario.faults if f.kind == "payment_errors")
+    assert (errors.rate, errors.duration) == (0.2, 10)
+    latency = next(f for f in scenario.faults if f.kind == "payment_latency")
+    assert (latency.latency, latency.duration) == (2.0, 10)
+    overload = next(f for f in scenario.faults if f.kind == "overload")
+    assert (overload.factor, overload.duration) == (3, 5)
+
+
+def test_at_least_two_example_scenarios_parse() -> None:
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert len(files) >= 2
+    for path in files:
+        scenario = load_scenario(path)
+        assert scenario.faults, path
+        assert scenario.source == str(path)
+
+
+def test_faults_are_sorted_by_start() -> None:
+    scenario = parse_scenario({"duration": 30, "faults": [
+        {"kind": "overload", "at": 20, "duration": 2},
+        {"kind": "profile_kill", "at": 5, "duration": 2},
+    ]})
+    assert [f.kind for f in scenario.faults] == ["profile_kill", "overload"]
+
+
+def test_a_shorter_duration_scales_every_fault_time() -> None:
+    scenario = parse_scenario({"duration": 60, "faults": [
+        {"kind": "payment_errors", "at": 30, "duration": 10}]})
+    short = scenario.with_duration(15)
+    assert short.duration == 15
+    assert (short.faults[0].at, short.faults[0].duration) == (7.5, 2.5)
+
+
+def test_rate_auto_leaves_the_rate_to_the_capacity_probe() -> None:
+    assert parse_scenario({"rate": "auto"}).rate is None
+    assert parse_scenario({"rate": 80}).rate == 80
+
+
+def test_an_unknown_fault_kind_names_the_file_the_index_and_the_kinds() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_scenario({"faults": [{"kind": "profile_kill", "at": 1, "duration": 1},
+                                   {"kind": "meteor", "at": 1, "duration": 1}]},
+                       source="my.yaml")
+    message = str(info.value)
+    assert message.startswith("my.yaml: faults[1].kind must be one of")
+    assert "payment_latency" in message and "'meteor'" in message
+
+
+def test_a_missing_start_time_is_named() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: faults\[0\]\.at is missing"):
+        parse_scenario({"faults": [{"kind": "overload", "duration": 1}]}, source="s.yaml")
+
+
+def test_an_out_of_range_value_says_the_range_and_what_was_given() -> None:
+    with pytest.raises(ConfigurationError,
+                       match=r"s\.yaml: faults\[0\]\.rate must be a number >= 0 and <= 1, "
+                             r"got 1\.5"):
+        parse_scenario({"faults": [{"kind": "payment_errors", "at": 0, "duration": 1,
+                                    "rate": 1.5}]}, source="s.yaml")
+
+
+def test_a_fault_that_outlasts_the_load_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"faults\[0\] ends at 70 s, after the load"):
+        parse_scenario({"duration": 60, "faults": [
+            {"kind": "overload", "at": 65, "duration": 5}]}, source="s.yaml")
+
+
+def test_an_unknown_key_is_named_with_the_allowed_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: payment has an unknown key 'cpu'"):
+        parse_scenario({"payment": {"cpu": 2}}, source="s.yaml")
+
+
+def test_a_partition_mode_must_be_timeout_or_refuse() -> None:
+    with pytest.raises(ConfigurationError, match=r"faults\[0\]\.mode must be 'timeout' or "
+                                                 r"'refuse', got 'drop'"):
+        parse_scenario({"faults": [{"kind": "partition", "at": 0, "duration": 1,
+                                    "mode": "drop"}]}, source="s.yaml")
+
+
+def test_a_bool_is_not_a_number() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: duration must be a number"):
+        parse_scenario({"duration": True}, source="s.yaml")
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("faults: [\n")
+    with pytest.raises(ConfigurationError, match=r"broken\.yaml: not valid YAML"):
+        load_scenario(path)
+
+
+def test_a_missing_file_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"nope\.yaml: cannot read the scenario"):
+        load_scenario(tmp_path / "nope.yaml")
+
+
+def test_the_top_level_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml must be a mapping, got \[1\]"):
+        parse_scenario([1], source="s.yaml")
+
+
+def test_fault_labels_say_what_the_fault_does() -> None:
+    assert Fault(kind="payment_errors", at=0, duration=1, rate=0.2, status=500).label() == (
+        "payment_errors (20% x 500)")
+    assert Fault(kind="overload", at=0, duration=1, factor=3).label() == (
+        "overload (3x capacity)")
+    assert Scenario().faults == ()

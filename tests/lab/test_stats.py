@@ -1,0 +1,104 @@
+"""Specification of the lab's arithmetic: percentiles, error budgets, per-second series."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fournines.lab.load import Outcome
+from fournines.lab.metrics import Sample, parse_metrics
+from fournines.lab.scenario import Fault
+from fournines.lab.stats import budget_consumed, per_second, percentile, phase_of, summarize
+
+
+def outcome(at: float, status: int = 200, latency: float = 0.01, degraded: bool = False,
+            sources: str = "") -> Outcome:
+    return Outcome(at=at, status=status, latency=latency, degraded=degraded, send_lag=0.0,
+                   sources=sources)
+
+
+def test_percentiles_are_nearest_rank_values_that_really_occurred() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([5.0], 99) == 5.0
+
+
+def test_a_percentile_of_nothing_is_nan() -> None:
+    assert math.isnan(percentile([], 99))
+
+
+def test_one_failure_in_ten_thousand_spends_exactly_the_four_nines_budget() -> None:
+    assert budget_consumed(10_000, 1) == pytest.approx(1.0)
+    assert budget_consumed(10_000, 0) == 0.0
+    assert budget_consumed(1_000, 1) == pytest.approx(10.0)
+    assert budget_consumed(0, 0) == 0.0
+
+
+def test_failures_are_attributed_to_the_fault_window_they_were_sent_in() -> None:
+    faults = [Fault(kind="profile_kill", at=10, duration=5)]
+    assert phase_of(9.99, faults) == "steady"
+    assert phase_of(10.0, faults) == "profile_kill (SIGKILL)"
+    assert phase_of(15.0, faults) == "steady"
+
+
+def test_per_second_series_count_by_intended_send_time() -> None:
+    outcomes = [outcome(0.1), outcome(0.5, status=502), outcome(1.2, degraded=True),
+                outcome(1.7, latency=0.5)]
+    series = per_second(outcomes, [], duration=2)
+    assert series["requests"] == [2, 2]
+    assert series["availability"] == [0.5, 1.0]
+    assert series["availability_full"] == [0.5, 0.5]
+    assert series["p99"][1] == 0.5
+    # 1 failure of 4 requests against a budget of 0.0004 requests
+    assert series["budget_consumed"] == pytest.approx([2500.0, 2500.0])
+
+
+def test_counter_deltas_per_second_survive_a_restart_that_resets_them() -> None:
+    samples = [Sample(at=0.1, retries=0), Sample(at=1.1, retries=5), Sample(at=2.1, retries=2)]
+    series = per_second([], samples, duration=3)
+    assert series["retries"] == [0.0, 5.0, 0.0]
+
+
+def test_breaker_states_carry_forward_and_start_closed() -> None:
+    samples = [Sample(at=0.5), Sample(at=1.5, breakers={"a -> b": 2}), Sample(at=3.5)]
+    series = per_second([], samples, duration=4)
+    assert series["breakers"] == [{"name": "a -> b", "states": [0, 2, 2, 2]}]
+
+
+def test_a_summary_counts_full_degraded_and_failed_and_says_where_failures_came_from() -> None:
+    faults = [Fault(kind="partition", at=1, duration=1)]
+    outcomes = [outcome(0.1), outcome(0.2, degraded=True, sources="payment-status"),
+                outcome(1.5, status=0), outcome(1.6, status=502)]
+    outcomes[2].error = "timeout"
+    outcomes[3].error = "order 502"
+    summary = summarize("protected", outcomes, [], faults, duration=2)
+    assert (summary.requests, summary.full, summary.degraded, summary.failed) == (4, 1, 1, 2)
+    assert summary.availability == 0.5
+    assert summary.availability_full == 0.25
+    assert not summary.meets_objective
+    assert "MISSED" in summary.verdict
+    assert summary.failures_by_phase == {
+        "partition (timeout)": {"timeout": 1, "HTTP 502 (order 502)": 1}}
+    assert summary.degraded_by_source == {"payment-status": 1}
+
+
+def test_the_fleet_counters_are_read_from_the_prometheus_exposition() -> None:
+    text = "\n".join([
+        'fournines_retries_total{name="http://127.0.0.1:1"} 4.0',
+        'fournines_rejections_total{name="shed",policy="load_shedder",reason="overload"} 3.0',
+        'fournines_rejections_total{name="x",policy="circuit_breaker",reason="open"} 9.0',
+        'fournines_circuit_breaker_transitions_total{from_state="closed",'
+        'name="http://127.0.0.1:1",to_state="open"} 2.0',
+        'fournines_circuit_breaker_state{name="http://127.0.0.1:1",state="open"} 1.0',
+        'fournines_circuit_breaker_state{name="http://127.0.0.1:1",state="closed"} 0.0',
+        'fournines_fallbacks_total{kind="stale",name="payment-status"} 7.0',
+        "",
+    ])
+    sample = Sample(at=0.0)
+    parse_metrics(text, "order", sample)
+    assert (sample.retries, sample.sheds, sample.openings, sample.fallbacks) == (4, 3, 2, 7)
+    assert sample.breakers == {"order -> 127.0.0.1:1": 2}
