@@ -171,6 +171,15 @@ def test_delete_all_removes_every_fault(client: httpx.Client) -> None:
     ({"kind": "error", "duration": 10, "header": 5}, "header"),
     ({"kind": "error", "duration": 10, "colour": "red"}, "colour"),
     ([1, 2], "body"),
+    # hostile values: each is a 400 naming its field, never a 500 or a broken service
+    ({"kind": "latency", "duration": 10, "latency": 10**400}, "latency"),
+    ({"kind": "latency", "duration": 10, "latency": 1e308}, "latency"),
+    ({"kind": "latency", "duration": 10, "jitter": 3601}, "jitter"),
+    ({"kind": "error", "duration": 10, "rate": -(10**400)}, "rate"),
+    ({"kind": "error", "duration": 10, "header": "bad header"}, "header"),
+    ({"kind": "error", "duration": 10, "header": "\u00e9t\u00e9"}, "header"),
+    ({"kind": "error", "duration": 10, "name": "a\r\nX-Evil: 1"}, "name"),
+    ({"kind": "error", "duration": 10, "route": "/a\nb"}, "route"),
 ])
 def test_bad_fields_get_400_naming_the_field(
     client: httpx.Client, body: object, field: str
@@ -180,6 +189,45 @@ def test_bad_fields_get_400_naming_the_field(
     assert response.json()["field"] == field
     assert response.json()["error"].startswith(f"{field}:")
     assert listed(client) == []
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b'{"kind": "error", "duration": 10, "name": "\\ud800"}', "name"),
+    (b'{"kind": "error", "duration": 10, "route": "/\\udfff"}', "route"),
+    (b'{"kind": "latency", "duration": 10, "latency": NaN}', "latency"),
+    (b'{"kind": "latency", "duration": 10, "latency": -Infinity}', "latency"),
+])
+def test_unencodable_strings_and_non_finite_numbers_get_400_and_add_nothing(
+    client: httpx.Client, raw: bytes, field: str
+) -> None:
+    response = client.post(PREFIX, content=raw, headers=AUTH)
+    assert response.status_code == 400, response.text
+    assert response.json()["field"] == field
+    assert listed(client) == []
+    assert client.get("/").status_code == 200
+
+
+def test_a_fault_name_that_is_no_header_value_still_answers_its_status(
+    client: httpx.Client,
+) -> None:
+    # The name goes into the x-chaos-fault header; a non-Latin-1 one must not break responses.
+    add(client, kind="error", status=503, duration=30, name="\u2603 snow \u00e9")
+    response = client.get("/")
+    assert response.status_code == 503
+    assert response.headers["x-chaos-fault"].isascii()
+
+
+def test_a_body_over_64_kib_gets_413_and_adds_nothing(client: httpx.Client) -> None:
+    body = b'{"kind": "error", "duration": 10, "name": "' + b"x" * 70_000 + b'"}'
+    response = client.post(PREFIX, content=body, headers=AUTH)
+    assert response.status_code == 413
+    assert listed(client) == []
+
+
+def test_deeply_nested_json_gets_400_not_500(client: httpx.Client) -> None:
+    response = client.post(PREFIX, content=b"[" * 60_000, headers=AUTH)
+    assert response.status_code == 400
+    assert "not JSON" in response.json()["error"]
 
 
 def test_malformed_json_gets_400(client: httpx.Client) -> None:
@@ -200,6 +248,26 @@ def test_client_outside_allow_from_gets_403_even_with_the_token() -> None:
         listing = c.get(PREFIX, headers=AUTH)
         served = c.get("/")
     assert (posted.status_code, listing.status_code) == (403, 403)
+    assert served.status_code == 200
+
+
+@pytest.mark.parametrize("forwarding", [
+    {"X-Forwarded-For": "10.1.2.3"},
+    {"Forwarded": "for=10.1.2.3"},
+    {"X-Real-IP": "10.1.2.3"},
+])
+def test_forwarding_headers_cannot_smuggle_a_client_into_allow_from(
+    forwarding: dict[str, str],
+) -> None:
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default and rewrites the client
+    # address from it; a local process (or a reverse proxy relaying anyone) must not get
+    # an address of its choosing that way.
+    env = {"CHAOS_TOKEN": TOKEN, "CHAOS_ALLOW_FROM": "10.0.0.0/8"}
+    with UvicornProcess(APP, env=env) as proc, httpx.Client(base_url=proc.url) as c:
+        posted = c.post(PREFIX, json={"kind": "error", "duration": 10},
+                        headers={**AUTH, **forwarding})
+        served = c.get("/")
+    assert posted.status_code == 403
     assert served.status_code == 200
 
 

@@ -244,6 +244,22 @@ def test_inject_by_label_modes_pick_the_matching_instances(
     assert actions.remove_faults_by_label(clean, token=TOKEN) == 2
 
 
+@pytest.mark.parametrize(("mode", "value"), [
+    ("fixed", 0), ("fixed", 0.5), ("fixed-percent", 0), ("fixed-percent", 101),
+    ("fixed-percent", float("nan")),
+])
+def test_a_mode_value_that_selects_no_instance_fails_instead_of_doing_nothing(
+    mode: str, value: float
+) -> None:
+    # As Chaos Mesh refuses it: an experiment whose fault hits nobody proves nothing.
+    from chaoslib.exceptions import ActivityFailed
+
+    instances = [{"url": "http://127.0.0.1:9", "labels": {"app": "orders"}}]
+    with pytest.raises(ActivityFailed, match="value"):
+        actions.inject_fault_by_label(instances, {"app": "orders"}, "error", 30, mode=mode,
+                                      value=value, token=TOKEN)
+
+
 def test_availability_is_the_share_of_good_answers(clean: list[dict[str, Any]]) -> None:
     url = clean[1]["url"]
     assert probes.availability(url, requests=20) == 1.0

@@ -217,6 +217,22 @@ def test_async_latency_awaits_the_clock() -> None:
     assert clock.sleeps == [2.0]
 
 
+def test_latency_never_holds_a_call_past_the_faults_duration() -> None:
+    # Automatic recovery: a fault that removes itself after 5 s must not keep a call
+    # waiting for its 3000 s latency.
+    clock = FakeClock()
+    blocking = LatencyFault(latency=3000.0, duration=5.0, clock=clock)
+    awaiting = LatencyFault(latency=3000.0, duration=6.0, clock=clock)
+    clock.advance(2.0)
+    blocking.call(int)  # sleeps 3 s: the clock is at 5
+
+    async def run() -> None:
+        await awaiting.acall(asyncio.sleep, 0)
+
+    asyncio.run(run())
+    assert clock.sleeps == [3.0, 1.0]
+
+
 def test_jitter_stays_within_bounds_and_averages_to_the_latency() -> None:
     fault = LatencyFault(latency=0.1, jitter=0.02, seed=4)
     delays = [fault.delay() for _ in range(20_000)]

@@ -291,6 +291,10 @@ def test_a_fault_name_in_use_is_refused(topo: Topology, prefix: str) -> None:
         ({"dst": "10.0.0.1", "loss": 101}, "loss 101"),
         ({"dst": "10.0.0.1", "src": "::1"}, "different IP versions"),
         ({"dst": "10.0.0.1", "netns": "fournines_no_such_ns"}, "netns 'fournines_no_such_ns'"),
+        # values as a Chaos Toolkit experiment may pass them: refused before any rule exists
+        ({"dst": "10.0.0.1", "dport": "80"}, "dport '80'"),
+        ({"dst": "10.0.0.1", "dport": 80.5}, "dport 80.5"),
+        ({"dst": "10.0.0.1", "loss": "50"}, "loss '50'"),
     ],
 )
 def test_partition_settings_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:
@@ -381,6 +385,9 @@ def test_delay_on_the_host_loopback_touches_only_its_port(prefix: str) -> None:
         ({"dport": 80, "delay": -1}, "delay -1"),
         ({"dport": 80, "delay": 0.1, "jitter": -0.1}, "jitter -0.1"),
         ({"dport": 80, "delay": 0.1, "correlation": 1.5}, "correlation 1.5"),
+        ({"dport": "80", "delay": 0.1}, "dport '80'"),
+        ({"dport": 80, "delay": "0.1"}, "delay '0.1'"),
+        ({"dport": 80, "delay": 0.1, "correlation": "0.5"}, "correlation '0.5'"),
     ],
 )
 def test_delay_settings_errors_name_the_field(kwargs: dict[str, object], field: str) -> None:

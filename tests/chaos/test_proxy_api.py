@@ -5,12 +5,18 @@ The proxy runs as a real subprocess (``python -m fournines chaos proxy``).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
+import subprocess
+import time
 
 import httpx
 import pytest
 
+from .._servers import require_binary
 from ._proxy_servers import (  # noqa: F401 - fixtures, by name
+    ProxyProcess,
     TcpServer,
     add_toxic,
     api_fixture,
@@ -281,3 +287,109 @@ def test_browsers_are_refused_so_web_pages_cannot_drive_the_api(api: httpx.Clien
 def test_unknown_paths_are_404_and_wrong_methods_405(api: httpx.Client) -> None:
     assert api.get("/nothing").status_code == 404
     assert api.put("/proxies").status_code == 405
+
+
+@pytest.mark.parametrize("body", [
+    b'{"type": "latency", "attributes": {"latency": 1' + b"0" * 400 + b'}}',
+    b'{"type": "bandwidth", "attributes": {"rate": 9223372036854775808}}',
+    b'{"type": "slicer", "attributes": {"delay": -9223372036854775809}}',
+    b'{"type": "latency", "toxicity": 1' + b"0" * 400 + b"}",
+    b'{"type": "latency", "toxicity": NaN}',
+    b'{"type": "latency", "attributes": {"latency": Infinity}}',
+    b'{"type": "latency", "attributes": {"latency": "100"}}',
+])
+def test_numbers_go_would_not_decode_are_a_400_and_add_no_toxic(
+    api: httpx.Client, echo: TcpServer, body: bytes,
+) -> None:
+    # Toxiproxy decodes attributes into int64 and rejects NaN/Infinity as invalid JSON;
+    # accepting them here crashed the link (a leaked, silent connection) or wrote
+    # JSON no client could parse.
+    listen = make_proxy(api, echo.address)
+    response = api.post("/proxies/svc/toxics", content=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("bad request body")
+    assert api.get("/proxies/svc/toxics").json() == []
+    with connect(listen) as sock:
+        round_trip(sock)
+
+
+@pytest.mark.parametrize("path", ["/proxies", "/populate", "/proxies/svc/toxics"])
+def test_deeply_nested_json_is_a_400_bad_request_body(api: httpx.Client, echo: TcpServer,
+                                                      path: str) -> None:
+    make_proxy(api, echo.address)
+    response = api.post(path, content=b"[" * 100_000)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("bad request body")
+
+
+def proxy_sockets_to(ss: str, proxy: ProxyProcess, port: int) -> int:
+    """TCP sockets the proxy process still holds (has a descriptor for) to ``port``."""
+    assert proxy.proc is not None
+    out = subprocess.run([ss, "-tnpH", "dst", f"127.0.0.1:{port}"], capture_output=True,
+                         text=True, check=True).stdout
+    return sum(f"pid={proxy.proc.pid}," in line for line in out.splitlines())
+
+
+def test_deleting_a_proxy_releases_upstream_sockets_that_never_read() -> None:
+    # An upstream that stops reading leaves bytes queued in the proxy; deleting the proxy
+    # must still let go of the socket (Toxiproxy's Go conns just close) instead of
+    # keeping it open until the upstream reads, possibly forever.
+    ss = require_binary("ss", "iproute2")
+    sink = socket.create_server(("127.0.0.1", 0))
+    sink_port = sink.getsockname()[1]
+    proxy = ProxyProcess().start()
+    held: list[socket.socket] = []
+    try:
+        with httpx.Client(base_url=proxy.url, timeout=10) as api:
+            listen = make_proxy(api, f"127.0.0.1:{sink_port}")
+            with connect(listen) as client:
+                upstream, _ = sink.accept()
+                held.append(upstream)
+                upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                client.settimeout(1)
+                with contextlib.suppress(TimeoutError):
+                    client.sendall(b"x" * 8_000_000)  # fills every buffer on the way
+                assert proxy_sockets_to(ss, proxy, sink_port) == 1
+                assert api.delete("/proxies/svc").status_code == 204
+                deadline = time.monotonic() + 20
+                while proxy_sockets_to(ss, proxy, sink_port) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                assert proxy_sockets_to(ss, proxy, sink_port) == 0
+    finally:
+        for sock in held:
+            sock.close()
+        sink.close()
+        proxy.stop()
+
+
+def test_a_body_over_10_mib_is_refused_before_it_is_read(proxy_process: ProxyProcess) -> None:
+    host, port = proxy_process.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /proxies HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 20000000\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 413 ")
+
+
+@pytest.mark.parametrize("upstream", ["a" * 64 + ".invalid:80", "\udcff:80"])
+def test_an_upstream_that_cannot_be_resolved_closes_the_client_cleanly(upstream: str) -> None:
+    # A host name the IDNA codec or the resolver refuses must end like a refused upstream:
+    # client closed, one warning; not an unhandled exception in the accept callback.
+    proxy = ProxyProcess().start()
+    try:
+        with httpx.Client(base_url=proxy.url, timeout=10) as api:
+            created = api.post("/proxies", content=json.dumps(  # \u-escapes the surrogate
+                {"name": "svc", "upstream": upstream}))
+            assert created.status_code == 201
+            with connect(created.json()["listen"]) as sock:
+                assert sock.recv(10) == b""
+            assert api.get("/version").status_code == 200
+        log = ""
+        deadline = time.monotonic() + 10
+        while "cannot connect to upstream" not in log and time.monotonic() < deadline:
+            time.sleep(0.05)
+            proxy.log.seek(0)
+            log = proxy.log.read().decode(errors="replace")
+    finally:
+        proxy.stop()
+    assert "Unhandled exception" not in log
+    assert "cannot connect to upstream" in log

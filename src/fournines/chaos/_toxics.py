@@ -114,9 +114,18 @@ def _bad_body(detail: str) -> ApiError:
     return ApiError(f"bad request body: {detail}", 400)
 
 
+# Toxiproxy decodes attributes into Go int64s and toxicity into a float32: numbers outside
+# those fail its JSON decoding with a 400, and must not reach a link here (a float()
+# overflow in a link would kill it and leave its connection hanging).
+_INT64 = range(-(2**63), 2**63)
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad_body(f"{what} must be a number, got {value!r}")
+    if not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:  # NaN fails this too
+        raise _bad_body(f"{what} must be a finite float32")
     return float(value)
 
 
@@ -129,9 +138,11 @@ def _attributes(kind: str, raw: object, base: Mapping[str, int]) -> dict[str, in
     for name, value in raw.items():
         if name not in attributes:
             continue  # Go's decoder ignores unknown fields; so do we
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad_body(f"attribute {name!r} of a {kind} toxic must be an integer, "
-                            f"got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value not in _INT64:
+            shown = "a huge number" if isinstance(value, int) and abs(value) > 10**20 else (
+                repr(value))
+            raise _bad_body(f"attribute {name!r} of a {kind} toxic must be an int64, "
+                            f"got {shown}")
         attributes[name] = value
     return attributes
 

@@ -10,7 +10,9 @@ The admin API is off unless ``admin_token`` is given. When on, requests under
 ``admin_prefix`` (``/chaos/faults``) are answered by the middleware itself:
 
 - from a client address outside ``allow_from`` (loopback by default):
-  ``403``; the direct peer address is used, never forwarding headers;
+  ``403``; the direct peer address is used, never forwarding headers, and a
+  request carrying ``X-Forwarded-For``, ``Forwarded`` or ``X-Real-IP`` (relayed, or
+  spoofing an address the server may take from them) gets ``403`` too;
 - without ``Authorization: Bearer <admin_token>`` (compared in constant time):
   ``401``; nothing changes;
 - ``POST {prefix}`` with a JSON fault (``kind``: ``error``, ``latency`` or
@@ -55,10 +57,12 @@ from .faults import (
 __all__ = ["ChaosMiddleware"]
 
 _MAX_BODY = 64 * 1024
+_MAX_FLOAT = 1e300
 _KINDS: dict[str, type[Fault]] = {"error": ErrorFault, "latency": LatencyFault,
                                   "crash": CrashFault}
 _FIELDS = frozenset({"kind", "rate", "duration", "status", "latency", "jitter", "correlation",
                      "route", "header", "instances", "name", "exit_code"})
+_FORWARDING = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip"})
 _NetworkList = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
@@ -204,8 +208,7 @@ class ChaosMiddleware:
                 if isinstance(fault, ErrorFault):
                     fault.notify()
                     await respond(send, fault.status, b"injected fault\n",
-                                  headers=((b"x-chaos-fault", fault.name.encode("latin-1",
-                                                                                "replace")),))
+                                  headers=((b"x-chaos-fault", _header_value(fault.name)),))
                     return
                 await fault.ainject()
         token = set_current_request(path, headers)
@@ -219,6 +222,11 @@ class ChaosMiddleware:
     def _allowed(self, scope: Scope) -> bool:
         client = scope.get("client")
         if not client:
+            return False
+        # Servers may rewrite scope["client"] from these headers (uvicorn does, for peers
+        # on 127.0.0.1, by default), so a relayed request's address is whatever the
+        # sender wrote: such requests are refused, whatever address they claim.
+        if any(key in _FORWARDING for key, _ in scope.get("headers", ())):
             return False
         try:
             address = ipaddress.ip_address(client[0])
@@ -295,7 +303,7 @@ class ChaosMiddleware:
                 break
         try:
             data = json.loads(body or b"null")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: a nesting bomb
             await respond_json(send, 400, {"error": f"body is not JSON: {exc}", "field": None})
             return
         try:
@@ -332,8 +340,16 @@ class ChaosMiddleware:
             value = data.get(field)
             if value is not None and not isinstance(value, str):
                 raise _BadField(field, f"must be a string, got {value!r}")
+            # Lone surrogates cannot be encoded in the JSON answer, and control characters
+            # have no place in a path or a header: either would break later responses.
+            if value is not None and (not value.isprintable() or _has_surrogate(value)):
+                raise _BadField(field, f"must be printable text, got {value!r}")
             if field == "route" and value is not None and not value.startswith("/"):
                 raise _BadField(field, f"must start with '/', got {value!r}")
+            if field == "header" and value is not None and (
+                not value or not value.isascii() or any(c in value for c in " :\t")
+            ):
+                raise _BadField(field, f"must be an HTTP header name, got {value!r}")
             options[field] = value
         if cls is ErrorFault:
             status = data.get("status", 500)
@@ -345,8 +361,9 @@ class ChaosMiddleware:
         elif cls is LatencyFault:
             if "latency" not in data and "jitter" not in data:
                 raise _BadField("latency", "required for kind 'latency' (seconds)")
-            options["latency"] = _number(data, "latency", 0, None, default=0.0)
-            options["jitter"] = _number(data, "jitter", 0, None, default=0.0)
+            # A delay longer than any fault may live would hold requests past its expiry.
+            options["latency"] = _number(data, "latency", 0, self.max_duration, default=0.0)
+            options["jitter"] = _number(data, "jitter", 0, self.max_duration, default=0.0)
         else:
             code = data.get("exit_code")
             if code is not None and (isinstance(code, bool) or not isinstance(code, int)
@@ -365,9 +382,25 @@ def _number(data: dict[str, Any], field: str, low: float, high: float | None, *,
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise _BadField(field, f"must be a number, got {value!r}")
     too_low = value <= low if exclusive else value < low
-    if too_low or (high is not None and value > high) or value == float("inf"):
+    # JSON ints are unbounded: one past any float would overflow float() into a 500.
+    too_high = (high is not None and value > high) or value > _MAX_FLOAT
+    if too_low or too_high:
         bound = f"{'>' if exclusive else '>='} {low:g}"
         if high is not None:
             bound += f" and <= {high:g}"
-        raise _BadField(field, f"must be {bound}, got {value!r}")
+        shown = repr(value) if isinstance(value, float) or abs(value) < 10**20 else "a huge int"
+        raise _BadField(field, f"must be {bound}, got {shown}")
     return float(value)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _header_value(text: str) -> bytes:
+    # Fault names come from code or the API; only printable ASCII is safe in a header.
+    return "".join(c if " " <= c <= "~" else "?" for c in text).encode("ascii")

@@ -408,15 +408,22 @@ class LatencyFault(Fault):
         self._u = u
         return max(0.0, self.latency + self.jitter * (2.0 * u - 1.0))
 
-    def inject(self) -> None:
-        """Sleep for the next delay on the clock."""
+    def _bounded_delay(self) -> float:
+        # A fault with a duration harms nothing after it: the seed's automatic recovery
+        # must also free the calls it is holding.
         seconds = self.delay()
+        remaining = self.remaining
+        return seconds if remaining is None else min(seconds, remaining)
+
+    def inject(self) -> None:
+        """Sleep for the next delay on the clock (never past the fault's duration)."""
+        seconds = self._bounded_delay()
         self.notify(delay=seconds)
         self.clock.sleep(seconds)
 
     async def ainject(self) -> None:
-        """Suspend for the next delay on the clock."""
-        seconds = self.delay()
+        """Suspend for the next delay on the clock (never past the fault's duration)."""
+        seconds = self._bounded_delay()
         self.notify(delay=seconds)
         await self.clock.asleep(seconds)
 

@@ -283,8 +283,15 @@ def _check_netns(netns: str | None) -> None:
 
 
 def _check_port(field: str, port: int | None) -> None:
-    if port is not None and (isinstance(port, bool) or not 1 <= port <= 65535):
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 1 <= port <= 65535):
         raise ConfigurationError(f"{field} {port!r}: a port is 1..65535")
+
+
+def _is_number(value: object) -> bool:
+    # Experiment files hand over whatever JSON holds; a string must be a clear error,
+    # not a TypeError from a comparison (or a rule nft refuses after the shim started).
+    return not isinstance(value, bool) and isinstance(value, int | float)
 
 
 def _address(field: str, value: str) -> tuple[str, str]:
@@ -359,7 +366,7 @@ def partition(
         if src_family != family:
             raise ConfigurationError(f"src {src!r} and dst {dst!r} are of different IP versions")
     _check_port("dport", dport)
-    if not 0.0 < loss <= 100.0:
+    if not _is_number(loss) or not 0.0 < loss <= 100.0:
         raise ConfigurationError(f"loss {loss!r}: a percentage in (0, 100]")
     if direction not in ("egress", "ingress", "both"):
         raise ConfigurationError(f"direction {direction!r}: 'egress', 'ingress' or 'both'")
@@ -416,9 +423,9 @@ def add_delay(
     if dport is None:
         raise ConfigurationError("dport: add_delay needs a port")
     for field, value in (("delay", delay), ("jitter", jitter)):
-        if not 0.0 <= value <= 3600.0:
+        if not _is_number(value) or not 0.0 <= value <= 3600.0:
             raise ConfigurationError(f"{field} {value!r}: seconds in [0, 3600]")
-    if not 0.0 <= correlation <= 1.0:
+    if not _is_number(correlation) or not 0.0 <= correlation <= 1.0:
         raise ConfigurationError(f"correlation {correlation!r}: a fraction in [0, 1]")
     _check_netns(netns)
     in_use = any(found == table for _, found in _tables(netns))

@@ -52,6 +52,7 @@ _MAX_BODY = 10 * 1024 * 1024
 _HEADER_TIMEOUT = 15.0  # Toxiproxy's read timeout
 _IDLE_TIMEOUT = 60.0
 _CONNECT_TIMEOUT = 10.0
+_CLOSE_GRACE = 2.0
 
 _log = logging.getLogger(__name__)
 
@@ -162,6 +163,10 @@ class _Link:
             self.connection.close(reset=close.reset)
         except OSError:
             self.connection.close(reset=False)
+        except Exception:
+            # A dead pump would leave both sockets open with nobody moving their bytes.
+            _log.exception("proxy %s: %s link failed", self.connection.proxy.name, self.stream)
+            self.connection.close(reset=True)
 
     async def _send(self, piece: Piece) -> None:
         async def source() -> AsyncIterator[Piece]:
@@ -234,6 +239,11 @@ class _Connection:
                 writer.transport.abort()
             else:
                 writer.close()
+                if writer.transport.get_write_buffer_size():
+                    # close() waits for the buffer to drain, forever if the peer stopped
+                    # reading; give it a moment, then let go (abort on a closed one: no-op).
+                    asyncio.get_running_loop().call_later(_CLOSE_GRACE,
+                                                          writer.transport.abort)
         for link in self.links.values():
             for state in link.states.values():
                 if state.timer is not None:
@@ -310,7 +320,8 @@ class _Proxy:
             host, port = _split_hostport(self.upstream, "upstream")
             upstream = await asyncio.wait_for(asyncio.open_connection(host, port),
                                               _CONNECT_TIMEOUT)
-        except (OSError, TimeoutError, ApiError) as exc:
+        except (OSError, TimeoutError, ApiError, ValueError) as exc:
+            # ValueError: UnicodeError from the IDNA codec for a host no resolver takes
             _log.warning("proxy %s: cannot connect to upstream %s: %s", self.name,
                          self.upstream, exc)
             writer.close()
@@ -387,9 +398,17 @@ def _load(body: bytes) -> object:
     if not body.strip():
         raise ApiError("bad request body: EOF", 400)
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant)
     except ValueError as exc:
         raise ApiError(f"bad request body: {exc}", 400) from None
+    except RecursionError:  # a nesting bomb is a bad body, not an internal error
+        raise ApiError("bad request body: JSON nested too deeply", 400) from None
+
+
+def _no_constant(name: str) -> object:
+    # NaN and Infinity are not JSON (Go refuses them); echoing them back would make
+    # answers no strict client can parse.
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
 
 
 def _get_str(body: Mapping[str, Any], key: str, default: str) -> str:

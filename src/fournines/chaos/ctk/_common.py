@@ -77,10 +77,14 @@ def select_instances(
         return matched
     if mode == "one":
         count = 1
-    elif value is None or value < 0:
-        raise fail(f"mode {mode!r} needs a value >= 0, got {value!r}")
     elif mode == "fixed":
+        # Chaos Mesh refuses values that select nobody: the fault would prove nothing.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+            raise fail(f"mode 'fixed' needs a value >= 1 (instances), got {value!r}")
         count = min(len(matched), int(value))
     else:
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not 0 < value <= 100):
+            raise fail(f"mode 'fixed-percent' needs a value in (0, 100], got {value!r}")
         count = min(len(matched), math.ceil(len(matched) * float(value) / 100.0))
     return random.Random(seed).sample(matched, count)
