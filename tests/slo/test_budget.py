@@ -95,3 +95,8 @@ def test_durations_read_like_prometheus(text: str, seconds: float) -> None:
 def test_bad_durations_name_the_field(text: str) -> None:
     with pytest.raises(ConfigurationError, match="window"):
         parse_duration(text, field_name="window")
+
+
+def test_objective_whose_budget_rounds_to_zero_is_refused_not_divided_by() -> None:
+    with pytest.raises(ConfigurationError, match="error budget below 1e-12"):
+        compute_budget(objective=99.99999999999999, period_seconds=60.0, error_ratio=0.0)

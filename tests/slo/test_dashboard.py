@@ -228,3 +228,17 @@ def test_cli_names_the_file_of_a_bad_spec(tmp_path: Path,
                                                            "sli": SPEC["slos"][0]["sli"]}]}))
     assert main(["slo", "dashboard", str(spec)]) == 2
     assert f"{spec}: slos[0].objective" in capsys.readouterr().err
+
+
+def test_cli_replaces_an_existing_dashboard_whole_never_in_place(tmp_path: Path) -> None:
+    # Grafana's file provisioner may read the file at any moment: it must see the old
+    # dashboard or the new one, never a truncated or half-written file.
+    spec = tmp_path / "slo.yaml"
+    spec.write_text(json.dumps(SPEC))
+    out = tmp_path / "dashboard.json"
+    out.write_text('{"old": true}\n')
+    with out.open() as reader:
+        assert main(["slo", "dashboard", str(spec), "-o", str(out)]) == 0
+        assert reader.read() == '{"old": true}\n'
+    assert json.loads(out.read_text())["schemaVersion"] == 39
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dashboard.json", "slo.yaml"]

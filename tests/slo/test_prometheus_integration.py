@@ -9,6 +9,7 @@ requests failing overspends a 1 % budget fifty times.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fournines._errors import ConfigurationError
 from fournines.cli import main
 from fournines.slo.prometheus import (
     PrometheusClient,
@@ -28,6 +30,7 @@ from fournines.slo.spec import error_ratio_query, load_spec
 from .._prometheus import PrometheusServer
 from .._servers import free_port
 from ..asgi._uvicorn import UvicornProcess
+from ._broken_prometheus import BODIES
 
 SPEC = """
 service: payment
@@ -171,3 +174,32 @@ def test_reader_reports_a_closed_port_as_unreachable() -> None:
     with PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout=2) as client, \
             pytest.raises(PrometheusUnreachableError, match="cannot reach Prometheus"):
         client.value("vector(1)")
+
+
+@pytest.fixture(scope="module")
+def broken_prometheus() -> Iterator[str]:
+    with UvicornProcess("tests.slo._broken_prometheus:app") as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("case", sorted(BODIES))
+def test_reader_reports_a_malformed_success_body_as_unusable(broken_prometheus: str,
+                                                           case: str) -> None:
+    with PrometheusClient(f"{broken_prometheus}/{case}") as client, \
+            pytest.raises(PrometheusUnreachableError, match="malformed"):
+        client.value("vector(1)")
+
+
+def test_gate_exits_2_on_a_malformed_answer(broken_prometheus: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "slo.yml"
+    spec.write_text(SPEC)
+    url = f"{broken_prometheus}/value-not-a-number"
+    assert main(["slo", "gate", str(spec), "--prometheus", url]) == 2
+    assert "NO DECISION" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("timeout", [math.nan, math.inf, 0, -1])
+def test_reader_refuses_a_timeout_that_is_not_a_positive_number(timeout: float) -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        PrometheusClient("http://127.0.0.1:9090", timeout=timeout)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fournines.slo import SLO, EventsSLI, SLOSpec, generate_rules, load_spec
+from fournines.slo import SLO, EventsSLI, SLOSpec, generate_rules, load_spec, parse_spec
 from fournines.slo._promtool import generate_tests
 
 from ._promtool import EXAMPLES, assert_passes, promtool
@@ -65,3 +65,14 @@ def test_free_form_sli_queries_get_no_scenarios_and_are_reported() -> None:
     suite, skipped = generate_tests(spec, "r.yml")
     assert skipped == ["free"]
     assert "tests: []" in suite
+
+
+@pytest.mark.parametrize("absent_after", ["30s", "1m", "90s"])
+def test_generated_suite_passes_for_short_absent_after(tmp_path: Path, absent_after: str) -> None:
+    spec = parse_spec({"service": "s", "slos": [{
+        "name": "a", "objective": 99.9, "sli": {"availability": {"selector": 'job="s"'}},
+        "alerting": {"absent_after": absent_after}}]})
+    (tmp_path / "r.yml").write_text(generate_rules(spec))
+    suite, _ = generate_tests(spec, "r.yml")
+    (tmp_path / "r.test.yml").write_text(suite)
+    assert_passes(promtool("test", "rules", "r.test.yml", cwd=tmp_path))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -178,10 +179,15 @@ def test_only_the_bearer_token_is_authorized(tmp_path: Path) -> None:
     ({"token_env": "FOURNINES_TEST_UNSET_VARIABLE"}, "token_env: .* not set"),
     ({"max_actions_per_hour": 0}, "max_actions_per_hour: must be an int >= 1"),
     ({"listen": "9095"}, "listen: must be HOST:PORT"),
+    ({"listen": "127.0.0.1:" + "9" * 5000}, "listen: must be HOST:PORT"),
     ({"actions": [{"match": {}, "command": ["x"]}]}, r"actions\[0\].match"),
     ({"actions": [{"match": {"a": "b"}, "command": "kubectl rollout restart"}]},
      r"actions\[0\].command: must be a non-empty list"),
     ({"surprise": 1}, "surprise: unknown key"),
+    # A NUL byte cannot be in an argv: every run would fail without running anything.
+    ({"allow": [["kubectl\0"]]}, r"allow\[0\]: must be a non-empty list"),
+    # Zero seconds kills every command the moment it starts.
+    ({"command_timeout": 0}, "command_timeout: must be > 0"),
 ])
 def test_bad_configs_name_the_file_and_the_field(tmp_path: Path, change: dict[str, Any],
                                                  message: str) -> None:
@@ -403,3 +409,70 @@ def test_an_audit_log_that_cannot_be_opened_stops_the_receiver_from_starting(
                           source="remediate.yaml")
     with pytest.raises(ConfigurationError, match=r"remediate\.yaml: audit_log: cannot open"):
         Remediator(config)
+
+
+def _raw_post(url: str, content_length: str) -> bytes:
+    """Headers with a hand-written Content-Length and no body, the connection left open.
+
+    The answer must come without waiting for EOF. No body is sent, so the receiver's
+    closing the connection unread cannot reset it before the answer arrives.
+    """
+    parsed = httpx.URL(url)
+    with socket.create_connection((parsed.host, parsed.port), timeout=15) as sock:
+        sock.sendall(f"POST {parsed.path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+                     f"\r\nContent-Length: {content_length}\r\n\r\n".encode())
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return b"(no answer)"
+
+
+@pytest.mark.parametrize("content_length", ["-1", "many", "1e3"])
+def test_a_content_length_that_is_not_a_size_is_answered_400_and_runs_nothing(
+        receiver: tuple[str, Path, Path], content_length: str) -> None:
+    # -1 would make the server read to EOF: a body of any size, past the 1 MiB limit.
+    url, marker, audit = receiver
+    answer = _raw_post(url, content_length)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert not marker.exists()
+    assert audit_lines(audit)[-1]["reason"] == "bad Content-Length"
+
+
+def test_a_client_that_stalls_is_disconnected_after_the_request_timeout(tmp_path: Path) -> None:
+    # Without a socket timeout each silent connection holds a thread forever, before any
+    # token is checked: a handful of idle sockets would pin the receiver's threads.
+    import threading
+
+    from fournines.slo.remediate import WebhookServer
+
+    config = parse_config(config_data(tmp_path / "ran", listen=f"127.0.0.1:{free_port()}"),
+                          source="remediate.yaml")
+    remediator = Remediator(config, audit=Audit())
+    server = WebhookServer(remediator, request_timeout=1.0)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=20) as sock:
+            sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+            try:
+                closed = sock.recv(1024) == b""
+            except TimeoutError:
+                closed = False
+        assert closed, "the receiver kept a stalled connection open for 20 s"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_a_body_over_the_limit_is_answered_413_and_audited(
+        receiver: tuple[str, Path, Path]) -> None:
+    # A notification dropped for its size is a decision too: the audit log must show that
+    # remediation did not run, not stay silent.
+    url, marker, audit = receiver
+    # Announced, not sent: the receiver refuses on the header alone, so no client write
+    # can race its closing the connection.
+    answer = _raw_post(url, str((1 << 20) + 1))
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert not marker.exists()
+    assert audit_lines(audit)[-1]["reason"] == "body too large"

@@ -213,3 +213,68 @@ def test_spec_model_round_trips_through_parse_spec() -> None:
     spec = parse_spec({"service": "a", "slos": [{"name": "b", "objective": 99.5,
                                                  "sli": {"availability": {}}}]})
     assert spec.slos[0].alerting == Alerting()
+
+
+def _promtool_replay(tmp_path: Path, spec: SLOSpec, series: dict[str, str],
+                     checks: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "rules.yml").write_text(generate_rules(spec))
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m",
+                   "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                   "promql_expr_test": checks}]}))
+    return promtool("test", "rules", "test.yml", cwd=tmp_path)
+
+
+def test_good_total_sli_with_no_good_series_counts_every_request_as_bad(tmp_path: Path) -> None:
+    # OpenSLO good/total: a service failing since its start never created its good series.
+    # "No good events" is an error ratio of 1, never a fake 0 (which pages nobody and lets
+    # the gate say yes during a total outage).
+    ratio = {"counter": True,
+             "good": {"metricSource": {"spec": {"query": 'http_requests_total{code="200"}'}}},
+             "total": {"metricSource": {"spec": {"query": "http_requests_total"}}}}
+    spec = parse_spec({"apiVersion": "openslo/v1", "kind": "SLO", "metadata": {"name": "api"},
+                       "spec": {"service": "shop", "indicator": {"spec": {"ratioMetric": ratio}},
+                                "objectives": [{"target": 0.999}]}})
+    labels = '{fournines_service="shop", fournines_slo="api"}'
+    result = _promtool_replay(
+        tmp_path, spec, {'http_requests_total{code="500"}': "0+100x30"},
+        [{"expr": "fournines_slo:error_ratio:rate5m", "eval_time": "30m",
+          "exp_samples": [{"labels": f"fournines_slo:error_ratio:rate5m{labels}", "value": 1}]},
+         {"expr": 'ALERTS{alertstate="firing", severity="page"}', "eval_time": "30m",
+          "exp_samples": [{"labels": 'ALERTS{alertname="SLOErrorBudgetBurn", alertstate="firing",'
+                                     ' fournines_service="shop", fournines_slo="api",'
+                                     ' severity="page"}', "value": 1}]}])
+    assert_passes(result)
+
+
+def test_latency_sli_without_its_threshold_bucket_is_no_data_not_zero_errors(
+        tmp_path: Path) -> None:
+    # A histogram whose buckets do not include the threshold (0.3 between 0.25 and 0.5):
+    # the bad events cannot be known, so no ratio at all rather than "nothing was slow".
+    spec = parse_spec({"service": "shop", "slos": [{
+        "name": "api", "objective": 99,
+        "sli": {"latency": {"histogram": "work_seconds", "threshold": 0.3}}}]})
+    result = _promtool_replay(tmp_path, spec, {
+        "work_seconds_count": "0+100x30",
+        'work_seconds_bucket{le="0.25"}': "0+0x30",
+        'work_seconds_bucket{le="0.5"}': "0+0x30",
+        'work_seconds_bucket{le="+Inf"}': "0+100x30"},
+        [{"expr": "fournines_slo:error_ratio:rate5m", "eval_time": "30m", "exp_samples": []},
+         {"expr": "fournines_slo:error_ratio:period", "eval_time": "30m", "exp_samples": []}])
+    assert_passes(result)
+
+
+def test_queries_and_status_regexes_of_any_shape_make_valid_rules(tmp_path: Path) -> None:
+    # A query starting on an indented line would set the YAML block's indentation for
+    # the lines after it; a regex with a backslash must reach PromQL escaped.
+    spec = parse_spec({"service": "shop", "slos": [
+        {"name": "events", "objective": 99, "sli": {"events": {
+            "error_query": "sum(rate(errors_total[{{.window}}]))",
+            "total_query": "\n  sum(rate(requests_total[{{.window}}]))\n+ sum(rate(other_total"
+                           "[{{.window}}]))\n"}}},
+        {"name": "status", "objective": 99, "sli": {"availability": {
+            "selector": 'job="shop"', "error_status": "5\\d\\d"}}}]})
+    path = tmp_path / "rules.yml"
+    path.write_text(generate_rules(spec))
+    assert_passes(promtool("check", "rules", path))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from fournines._errors import ConfigurationError
 from fournines.asgi.metrics import REQUEST_DURATION, REQUESTS_TOTAL
@@ -128,9 +129,9 @@ def test_openslo_good_total_ratio_with_a_referenced_sli() -> None:
     assert isinstance(slo.sli, EventsSLI)
     total = 'sum(rate(http_requests_total{job="profile"}[{{.window}}]))'
     assert slo.sli.total_query == total
-    assert slo.sli.error_query == (
-        f'({total}) - (sum(rate(http_requests_total{{job="profile",status!~"5.."}}'
-        '[{{.window}}])))')
+    good = 'sum(rate(http_requests_total{job="profile",status!~"5.."}[{{.window}}]))'
+    # A missing good series is no good events (all bad), never "total - nothing" = no data.
+    assert slo.sli.error_query == f"({total}) - (({good}) or 0 * ({total}))"
 
 
 def test_openslo_bad_total_ratio_inline_with_a_weekly_window() -> None:
@@ -213,3 +214,136 @@ def test_latency_threshold_between_the_default_buckets_is_refused() -> None:
 def test_latency_threshold_of_a_named_histogram_is_not_checked_against_the_defaults() -> None:
     sli = parse_spec(_spec(sli={"latency": {"histogram": "rpc_seconds", "threshold": "200ms"}}))
     assert sli.slos[0].sli == LatencySLI(histogram="rpc_seconds", threshold=0.2)
+
+
+HUGE = 10**400  # YAML reads 400 digits as an int no float can hold
+
+
+@pytest.mark.parametrize(("slo", "path"), [
+    ({"objective": HUGE}, "slos[0].objective"),
+    ({"sli": {"latency": {"histogram": "rpc_seconds", "threshold": HUGE}}},
+     "slos[0].sli.latency.threshold"),
+    ({"alerting": {"min_events": HUGE}}, "slos[0].alerting.min_events"),
+    ({"sli": {"latency": {"histogram": "rpc_seconds", "threshold": "9" * 400 + "s"}}},
+     "slos[0].sli.latency.threshold"),
+    ({"sli": {"latency": {"histogram": "rpc_seconds", "threshold": "9" * 5000 + "s"}}},
+     "slos[0].sli.latency.threshold"),
+    ({"alerting": {"absent_after": "9" * 5000 + "m"}}, "slos[0].alerting.absent_after"),
+    ({"labels": {"team": 10**5000}}, "slos[0].labels.team"),
+])
+def test_numbers_too_large_for_a_float_are_a_spec_error(slo: dict[str, Any], path: str) -> None:
+    assert _error(_spec(**slo)).path == path
+
+
+def test_openslo_target_too_large_for_a_float_is_a_spec_error() -> None:
+    data = yaml.safe_load((EXAMPLES / "openslo.yml").read_text().split("---")[1])
+    sli = yaml.safe_load((EXAMPLES / "openslo.yml").read_text().split("---")[0])
+    data["spec"]["objectives"] = [{"target": HUGE}]
+    with pytest.raises(SpecError) as info:
+        parse_spec([sli, data])
+    assert info.value.path == "documents[1].spec.objectives[0].target"
+
+
+@pytest.mark.parametrize("objective", [99.99999999999999, 99.9999999999999])
+def test_objective_whose_budget_rounds_to_nothing_is_refused(objective: float) -> None:
+    # An error budget below 1e-12 cannot be told from zero: every burn rate would divide by it.
+    error = _error(_spec(objective=objective))
+    assert error.path == "slos[0].objective"
+    assert "error budget" in error.problem
+
+
+def test_a_file_that_is_not_utf8_is_a_spec_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yml"
+    path.write_bytes("service: caf\xe9\nslos: []\n".encode("latin-1"))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.file == str(path)
+    assert "UTF-8" in info.value.problem
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999d", "31d", "5w"])
+def test_absent_after_longer_than_the_period_is_refused(after: str) -> None:
+    # Missing for longer than the whole period means nothing; and a generated suite would
+    # replay that many minutes.
+    error = _error(_spec(alerting={"absent_after": after}))
+    assert error.path == "slos[0].alerting.absent_after"
+    assert "period" in error.problem
+
+
+def test_absent_after_of_zero_is_refused() -> None:
+    # absent(rate(...[5m])) holds until a series has two samples: `for: 0m` would fire on
+    # every new series. `false` is how to turn the alert off.
+    error = _error(_spec(alerting={"absent_after": "0m"}))
+    assert error.path == "slos[0].alerting.absent_after"
+    assert "false" in error.problem
+
+
+@pytest.mark.parametrize("selector", [
+    '{job="api"}', "job=api", 'job="api"}) or vector(1) or (up{a="b"', 'job="api" or vector(1)',
+])
+@pytest.mark.parametrize("kind", ["availability", "latency"])
+def test_a_selector_that_is_not_label_matchers_is_refused(kind: str, selector: str) -> None:
+    sli: dict[str, Any] = {"selector": selector}
+    if kind == "latency":
+        sli["threshold"] = "300ms"
+    error = _error(_spec(sli={kind: sli}))
+    assert error.path == f"slos[0].sli.{kind}.selector"
+    assert "label matchers" in error.problem
+
+
+@pytest.mark.parametrize("selector", [
+    'job="api"', 'job="api", env!~"dev|test",', "job='api'", 'path=~"/a\\\\b"',
+])
+def test_label_matchers_in_every_quoting_are_selectors(selector: str) -> None:
+    assert parse_spec(_spec(sli={"availability": {"selector": selector}})).slos[0]
+
+
+@pytest.mark.parametrize("name", ["__name__", "__meta_x"])
+def test_label_names_reserved_by_prometheus_are_refused(name: str) -> None:
+    # promtool refuses the rules ("invalid label name"); say so at the spec.
+    error = _error(_spec(labels={name: "x"}))
+    assert error.path == f"slos[0].labels.{name}"
+    assert "reserved" in error.problem
+
+
+def _openslo_slo(**spec: Any) -> dict[str, Any]:
+    ratio = {"counter": True,
+             "good": {"metricSource": {"spec": {"query": 'requests_total{code="200"}'}}},
+             "total": {"metricSource": {"spec": {"query": "requests_total"}}}}
+    return {"apiVersion": "openslo/v1", "kind": "SLO", "metadata": {"name": "a"},
+            "spec": {"service": "s", "indicator": {"spec": {"ratioMetric": ratio}},
+                     "objectives": [{"target": 0.99}], **spec}}
+
+
+@pytest.mark.parametrize(("field", "value", "path"), [
+    # Good time slices over all time slices is another SLI than good events over all events.
+    ("budgetingMethod", "Timeslices", "documents[0].spec.budgetingMethod"),
+    ("budgetingMethod", "RatioTimeslices", "documents[0].spec.budgetingMethod"),
+    # A calendar month resets its budget on the 1st; the rules keep a rolling window.
+    ("timeWindow", [{"duration": "28d", "isRolling": False}],
+     "documents[0].spec.timeWindow[0].isRolling"),
+])
+def test_openslo_semantics_the_rules_cannot_keep_are_refused(field: str, value: object,
+                                                             path: str) -> None:
+    assert _error(_openslo_slo(**{field: value})).path == path
+
+
+def test_openslo_occurrences_over_a_rolling_window_is_read() -> None:
+    spec = parse_spec(_openslo_slo(budgetingMethod="Occurrences",
+                                   timeWindow=[{"duration": "7d", "isRolling": True}]))
+    assert spec.slos[0].period == "7d"
+
+
+@pytest.mark.parametrize("query", ['requests_total{a="b"} or up{c="d"}', "requests_total{a=b}"])
+def test_openslo_counter_query_that_is_not_one_selector_is_refused(query: str) -> None:
+    data = _openslo_slo()
+    data["spec"]["indicator"]["spec"]["ratioMetric"]["total"]["metricSource"]["spec"][
+        "query"] = query
+    error = _error(data)
+    assert error.path.endswith("ratioMetric.total.metricSource.spec.query")
+
+
+def test_error_status_that_is_not_a_regex_is_refused() -> None:
+    error = _error(_spec(sli={"availability": {"error_status": "5..)"}}))
+    assert error.path == "slos[0].sli.availability.error_status"
+    assert "regular expression" in error.problem

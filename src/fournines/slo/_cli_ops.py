@@ -185,6 +185,7 @@ def _run_gate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _run_dashboard(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .._errors import ConfigurationError  # noqa: PLC0415
     from .dashboard import build_dashboard  # noqa: PLC0415
+    from .rules import write_atomic  # noqa: PLC0415
 
     try:
         spec = _load(args.spec)
@@ -193,8 +194,8 @@ def _run_dashboard(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     text = json.dumps(build_dashboard(spec, title=args.title, uid=args.uid), indent=2) + "\n"
     if args.output:
         try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
+            # Grafana's provisioner may read it at any moment: old file or new, never half.
+            write_atomic(args.output, text)
         except OSError as exc:
             return _error(f"cannot write {args.output}: {exc}")
     else:

@@ -49,6 +49,8 @@ _SUM_RATE = re.compile(
     r"^\s*sum\s*\(\s*rate\s*\(\s*(?P<sel>[a-zA-Z_:][a-zA-Z0-9_:]*\s*(?:\{[^{}]*\})?)\s*"
     r"\[\s*\{\{\s*\.window\s*\}\}\s*\]\s*\)\s*\)\s*$")
 _DIFFERENCE = re.compile(r"^\s*\((?P<a>.*)\)\s*-\s*\((?P<b>.*)\)\s*$", re.DOTALL)
+# OpenSLO's good events as the reader writes them: `(good) or 0 * (total)`.
+_OR_ZERO = re.compile(r"^\s*\((?P<a>.*)\)\s*or\s*0\s*\*\s*\((?P<b>.*)\)\s*$", re.DOTALL)
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
 # Label values to try, most plausible first; "" (no such label) last.
 _CANDIDATES = ("500", "503", "429", "200", "201", "404", "0", "1", "true", "false", "ok",
@@ -149,7 +151,11 @@ def _series(slo: SLO) -> list[_Series] | None:
             return None
         return [(bad.metric, lb, 0, 1), (total.metric, lt, 1, 1)]
     difference = _DIFFERENCE.match(sli.error_query)
-    good = _sum_rate(difference.group("b")) if difference else None
+    subtracted = difference.group("b") if difference else ""
+    or_zero = _OR_ZERO.match(subtracted)
+    if or_zero is not None and _sum_rate(or_zero.group("b")) == total:
+        subtracted = or_zero.group("a")
+    good = _sum_rate(subtracted) if difference else None
     if difference is None or good is None or _sum_rate(difference.group("a")) != total:
         return None
     if good.metric == total.metric:
@@ -457,7 +463,10 @@ class _Suite:
         group = _Group(self._name(f"no SLI series at all raises {ALERT_ABSENT} after {after}"),
                        run, None)
         absent = self.firing("absent")
-        group.expect(absent, 1, [])
+        # It fires at the first evaluation `after` past the start: at minute 0 for 0m, so
+        # the quiet check goes before that minute (and is left out when there is none).
+        if minutes >= 1:
+            group.expect(absent, min(1, minutes - 1), [])
         group.expect(absent, minutes + 1, [(absent, 1)])
         return group
 

@@ -65,7 +65,12 @@ def error_budget(objective: float) -> float:
     ):
         raise ConfigurationError(f"objective must be a percentage in (0, 100), got {objective!r}")
     # round() removes binary noise such as 1 - 0.9999 = 9.999999999998899e-05.
-    return round(1.0 - objective / 100.0, 12)
+    budget = round(1.0 - objective / 100.0, 12)
+    if budget <= 0:
+        # Every burn rate and budget share divides by it: refuse rather than divide by zero.
+        raise ConfigurationError(f"objective {objective!r} leaves an error budget below 1e-12 "
+                                 "of the events, which cannot be told from none")
+    return budget
 
 
 def _finite(value: float | None) -> float | None:

@@ -80,7 +80,8 @@ class PrometheusClient:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigurationError(
                 f"PrometheusClient.url must be an http:// or https:// URL, got {url!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not math.isfinite(timeout) or timeout <= 0):
             raise ConfigurationError(f"PrometheusClient.timeout must be > 0, got {timeout!r}")
         self.url = url.rstrip("/")
         self.timeout = float(timeout)
@@ -118,13 +119,23 @@ class PrometheusClient:
             if response.status_code >= 500 and error_type not in ("execution", "timeout"):
                 raise PrometheusUnreachableError(message)
             raise PrometheusQueryError(message, error_type=error_type)
-        data = body.get("data") or {}
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise PrometheusUnreachableError(
+                f"{endpoint} answered a malformed body (data is {type(data).__name__}, not "
+                f"an object): {response.text[:200]!r}")
         kind, result = data.get("resultType"), data.get("result")
-        if kind == "vector":
-            return [Sample(labels=dict(item.get("metric", {})), value=_value(item["value"]))
-                    for item in result or ()]
-        if kind == "scalar":
-            return [Sample(labels={}, value=_value(result))]
+        try:
+            if kind == "vector":
+                return [Sample(labels=dict(item.get("metric", {})), value=_value(item["value"]))
+                        for item in result or ()]
+            if kind == "scalar":
+                return [Sample(labels={}, value=_value(result))]
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            # A proxy or a half-compatible server: an answer the gate cannot read is no answer.
+            raise PrometheusUnreachableError(
+                f"{endpoint} answered a malformed {kind} result for {expr!r} "
+                f"({type(exc).__name__}: {exc}): {response.text[:200]!r}") from exc
         raise PrometheusQueryError(
             f"the query {expr!r} returned a {kind}, not an instant vector or scalar; "
             "wrap range selectors in a function such as rate() or increase()",

@@ -154,9 +154,9 @@ def _fail(source: str, path: str, problem: str) -> ConfigurationError:
 
 def _argv(source: str, path: str, value: object) -> tuple[str, ...]:
     if (not isinstance(value, list) or not value
-            or not all(isinstance(part, str) and part for part in value)):
-        raise _fail(source, path, f"must be a non-empty list of non-empty strings (an argv, "
-                                  f"no shell), got {value!r}")
+            or not all(isinstance(part, str) and part and "\0" not in part for part in value)):
+        raise _fail(source, path, f"must be a non-empty list of non-empty strings without NUL "
+                                  f"(an argv, no shell), got {value!r}")
     return tuple(value)
 
 
@@ -214,7 +214,8 @@ def parse_config(data: object, *, source: str = "<config>", base: Path | None = 
     token = _read_token(source, data, base or Path.cwd())
     listen = str(data.get("listen", "127.0.0.1:9095"))
     host, _, port_text = listen.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if (not host or not port_text.isascii() or not port_text.isdigit() or len(port_text) > 5
+            or not 0 <= int(port_text) <= 65535):
         raise _fail(source, "listen", f"must be HOST:PORT, got {listen!r}")
     path = data.get("path", "/alerts")
     if not isinstance(path, str) or not path.startswith("/"):
@@ -226,6 +227,8 @@ def parse_config(data: object, *, source: str = "<config>", base: Path | None = 
     if isinstance(max_actions, bool) or not isinstance(max_actions, int) or max_actions < 1:
         raise _fail(source, "max_actions_per_hour", f"must be an int >= 1, got {max_actions!r}")
     timeout = _seconds(source, "command_timeout", data.get("command_timeout", 120.0))
+    if timeout <= 0:
+        raise _fail(source, "command_timeout", f"must be > 0 seconds, got {timeout:g}")
     audit_log = data.get("audit_log", "-")
     if not isinstance(audit_log, str) or not audit_log:
         raise _fail(source, "audit_log", f"must be a file path or '-', got {audit_log!r}")
@@ -472,6 +475,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: WebhookServer
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        # A client that stalls (idle, or mid-request) is dropped instead of holding its
+        # thread forever; http.server handles the timeout by closing the connection.
+        self.connection.settimeout(self.server.request_timeout)
+
     def _reply(self, status: int, body: dict[str, object]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
@@ -488,9 +497,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         remediator = self.server.remediator
-        length = int(self.headers.get("content-length") or 0)
+        text = (self.headers.get("content-length") or "0").strip()
+        if not text.isdigit() or not text.isascii():
+            # int() takes "-1", and read(-1) reads to EOF: a body of any size. Refuse, and
+            # close: the body's end is unknown, so the connection cannot be reused.
+            self.close_connection = True
+            remediator.audit(Decision(decision="refused", reason="bad Content-Length"),
+                             remote=self.client_address[0])
+            self._reply(400, {"error": "bad Content-Length"})
+            return
+        length = int(text)
         if length > _MAX_BODY:
             self.close_connection = True
+            remediator.audit(Decision(decision="refused", reason="body too large"),
+                             remote=self.client_address[0])
             self._reply(413, {"error": "body too large"})
             return
         body = self.rfile.read(length)
@@ -516,13 +536,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class WebhookServer(ThreadingHTTPServer):
-    """The HTTP side: ``POST <path>`` with Alertmanager's JSON, ``GET /healthz``."""
+    """The HTTP side: ``POST <path>`` with Alertmanager's JSON, ``GET /healthz``.
+
+    :param request_timeout: seconds a connection may stall (idle, or mid-request)
+        before it is closed.
+    """
 
     daemon_threads = True
 
     def __init__(self, remediator: Remediator, *, host: str | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, request_timeout: float = 30.0) -> None:
         self.remediator = remediator
+        self.request_timeout = request_timeout
         config = remediator.config
         super().__init__((host or config.host, config.port if port is None else port), _Handler)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-from .spec import SLO, SLOSpec, error_ratio_query, errors_query, total_query
+from .spec import SLO, SLOSpec, error_ratio_query, errors_or_zero_query, total_query
 
 __all__ = [
     "ALERT_ABSENT",
@@ -175,8 +175,7 @@ def _slo_group(spec: SLOSpec, slo: SLO) -> list[str]:
     lines = [f"- name: {json.dumps(f'fournines-slo-{spec.service}-{slo.name}')}", "  rules:"]
     lines += [f"  # Error ratios of {slo.name} (objective {exact(slo.objective_ratio * 100)}"
               f" % over {slo.period}): bad / all events, weighted by traffic."]
-    lines += _record(_ERRORS_5M, f"({errors_query(slo, '5m')})\nor\n0 * ({total_query(slo, '5m')})",
-                     labels)
+    lines += _record(_ERRORS_5M, errors_or_zero_query(slo, "5m"), labels)
     lines += _record(_REQUESTS.format(window="5m"), total_query(slo, "5m"), labels)
     for window in WINDOWS:
         lines += _record(RECORD_ERROR_RATIO.format(window=window),

@@ -36,6 +36,7 @@ Every problem is a :class:`SpecError` naming the file, the path inside it
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -47,6 +48,7 @@ from typing import Any
 
 from .._errors import ConfigurationError
 from ..asgi.metrics import DEFAULT_BUCKETS, REQUEST_DURATION, REQUESTS_TOTAL
+from .budget import error_budget
 
 __all__ = [
     "PERIODS",
@@ -57,6 +59,7 @@ __all__ = [
     "SLOSpec",
     "SpecError",
     "error_ratio_query",
+    "errors_or_zero_query",
     "errors_query",
     "load_spec",
     "parse_spec",
@@ -71,9 +74,14 @@ PERIODS: Mapping[str, int] = MappingProxyType({"30d": 30 * 86400, "28d": 28 * 86
 _WINDOW = re.compile(r"\{\{\s*\.window\s*\}\}")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d|w)$")
+# Digits bounded: int() refuses more than 4300 of them with a ValueError of its own.
+_DURATION = re.compile(r"^([0-9]{1,30})(ms|s|m|h|d|w)$")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SELECTOR = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?$", re.DOTALL)
+# One PromQL label matcher, its value in any of PromQL's three quotings.
+_MATCHER = (r"\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(?:=~|!~|!=|=)\s*"
+            r"(?:\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|`[^`]*`)\s*")
+_MATCHERS = re.compile(rf"^{_MATCHER}(?:,{_MATCHER})*,?\s*$")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
 
@@ -219,13 +227,30 @@ def error_ratio_query(slo: SLO, window: str) -> str:
     """PromQL for the error ratio over ``window``: bad events / all events.
 
     Both are rates over the same window, so the ratio is weighted by traffic.
-    Bad events with no series yet count as 0 (``or 0 * total``: a service that
-    never failed still has a ratio), and zero traffic gives no sample rather
-    than NaN (``total > 0``).
+    Bad events of an events SLI with no series yet count as 0 (``or 0 * total``:
+    a service that never failed still has a ratio; see :func:`errors_or_zero_query`),
+    and zero traffic gives no sample rather than NaN (``total > 0``).
     """
     total = total_query(slo, window)
     errors = errors_query(slo, window)
+    if isinstance(slo.sli, LatencySLI):  # see errors_or_zero_query
+        return f"(\n  ({errors})\n)\n/\n(({total}) > 0)"
     return f"(\n  ({errors})\n  or\n  0 * ({total})\n)\n/\n(({total}) > 0)"
+
+
+def errors_or_zero_query(slo: SLO, window: str) -> str:
+    """:func:`errors_query`, with a missing error series read as no errors where that is true.
+
+    An events SLI's error series appears with the first error, so until then
+    there were none (``or 0 * total``). A latency SLI's bad events are the count
+    minus the threshold bucket, which a client exports together with the count:
+    a missing bucket means the threshold is no bucket bound, and reading that
+    as "nothing was slow" would report a perfect SLI that was never measured.
+    """
+    errors = errors_query(slo, window)
+    if isinstance(slo.sli, LatencySLI):
+        return f"({errors})"
+    return f"({errors})\nor\n0 * ({total_query(slo, window)})"
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -241,6 +266,8 @@ def load_spec(path: str | os.PathLike[str]) -> SLOSpec:
             documents = [d for d in yaml.safe_load_all(f) if d is not None]
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror or exc}", file=name) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 text: {exc}", file=name) from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"not valid YAML: {exc}", file=name) from exc
     if not documents:
@@ -345,9 +372,13 @@ class _Node:
             return default
         if isinstance(self.value, bool) or not isinstance(self.value, int | float):
             raise self.error(f"must be a number, got {self.value!r}")
-        if not math.isfinite(self.value):
+        try:
+            number = float(self.value)
+        except OverflowError:  # an int of hundreds of digits: not even repr() is safe
+            raise self.error("is too large a number") from None
+        if not math.isfinite(number):
             raise self.error(f"must be finite, got {self.value!r}")
-        return float(self.value)
+        return number
 
     def labels(self) -> Mapping[str, str]:
         if self.value is None:
@@ -357,9 +388,15 @@ class _Node:
             where = self.at(str(key))
             if not isinstance(key, str) or not _LABEL_NAME.match(key):
                 raise SpecError(f"label name must match {_LABEL_NAME.pattern}", path=where)
+            if key.startswith("__"):
+                raise SpecError("label names starting with __ are reserved by Prometheus",
+                                path=where)
             if isinstance(value, bool) or not isinstance(value, str | int | float):
                 raise SpecError(f"label value must be a string, got {value!r}", path=where)
-            out[key] = str(value)
+            try:
+                out[key] = str(value)
+            except ValueError:  # an int past Python's int-to-str digit limit
+                raise SpecError("label value is too long a number", path=where) from None
         return MappingProxyType(out)
 
 
@@ -367,6 +404,10 @@ def _objective(node: _Node) -> float:
     value = node.number()
     if not 0 < value < 100:
         raise node.error(f"must be a percentage > 0 and < 100 (got {value!r})")
+    try:
+        error_budget(value)
+    except ConfigurationError as exc:  # budget reports and burn rates divide by it
+        raise node.error(str(exc)) from None
     return value
 
 
@@ -380,14 +421,22 @@ def _period(node: _Node, default: str = "30d") -> str:
     raise node.error(f"must be one of {', '.join(PERIODS)}, got {value!r}")
 
 
-def _duration(node: _Node, default: str | None) -> str | None:
+def _duration(node: _Node, default: str | None, *, period: str) -> str | None:
     value = node.value
     if value is None:
         return default
     if value is False:
         return None
-    if not isinstance(value, str) or not _DURATION.match(value) or value.endswith("ms"):
+    if not isinstance(value, str):
         raise node.error(f"must be a duration like 10m, or false, got {value!r}")
+    match = _DURATION.match(value)
+    if match is None or value.endswith("ms"):
+        raise node.error(f"must be a duration like 10m, or false, got {value!r}")
+    seconds = int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    if seconds == 0:
+        raise node.error(f"must be more than 0 (false turns the alert off), got {value!r}")
+    if seconds > PERIODS[period]:
+        raise node.error(f"must be at most the SLO's period ({period}), got {value!r}")
     return value
 
 
@@ -401,13 +450,27 @@ def _seconds(node: _Node) -> float:
         number = float(seconds)
     else:
         number = node.number()
+    if not math.isfinite(number):
+        raise node.error("is too large a number of seconds")
     if number <= 0:
         raise node.error(f"must be > 0 seconds, got {value!r}")
     return number
 
 
+def _matchers_of(node: _Node) -> str:
+    # Pasted into `metric{...}` as is: anything but matchers would break the query, or
+    # change what it means.
+    selector = node.string("")
+    if selector and not _MATCHERS.match(selector):
+        raise node.error(f'must be label matchers without braces, like job="api", '
+                         f"got {selector!r}")
+    return selector
+
+
 def _windowed(node: _Node) -> str:
-    query = node.string()
+    # Stripped: an indented first line would set the indentation of the rule file's
+    # `expr: |` block for every line after it.
+    query = node.string().strip()
     if not _WINDOW.search(query):
         raise node.error("must contain {{.window}} where the range goes, e.g. "
                          "sum(rate(errors_total[{{.window}}]))")
@@ -430,10 +493,16 @@ def _fournines_sli(node: _Node) -> EventsSLI | LatencySLI:
         return _events(sub)
     if kinds[0] == "availability":
         sub.check_keys(("selector", "error_status"))
-        selector = sub.get("selector").string("")
+        selector = _matchers_of(sub.get("selector"))
         status = sub.get("error_status").string("5..")
+        try:
+            re.compile(status)  # Python's syntax is near enough RE2's to catch a typo here
+        except re.error as exc:
+            raise sub.get("error_status").error(
+                f"must be a regular expression, got {status!r}: {exc}") from None
         window = "[{{.window}}]))"
-        bad = _matchers(selector, f'status=~"{status}"')
+        # JSON's string escapes are PromQL's: a regex like 5\d\d keeps its backslash.
+        bad = _matchers(selector, f"status=~{json.dumps(status)}")
         return EventsSLI(
             error_query=f"sum(rate({REQUESTS_TOTAL}{bad}" + window,
             total_query=f"sum(rate({REQUESTS_TOTAL}{_matchers(selector)}" + window,
@@ -452,11 +521,11 @@ def _fournines_sli(node: _Node) -> EventsSLI | LatencySLI:
         histogram=sub.get("histogram").string(REQUEST_DURATION, pattern=_LABEL_NAME,
                                               what="a metric name"),
         threshold=threshold,
-        selector=sub.get("selector").string(""),
+        selector=_matchers_of(sub.get("selector")),
     )
 
 
-def _alerting(node: _Node) -> Alerting:
+def _alerting(node: _Node, period: str) -> Alerting:
     if node.value is None:
         return Alerting()
     node.check_keys(("name", "page", "ticket", "simple", "simple_percent", "min_events",
@@ -475,7 +544,7 @@ def _alerting(node: _Node) -> Alerting:
         simple=node.get("simple").boolean(False),
         simple_percent=simple_percent,
         min_events=min_events,
-        absent_after=_duration(node.get("absent_after"), "10m"),
+        absent_after=_duration(node.get("absent_after"), "10m", period=period),
         labels=node.get("labels").labels(),
         annotations=node.get("annotations").labels(),
         page_labels=node.get("page_labels").labels(),
@@ -505,14 +574,15 @@ def _read_fournines(data: Mapping[str, Any], source: str | None) -> SLOSpec:
     for item in root.get("slos").items():
         item.check_keys(("name", "objective", "period", "description", "labels", "sli",
                          "alerting"))
+        period = _period(item.get("period"))
         slos.append(SLO(
             name=item.get("name").string(pattern=_NAME, what="a name of letters, digits, _ . -"),
             objective=_objective(item.get("objective")),
-            period=_period(item.get("period")),
+            period=period,
             sli=_fournines_sli(item.get("sli")),
             description=item.get("description").string(""),
             labels=item.get("labels").labels(),
-            alerting=_alerting(item.get("alerting")),
+            alerting=_alerting(item.get("alerting"), period),
         ))
     return SLOSpec(service=root.get("service").string(pattern=_NAME, what="a service name"),
                    labels=root.get("labels").labels(), slos=_unique(slos, root.get("slos")),
@@ -574,7 +644,10 @@ def _openslo_query(node: _Node, counter: bool) -> str:
     query = query_node.string().strip()
     if _WINDOW.search(query):
         return query
-    if counter and _SELECTOR.match(query):
+    selector = _SELECTOR.match(query)
+    inner = (selector.group(1) or "{}")[1:-1] if selector else ""
+    # `.*` inside the braces also takes `a{x="1"} or b{y="2"}`: only matchers may be there.
+    if counter and selector and (not inner.strip() or _MATCHERS.match(inner)):
         return f"sum(rate({query}[{{{{.window}}}}]))"
     raise query_node.error("must be a counter selector (with counter: true) or a query "
                            "containing {{.window}}")
@@ -590,7 +663,10 @@ def _openslo_sli(node: _Node) -> EventsSLI:
         bad = _openslo_query(ratio.get("bad"), counter)
     elif ratio.has("good"):
         good = _openslo_query(ratio.get("good"), counter)
-        bad = f"({total}) - ({good})"
+        # No good series (a service failing since it started never made one) is no good
+        # events, so every request is bad; without the `or`, total - nothing is nothing,
+        # which the error ratio would read as no errors at all.
+        bad = f"({total}) - (({good}) or 0 * ({total}))"
     else:
         raise ratio.error("needs good or bad, and total")
     return EventsSLI(error_query=bad, total_query=total)
@@ -628,11 +704,18 @@ def _read_openslo(documents: Sequence[object], source: str | None) -> SLOSpec:
             if ref not in slis:
                 raise spec.get("indicatorRef").error(f"no SLI document named {ref!r}")
             sli = _openslo_sli(slis[ref])
+        method = spec.get("budgetingMethod").string("Occurrences")
+        if method != "Occurrences":
+            raise spec.get("budgetingMethod").error(
+                f"only Occurrences (good events over all events) is supported, got {method!r}")
         period = "30d"
         if spec.has("timeWindow"):
             windows = spec.get("timeWindow").items()
             if len(windows) != 1:
                 raise spec.get("timeWindow").error("needs exactly one time window")
+            if not windows[0].get("isRolling").boolean(True):
+                raise windows[0].get("isRolling").error(
+                    "only rolling windows are supported (the rules keep a rolling period)")
             period = _period(windows[0].get("duration"))
         objectives = spec.get("objectives").items()
         if not objectives:
