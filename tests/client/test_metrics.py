@@ -131,3 +131,13 @@ def test_sync_transport_sends_the_same_metrics(registry: CollectorRegistry,
     assert value(registry, DURATION, host=host_a, method="GET", status_class="5xx") == 1
     assert value(registry, "fournines_retries_total", name=host_a) == 1
     assert value(registry, "http_client_requests_in_flight", host=host_a) == 0
+
+
+async def test_unknown_methods_share_one_label_value(make_client: Any, registry: CollectorRegistry,
+                                                     host_a: str) -> None:
+    # A service that forwards its callers' methods must not let them mint label values.
+    client = make_client(config=ClientPolicy(attempts=1))
+    for method in ("BREW", "WHEN", "x" * 40):
+        await client.request(method, host_a + "/x")
+    assert value(registry, DURATION, host=host_a, method="_OTHER", status_class="4xx") == 3
+    assert "BREW" not in generate_latest(registry).decode()

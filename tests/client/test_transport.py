@@ -92,6 +92,22 @@ def test_per_route_override_has_its_own_policies() -> None:
     assert transport.policies_for("http://c.example/other").config.attempts == 5
 
 
+def test_per_route_keys_match_as_fallback_keys_and_origins_do() -> None:
+    # Written as people write them: a lower-case method, an origin without its port.
+    route = ClientPolicy(attempts=1)
+    host = ClientPolicy(attempts=5)
+    transport = AsyncResilientTransport(per_route={("get", "/pay"): route,
+                                                   "http://C.example/": host})
+    assert transport.policies_for("http://a.example/pay", "GET").config is route
+    assert transport.policies_for("http://c.example:80/other").config is host
+
+
+@pytest.mark.parametrize("key", ["payments", "http://", ("GET",), 7])
+def test_per_route_keys_that_name_nothing_are_refused(key: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"AsyncResilientTransport\.per_route keys"):
+        AsyncResilientTransport(per_route={key: ClientPolicy()})
+
+
 # -- breaker per host ----------------------------------------------------------------------
 
 

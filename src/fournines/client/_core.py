@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpx
+from httpx._multipart import MultipartStream
 
 from .._clock import Clock
 from .._deadline import Deadline, current_deadline
@@ -54,6 +55,10 @@ from ..policies.fallback import StaleCache
 if TYPE_CHECKING:
     from ._tracing import ClientTracer
 
+# Request bodies that can be sent again: bytes, text, JSON, forms (ByteStream) and
+# multipart (which seeks its files back to the start on each send).
+_REPLAYABLE = (httpx.ByteStream, MultipartStream)
+
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """Methods retried without an ``Idempotency-Key`` (RFC 9110, section 9.2.2)."""
 
@@ -62,8 +67,10 @@ FallbackHook = Callable[[httpx.Request, BaseException], httpx.Response]
 
 # Errors that say the host is unhealthy (breaker failures) and that are safe to retry
 # for an idempotent request: the request either never left or its answer never came.
+# NetworkError covers a connection reset by the peer (ReadError) or broken while
+# sending (WriteError), not only a refused one (ConnectError).
 _FAILURES: tuple[type[BaseException], ...] = (
-    httpx.ConnectError,
+    httpx.NetworkError,
     httpx.ConnectTimeout,
     httpx.ReadTimeout,
     httpx.WriteTimeout,
@@ -74,6 +81,7 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
     httpx.ReadTimeout,
+    httpx.ReadError,
     httpx.RemoteProtocolError,
 )
 
@@ -184,10 +192,12 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if text.isascii() and text.isdigit():
         return float(text)
     try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(text).timestamp()
+    # A hostile year (20 digits) overflows inside the parser instead of failing to parse;
+    # a date without a zone is local time, which the platform may not reach (OSError).
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
-    return max(0.0, when.timestamp() - now)
+    return max(0.0, when - now)
 
 
 class _HostPolicies:
@@ -294,6 +304,17 @@ class _Call:
         self.last: httpx.Response | None = None
 
 
+# Methods named as they are in metrics; any other becomes "_OTHER" (as OpenTelemetry's
+# semantic conventions do): a service forwarding its callers' methods must not let
+# them mint label values.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
+                            "CONNECT", "TRACE"})
+
+
+def _method_label(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "_OTHER"
+
+
 class _Observation:
     """What is measured of one request: start time, and its span when tracing."""
 
@@ -338,6 +359,22 @@ class TransportCore:
                 raise ConfigurationError(
                     f"{owner}.per_route[{key!r}] must be a ClientPolicy, got {value!r}"
                 )
+            if isinstance(key, str):
+                try:
+                    url = httpx.URL(key)
+                except httpx.InvalidURL:
+                    url = httpx.URL()
+                if not (url.scheme and url.host):
+                    raise ConfigurationError(
+                        f"{owner}.per_route keys must be origins like 'http://host:port' "
+                        f"or (method, path) tuples, got {key!r}"
+                    )
+            elif not (isinstance(key, tuple) and len(key) == 2
+                      and all(isinstance(part, str) for part in key)):
+                raise ConfigurationError(
+                    f"{owner}.per_route keys must be origins like 'http://host:port' "
+                    f"or (method, path) tuples, got {key!r}"
+                )
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ConfigurationError(f"{owner}.budget must be a RetryBudget, got {budget!r}")
         hooks = dict(fallbacks or {})
@@ -355,8 +392,10 @@ class TransportCore:
         check_number(owner, "max_hosts", max_hosts, minimum=1, integer=True)
         check_number(owner, "max_stale_bytes", max_stale_bytes, minimum=0, integer=True)
         self._config = config or ClientPolicy()
-        self._routes = {k: v for k, v in routes.items() if isinstance(k, tuple)}
-        self._hosts = {k: v for k, v in routes.items() if isinstance(k, str)}
+        # Keys are matched the way requests are seen: upper-case method, full origin.
+        self._routes = {(k[0].upper(), k[1]): v for k, v in routes.items()
+                        if isinstance(k, tuple)}
+        self._hosts = {_origin(httpx.URL(k)): v for k, v in routes.items() if isinstance(k, str)}
         self._budget = budget
         self._fallbacks: dict[tuple[str, str], FallbackHook | StaleCache[Any]] = {
             (m.upper(), p): h for (m, p), h in hooks.items()
@@ -414,6 +453,9 @@ class TransportCore:
         cfg = hp.config
         hp.budget.deposit()
         idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
+        # A body from an iterator or generator can be sent once: a retry or a hedge would
+        # fail (StreamConsumed), send it empty, or split it between two attempts.
+        idempotent = idempotent and isinstance(request.stream, _REPLAYABLE)
         return _Call(hp, deadline, cfg.attempts > 1 and idempotent,
                      cfg.hedge_after is not None and idempotent)
 
@@ -471,15 +513,19 @@ class TransportCore:
 
     def _after_response(self, call: _Call, response: httpx.Response,
                         permit: BreakerPermit) -> float | None:
-        """Settle an attempt that answered: the wait before retrying, or ``None`` to return it."""
+        """Settle an attempt that answered: the wait before retrying, or ``None`` to return it.
+
+        A response returned (``None``) below 500 leaves ``permit`` to the shell, to
+        settle when its body is complete: a body cut mid-response is a failure.
+        """
         status = response.status_code
         if status >= 500:
             permit.failure()
-        else:
-            permit.success()
         hp = call.hp
         if status not in hp.config.retry_statuses:
             return None
+        if status < 500:
+            permit.success()
         if not call.retries or NO_RETRY_HEADER in response.headers:
             # Not ours to retry (not idempotent), or the hop below already retried
             # and gave up: tell our own caller not to retry either.
@@ -548,7 +594,9 @@ class TransportCore:
     def _remember(self, cache: StaleCache[Any], request: httpx.Request,
                   response: httpx.Response, body: bytes) -> httpx.Response:
         """Keep a good answer of a stale-cache route; return it, body already read."""
-        if 200 <= response.status_code < 300 and len(body) <= self._max_stale_bytes:
+        # A 206 holds part of the resource: never serve it as the whole answer.
+        status = response.status_code
+        if 200 <= status < 300 and status != 206 and len(body) <= self._max_stale_bytes:
             snapshot = _Snapshot(response, body, self._clock.monotonic())
             cache.call(lambda key: snapshot, str(request.url))
         return httpx.Response(response.status_code, headers=response.headers.raw,
@@ -583,7 +631,7 @@ class TransportCore:
         announced = bool(self._listeners or global_listeners())
         if announced:
             dispatch(self._listeners, ClientRequestStarted(
-                policy="client", name=host, method=request.method))
+                policy="client", name=host, method=_method_label(request.method)))
         span = token = None
         if self._tracer is not None:
             span, token = self._tracer.start(request)
@@ -595,7 +643,7 @@ class TransportCore:
             self._tracer.end(obs.span, obs.token, response, error)
         if obs.announced:
             dispatch(self._listeners, ClientRequestFinished(
-                policy="client", name=obs.host, method=request.method,
+                policy="client", name=obs.host, method=_method_label(request.method),
                 status_code=None if response is None else response.status_code,
                 duration=max(0.0, self._clock.monotonic() - obs.start),
                 error_type=None if error is None else type(error).__qualname__,

@@ -18,11 +18,15 @@ breaker. Per attempt the transport:
 3. sets the attempt's timeout to ``min(attempt_timeout, remaining deadline)``
    through ``request.extensions["timeout"]`` and sends the remaining budget in
    ``x-request-timeout-ms`` and the 1-based attempt number in ``x-request-attempt``;
-4. counts 5xx, connect errors, read timeouts, protocol errors and deadline
-   overruns as breaker failures (4xx, 429 included, are not);
+4. counts 5xx, network errors (refused, closed or reset connections), read
+   timeouts, protocol errors and deadline overruns as breaker failures (4xx,
+   429 included, are not); the success of an answer below 500 is counted when
+   its body is closed, so a body cut mid-response is a failure too;
 5. retries idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE, or any
-   request with an ``Idempotency-Key``) on connect errors, read timeouts and the
-   retryable statuses, honouring ``Retry-After`` (seconds or HTTP-date, capped),
+   request with an ``Idempotency-Key``) whose body can be sent again (not one
+   from an iterator or generator) on connect errors, connections closed or reset
+   before the response, read timeouts and the retryable statuses, honouring
+   ``Retry-After`` (seconds or HTTP-date, capped),
    drawing each retry from the host's :class:`~fournines.RetryBudget` and never
    sleeping past the deadline. Exhausted retries return the last response or
    re-raise the last error.
@@ -34,7 +38,8 @@ and is async-only: :class:`ResilientTransport` ignores it.
 
 A route in ``fallbacks`` may map to a function ``hook(request, error) -> response``
 or to a :class:`~fournines.StaleCache`: the transport then reads and keeps the
-last 2xx answer of each URL of that route (bodies up to ``max_stale_bytes``)
+last 2xx answer (206 excepted) of each URL of that route (bodies up to
+``max_stale_bytes``; a longer body is streamed on, not kept)
 and, when a call fails (an error, an open breaker, a 5xx), serves it while it is
 at most the cache's ``max_age`` old, marked with ``x-fournines-degraded: stale``,
 an ``Age`` header and the response extension ``"fournines.stale_age"``.
@@ -92,60 +97,137 @@ __all__ = [
 _MAX_STALE_BYTES = 1 << 20
 
 class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives the bulkhead slot back when it is closed."""
+    """A response body that gives the bulkhead slot back when it is closed.
 
-    __slots__ = ("_permit", "_stream")
+    With ``outcome``, the breaker permit of the attempt is settled by the body: a
+    body cut by the network (the connection closed or reset mid-response) is a
+    failure although its headers were fine; a complete or closed body a success.
+    """
 
-    def __init__(self, stream: httpx.AsyncByteStream, permit: BulkheadPermit) -> None:
+    __slots__ = ("_outcome", "_permit", "_stream")
+
+    def __init__(self, stream: httpx.AsyncByteStream, permit: BulkheadPermit | None,
+                 outcome: BreakerPermit | None = None) -> None:
         self._stream = stream
         self._permit = permit
+        self._outcome = outcome
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except _FAILURES as exc:
+            if self._outcome is not None:
+                self._outcome.failure(exc)
+            raise
 
     async def aclose(self) -> None:
         try:
             await self._stream.aclose()
         finally:
-            self._permit.release()
-
+            if self._outcome is not None:
+                self._outcome.success()  # ignored when the body already failed
+            if self._permit is not None:
+                self._permit.release()
 
 
 class _ReleasingSyncStream(httpx.SyncByteStream):
     """The sync twin of :class:`_ReleasingStream`."""
 
-    __slots__ = ("_permit", "_stream")
+    __slots__ = ("_outcome", "_permit", "_stream")
 
-    def __init__(self, stream: httpx.SyncByteStream, permit: BulkheadPermit) -> None:
+    def __init__(self, stream: httpx.SyncByteStream, permit: BulkheadPermit | None,
+                 outcome: BreakerPermit | None = None) -> None:
         self._stream = stream
         self._permit = permit
+        self._outcome = outcome
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._stream
+        try:
+            yield from self._stream
+        except _FAILURES as exc:
+            if self._outcome is not None:
+                self._outcome.failure(exc)
+            raise
 
     def close(self) -> None:
         try:
             self._stream.close()
         finally:
-            self._permit.release()
+            if self._outcome is not None:
+                self._outcome.success()
+            if self._permit is not None:
+                self._permit.release()
 
 
-def _hold(response: httpx.Response, slot: BulkheadPermit, *, sync: bool = False) -> None:
-    """Keep the bulkhead slot until the body is closed (at once if it already is)."""
+class _ResumedStream(httpx.AsyncByteStream):
+    """A body of which ``head`` was read already: the rest still comes from ``response``."""
+
+    __slots__ = ("_head", "_response", "_rest")
+
+    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes],
+                 response: httpx.Response) -> None:
+        self._head = head
+        self._rest = rest
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._head:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class _ResumedSyncStream(httpx.SyncByteStream):
+    """The sync twin of :class:`_ResumedStream`."""
+
+    __slots__ = ("_head", "_response", "_rest")
+
+    def __init__(self, head: list[bytes], rest: Iterator[bytes],
+                 response: httpx.Response) -> None:
+        self._head = head
+        self._rest = rest
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _resumed(response: httpx.Response, stream: httpx.AsyncByteStream | httpx.SyncByteStream
+             ) -> httpx.Response:
+    """A response like ``response`` (whose body was started) with ``stream`` as its body."""
+    return httpx.Response(response.status_code, headers=response.headers.raw, stream=stream,
+                          extensions=response.extensions)
+
+
+def _hold(response: httpx.Response, slot: BulkheadPermit | None, *, sync: bool = False,
+          outcome: BreakerPermit | None = None) -> None:
+    """Keep the bulkhead slot (and leave ``outcome`` unsettled) until the body is closed."""
     if response.is_closed:
         # A response built with its content (a mock, a cache) was read and closed
         # at construction: nobody will close its stream again.
-        slot.release()
+        if outcome is not None:
+            outcome.success()
+        if slot is not None:
+            slot.release()
+    elif slot is None and outcome is None:
+        return
     elif sync:
         response.stream = _ReleasingSyncStream(
             response.stream,  # type: ignore[arg-type]
-            slot,
+            slot, outcome,
         )
     else:
         response.stream = _ReleasingStream(
             response.stream,  # type: ignore[arg-type]
-            slot,
+            slot, outcome,
         )
 
 
@@ -225,9 +307,30 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             return stale
         if response.status_code < 500:
             if isinstance(hook, StaleCache) and 200 <= response.status_code < 300:
-                body = b"".join([chunk async for chunk in response.aiter_raw()])
+                limit = self._max_stale_bytes
+                chunks: list[bytes] = []
+                size = 0
+                raw = response.aiter_raw()
+                try:
+                    async for chunk in raw:
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > limit:
+                            # Too large to keep: stream it on rather than hold it all
+                            # (it may be endless) in memory before answering.
+                            return _resumed(response, _ResumedStream(chunks, raw, response))
+                except Exception as exc:
+                    # The connection was cut mid-body: as good as no answer at all.
+                    await response.aclose()
+                    stale = self._stale(hook, request, exc)
+                    if stale is None:
+                        raise
+                    return stale
+                except BaseException:
+                    await response.aclose()
+                    raise
                 await response.aclose()
-                return self._remember(hook, request, response, body)
+                return self._remember(hook, request, response, b"".join(chunks))
             return response
         error = self._status_error(request, response)
         if isinstance(hook, StaleCache):
@@ -269,16 +372,31 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
                     if error is exc:
                         raise
                     raise error from exc
-            else:
+            except BaseException:
+                # Cancelled: the attempt says nothing about the host, but its slot and
+                # (maybe half-open probe) permit must not stay taken.
                 if slot is not None:
-                    _hold(response, slot)
+                    slot.release()
+                permit.release()
+                raise
+            else:
                 planned = self._after_response(call, response, permit)
                 if planned is None:
+                    # A success is settled by the body: it may yet be cut mid-response.
+                    # Not a half-open probe's: a long body must not hold the only probe.
+                    if permit._probe:
+                        permit.success()
+                    _hold(response, slot, outcome=permit)
                     return response
+                _hold(response, slot)
                 # Read and close what we discard, so its connection goes back to the pool.
-                await response.aread()
-                await response.aclose()
-                call.last = response
+                try:
+                    await response.aread()
+                    call.last = response
+                except Exception:
+                    call.last = None  # its body was cut: nothing left to answer with
+                finally:
+                    await response.aclose()
             call.delay = planned
             await self._clock.asleep(planned)
             call.attempt += 1
@@ -333,12 +451,23 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             entries: list[tuple[asyncio.Future[httpx.Response] | None, BreakerPermit | None,
                                 BulkheadPermit | None]] = [(primary, permit, slot),
                                                            (second, h_permit, h_slot)]
-            for racer, t_permit, t_slot in entries:
-                if racer is None or (racer is winner and (
-                        racer is primary or racer.exception() is None)):
-                    continue  # the caller settles the primary; a winning hedge below
-                assert t_permit is not None
-                await self._settle_loser(racer, t_permit, t_slot)
+            losers = [(racer, t_permit, t_slot) for racer, t_permit, t_slot in entries
+                      if racer is not None and not (racer is winner and (
+                          racer is primary or racer.exception() is None))]
+            # (The caller settles a winning primary; a winning hedge is settled below.)
+            # Cancel every loser before awaiting any: a second cancellation of this
+            # task while one is awaited must not leave the other running, unsettled.
+            for racer, _, _ in losers:
+                racer.cancel()
+            interrupted: BaseException | None = None
+            for racer, t_permit, t_slot in losers:
+                assert racer is not None and t_permit is not None
+                try:
+                    await self._settle_loser(racer, t_permit, t_slot)
+                except BaseException as exc:
+                    interrupted = exc
+            if interrupted is not None:
+                raise interrupted
         if winner is second:
             assert h_permit is not None
             if response.status_code >= 500:
@@ -506,9 +635,27 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
             return stale
         if response.status_code < 500:
             if isinstance(hook, StaleCache) and 200 <= response.status_code < 300:
-                body = b"".join(response.iter_raw())
+                limit = self._max_stale_bytes
+                chunks: list[bytes] = []
+                size = 0
+                raw = response.iter_raw()
+                try:
+                    for chunk in raw:
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > limit:
+                            return _resumed(response, _ResumedSyncStream(chunks, raw, response))
+                except Exception as exc:
+                    response.close()
+                    stale = self._stale(hook, request, exc)
+                    if stale is None:
+                        raise
+                    return stale
+                except BaseException:
+                    response.close()
+                    raise
                 response.close()
-                return self._remember(hook, request, response, body)
+                return self._remember(hook, request, response, b"".join(chunks))
             return response
         error = self._status_error(request, response)
         if isinstance(hook, StaleCache):
@@ -546,16 +693,29 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
                     if error is exc:
                         raise
                     raise error from exc
-            else:
+            except BaseException:
                 if slot is not None:
-                    _hold(response, slot, sync=True)
+                    slot.release()
+                permit.release()
+                raise
+            else:
                 planned = self._after_response(call, response, permit)
                 if planned is None:
+                    # A success is settled by the body: it may yet be cut mid-response.
+                    # Not a half-open probe's: a long body must not hold the only probe.
+                    if permit._probe:
+                        permit.success()
+                    _hold(response, slot, sync=True, outcome=permit)
                     return response
+                _hold(response, slot, sync=True)
                 # Read and close what we discard, so its connection goes back to the pool.
-                response.read()
-                response.close()
-                call.last = response
+                try:
+                    response.read()
+                    call.last = response
+                except Exception:
+                    call.last = None  # its body was cut: nothing left to answer with
+                finally:
+                    response.close()
             call.delay = planned
             self._clock.sleep(planned)
             call.attempt += 1

@@ -9,6 +9,12 @@ also forgets what was seen. ``GET /seen`` returns every request seen since:
 method, path and the ``x-request-timeout-ms`` / ``x-request-attempt`` /
 ``traceparent`` headers it carried.
 
+Three more modes close the connection instead of answering (the request is
+still recorded): ``"close"`` closes it without a response, ``"reset"`` resets
+it (TCP RST) without a response, ``"abort"`` sends the headers of a ``status``
+(default 200) answer promising 1000 bytes, 10 of them, then closes it.
+``"drip"`` streams ``body`` ``count`` times (10), ``delay`` seconds apart (0.1).
+
 ``chain_app`` is one link of a service chain: it records what it sees like
 ``app`` and forwards each request to ``CHAIN_NEXT`` through an
 ``AsyncResilientTransport`` (``CHAIN_RATIO``, ``CHAIN_MIN_PER_SECOND``,
@@ -19,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from fournines import ConsecutiveFailures
@@ -71,7 +80,17 @@ async def serve(request: Request) -> Response:
             headers["x-no-retry"] = "1"
         return Response("failing", status_code=int(_control.get("status", 503)),
                         headers=headers)
+    if mode == "drip":
+        return StreamingResponse(_drip(str(_control.get("body", "ok")),
+                                       int(_control.get("count", 10)),
+                                       float(_control.get("delay", 0.1))))
     return Response(str(_control.get("body", "ok")))
+
+
+async def _drip(chunk: str, count: int, delay: float) -> AsyncIterator[bytes]:
+    for _ in range(count):
+        yield chunk.encode()
+        await asyncio.sleep(delay)
 
 
 _ROUTES = [
@@ -80,7 +99,36 @@ _ROUTES = [
 ]
 _ANY = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
-app = Starlette(routes=[*_ROUTES, Route("/{path:path}", serve, methods=_ANY)])
+_app = Starlette(routes=[*_ROUTES, Route("/{path:path}", serve, methods=_ANY)])
+
+_CLOSING = frozenset({"close", "reset", "abort"})
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``_app``, except that the closing modes cut the connection instead of answering."""
+    mode = _control.get("mode")
+    if scope["type"] != "http" or mode not in _CLOSING or scope["path"] in ("/control", "/seen"):
+        await _app(scope, receive, send)
+        return
+    _record(Request(scope))
+    # uvicorn's send is a method of its request cycle, which holds the connection's
+    # transport: the only way for an ASGI app to drop a connection on purpose.
+    transport = send.__self__.transport
+    if mode == "abort":
+        await send({"type": "http.response.start", "status": int(_control.get("status", 200)),
+                    "headers": [(b"content-length", b"1000")]})
+        await send({"type": "http.response.body", "body": b"x" * 10, "more_body": True})
+        transport.close()
+    elif mode == "reset":
+        # Linger 0: close() sends a RST instead of a FIN.
+        transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
+    # Wait until uvicorn saw the connection go, so it does not answer 500 for us.
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 _client: httpx.AsyncClient | None = None
 
