@@ -162,3 +162,20 @@ def test_sync_transport_serves_stale_answers_too(host_a: str) -> None:
 def test_fallbacks_must_be_functions_or_stale_caches() -> None:
     with pytest.raises(ConfigurationError, match=r"fallbacks\[\('GET', '/x'\)\]"):
         AsyncResilientTransport(fallbacks={("GET", "/x"): "cached"})  # type: ignore[dict-item]
+
+
+async def test_a_cached_answer_is_never_served_to_other_credentials(make_client: Any,
+                                                                    host_a: str) -> None:
+    client = make_client(StaleCache(max_age=300.0))
+    control(host_a, body="alice's status")
+    alice = {"authorization": "Bearer alice"}
+    assert (await client.get(host_a + ROUTE[1], headers=alice)).text == "alice's status"
+
+    control(host_a, mode="fail", status=503)
+    bob = await client.get(host_a + ROUTE[1], headers={"authorization": "Bearer bob"})
+    assert bob.status_code == 503                # nothing cached for bob's credentials
+    anonymous = await client.get(host_a + ROUTE[1])
+    assert anonymous.status_code == 503          # nor for a caller without any
+    again = await client.get(host_a + ROUTE[1], headers=alice)
+    assert (again.status_code, again.text) == (200, "alice's status")
+    assert again.headers[STALE_HEADER] == "stale"

@@ -10,6 +10,7 @@ the breaker and whether to retry, the stale-cache fallback, and observation
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -598,7 +599,7 @@ class TransportCore:
         status = response.status_code
         if 200 <= status < 300 and status != 206 and len(body) <= self._max_stale_bytes:
             snapshot = _Snapshot(response, body, self._clock.monotonic())
-            cache.call(lambda key: snapshot, str(request.url))
+            cache.call(lambda key: snapshot, _stale_key(request))
         return httpx.Response(response.status_code, headers=response.headers.raw,
                               stream=httpx.ByteStream(body), extensions=response.extensions)
 
@@ -606,7 +607,7 @@ class TransportCore:
                exc: Exception) -> httpx.Response | None:
         """The cached answer for ``request`` if fresh enough (the cache sends FallbackUsed)."""
         try:
-            snapshot: _Snapshot = cache.call(_raise(exc), str(request.url))
+            snapshot: _Snapshot = cache.call(_raise(exc), _stale_key(request))
         except Exception:
             return None
         age = max(0.0, self._clock.monotonic() - snapshot.stored_at)
@@ -648,3 +649,21 @@ class TransportCore:
                 duration=max(0.0, self._clock.monotonic() - obs.start),
                 error_type=None if error is None else type(error).__qualname__,
             ))
+
+
+# Headers that say who is asking: a cached answer is only ever served to the same ones.
+_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie")
+
+
+def _stale_key(request: httpx.Request) -> str:
+    """The stale-cache key of ``request``: its URL and, hashed, the credentials it carried.
+
+    Keyed on the URL alone, one user's last good answer (their payment status, their
+    profile) would be served to another user whose call failed.
+    """
+    credentials = [f"{name}:{value}" for name in _CREDENTIAL_HEADERS
+                   for value in request.headers.get_list(name)]
+    if not credentials:
+        return str(request.url)
+    digest = hashlib.sha256("\n".join(credentials).encode()).hexdigest()
+    return f"{request.url} as {digest}"
