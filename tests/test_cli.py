@@ -54,3 +54,21 @@ def test_lab_with_an_unreachable_redis_stops_before_starting_anything(tmp_path: 
     assert done.returncode == 1
     assert "--redis: no Redis answers at redis://127.0.0.1:1/0" in done.stdout
     assert not (tmp_path / "report.html").exists()
+
+
+def test_lab_rejects_a_rate_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    for rate in ("0", "nan", "1e9"):
+        with pytest.raises(SystemExit) as info:
+            main(["lab", "--rate", rate])
+        assert info.value.code == 2
+        assert "--rate must be between" in capsys.readouterr().err
+
+
+def test_lab_names_an_output_folder_it_cannot_create_before_running(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        main(["lab", "--out", str(taken / "report")])
+    assert info.value.code == 2
+    assert f"--out {taken / 'report'}: cannot create the folder" in capsys.readouterr().err

@@ -5,6 +5,11 @@ Real uvicorn processes and the real fault proxy, started by each test.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -99,3 +104,39 @@ async def test_payment_latency_comes_from_the_fault_proxy(tmp_path: Path) -> Non
         await lab.end(slow, 0)
     assert response.status_code == 200
     assert response.elapsed.total_seconds() >= 0.5
+
+
+def test_the_lab_s_processes_die_with_the_lab_even_when_it_is_sigkilled(tmp_path: Path) -> None:
+    # A SIGKILL (an OOM kill, a CI timeout) runs no `finally`: the fault proxy and the
+    # services must not outlive the lab and hold their ports.
+    script = (
+        "import asyncio, pathlib, time\n"
+        "from fournines.lab.fleet import FaultProxy\n"
+        f"proxy = FaultProxy(pathlib.Path({str(tmp_path)!r}))\n"
+        "asyncio.run(proxy.start())\n"
+        "print(proxy.proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    lab = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert lab.stdout is not None
+        child = int(lab.stdout.readline())
+        os.kill(child, 0)  # running
+    finally:
+        lab.kill()
+        lab.wait()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and _alive(child):
+        time.sleep(0.05)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+
+import pytest
 
 from fournines.lab.load import arrivals, run_load
 from fournines.lab.scenario import Fault, Scenario
@@ -140,3 +143,38 @@ async def test_a_refused_connection_is_a_failure_not_a_crash() -> None:
     outcomes = await run_load(url, schedule, timeout=1)
     assert [o.status for o in outcomes] == [0, 0]
     assert all(o.error for o in outcomes)
+
+
+async def test_every_scheduled_request_is_recorded_even_when_the_answer_is_unreadable() -> None:
+    # A head longer than the stream limit makes the reader raise LimitOverrunError, which is
+    # neither an OSError nor a ValueError: the request must still be counted, as a failure.
+    async def huge_head(n: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nx-junk: " + b"a" * 100_000 + b"\r\ncontent-length: 0\r\n\r\n"
+
+    schedule = arrivals(Scenario(duration=0.1, orders=1), rate=20, capacity=100, seed=1)
+    async with http_server(huge_head) as (url, _):
+        outcomes = await run_load(url, schedule, timeout=2)
+    assert len(outcomes) == len(schedule) == 2
+    assert all(o.status == 0 and not o.ok and o.error for o in outcomes)
+
+
+
+@pytest.mark.parametrize(("rate", "capacity"), [(0.0, 100.0), (10.0, 0.0), (math.nan, 100.0)])
+def test_a_schedule_needs_a_positive_rate_and_capacity(rate: float, capacity: float) -> None:
+    # a capacity probe that measured nothing must stop the lab, not divide by zero
+    scenario = Scenario(duration=2, faults=(Fault(kind="overload", at=0, duration=1),))
+    with pytest.raises(ValueError, match="must be > 0"):
+        arrivals(scenario, rate=rate, capacity=capacity, seed=1)
+
+
+async def test_a_chunked_answer_is_read_whole_and_does_not_poison_the_next_request() -> None:
+    async def chunked(n: int) -> bytes:
+        if n == 1:
+            return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        return response()
+
+    schedule = arrivals(Scenario(duration=0.3, orders=1), rate=10, capacity=100, seed=1)
+    async with http_server(chunked) as (url, arrived):
+        outcomes = await run_load(url, schedule, timeout=2)
+    assert [o.status for o in outcomes] == [200, 200, 200]
+    assert len(arrived) == 3

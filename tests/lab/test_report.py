@@ -40,6 +40,7 @@ def result() -> LabResult:
         scenario=scenario, seed=7, rate=10.0, capacity=66.0, capacity_model=66.7,
         summaries={"unprotected": summarize("unprotected", bad, [], FAULTS, 4),
                    "protected": summarize("protected", good, samples, FAULTS, 4)},
+        outcomes={"unprotected": bad, "protected": good},
     )
 
 
@@ -83,10 +84,11 @@ def test_the_terminal_table_has_every_column_of_the_issue() -> None:
     render_table(result(), Console(file=out, width=140))
     text = out.getvalue()
     for label in ("requests", "availability (full)", "availability (full + degraded)",
-                  "p50 / p95 / p99", "breaker openings", "retries", "sheds",
-                  "error budget consumed", "verdict"):
+                  "p50 / p95 / p99", "p99 of the worst second", "breaker openings",
+                  "retries", "sheds", "error budget consumed", "verdict"):
         assert label in text
     assert "target protected availability >= 99.99 %: met" in text
+    assert "target protected p99 < 1 s in every second: met" in text
     assert "unprotected: where the 10 failures came from" in text
 
 
@@ -99,3 +101,28 @@ def test_the_json_is_strict_json_with_nan_as_null(tmp_path: Path) -> None:
         ValueError(c)))
     assert data["variants"]["protected"]["latency_seconds"]["p99"] is None
     assert data["variants"]["protected"]["series"]["retries"] == [0.0, 3.0, 3.0, 3.0]
+
+
+def test_a_slow_second_misses_the_p99_target_even_when_the_whole_run_meets_it() -> None:
+    lab = result()
+    lab.summaries["protected"].worst_second_p99 = 1.2
+    targets = lab.targets()
+    assert targets["protected p99 < 1 s"]["met"] is True
+    assert targets["protected p99 < 1 s in every second"] == {"value": 1.2, "met": False}
+
+
+def test_the_json_keeps_every_request_and_every_fault_parameter(tmp_path: Path) -> None:
+    lab = result()
+    path = tmp_path / "lab.json"
+    write_json(lab, path)
+    data = json.loads(path.read_text())
+    log = data["request_log"]["unprotected"]
+    assert len(log) == 40
+    assert log[10] == {"at": 1.0, "status": 502, "latency": 0.3, "degraded": False,
+                       "send_lag": 0.0, "error": "order 502", "sources": ""}
+    assert sum(not (200 <= r["status"] < 300) for r in log) == data["variants"][
+        "unprotected"]["failed"]
+    assert data["faults"][0] == {"kind": "payment_errors", "label": "payment_errors (20% x 500)",
+                                 "at": 1, "duration": 1, "end": 2, "rate": 0.2, "status": 500,
+                                 "latency": 2.0, "jitter": 0.0, "mode": "timeout",
+                                 "factor": 3.0}

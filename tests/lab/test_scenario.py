@@ -131,3 +131,36 @@ def test_fault_labels_say_what_the_fault_does() -> None:
     assert Fault(kind="overload", at=0, duration=1, factor=3).label() == (
         "overload (3x capacity)")
     assert Scenario().faults == ()
+
+
+def test_a_fault_kind_that_is_a_list_is_named_not_a_crash() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: faults\[0\]\.kind must be one of"):
+        parse_scenario({"faults": [{"kind": ["overload"], "at": 0, "duration": 1}]},
+                       source="s.yaml")
+
+
+def test_a_file_that_is_not_utf8_text_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"name: \xff\xfe\x00\x81\n")
+    with pytest.raises(ConfigurationError, match=r"binary\.yaml: cannot read the scenario"):
+        load_scenario(path)
+
+
+def test_a_mode_that_is_a_list_is_named_not_a_crash() -> None:
+    with pytest.raises(ConfigurationError, match=r"faults\[0\]\.mode must be 'timeout'"):
+        parse_scenario({"faults": [{"kind": "partition", "at": 0, "duration": 1,
+                                    "mode": ["refuse"]}]}, source="s.yaml")
+
+
+def test_nan_is_not_a_number_a_scenario_accepts() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: duration must be a number"):
+        parse_scenario({"duration": float("nan")}, source="s.yaml")
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: faults\[0\]\.at must be a number"):
+        parse_scenario({"faults": [{"kind": "overload", "at": float("nan"), "duration": 1}]},
+                       source="s.yaml")
+
+
+def test_an_integer_too_big_for_a_float_is_named_not_a_crash() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: faults\[0\]\.at must be a number"):
+        parse_scenario({"faults": [{"kind": "overload", "at": 10**400, "duration": 1}]},
+                       source="s.yaml")

@@ -42,7 +42,15 @@ def test_failures_are_attributed_to_the_fault_window_they_were_sent_in() -> None
     faults = [Fault(kind="profile_kill", at=10, duration=5)]
     assert phase_of(9.99, faults) == "steady"
     assert phase_of(10.0, faults) == "profile_kill (SIGKILL)"
-    assert phase_of(15.0, faults) == "steady"
+
+
+def test_failures_after_a_fault_are_attributed_to_its_aftermath_not_to_calm() -> None:
+    # A queue that drains for seconds after an overload is the overload's doing: calling
+    # those failures "steady" would blame the fleet's normal state for them.
+    faults = [Fault(kind="profile_kill", at=10, duration=5),
+              Fault(kind="overload", at=20, duration=5)]
+    assert phase_of(15.0, faults) == "after profile_kill (SIGKILL)"
+    assert phase_of(27.0, faults) == "after overload (3x capacity)"
 
 
 def test_per_second_series_count_by_intended_send_time() -> None:
@@ -57,10 +65,34 @@ def test_per_second_series_count_by_intended_send_time() -> None:
     assert series["budget_consumed"] == pytest.approx([2500.0, 2500.0])
 
 
-def test_counter_deltas_per_second_survive_a_restart_that_resets_them() -> None:
+def test_a_counter_reset_by_a_restart_counts_what_the_new_process_counted() -> None:
+    # Prometheus's rule for increase(): after a reset the new value is the increase.
     samples = [Sample(at=0.1, retries=0), Sample(at=1.1, retries=5), Sample(at=2.1, retries=2)]
     series = per_second([], samples, duration=3)
-    assert series["retries"] == [0.0, 5.0, 0.0]
+    assert series["retries"] == [0.0, 5.0, 2.0]
+
+
+def scrape(at: float, **retries_by_service: float) -> Sample:
+    sample = Sample(at=at)
+    for service, value in retries_by_service.items():
+        parse_metrics(f'fournines_retries_total{{name="x"}} {value}\n', service, sample)
+    return sample
+
+
+def test_a_missed_scrape_of_one_service_neither_hides_nor_doubles_its_counts() -> None:
+    # order's /metrics did not answer at 1.1 s (busy, or killed): its 10 earlier retries
+    # must not be counted again when it answers at 2.1 s, and gateway's 3 must not vanish.
+    samples = [scrape(0.1, order=10, gateway=0), scrape(1.1, gateway=3),
+               scrape(2.1, order=12, gateway=3)]
+    series = per_second([], samples, duration=3)
+    assert series["retries"] == [0.0, 3.0, 2.0]
+    summary = summarize("protected", [outcome(0.5)], samples, [], duration=3)
+    assert summary.retries == 5  # during the load only: 3 at gateway, 2 at order
+
+
+def test_per_service_counter_resets_are_handled_one_service_at_a_time() -> None:
+    samples = [scrape(0.1, order=0, profile=4), scrape(1.1, order=6, profile=1)]
+    assert per_second([], samples, duration=2)["retries"] == [0.0, 7.0]
 
 
 def test_breaker_states_carry_forward_and_start_closed() -> None:
@@ -102,3 +134,12 @@ def test_the_fleet_counters_are_read_from_the_prometheus_exposition() -> None:
     parse_metrics(text, "order", sample)
     assert (sample.retries, sample.sheds, sample.openings, sample.fallbacks) == (4, 3, 2, 7)
     assert sample.breakers == {"order -> 127.0.0.1:1": 2}
+
+
+def test_p99_is_also_judged_second_by_second_because_the_target_says_throughout() -> None:
+    fast = [outcome(i / 150) for i in range(300)]  # seconds 0 and 1
+    slow = outcome(2.5, latency=1.5)  # one slow answer, alone in second 2
+    summary = summarize("protected", [*fast, slow], [], [], duration=3)
+    assert summary.p99 < 1.0
+    assert summary.worst_second_p99 == 1.5
+    assert summary.p99_by_phase == {"steady": summary.p99}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ import httpx
 
 from .scenario import Fault, PaymentModel
 
-__all__ = ["FaultProxy", "Fleet", "LabError", "ServiceProcess", "free_port"]
+__all__ = ["DIE_WITH_PARENT", "FaultProxy", "Fleet", "LabError", "ServiceProcess", "free_port"]
 
 
 class LabError(RuntimeError):
@@ -37,6 +38,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> list[str]:
+    """A command prefix asking Linux to SIGKILL the child when the lab dies.
+
+    The lab stops its processes in ``finally`` blocks, on Ctrl-C and SIGTERM; a
+    SIGKILL of the lab (an OOM kill, a CI timeout) runs none of them, and the
+    children, in sessions of their own, would keep running and holding ports.
+    ``setpriv --pdeathsig`` (util-linux) sets ``PR_SET_PDEATHSIG`` and execs the
+    command, so the child keeps its pid; a ``preexec_fn`` would do the same but
+    is unsafe in a process with threads. The signal follows the thread that
+    started the child: the lab starts every process from its event loop's thread.
+    Where ``setpriv`` is missing, nothing is added.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+DIE_WITH_PARENT = _die_with_parent()
+"""Prefix for the command of every process the lab starts (empty where unsupported)."""
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -93,7 +114,8 @@ class ServiceProcess:
         """Start the process (does not wait for it to answer)."""
         env = {**os.environ, **self.env, "FOURNINES_LAB_ROLE": self.role,
                "FOURNINES_LAB_VARIANT": self.variant}
-        command = [sys.executable, "-m", "uvicorn", "fournines.lab.services:create_app",
+        command = [*DIE_WITH_PARENT, sys.executable, "-m", "uvicorn",
+                   "fournines.lab.services:create_app",
                    "--factory", "--host", "127.0.0.1", "--port", str(self.port),
                    "--workers", "1", "--no-access-log", "--log-level", "warning",
                    "--loop", "uvloop", "--http", "httptools", "--backlog", "4096",
@@ -132,7 +154,7 @@ class FaultProxy:
 
     async def start(self) -> None:
         """Start ``python -m fournines chaos proxy`` and wait until its API answers."""
-        command = [sys.executable, "-m", "fournines", "chaos", "proxy",
+        command = [*DIE_WITH_PARENT, sys.executable, "-m", "fournines", "chaos", "proxy",
                    "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,9 @@ def arrivals(scenario: Scenario, rate: float, capacity: float, seed: int) -> lis
     are warm before the first fault); after that orders and users are drawn
     from ``random.Random(seed)``. The same inputs give the same schedule.
     """
+    for name, value in (("rate", rate), ("capacity", capacity)):
+        if not value > 0 or math.isinf(value):  # NaN fails `> 0` too
+            raise ValueError(f"the load's {name} must be > 0 requests per second, got {value}")
     rng = random.Random(seed)
     bursts = [(f.at, f.end, f.factor * capacity) for f in scenario.faults
               if f.kind == "overload"]
@@ -139,7 +143,8 @@ async def _get(pool: _Pool, path: str) -> tuple[int, str, str]:
             head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        length = 0
+        length: int | None = None
+        chunked = False
         degraded = ""
         keep = True
         error = ""
@@ -148,14 +153,26 @@ async def _get(pool: _Pool, path: str) -> tuple[int, str, str]:
             name = name.strip().lower()
             if name == "content-length":
                 length = int(value)
+            elif name == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
             elif name == "x-lab-degraded":
                 degraded = value.strip()
             elif name == "x-lab-error":
                 error = value.strip()
             elif name == "connection" and value.strip().lower() == "close":
                 keep = False
-        if length:
+        # The body is read whole whatever its framing: left unread, it would be taken
+        # for the next answer on this keep-alive connection and fail another request.
+        if chunked:
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                await reader.readexactly(size + 2)
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass  # trailer fields
+        elif length is not None:
             await reader.readexactly(length)
+        elif status >= 200 and status not in (204, 304):
+            await reader.read()  # no length: the body ends when the connection closes
+            keep = False
     except BaseException:
         writer.close()
         raise
@@ -198,7 +215,8 @@ async def run_load(
                     pool, f"/page/{arrival.order}?user={arrival.user}")
         except TimeoutError:
             status, error = FAILED_TO_CONNECT, "timeout"
-        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+        except Exception as exc:  # any way a request fails is a failure:
+            # an exception that escaped here would drop the request from the record
             status, error = FAILED_TO_CONNECT, type(exc).__name__
         outcome = Outcome(at=arrival.at, status=status, latency=clock() - intended,
                           degraded=bool(sources), send_lag=lag, error=error,
@@ -222,5 +240,7 @@ async def run_load(
     if tasks:
         await asyncio.wait(tasks)
     pool.close()
+    if len(outcomes) != n:  # never silently: a missing request would flatter the variant
+        raise RuntimeError(f"the load generator recorded {len(outcomes)} of {n} requests")
     outcomes.sort(key=lambda o: o.at)
     return outcomes

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._errors import ConfigurationError
 from .fleet import LabError
 from .load import Outcome
 from .runner import LabResult, Progress, run_lab
@@ -83,6 +84,8 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
 
     Returns the exit status: 0 when the run completed (whatever the verdict:
     the lab measures, it does not gate), 1 when the lab itself could not run.
+    Raises :class:`~fournines.ConfigurationError` for a bad scenario file or an
+    output folder that cannot be created, before anything is started.
     """
     from rich.console import Console  # noqa: PLC0415
 
@@ -95,7 +98,15 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
 
     console = console or Console()
     scenario = _scenario(scenario_file, duration)
-    out.mkdir(parents=True, exist_ok=True)
+    # Checked before the run, not after two minutes of it.
+    for option, folder in (("--out", out), ("--json", json_file.parent if json_file else None)):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(f"{option} {folder}: cannot create the folder "
+                                     f"({exc.strerror})") from exc
     logs = out / "logs"
     prom: Any = None
     console.print(f"[bold]fournines lab[/]: scenario {scenario.name!r} ({scenario.source}), "
@@ -130,7 +141,6 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
     (out / "summary.svg").write_text(render_summary_svg(result), encoding="utf-8")
     console.print(f"HTML report: {report} (and the main plots in {out / 'summary.svg'})")
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
         write_json(result, json_file)
         console.print(f"JSON: {json_file}")
     if result.prometheus:

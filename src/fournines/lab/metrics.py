@@ -17,10 +17,13 @@ from dataclasses import dataclass, field
 
 import httpx
 
-__all__ = ["Sample", "Scraper", "parse_metrics"]
+__all__ = ["COUNTERS", "Sample", "Scraper", "parse_metrics"]
 
 BREAKER_LEVEL = {"closed": 0, "forced_closed": 0, "half_open": 1, "open": 2, "forced_open": 2}
 """How breaker states are drawn: 0 closed, 1 half-open, 2 open."""
+
+COUNTERS = ("retries", "sheds", "openings", "fallbacks")
+"""The cumulative counters a :class:`Sample` keeps, per service and summed."""
 
 
 @dataclass(slots=True)
@@ -33,27 +36,42 @@ class Sample:
     openings: float = 0.0
     fallbacks: float = 0.0
     breakers: dict[str, int] = field(default_factory=dict)
+    # The same counters per service that answered this scrape: a fleet-wide sum drops
+    # when one service misses a scrape or restarts, so increases are taken per service.
+    services: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def parse_metrics(text: str, service: str, sample: Sample) -> None:
     """Add the fournines counters of one service's exposition ``text`` to ``sample``."""
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
+    own = sample.services.setdefault(service, dict.fromkeys(COUNTERS, 0.0))
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             name, labels, value = s.name, s.labels, s.value
+            counter = None
             if name == "fournines_retries_total":
-                sample.retries += value
+                counter = "retries"
             elif name == "fournines_rejections_total" and labels.get("policy") == "load_shedder":
-                sample.sheds += value
+                counter = "sheds"
             elif (name == "fournines_circuit_breaker_transitions_total"
                   and labels.get("to_state") == "open"):
-                sample.openings += value
+                counter = "openings"
             elif name == "fournines_fallbacks_total":
-                sample.fallbacks += value
+                counter = "fallbacks"
+            if counter is not None:
+                own[counter] += value
+                setattr(sample, counter, getattr(sample, counter) + value)
             elif name == "fournines_circuit_breaker_state" and value == 1:
                 key = f"{service} -> {_short(labels.get('name', '?'))}"
                 sample.breakers[key] = BREAKER_LEVEL.get(labels.get("state", ""), 0)
+
+
+def _merge(into: Sample, part: Sample) -> None:
+    for counter in COUNTERS:
+        setattr(into, counter, getattr(into, counter) + getattr(part, counter))
+    into.breakers.update(part.breakers)
+    into.services.update(part.services)
 
 
 def _short(name: str) -> str:
@@ -83,12 +101,18 @@ class Scraper:
         sample = Sample(at=at)
 
         async def one(service: str, url: str) -> None:
+            # Parsed apart and merged only when whole: a half-read service would count
+            # its counters as a drop, then as a jump at the next scrape.
+            own = Sample(at=at)
             try:
                 response = await client.get(url + "/metrics")
-            except httpx.HTTPError:
-                self.errors += 1  # a killed service has no metrics for a while
+                if response.status_code != 200:
+                    raise ValueError(f"/metrics answered {response.status_code}")
+                parse_metrics(response.text, service, own)
+            except (httpx.HTTPError, ValueError):
+                self.errors += 1  # a killed, starting or draining service: a missed scrape
                 return
-            parse_metrics(response.text, service, sample)
+            _merge(sample, own)
 
         await asyncio.gather(*(one(s, u) for s, u in self.targets.items()))
         self._rename(sample)

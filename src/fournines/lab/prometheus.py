@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from .fleet import Fleet, LabError, free_port
+from .fleet import DIE_WITH_PARENT, Fleet, LabError, free_port
 
 __all__ = ["LabPrometheus"]
 
@@ -77,7 +77,8 @@ class LabPrometheus:
         config.write_text(_CONFIG.format(targets=self.targets, rules=rules), encoding="utf-8")
         log = (self.dir / "prometheus.log").open("ab")
         self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={config}", f"--web.listen-address=127.0.0.1:{self.port}",
+            [*DIE_WITH_PARENT, self.binary, f"--config.file={config}",
+             f"--web.listen-address=127.0.0.1:{self.port}",
              f"--storage.tsdb.path={self.dir / 'data'}"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()

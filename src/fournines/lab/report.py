@@ -48,6 +48,7 @@ def render_table(result: LabResult, console: Any) -> None:
         ("failed", lambda s: f"{s.failed}"),
         ("degraded answers by fallback", _sources),
         ("p50 / p95 / p99", lambda s: f"{_ms(s.p50)} / {_ms(s.p95)} / {_ms(s.p99)}"),
+        ("p99 of the worst second", lambda s: _ms(s.worst_second_p99)),
         ("breaker openings", lambda s: f"{s.breaker_openings}"),
         ("retries", lambda s: f"{s.retries}"),
         ("sheds", lambda s: f"{s.sheds}"),
@@ -298,6 +299,9 @@ def render_html(result: LabResult) -> str:
         ("degraded answers by fallback", _sources),
         ("failed", lambda s: str(s.failed)),
         ("p50 / p95 / p99 latency", lambda s: f"{_ms(s.p50)} / {_ms(s.p95)} / {_ms(s.p99)}"),
+        ("p99 of the worst second", lambda s: _ms(s.worst_second_p99)),
+        ("p99 by fault window", lambda s: ", ".join(
+            f"{k}: {_ms(v)}" for k, v in s.p99_by_phase.items())),
         ("breaker openings", lambda s: str(s.breaker_openings)),
         ("retries", lambda s: str(s.retries)),
         ("sheds", lambda s: str(s.sheds)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import signal
 import tempfile
@@ -67,6 +68,10 @@ class LabResult:
     timings: dict[str, float] = field(default_factory=dict)
     workdir: str = ""
     prometheus: str | None = None
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+    """Every request of each variant, as the load generator recorded it."""
+    missed_scrapes: dict[str, int] = field(default_factory=dict)
+    """Per variant, ``/metrics`` reads that failed (a killed or busy service)."""
 
     def targets(self) -> dict[str, dict[str, Any]]:
         """The issue's targets, each with the measured value and whether it was met."""
@@ -78,6 +83,10 @@ class LabResult:
                 "value": protected.availability, "met": protected.availability >= OBJECTIVE}
             out["protected p99 < 1 s"] = {"value": protected.p99,
                                           "met": protected.p99 < P99_TARGET}
+            # the issue asks for p99 under 1 s "throughout", not just over the whole run
+            worst = protected.worst_second_p99
+            out["protected p99 < 1 s in every second"] = {"value": worst,
+                                                          "met": worst < P99_TARGET}
         if unprotected is not None:
             out["unprotected availability < 99 %"] = {
                 "value": unprotected.availability, "met": unprotected.availability < 0.99}
@@ -98,13 +107,23 @@ class LabResult:
             "seed": self.seed, "rate": self.rate,
             "capacity": {"measured": self.capacity, "model": self.capacity_model},
             "objective": OBJECTIVE,
-            "faults": [{"kind": f.kind, "label": f.label(), "at": f.at, "end": f.end}
+            "faults": [{"kind": f.kind, "label": f.label(), "at": f.at,
+                        "duration": f.duration, "end": f.end,
+                        **{k: v for k, v in dataclasses.asdict(f).items()
+                           if k not in ("kind", "at", "duration")}}
                        for f in s.faults],
             "fault_log": self.fault_log,
             "variants": {k: v.to_json() for k, v in self.summaries.items()},
             "targets": self.targets(),
             "timings": self.timings,
             "prometheus": self.prometheus,
+            "missed_scrapes": self.missed_scrapes,
+            # at: intended send time (s from the start of the load); latency from then
+            "request_log": {
+                variant: [{"at": o.at, "status": o.status, "latency": o.latency,
+                           "degraded": o.degraded, "send_lag": o.send_lag, "error": o.error,
+                           "sources": o.sources} for o in outcomes]
+                for variant, outcomes in self.outcomes.items()},
         }
 
 
@@ -259,6 +278,9 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                     progress.phase("probing the payment service's capacity (1 s)")
                     capacity = await probe_capacity(fleet.services["payment"].url,
                                                     scenario.payment.concurrency)
+                    if not capacity > 0:
+                        raise LabError("the payment service answered nothing during the "
+                                       f"capacity probe; see {workdir}/{variant}-payment.log")
                     if rate is None:
                         rate = scenario.rate or min(MAX_AUTO_RATE, AUTO_RATE_SHARE * capacity)
                     schedule = arrivals(scenario, rate, capacity, seed)
@@ -284,7 +306,9 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
     assert rate is not None
     return LabResult(scenario=scenario, seed=seed, rate=rate, capacity=capacity,
                      capacity_model=model, summaries=summaries, fault_log=fault_log,
-                     timings=timings, workdir=str(workdir))
+                     timings=timings, workdir=str(workdir),
+                     outcomes={v: outcomes for v, (outcomes, _) in results.items()},
+                     missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()})
 
 
 def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,

@@ -23,6 +23,7 @@ path inside it (``default.yaml: faults[2].duration must be ...``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -136,6 +137,9 @@ _FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
 def _number(where: str, value: Any, kind: type, low: float | None, high: float | None,
             positive: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
+    # YAML gives .nan (which passes every comparison) and integers too big for a float
+    if ok and not (abs(value) < 1e15 and math.isfinite(value)):
+        ok = False
     if ok and kind is int and not float(value).is_integer():
         ok = False
     if ok and ((low is not None and value < low) or (high is not None and value > high)
@@ -168,7 +172,7 @@ def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
 def _fault(where: str, raw: Any) -> Fault:
     data = _mapping(where, raw, {"kind", "mode", *_FAULT_FIELDS})
     kind = data.get("kind")
-    if kind not in FAULT_KINDS:
+    if not isinstance(kind, str) or kind not in FAULT_KINDS:  # a list is not hashable
         raise ConfigurationError(
             f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}"
         )
@@ -244,6 +248,9 @@ def load_scenario(path: str | Path) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read the scenario ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{path}: cannot read the scenario (not UTF-8 text: "
+                                 f"byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -59,10 +59,18 @@ def budget_consumed(requests: int, failures: int, objective: float = OBJECTIVE) 
 
 
 def phase_of(at: float, faults: Sequence[Fault]) -> str:
-    """The fault window that time ``at`` falls in (the first, by start), else ``"steady"``."""
+    """The fault window that time ``at`` falls in (the first, by start).
+
+    Outside every window: ``"after <the fault that ended last>"``, since a fleet
+    recovering from a fault (a queue draining, a process restarting) is not in
+    its steady state; ``"steady"`` before the first fault.
+    """
     for fault in faults:
         if fault.at <= at < fault.end:
             return fault.label()
+    ended = [f for f in faults if f.end <= at]
+    if ended:
+        return f"after {max(ended, key=lambda f: f.end).label()}"
     return "steady"
 
 
@@ -87,6 +95,7 @@ class VariantSummary:
     p95: float
     p99: float
     max_latency: float
+    worst_second_p99: float
     max_send_lag: float
     breaker_openings: int
     retries: int
@@ -96,6 +105,7 @@ class VariantSummary:
     meets_objective: bool
     failures_by_phase: dict[str, dict[str, int]] = field(default_factory=dict)
     degraded_by_source: dict[str, int] = field(default_factory=dict)
+    p99_by_phase: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
@@ -112,7 +122,9 @@ class VariantSummary:
             "degraded": self.degraded, "failed": self.failed,
             "availability_full": self.availability_full, "availability": self.availability,
             "latency_seconds": {"p50": self.p50, "p95": self.p95, "p99": self.p99,
-                                "max": self.max_latency},
+                                "max": self.max_latency,
+                                "worst_second_p99": self.worst_second_p99,
+                                "p99_by_phase": self.p99_by_phase},
             "max_send_lag_seconds": self.max_send_lag,
             "breaker_openings": self.breaker_openings, "retries": self.retries,
             "sheds": self.sheds, "fallbacks": self.fallbacks,
@@ -124,15 +136,23 @@ class VariantSummary:
 
 
 def _deltas(samples: Sequence[Sample], attr: str, seconds: int) -> list[float]:
-    """Per-second increases of a cumulative counter (resets, from restarts, clamp to 0)."""
+    """Per-second increases of a cumulative counter, taken per service.
+
+    A service missing from a scrape (killed, or too busy to answer) is skipped,
+    not counted as zero; a value lower than the last one is a restart, and the
+    new value is the increase (Prometheus's rule for ``increase()``).
+    """
     out = [0.0] * seconds
-    previous: float | None = None
+    previous: dict[str, float] = {}
     for sample in samples:
-        value = float(getattr(sample, attr))
-        if previous is not None:
-            second = min(max(int(sample.at), 0), seconds - 1)
-            out[second] += max(value - previous, 0.0)
-        previous = value
+        values = ({name: counters[attr] for name, counters in sample.services.items()}
+                  if sample.services else {"": float(getattr(sample, attr))})
+        second = min(max(int(sample.at), 0), seconds - 1)
+        for name, value in values.items():
+            last = previous.get(name)
+            if last is not None:
+                out[second] += value - last if value >= last else value
+            previous[name] = value
     return out
 
 
@@ -194,16 +214,16 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
     failed = n - len(ok)
     latencies = [o.latency for o in outcomes]
     by_phase: dict[str, Counter[str]] = {}
+    latencies_by_phase: dict[str, list[float]] = {}
     for outcome in outcomes:
+        phase = phase_of(outcome.at, faults)
+        latencies_by_phase.setdefault(phase, []).append(outcome.latency)
         if not outcome.ok:
-            phase = phase_of(outcome.at, faults)
             by_phase.setdefault(phase, Counter())[_failure_kind(outcome)] += 1
     sources: Counter[str] = Counter()
     for outcome in ok:
         for source in filter(None, outcome.sources.split(",")):
             sources[source] += 1
-    last = samples[-1] if samples else Sample(at=0.0)
-    first = samples[0] if samples else Sample(at=0.0)
     series = per_second(outcomes, samples, duration)
     availability = len(ok) / n if n else 0.0
     return VariantSummary(
@@ -211,14 +231,17 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
         availability_full=full / n if n else 0.0, availability=availability,
         p50=percentile(latencies, 50), p95=percentile(latencies, 95),
         p99=percentile(latencies, 99), max_latency=max(latencies, default=math.nan),
+        worst_second_p99=max((p for p in series["p99"] if p is not None), default=math.nan),
         max_send_lag=max((o.send_lag for o in outcomes), default=0.0),
-        breaker_openings=round(sum(series["openings"]) + first.openings),
-        retries=round(sum(series["retries"]) + first.retries),
-        sheds=round(sum(series["sheds"]) + first.sheds),
-        fallbacks=round(max(last.fallbacks, sum(series["fallbacks"]) + first.fallbacks)),
+        # from the first scrape (just before the load) to the last (just after it)
+        breaker_openings=round(sum(series["openings"])),
+        retries=round(sum(series["retries"])),
+        sheds=round(sum(series["sheds"])),
+        fallbacks=round(sum(series["fallbacks"])),
         budget_consumed=budget_consumed(n, failed),
         meets_objective=n > 0 and availability >= OBJECTIVE,
         failures_by_phase={k: dict(v) for k, v in by_phase.items()},
         degraded_by_source=dict(sources.most_common()),
+        p99_by_phase={k: percentile(v, 99) for k, v in latencies_by_phase.items()},
         series=series,
     )
