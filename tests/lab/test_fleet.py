@@ -18,6 +18,7 @@ import httpx
 
 from fournines.lab.fleet import FaultProxy, Fleet
 from fournines.lab.scenario import Fault, PaymentModel
+from fournines.lab.services import UNKNOWN_STATUS
 
 
 @asynccontextmanager
@@ -77,9 +78,11 @@ async def test_protected_a_partition_serves_the_last_known_payment_status(
     assert stale.status_code == 200
     assert stale.headers["x-lab-degraded"] == "payment-status"
     assert stale.json()["order"]["payment"] == "paid"
-    # no cached answer for an order never fetched: an honest failure, not an invention
-    assert never_seen.status_code == 502
-    assert never_seen.headers["x-lab-error"].startswith("order 502 payment")
+    # no cached status for an order never fetched: the page says the status is unknown,
+    # and says it was degraded; it never invents a status
+    assert never_seen.status_code == 200
+    assert never_seen.headers["x-lab-degraded"] == "payment-unknown"
+    assert never_seen.json()["order"]["payment"] == UNKNOWN_STATUS
 
 
 async def test_payment_errors_are_injected_through_the_chaos_api_and_removed(

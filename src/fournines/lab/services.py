@@ -36,12 +36,16 @@ from .._deadline import current_deadline, deadline_after
 from .._errors import DeadlineExceededError
 from ..asgi._types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["GUEST_PROFILE", "create_app"]
+__all__ = ["GUEST_PROFILE", "UNKNOWN_STATUS", "create_app"]
 
 GUEST_PROFILE: dict[str, Any] = {
     "user": None, "nickname": "Guest", "nickname_zh": "访客", "avatar": "/avatars/default.png",
 }
 """What the protected gateway renders when the profile service cannot answer."""
+
+UNKNOWN_STATUS = "unknown"
+"""The payment status the protected order page shows when payment cannot answer and no
+status of the order is cached (the page says the status is being checked)."""
 
 # The lab's time scale: a minute of load stands for an hour of operation, so breakers
 # probe after 5 s instead of the seed's 60 s (faults last 5-10 s; with 60 s the breaker
@@ -226,11 +230,15 @@ def _order(protected: bool) -> ASGIApp:
 
     payment_status: Callable[[str], Awaitable[str]] = fetch_status
     if protected:
-        from ..policies.fallback import StaleCache  # noqa: PLC0415
+        from ..policies.fallback import Fallback, StaleCache  # noqa: PLC0415
         from ..policies.pipeline import Pipeline  # noqa: PLC0415
         from ..policies.timeout import Timeout  # noqa: PLC0415
 
-        pipeline = Pipeline(StaleCache(max_age=300, name="payment-status"), Timeout(0.3))
+        # The seed's fallback is the last status up to 5 minutes old. An order whose status
+        # was never read (a cold cache) still renders, with the status marked unknown:
+        # a degraded page now beats an error page, and the gateway says it was degraded.
+        pipeline = Pipeline(Fallback(value=UNKNOWN_STATUS, name="payment-unknown"),
+                            StaleCache(max_age=300, name="payment-status"), Timeout(0.3))
 
         async def cached(order: str) -> str:
             result: str = await pipeline.acall(fetch_status, order)
