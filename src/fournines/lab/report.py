@@ -355,7 +355,7 @@ figure {{ margin: 1em 0; }}
 each) and the same fault schedule against a real fleet (gateway, order, payment, profile:
 uvicorn processes on loopback), first <b>unprotected</b> (plain httpx, fixed timeouts), then
 <b>protected</b> by fournines. A request counts as served when the gateway answered 2xx,
-in full or degraded (stale payment status, guest profile); latency is measured from the
+in full or degraded (stale or unknown payment status, guest profile); latency is measured from the
 intended send time, so a stalled fleet cannot hide its queue.</p>
 <p>Capacity: the payment service was measured at <b>{result.capacity:.0f} requests/s</b>
 (model: {s.payment.concurrency} workers x {s.payment.service_time * 1000:.0f} ms =
