@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from fournines import ConfigurationError, ConsecutiveFailures, RetryScheduled
+from fournines.client._core import _HEDGE_MIN_SAMPLES
 from fournines.client.balancing import AsyncBalancingTransport, OutlierEjection, P2CBalancer
 from fournines.client.transport import AsyncResilientTransport, ClientPolicy
 from fournines.testing import RecordingListener
@@ -159,14 +160,18 @@ async def test_no_hedge_when_the_first_attempt_answers_quickly(
 async def test_quantile_hedge_delay_follows_observed_latency(
     pair: tuple[UvicornProcess, UvicornProcess], setups: list[Setup],
 ) -> None:
-    # The fallback delay (5 s) would never hedge; after 20+ fast samples, p95 does.
-    # 60 samples, so the first connections' set-up (and a hiccup of this shared machine)
-    # stay above the 95th percentile instead of becoming it.
+    # The fallback delay (5 s) would never hedge; after 20 fast samples, p95 does.
     setup = Setup(pair, "fast", hedge_after=5.0, hedge_quantile=0.95)
     setups.append(setup)
-    for _ in range(60):
+    for _ in range(_HEDGE_MIN_SAMPLES - 1):
         await setup.client.get(SERVICE)
     assert setup.hedges == []
+    # More samples, so the first connections' set-up stays above the 95th percentile
+    # instead of becoming it. Once p95 (about a millisecond) is known, a warm-up call
+    # that hiccups on this shared machine may itself be hedged: count from here on.
+    for _ in range(40):
+        await setup.client.get(SERVICE)
+    before = len(setup.hedges)
     slow, fast = pair
     endpoints = {e.url: e for e in setup.balancer.endpoints}
     endpoints[slow.url].latency = 0.3
@@ -174,8 +179,9 @@ async def test_quantile_hedge_delay_follows_observed_latency(
     prefer_now(setup.balancer)
     response = await setup.client.get(SERVICE)
     assert response.headers["x-served-by"] == "fast"
-    (hedge,) = setup.hedges
-    assert hedge.delay < 0.3
+    hedges = setup.hedges[before:]
+    assert hedges
+    assert all(hedge.delay < 0.3 for hedge in hedges)
 
 
 @pytest.mark.parametrize("settings", [

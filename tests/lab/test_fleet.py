@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from fournines.lab.fleet import FaultProxy, Fleet
+from fournines.lab.metrics import Sample, parse_metrics
 from fournines.lab.scenario import Fault, PaymentModel
 from fournines.lab.services import UNKNOWN_STATUS
 
@@ -143,3 +144,13 @@ def _alive(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+async def test_the_protected_gateway_keeps_its_own_error_budget(tmp_path: Path) -> None:
+    async with fleet("protected", tmp_path) as (_, client):
+        for _ in range(3):
+            assert (await client.get("/page/7?user=3")).status_code == 200
+        metrics = (await client.get("/metrics")).text
+    sample = Sample(at=0.0)
+    parse_metrics(metrics, "gateway", sample)
+    assert sample.budget_remaining == {"gateway/page-availability": 1.0}

@@ -72,6 +72,9 @@ def test_the_json_report_has_every_part_of_the_issue(lab: LabRun) -> None:
             "targets", "timings", "fault_log", "request_log", "missed_scrapes"} <= set(report)
     assert report["objective"] == 0.9999
     assert report["capacity"]["measured"] > 0
+    # the protected gateway's own BudgetTracker, read from its /metrics
+    assert set(report["tracker_budget_remaining"]["protected"]) == {"gateway/page-availability"}
+    assert report["tracker_budget_remaining"]["unprotected"] == {}
     for summary in report["variants"].values():
         assert {"requests", "full", "degraded", "failed", "availability_full",
                 "availability", "latency_seconds", "breaker_openings", "retries", "sheds",

@@ -39,6 +39,9 @@ class Sample:
     # The same counters per service that answered this scrape: a fleet-wide sum drops
     # when one service misses a scrape or restarts, so increases are taken per service.
     services: dict[str, dict[str, float]] = field(default_factory=dict)
+    # What each service's own BudgetTracker (fournines.slo) says is left of its error
+    # budget, "service/slo" -> ratio (1 untouched, 0 spent, < 0 overspent).
+    budget_remaining: dict[str, float] = field(default_factory=dict)
 
 
 def parse_metrics(text: str, service: str, sample: Sample) -> None:
@@ -62,6 +65,8 @@ def parse_metrics(text: str, service: str, sample: Sample) -> None:
             if counter is not None:
                 own[counter] += value
                 setattr(sample, counter, getattr(sample, counter) + value)
+            elif name == "fournines_slo_error_budget_remaining_ratio":
+                sample.budget_remaining[f"{service}/{labels.get('slo', '?')}"] = value
             elif name == "fournines_circuit_breaker_state" and value == 1:
                 key = f"{service} -> {_short(labels.get('name', '?'))}"
                 sample.breakers[key] = BREAKER_LEVEL.get(labels.get("state", ""), 0)
@@ -72,6 +77,7 @@ def _merge(into: Sample, part: Sample) -> None:
         setattr(into, counter, getattr(into, counter) + getattr(part, counter))
     into.breakers.update(part.breakers)
     into.services.update(part.services)
+    into.budget_remaining.update(part.budget_remaining)
 
 
 def _short(name: str) -> str:

@@ -69,6 +69,12 @@ def render_table(result: LabResult, console: Any) -> None:
     lag = max((s.max_send_lag for s in result.summaries.values()), default=0.0)
     console.print(f"load generator: at most {max(cpu, default=0.0):.0%} of one core, "
                   f"worst send lag {_ms(lag)}")
+    for variant, budgets in result.tracker_budget.items():
+        for key, remaining in sorted(budgets.items()):
+            # The service's own view: it never sees requests that timed out before they
+            # reached it, so the load generator's numbers above are the ones that count.
+            console.print(f"{variant} {key}: its own BudgetTracker says {remaining:.1%} of "
+                          "the 99.99 % budget is left (its view: only requests that reached it)")
     for name, target in result.targets().items():
         mark = "[green]met[/]" if target["met"] else "[red]NOT met[/]"
         console.print(f"  target {name}: {mark} ({_target_value(name, target['value'])})")

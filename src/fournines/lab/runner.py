@@ -24,7 +24,7 @@ from typing import Any
 
 from .fleet import FaultProxy, Fleet, LabError
 from .load import Arrival, Outcome, _get, _Pool, arrivals, run_load
-from .metrics import Scraper
+from .metrics import Sample, Scraper
 from .scenario import Fault, Scenario
 from .stats import OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
@@ -72,6 +72,9 @@ class LabResult:
     """Every request of each variant, as the load generator recorded it."""
     missed_scrapes: dict[str, int] = field(default_factory=dict)
     """Per variant, ``/metrics`` reads that failed (a killed or busy service)."""
+    tracker_budget: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per variant, the services' own ``BudgetTracker`` at the last scrape: what is left
+    of their error budget as each service saw it ("service/slo" -> remaining ratio)."""
 
     def targets(self) -> dict[str, dict[str, Any]]:
         """The issue's targets, each with the measured value and whether it was met."""
@@ -118,6 +121,7 @@ class LabResult:
             "timings": self.timings,
             "prometheus": self.prometheus,
             "missed_scrapes": self.missed_scrapes,
+            "tracker_budget_remaining": self.tracker_budget,
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
                 variant: [{"at": o.at, "status": o.status, "latency": o.latency,
@@ -308,7 +312,17 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      capacity_model=model, summaries=summaries, fault_log=fault_log,
                      timings=timings, workdir=str(workdir),
                      outcomes={v: outcomes for v, (outcomes, _) in results.items()},
-                     missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()})
+                     missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
+                     tracker_budget={v: _last_budget(scraper.samples)
+                                     for v, (_, scraper) in results.items()})
+
+
+def _last_budget(samples: list[Sample]) -> dict[str, float]:
+    """The latest remaining-budget reading of each service's own tracker."""
+    latest: dict[str, float] = {}
+    for sample in samples:
+        latest.update(sample.budget_remaining)
+    return latest
 
 
 def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,

@@ -353,8 +353,17 @@ def _gateway(protected: bool) -> ASGIApp:
     redis_url = os.environ.get("FOURNINES_LAB_REDIS_URL")
     if redis_url:
         options["rate_limit"] = [_redis_limit(redis_url)]
-    return _protect(app, "gateway", concurrency_limit=_limit(initial=300, minimum=300),
-                    **_EDGE, **options)
+    from ..slo.tracker import BudgetTracker, TrackingMiddleware  # noqa: PLC0415
+
+    # The gateway keeps its own error budget (fournines.slo.BudgetTracker, exported on
+    # /metrics as fournines_slo_error_budget_remaining_ratio), as a service without
+    # Prometheus would; outermost, so its own sheds and 503s count against it.
+    budget = BudgetTracker(name="page-availability", objective=99.99, period="30d")
+    budget.export()
+    return TrackingMiddleware(
+        _protect(app, "gateway", concurrency_limit=_limit(initial=300, minimum=300),
+                 **_EDGE, **options),
+        budget)
 
 
 def _redis_limit(url: str) -> Any:
