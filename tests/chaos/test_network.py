@@ -469,3 +469,8 @@ def test_capabilities_on_this_machine_are_consistent() -> None:
     caps = capabilities()
     for feature in ("admin", "netns", "nft", "iptables", "netem", "nfqueue"):
         assert getattr(caps, feature) == (feature not in caps.reasons), feature
+
+
+def test_asking_for_an_unknown_capability_names_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match=r"unknown feature.*'delay'.*nfqueue"):
+        capabilities().missing("delay")

@@ -154,6 +154,9 @@ def _devices(netns: str | None) -> list[str]:
 # -- capabilities --------------------------------------------------------------------
 
 
+_FEATURES = ("admin", "netns", "nft", "iptables", "netem", "nfqueue")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NetworkCapabilities:
     """What this machine lets :mod:`fournines.chaos.network` do, and why not.
@@ -174,6 +177,11 @@ class NetworkCapabilities:
 
     def missing(self, *features: str) -> str | None:
         """Why the given features cannot be used (``None`` when all can): a skip reason."""
+        unknown = [f for f in features if f not in _FEATURES]
+        if unknown:
+            raise ConfigurationError(
+                f"NetworkCapabilities.missing: unknown feature(s) {', '.join(map(repr, unknown))}"
+                f" (known: {', '.join(_FEATURES)})")
         found = dict.fromkeys(self.reasons[f] for f in features if not getattr(self, f))
         return "; ".join(found) or None
 
