@@ -36,6 +36,7 @@ import hashlib
 import os
 import random
 import signal
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn, ParamSpec, TypeVar
@@ -141,7 +142,7 @@ class FaultTarget:
         return instance_share(instance_id()) < self.instances
 
 
-class Fault(Decorates):
+class Fault(Decorates, ABC):
     """Base of every fault: rate, switch, target, duration, seeded dice.
 
     Parameters (keyword-only): ``rate`` (0..1, default 1: every matching call),
@@ -308,13 +309,13 @@ class Fault(Decorates):
 
     # -- what firing does (subclasses) ----------------------------------------------------
 
+    @abstractmethod
     def inject(self) -> None:
         """Do the fault's harm, synchronously (before the call, or instead of it)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def ainject(self) -> None:
         """Do the fault's harm in a coroutine."""
-        raise NotImplementedError
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn``, injecting the fault first when the dice say so."""
