@@ -109,12 +109,14 @@ class LabPrometheus:
 
     def query(self, expr: str) -> float | None:
         """One instant query's first value (``None`` when empty or failing)."""
+        from ..slo.prometheus import PrometheusClient, PrometheusError  # noqa: PLC0415
+
         try:
-            response = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=5)
-            result = response.json()["data"]["result"]
-        except (httpx.HTTPError, KeyError, ValueError):
+            with PrometheusClient(self.url, timeout=5) as client:
+                samples = client.query(expr)
+        except PrometheusError:
             return None
-        return float(result[0]["value"][1]) if result else None
+        return samples[0].value if samples else None
 
     def summary(self) -> str:
         """What Prometheus saw, in one line."""
