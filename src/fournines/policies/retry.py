@@ -268,7 +268,7 @@ class RetryPlanner:
             return _STOPS["retry_after" if hinted else "deadline"]
         if self._budget is not None and not self._budget.try_withdraw():
             return _STOPS["budget"]
-        return RetryDecision(delay)
+        return RetryDecision(float(delay))
 
 
 def _not_rejected(exc: BaseException) -> bool:
