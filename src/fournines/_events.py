@@ -76,7 +76,8 @@ class RetriesExhausted(Event):
 
     Reasons: ``"attempts"`` (the limit), ``"timeout"`` (the retry's own time
     limit), ``"deadline"`` (the next wait would pass the current deadline),
-    ``"budget"`` (the retry budget is empty).
+    ``"budget"`` (the retry budget is empty), ``"retry_after"`` (the failure's
+    ``retry_after`` hint is longer than the retry may wait).
     """
 
     attempts: int

@@ -113,9 +113,14 @@ def set_testing(on: bool, *, attempts: int | None = None) -> _Restore:
     """Turn testing mode on or off for the whole process.
 
     In testing mode the system clock's sleeps return at once (backoff, limiter
-    and bulkhead waits cost nothing) and, when ``attempts`` is given, every
-    ``Retry`` makes at most that many attempts. Like stamina's testing mode, it
-    also works as a context manager that restores the previous state::
+    and bulkhead waits cost nothing), every wait a
+    :class:`~fournines.policies.retry.RetryPlanner` plans is 0 (also on a
+    ``FakeClock``), and, when ``attempts`` is given, every retry it plans
+    (``Retry``, the httpx transports) makes at most that many attempts. Retry
+    decisions otherwise stay as in production: a rejection is not retried, a
+    ``retry_after`` hint beyond the longest wait still ends the retry. Like
+    stamina's testing mode, it also works as a context manager that restores the
+    previous state::
 
         with set_testing(True, attempts=1):
             ...

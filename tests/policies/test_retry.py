@@ -92,15 +92,24 @@ def test_on_result_stops_at_a_good_result(clock: FakeClock) -> None:
 
 
 def test_retry_after_hint_lengthens_the_wait(clock: FakeClock) -> None:
-    flaky = Flaky(1, RateLimitedError("api", retry_after=2.5))
-    Retry(backoff=NO_JITTER, clock=clock).call(flaky)
-    assert clock.sleeps == [2.5]
+    flaky = Flaky(1, RateLimitedError("api", retry_after=0.5))
+    Retry(on=RateLimitedError, backoff=NO_JITTER, clock=clock).call(flaky)
+    assert clock.sleeps == [0.5]
 
 
-def test_retry_after_hint_is_capped(clock: FakeClock) -> None:
+def test_retry_after_hint_beyond_the_cap_is_not_waited_for(clock: FakeClock) -> None:
     flaky = Flaky(1, CircuitOpenError("api", retry_after=3600))
-    Retry(backoff=NO_JITTER, max_retry_after=5, clock=clock).call(flaky)
-    assert clock.sleeps == [5]
+    with pytest.raises(CircuitOpenError):
+        Retry(on=CircuitOpenError, backoff=NO_JITTER, max_retry_after=5, clock=clock).call(flaky)
+    assert flaky.calls == 1
+    assert clock.sleeps == []
+
+
+def test_max_retry_after_may_allow_hints_longer_than_the_backoff_cap(clock: FakeClock) -> None:
+    flaky = Flaky(1, RateLimitedError("api", retry_after=4))
+    retry = Retry(on=RateLimitedError, backoff=NO_JITTER, max_retry_after=5, clock=clock)
+    assert retry.call(flaky) == "ok"
+    assert clock.sleeps == [4]
 
 
 def test_never_sleeps_past_the_current_deadline(clock: FakeClock) -> None:
@@ -261,3 +270,33 @@ def test_backoff_survives_huge_retry_numbers() -> None:
 def test_bad_configuration_names_the_field(make: object, field: str) -> None:
     with pytest.raises(ConfigurationError, match=field.replace(".", r"\.")):
         make()  # type: ignore[operator]
+
+
+# -- read-only settings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["attempts", "timeout", "backoff", "max_retry_after", "name",
+                                   "clock", "budget"])
+def test_retry_settings_are_read_only(field: str) -> None:
+    retry = Retry(attempts=3)
+    with pytest.raises(AttributeError):
+        setattr(retry, field, getattr(retry, field))
+
+
+def test_retry_settings_read_back() -> None:
+    backoff = Backoff(initial=0.2, cap=4)
+    retry = Retry(attempts=4, timeout=9, backoff=backoff, name="pay")
+    assert (retry.attempts, retry.timeout, retry.backoff, retry.name) == (4, 9, backoff, "pay")
+    assert retry.max_retry_after == 4  # the backoff's cap, unless given
+
+
+@pytest.mark.parametrize("field", ["ratio", "min_per_second", "ttl", "name"])
+def test_budget_settings_are_read_only(field: str) -> None:
+    budget = RetryBudget()
+    with pytest.raises(AttributeError):
+        setattr(budget, field, getattr(budget, field))
+
+
+def test_budget_settings_read_back() -> None:
+    budget = RetryBudget(ratio=0.5, min_per_second=2, ttl=5, name="pay")
+    assert (budget.ratio, budget.min_per_second, budget.ttl, budget.name) == (0.5, 2, 5, "pay")

@@ -25,10 +25,13 @@ _BUCKETS = 10
 
 
 class RetryBudget:
-    """Retries limited to ``ratio`` of requests plus ``min_per_second``, over ``ttl`` seconds."""
+    """Retries limited to ``ratio`` of requests plus ``min_per_second``, over ``ttl`` seconds.
 
-    __slots__ = ("_listeners", "_lock", "_now", "_requests", "_retries", "min_per_second", "name",
-                 "ratio", "ttl")
+    Settings are read-only after construction.
+    """
+
+    __slots__ = ("_listeners", "_lock", "_min_per_second", "_name", "_now", "_ratio", "_requests",
+                 "_retries", "_ttl")
 
     def __init__(
         self,
@@ -43,10 +46,10 @@ class RetryBudget:
         check_number("RetryBudget", "ratio", ratio, minimum=0, maximum=1000)
         check_number("RetryBudget", "min_per_second", min_per_second, minimum=0)
         check_number("RetryBudget", "ttl", ttl, minimum=0, exclusive_minimum=True)
-        self.ratio = float(ratio)
-        self.min_per_second = float(min_per_second)
-        self.ttl = float(ttl)
-        self.name = name
+        self._ratio = float(ratio)
+        self._min_per_second = float(min_per_second)
+        self._ttl = float(ttl)
+        self._name = name
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
@@ -55,9 +58,29 @@ class RetryBudget:
         # err on the safe side: deposits may expire a little early (ten buckets) and a
         # spent retry always counts for a full ttl (eleven), so the budget can never be
         # spent twice within one ttl.
-        width = self.ttl / _BUCKETS
+        width = self._ttl / _BUCKETS
         self._requests = Rolling(width, _BUCKETS, 1)
         self._retries = Rolling(width, _BUCKETS + 1, 1)
+
+    @property
+    def ratio(self) -> float:
+        """Retries allowed per request deposited."""
+        return self._ratio
+
+    @property
+    def min_per_second(self) -> float:
+        """Retries allowed per second whatever the traffic."""
+        return self._min_per_second
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a deposit (and a withdrawal) counts for."""
+        return self._ttl
+
+    @property
+    def name(self) -> str:
+        """The name of the ``BudgetExhausted`` events."""
+        return self._name
 
     def deposit(self) -> None:
         """Record one request (call it once per logical request, not per attempt)."""
@@ -81,7 +104,7 @@ class RetryBudget:
             self._requests.advance(now)
             retries = self._retries
             bucket = retries.advance(now)
-            allowed = self.ratio * self._requests.totals[0] + self.min_per_second * self.ttl
+            allowed = self._ratio * self._requests.totals[0] + self._min_per_second * self._ttl
             if retries.totals[0] + 1 <= allowed:
                 bucket[0] += 1
                 retries.totals[0] += 1
@@ -89,7 +112,7 @@ class RetryBudget:
         finally:
             self._lock.release()
         if self._listeners or global_listeners():
-            dispatch(self._listeners, BudgetExhausted(policy="retry_budget", name=self.name))
+            dispatch(self._listeners, BudgetExhausted(policy="retry_budget", name=self._name))
         return False
 
     @property
@@ -100,7 +123,7 @@ class RetryBudget:
             now = self._now()
             self._requests.advance(now)
             self._retries.advance(now)
-            allowed = self.ratio * self._requests.totals[0] + self.min_per_second * self.ttl
+            allowed = self._ratio * self._requests.totals[0] + self._min_per_second * self._ttl
             return allowed - self._retries.totals[0]
         finally:
             self._lock.release()
