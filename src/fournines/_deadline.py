@@ -76,6 +76,8 @@ reset_deadline = _current.reset
 class deadline_after:
     """Context manager (sync and async) that sets a deadline ``seconds`` from entry.
 
+    ``seconds`` is >= 0: 0 is a deadline that has already passed, ``math.inf`` none
+    of its own; a negative or NaN duration raises ``ConfigurationError``.
     Nested scopes keep the earlier deadline. The scope does not interrupt code by
     itself: fournines policies inside it respect it (retries stop waiting,
     limiters and bulkheads give up, ``Timeout`` cancels async work).
@@ -88,8 +90,14 @@ class deadline_after:
     __slots__ = ("_clock", "_seconds", "_tokens")
 
     def __init__(self, seconds: float, *, clock: Clock = system_clock) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+        # As trio's move_on_after: a negative or NaN duration is a bug in the caller, not
+        # "already expired" (0 is that); infinity means no deadline of its own.
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise ConfigurationError(f"deadline_after.seconds must be a number, got {seconds!r}")
+        if not seconds >= 0:
+            raise ConfigurationError(
+                f"deadline_after.seconds must be >= 0 (0: already expired), got {seconds!r}"
+            )
         self._seconds = float(seconds)
         self._clock = clock
         self._tokens: list[Token[Deadline | None]] = []

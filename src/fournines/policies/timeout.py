@@ -48,7 +48,7 @@ class _Fuse:
 class Timeout(Decorates):
     """Give each call at most ``seconds`` (and never more than the current deadline)."""
 
-    __slots__ = ("_listeners", "clock", "name", "seconds")
+    __slots__ = ("_clock", "_listeners", "_name", "_seconds")
 
     def __init__(
         self,
@@ -59,23 +59,38 @@ class Timeout(Decorates):
         listeners: Sequence[Listener] = (),
     ) -> None:
         check_number("Timeout", "seconds", seconds, minimum=0, exclusive_minimum=True)
-        self.seconds = float(seconds)
-        self.name = name
-        self.clock = clock
+        self._seconds = float(seconds)
+        self._name = name
+        self._clock = clock
         self._listeners = tuple(listeners)
 
+    @property
+    def seconds(self) -> float:
+        """The most each call may take (less when the current deadline is nearer)."""
+        return self._seconds
+
+    @property
+    def name(self) -> str:
+        """Shown in errors and events."""
+        return self._name
+
+    @property
+    def clock(self) -> Clock:
+        """Where the timeout reads time."""
+        return self._clock
+
     def __repr__(self) -> str:
-        return f"Timeout({self.seconds!r}, name={self.name!r})"
+        return f"Timeout({self._seconds!r}, name={self._name!r})"
 
     def _expired(self, budget: float) -> DeadlineExceededError:
         if self._listeners or global_listeners():
             dispatch(self._listeners,
-                     DeadlineExceeded(policy="timeout", name=self.name, timeout=budget))
-        return DeadlineExceededError(f"{self.name}: deadline of {budget:.3f}s exceeded")
+                     DeadlineExceeded(policy="timeout", name=self._name, timeout=budget))
+        return DeadlineExceededError(f"{self._name}: deadline of {budget:.3f}s exceeded")
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn`` with the deadline set (see the module docstring for sync semantics)."""
-        deadline, token = push_deadline(self.seconds, self.clock)
+        deadline, token = push_deadline(self._seconds, self._clock)
         try:
             if deadline.remaining() <= 0:
                 raise self._expired(0.0)
@@ -87,7 +102,7 @@ class Timeout(Decorates):
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await ``fn``; cancel it and raise ``DeadlineExceededError`` when time is up."""
-        deadline, token = push_deadline(self.seconds, self.clock)
+        deadline, token = push_deadline(self._seconds, self._clock)
         try:
             budget = deadline.remaining()
             if budget <= 0:
