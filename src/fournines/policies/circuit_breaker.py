@@ -24,12 +24,18 @@ admitted in an earlier generation is ignored (gobreaker's rule), so a slow
 call that started while closed cannot re-open a breaker that has since
 recovered, nor count as a half-open probe.
 
+A call cancelled by its fournines deadline (an enclosing ``Timeout`` ran out)
+counts as failing with ``DeadlineExceededError``, so a hung dependency opens the
+breaker in any order of a ``Pipeline``; a cancellation from elsewhere (a caller
+that went away) is no outcome at all.
+
 The closed, consecutive-failures path is the hot path of every protected call:
 it takes no lock, reads the clock never, and touches two attributes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,9 +44,11 @@ from enum import StrEnum
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
+from .._deadline import cancelled_by_deadline
 from .._errors import (
     CircuitOpenError,
     ConfigurationError,
+    DeadlineExceededError,
     RejectedError,
     check_number,
     new_rejection,
@@ -90,6 +98,11 @@ _FORCED_CLOSED = State.FORCED_CLOSED
 
 def _not_rejected(exc: BaseException) -> bool:
     return not isinstance(exc, RejectedError)
+
+
+def _timed_out(name: str) -> DeadlineExceededError:
+    """What a call that its fournines deadline cancelled failed with, for ``failure_on``."""
+    return DeadlineExceededError(f"{name}: the call was cancelled by its deadline")
 
 
 # --- trip strategies (frozen configuration) -------------------------------------------
@@ -282,7 +295,8 @@ class BreakerPermit:
 
     Call :meth:`success` or :meth:`failure` when the call ends, or
     :meth:`release` when it ended in a way that says nothing about the
-    dependency (cancelled, say). Reports after the first are ignored.
+    dependency, or :meth:`cancelled` when it was cancelled (which tells the two
+    kinds of cancellation apart). Reports after the first are ignored.
     """
 
     __slots__ = ("_breaker", "_done", "_gen", "_probe", "_start")
@@ -310,6 +324,19 @@ class BreakerPermit:
             self._done = True
             failed = exc is None or self._breaker._is_failure(exc)
             self._breaker._record(self._gen, failed, self._start, self._probe)
+
+    def cancelled(self) -> None:
+        """The call was cancelled: report it as the cancellation's origin says.
+
+        Cancelled by a fournines deadline (a ``Timeout`` ran out), it failed with
+        a ``DeadlineExceededError``: a hung dependency must open the breaker.
+        Cancelled from elsewhere (a caller that went away), it says nothing
+        about the dependency: :meth:`release`.
+        """
+        if cancelled_by_deadline():
+            self.failure(_timed_out(self._breaker._name))
+        else:
+            self.release()
 
     def release(self) -> None:
         """Give the permit back without an outcome (frees a half-open probe slot)."""
@@ -651,7 +678,9 @@ class CircuitBreaker(Decorates):
     ) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker.
 
-        Cancellation is not a failure: a cancelled probe frees its slot.
+        A call cancelled by a fournines deadline (an enclosing ``Timeout``) failed
+        with a ``DeadlineExceededError``; any other cancellation is no outcome at
+        all (a cancelled probe frees its slot).
         """
         gen = self._closed_gen
         if gen is None:
@@ -666,6 +695,10 @@ class CircuitBreaker(Decorates):
         except Exception as exc:
             self._failure_closed(gen, exc)
             raise
+        except asyncio.CancelledError:
+            if cancelled_by_deadline():
+                self._failure_closed(gen, _timed_out(self._name))
+            raise
         if self._failures:
             self._record(gen, False, 0.0, False)
         return result
@@ -678,6 +711,9 @@ class CircuitBreaker(Decorates):
             result = await fn(*args, **kwargs)
         except Exception as exc:
             permit.failure(exc)
+            raise
+        except asyncio.CancelledError:
+            permit.cancelled()
             raise
         except BaseException:
             permit.release()
@@ -732,6 +768,10 @@ class CircuitBreaker(Decorates):
                 result = await fn(*args, **kwargs)
             except Exception as exc:
                 failure_closed(gen, exc)
+                raise
+            except asyncio.CancelledError:
+                if cancelled_by_deadline():
+                    failure_closed(gen, _timed_out(breaker._name))
                 raise
             if breaker._failures:
                 record(gen, False, 0.0, False)

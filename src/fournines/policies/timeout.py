@@ -2,7 +2,11 @@
 
 Async calls are cancelled when their time is up, and
 :class:`~fournines.DeadlineExceededError` (a ``TimeoutError``) is raised in
-their place. Python cannot interrupt a running thread, so sync calls get the
+their place. A circuit breaker inside the timeout counts such a call as a
+failure (a ``DeadlineExceededError``), so a hung dependency opens it; a
+cancellation from elsewhere (a caller that went away) is no failure.
+
+Python cannot interrupt a running thread, so sync calls get the
 deadline set around them instead: every fournines policy inside respects it
 (retries stop waiting, limiters and bulkheads give up in time, outgoing HTTP
 calls carry the remaining budget) and the result of a call that overran is
@@ -20,7 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
-from .._deadline import push_deadline, reset_deadline
+from .._deadline import Deadline, push_deadline, reset_deadline
 from .._errors import DeadlineExceededError, check_number
 from .._events import DeadlineExceeded, Listener, dispatch, global_listeners
 from ._shell import Decorates
@@ -32,17 +36,23 @@ T = TypeVar("T")
 
 
 class _Fuse:
-    """Cancels one task when the timer fires, and remembers that it did."""
+    """Cancels one task when the timer fires, and remembers that it did.
 
-    __slots__ = ("fired", "task")
+    The cancellation goes through :meth:`Deadline.cancel`, which marks the
+    deadline: a breaker inside the call then counts it as a failure (a hung
+    dependency must open its breaker), unlike a cancellation from elsewhere.
+    """
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    __slots__ = ("deadline", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: Deadline) -> None:
         self.task = task
+        self.deadline = deadline
         self.fired = False
 
     def __call__(self) -> None:
         self.fired = True
-        self.task.cancel()
+        self.deadline.cancel(self.task)
 
 
 class Timeout(Decorates):
@@ -113,7 +123,7 @@ class Timeout(Decorates):
             # A hand-rolled asyncio.timeout: the same uncancel() bookkeeping, minus its
             # state machine and rescheduling support, which costs ~3 us per call there.
             cancelling = task.cancelling()
-            fuse = _Fuse(task)
+            fuse = _Fuse(task, deadline)
             handle = task.get_loop().call_later(budget, fuse)
             try:
                 result = await fn(*args, **kwargs)
