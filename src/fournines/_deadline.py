@@ -8,13 +8,15 @@ can send the remaining budget downstream.
 
 from __future__ import annotations
 
+import asyncio
 from contextvars import ContextVar, Token
 from types import TracebackType
+from typing import Any
 
 from ._clock import Clock, system_clock
 from ._errors import ConfigurationError
 
-__all__ = ["Deadline", "current_deadline", "deadline_after"]
+__all__ = ["Deadline", "cancelled_by_deadline", "current_deadline", "deadline_after"]
 
 
 class Deadline:
@@ -24,11 +26,23 @@ class Deadline:
     one is built per ``Timeout`` call, and a frozen dataclass costs twice as much.)
     """
 
-    __slots__ = ("at", "clock")
+    __slots__ = ("_cancelled", "at", "clock")
 
     def __init__(self, at: float, clock: Clock = system_clock) -> None:
         self.at = at
         self.clock = clock
+        self._cancelled = False
+
+    def cancel(self, task: asyncio.Task[Any]) -> None:
+        """Cancel ``task`` because this deadline passed, and remember that it did.
+
+        Code that the cancellation unwinds can then tell it from any other
+        (:func:`cancelled_by_deadline`): a breaker counts a call that its
+        deadline cancelled as a failure, and a call whose caller went away as
+        nothing at all.
+        """
+        self._cancelled = True
+        task.cancel()
 
     def remaining(self) -> float:
         """Seconds left; negative once the deadline has passed."""
@@ -73,9 +87,23 @@ def push_deadline(seconds: float, clock: Clock) -> tuple[Deadline, Token[Deadlin
 reset_deadline = _current.reset
 
 
+def cancelled_by_deadline() -> bool:
+    """Whether the cancellation now unwinding this task came from a fournines deadline.
+
+    True when the current deadline cancelled work (a ``Timeout`` whose time ran out,
+    or any code that called :meth:`Deadline.cancel`); False for a cancellation
+    from anywhere else, such as a client that went away. A deadline shared with
+    an enclosing scope marks that scope: it has passed for all of them.
+    """
+    deadline = _current.get()
+    return deadline is not None and deadline._cancelled
+
+
 class deadline_after:
     """Context manager (sync and async) that sets a deadline ``seconds`` from entry.
 
+    ``seconds`` is >= 0: 0 is a deadline that has already passed, ``math.inf`` none
+    of its own; a negative or NaN duration raises ``ConfigurationError``.
     Nested scopes keep the earlier deadline. The scope does not interrupt code by
     itself: fournines policies inside it respect it (retries stop waiting,
     limiters and bulkheads give up, ``Timeout`` cancels async work).
@@ -88,8 +116,14 @@ class deadline_after:
     __slots__ = ("_clock", "_seconds", "_tokens")
 
     def __init__(self, seconds: float, *, clock: Clock = system_clock) -> None:
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+        # As trio's move_on_after: a negative or NaN duration is a bug in the caller, not
+        # "already expired" (0 is that); infinity means no deadline of its own.
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise ConfigurationError(f"deadline_after.seconds must be a number, got {seconds!r}")
+        if not seconds >= 0:
+            raise ConfigurationError(
+                f"deadline_after.seconds must be >= 0 (0: already expired), got {seconds!r}"
+            )
         self._seconds = float(seconds)
         self._clock = clock
         self._tokens: list[Token[Deadline | None]] = []

@@ -1,16 +1,27 @@
 """The one exception hierarchy of fournines.
 
-::
+Every error fournines raises on purpose is in this tree; the classes of the
+subpackages are defined next to the code that raises them and exported by
+that subpackage (shown in brackets)::
 
     FourNinesError
-    ├── RejectedError                 a policy refused to run the call at all
-    │   ├── CircuitOpenError          the breaker is open (or throttling)
-    │   ├── RateLimitedError          a rate limiter has no room; carries retry_after
-    │   ├── BulkheadFullError         no free slot and no room (or time) to queue
-    │   ├── LoadShedError             the server sheds load to protect itself
-    │   └── NoEndpointsError          a client balancer has no endpoint to send to
-    ├── DeadlineExceededError         the deadline passed (also a TimeoutError)
-    └── ConfigurationError            a bad setting, named (also a ValueError)
+    ├── RejectedError                   a policy refused to run the call at all
+    │   ├── CircuitOpenError            the breaker is open (or throttling)
+    │   ├── RateLimitedError            a rate limiter has no room; carries retry_after
+    │   ├── BulkheadFullError           no free slot and no room (or time) to queue
+    │   ├── LoadShedError               the server sheds load to protect itself
+    │   └── NoEndpointsError            a client balancer has no endpoint to send to
+    ├── DeadlineExceededError           the deadline passed (also a TimeoutError)
+    ├── ConfigurationError              a bad setting, named (also a ValueError)
+    │   └── SpecError                   an invalid SLO spec, with file and path [slo]
+    ├── PrometheusError                 Prometheus gave no answer to use [slo]
+    │   ├── PrometheusUnreachableError  network error, timeout, 5xx, not Prometheus
+    │   └── PrometheusQueryError        Prometheus refused the query (error_type)
+    ├── InjectedFaultError              what an ErrorFault raises by default [chaos]
+    ├── NetworkFaultError               a network command failed (also a RuntimeError) [chaos]
+    ├── CheckFailed                     a health probe failed with a public output [asgi]
+    ├── LabError                        the lab could not run (also a RuntimeError) [lab]
+    └── >>> MERGE: the client's httpx-native errors (each also an httpx.TransportError) [client]
 
 Exhausted retries re-raise the last error of the call as it was, never a
 wrapper: callers keep catching what the wrapped function raises.

@@ -80,10 +80,15 @@ def test_queue_wait_is_bounded_by_the_deadline() -> None:
     assert bulkhead.queued == 0
 
 
-def test_queue_beyond_max_queue_rejects_at_once() -> None:
-    bulkhead = Bulkhead(max_concurrent=1, max_queue=0, max_wait=60)
-    with bulkhead.try_acquire(), pytest.raises(BulkheadFullError):
-        bulkhead.acquire()
+async def test_queue_beyond_max_queue_rejects_at_once() -> None:
+    bulkhead = Bulkhead(max_concurrent=1, max_queue=1, max_wait=60)
+    with bulkhead.try_acquire():
+        queued = asyncio.create_task(bulkhead.aacquire())
+        await asyncio.sleep(0)
+        assert bulkhead.queued == 1
+        with pytest.raises(BulkheadFullError):
+            await bulkhead.aacquire()
+    (await queued).release()
 
 
 async def test_queued_task_gets_the_released_slot() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from fournines import (
@@ -9,6 +11,7 @@ from fournines import (
     ConfigurationError,
     Gcra,
     KeyedLimiter,
+    Pipeline,
     RateLimitedError,
     SlidingWindow,
     TokenBucket,
@@ -191,6 +194,52 @@ def test_keyed_limiter_keeps_recently_used_keys(clock: FakeClock) -> None:
     keyed.try_acquire("b")  # evicts "a", the least recently used
     with pytest.raises(RateLimitedError):
         keyed.try_acquire("hot")
+
+
+def per_tenant(clock: FakeClock) -> KeyedLimiter:
+    return KeyedLimiter(lambda: TokenBucket(rate=1, capacity=2, clock=clock),
+                        key=lambda tenant, *args, **kwargs: tenant)
+
+
+def echo(tenant: str, n: int) -> int:
+    return n
+
+
+async def aecho(tenant: str, n: int) -> int:
+    return n
+
+
+def test_keyed_limiter_with_a_key_limits_each_key_of_a_call(clock: FakeClock) -> None:
+    keyed = per_tenant(clock)
+    assert [keyed.call(echo, "acme", i) for i in range(2)] == [0, 1]
+    with pytest.raises(RateLimitedError):
+        keyed.call(echo, "acme", 2)
+    assert keyed.call(echo, "globex", 3) == 3
+
+
+def test_keyed_limiter_composes_in_a_pipeline_sync_and_async(clock: FakeClock) -> None:
+    pipeline = Pipeline(per_tenant(clock))
+    assert pipeline.call(echo, "acme", 1) == 1
+    assert asyncio.run(pipeline.acall(aecho, "acme", 2)) == 2
+    with pytest.raises(RateLimitedError):
+        pipeline.call(echo, "acme", 3)
+    assert asyncio.run(pipeline.acall(aecho, "globex", 4)) == 4
+
+
+def test_keyed_limiter_decorates(clock: FakeClock) -> None:
+    limited = per_tenant(clock)(echo)
+    limited("acme", 1)
+    limited("acme", 2)
+    with pytest.raises(RateLimitedError):
+        limited("acme", 3)
+
+
+def test_keyed_limiter_without_a_key_is_no_policy(clock: FakeClock) -> None:
+    keyed = KeyedLimiter(lambda: TokenBucket(rate=1, clock=clock))
+    with pytest.raises(ConfigurationError, match=r"KeyedLimiter\.key"):
+        keyed.call(echo, "acme", 1)
+    with pytest.raises(ConfigurationError, match=r"KeyedLimiter\.key"):
+        asyncio.run(keyed.acall(aecho, "acme", 1))
 
 
 @pytest.mark.parametrize(("make", "field"), [

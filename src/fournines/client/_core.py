@@ -15,7 +15,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from httpx._multipart import MultipartStream
@@ -281,12 +281,6 @@ class _Snapshot:
                            if k in ("http_version", "reason_phrase")}
         self.body = body
         self.stored_at = stored_at
-
-
-def _raise(exc: Exception) -> Callable[[str], _Snapshot]:
-    def fail(key: str) -> NoReturn:
-        raise exc
-    return fail
 
 
 class _Call:
@@ -599,7 +593,7 @@ class TransportCore:
         status = response.status_code
         if 200 <= status < 300 and status != 206 and len(body) <= self._max_stale_bytes:
             snapshot = _Snapshot(response, body, self._clock.monotonic())
-            cache.call(lambda key: snapshot, _stale_key(request))
+            cache.store(_stale_key(request), snapshot)
         return httpx.Response(response.status_code, headers=response.headers.raw,
                               stream=httpx.ByteStream(body), extensions=response.extensions)
 
@@ -607,7 +601,7 @@ class TransportCore:
                exc: Exception) -> httpx.Response | None:
         """The cached answer for ``request`` if fresh enough (the cache sends FallbackUsed)."""
         try:
-            snapshot: _Snapshot = cache.call(_raise(exc), _stale_key(request))
+            snapshot: _Snapshot = cache.serve_stale(_stale_key(request), exc)
         except Exception:
             return None
         age = max(0.0, self._clock.monotonic() - snapshot.stored_at)

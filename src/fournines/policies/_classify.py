@@ -19,6 +19,12 @@ def exception_predicate(
     if isinstance(spec, type) and issubclass(spec, BaseException):
         kinds: tuple[type[BaseException], ...] = (spec,)
     elif isinstance(spec, tuple):
+        if not spec:
+            # isinstance(exc, ()) is always False: the setting would select nothing, ever.
+            raise ConfigurationError(
+                f"{owner}.{field} is an empty tuple, which matches no exception: name at "
+                "least one exception type"
+            )
         if not all(isinstance(k, type) and issubclass(k, BaseException) for k in spec):
             raise ConfigurationError(
                 f"{owner}.{field} must hold exception types only, got {spec!r}"

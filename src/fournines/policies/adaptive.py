@@ -70,6 +70,11 @@ def _check_limits(owner: str, initial: int, minimum: int, maximum: int) -> None:
         )
     check_number(owner, "initial_limit", initial, minimum=minimum, maximum=maximum,
                  integer=True)
+    if maximum == minimum:
+        raise ConfigurationError(
+            f"{owner}.max_limit must be > min_limit ({minimum}): equal limits leave no room "
+            f"to adapt; use FixedLimit({minimum}) for a constant limit"
+        )
 
 
 class FixedLimit:
@@ -136,7 +141,7 @@ class AimdLimit:
     9
     """
 
-    __slots__ = ("_limit", "_timeout", "config")
+    __slots__ = ("_config", "_limit", "_timeout")
 
     def __init__(
         self,
@@ -147,12 +152,17 @@ class AimdLimit:
         backoff_ratio: float = 0.9,
         timeout: float | None = 5.0,
     ) -> None:
-        self.config = AimdConfig(
+        self._config = AimdConfig(
             initial_limit=initial_limit, min_limit=min_limit, max_limit=max_limit,
             backoff_ratio=backoff_ratio, timeout=timeout,
         )
         self._limit = initial_limit
         self._timeout = math.inf if timeout is None else float(timeout)
+
+    @property
+    def config(self) -> AimdConfig:
+        """The settings (frozen; build a new limit to change them)."""
+        return self._config
 
     @classmethod
     def from_config(cls, config: AimdConfig) -> AimdLimit:
@@ -173,7 +183,7 @@ class AimdLimit:
         if rtt != rtt:
             return  # NaN: a broken measurement, neither fast nor slow
         limit = self._limit
-        config = self.config
+        config = self._config
         if dropped or rtt > self._timeout:
             limit = int(limit * config.backoff_ratio)
         elif inflight * 2 >= limit:
@@ -187,7 +197,7 @@ class AimdLimit:
         self._limit = limit
 
     def __repr__(self) -> str:
-        return f"AimdLimit(limit={self._limit}, config={self.config!r})"
+        return f"AimdLimit(limit={self._limit}, config={self._config!r})"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,7 +229,9 @@ class Gradient2Config:
         check_number("Gradient2Config", "rtt_tolerance", self.rtt_tolerance, minimum=1)
         check_number("Gradient2Config", "long_window", self.long_window, minimum=1,
                      integer=True)
-        check_number("Gradient2Config", "queue_size", self.queue_size, minimum=0,
+        # With 0 the estimate is limit * gradient, never above the limit: it could only
+        # shrink, and would stay at min_limit after the first slow spell.
+        check_number("Gradient2Config", "queue_size", self.queue_size, minimum=1,
                      integer=True, optional=True)
 
 
@@ -253,7 +265,7 @@ class Gradient2Limit:
     and report their (long) RTT.
     """
 
-    __slots__ = ("_count", "_estimate", "_factor", "_limit", "_long_rtt", "_sum", "config")
+    __slots__ = ("_config", "_count", "_estimate", "_factor", "_limit", "_long_rtt", "_sum")
 
     def __init__(
         self,
@@ -266,7 +278,7 @@ class Gradient2Limit:
         long_window: int = 600,
         queue_size: int | None = None,
     ) -> None:
-        self.config = Gradient2Config(
+        self._config = Gradient2Config(
             initial_limit=initial_limit, min_limit=min_limit, max_limit=max_limit,
             smoothing=smoothing, rtt_tolerance=rtt_tolerance, long_window=long_window,
             queue_size=queue_size,
@@ -277,6 +289,11 @@ class Gradient2Limit:
         self._count = 0
         self._sum = 0.0
         self._factor = 2.0 / (long_window + 1)
+
+    @property
+    def config(self) -> Gradient2Config:
+        """The settings (frozen; build a new limit to change them)."""
+        return self._config
 
     @classmethod
     def from_config(cls, config: Gradient2Config) -> Gradient2Limit:
@@ -317,7 +334,7 @@ class Gradient2Limit:
         estimate = self._estimate
         if inflight < estimate / 2:
             return
-        config = self.config
+        config = self._config
         gradient = config.rtt_tolerance * long_rtt / rtt
         if gradient > 1.0:
             gradient = 1.0
@@ -335,4 +352,4 @@ class Gradient2Limit:
 
     def __repr__(self) -> str:
         return (f"Gradient2Limit(limit={self._limit}, long_rtt={self._long_rtt:.6f}, "
-                f"config={self.config!r})")
+                f"config={self._config!r})")

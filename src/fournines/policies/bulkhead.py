@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._deadline import current_deadline
-from .._errors import BulkheadFullError, check_number, new_rejection
+from .._errors import BulkheadFullError, ConfigurationError, check_number, new_rejection
 from .._events import CallRejected, Listener, dispatch, global_listeners
 from ._shell import Decorates
 
@@ -83,13 +83,15 @@ class BulkheadPermit:
 class Bulkhead(Decorates):
     """Limit concurrency to ``max_concurrent``; queue up to ``max_queue`` for ``max_wait`` s.
 
-    ``max_queue=0`` (default) rejects at once when full. ``max_wait=None`` lets a
-    queued call wait until a slot frees or the current deadline passes.
+    ``max_queue=0`` (default) rejects at once when full; ``max_wait`` then has no
+    use and is refused. ``max_wait=None`` lets a queued call wait until a slot
+    frees or the current deadline passes; ``max_wait=0`` with a queue is refused
+    (nothing could wait in it).
     Rejections raise :class:`~fournines.BulkheadFullError`.
     """
 
-    __slots__ = ("_free", "_listeners", "_lock", "_now", "_waiters", "clock", "max_concurrent",
-                 "max_queue", "max_wait", "name")
+    __slots__ = ("_clock", "_free", "_listeners", "_lock", "_max_concurrent", "_max_queue",
+                 "_max_wait", "_name", "_now", "_waiters")
 
     def __init__(
         self,
@@ -104,11 +106,21 @@ class Bulkhead(Decorates):
         check_number("Bulkhead", "max_concurrent", max_concurrent, minimum=1, integer=True)
         check_number("Bulkhead", "max_queue", max_queue, minimum=0, integer=True)
         check_number("Bulkhead", "max_wait", max_wait, minimum=0, optional=True)
-        self.max_concurrent = max_concurrent
-        self.max_queue = max_queue
-        self.max_wait = max_wait
-        self.name = name
-        self.clock = clock
+        if max_wait is not None and max_queue == 0:
+            raise ConfigurationError(
+                f"Bulkhead.max_wait ({max_wait!r}) has no effect with max_queue=0, where no "
+                "call ever waits: set max_queue to let calls queue for a slot"
+            )
+        if max_wait == 0 and max_queue > 0:
+            raise ConfigurationError(
+                f"Bulkhead.max_wait must be > 0 (or None) when max_queue is {max_queue}: "
+                "with 0 a queued call gives up at once and the queue never serves"
+            )
+        self._max_concurrent = max_concurrent
+        self._max_queue = max_queue
+        self._max_wait = max_wait
+        self._name = name
+        self._clock = clock
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
@@ -119,9 +131,34 @@ class Bulkhead(Decorates):
         self._waiters: deque[_Waiter] = deque()
 
     @property
+    def max_concurrent(self) -> int:
+        """Calls allowed to run at once."""
+        return self._max_concurrent
+
+    @property
+    def max_queue(self) -> int:
+        """Calls allowed to wait for a slot (0: none, full means rejected)."""
+        return self._max_queue
+
+    @property
+    def max_wait(self) -> float | None:
+        """Seconds a queued call waits at most (``None``: until the deadline)."""
+        return self._max_wait
+
+    @property
+    def name(self) -> str:
+        """Shown in errors, events and metrics."""
+        return self._name
+
+    @property
+    def clock(self) -> Clock:
+        """Where the bulkhead reads time."""
+        return self._clock
+
+    @property
     def active(self) -> int:
         """Calls holding a slot now."""
-        return self.max_concurrent - len(self._free)
+        return self._max_concurrent - len(self._free)
 
     @property
     def queued(self) -> int:
@@ -129,7 +166,7 @@ class Bulkhead(Decorates):
         return len(self._waiters)
 
     def __repr__(self) -> str:
-        return (f"Bulkhead(name={self.name!r}, max_concurrent={self.max_concurrent!r}, "
+        return (f"Bulkhead(name={self._name!r}, max_concurrent={self._max_concurrent!r}, "
                 f"active={self.active!r}, queued={len(self._waiters)!r})")
 
     # -- core ------------------------------------------------------------------------
@@ -137,8 +174,8 @@ class Bulkhead(Decorates):
     def _reject(self, reason: str) -> BulkheadFullError:
         if self._listeners or global_listeners():
             dispatch(self._listeners,
-                     CallRejected(policy="bulkhead", name=self.name, reason=reason))
-        return new_rejection(BulkheadFullError, self.name, None)
+                     CallRejected(policy="bulkhead", name=self._name, reason=reason))
+        return new_rejection(BulkheadFullError, self._name, None)
 
     def _take(self) -> bool:
         try:
@@ -169,7 +206,7 @@ class Bulkhead(Decorates):
             waiter: _Waiter | None = None
             if not self._waiters and self._take():
                 return None, 0.0
-            full = len(self._waiters) >= self.max_queue
+            full = len(self._waiters) >= self._max_queue
             if not full:
                 waiter = _Waiter(loop)
                 self._waiters.append(waiter)
@@ -182,7 +219,7 @@ class Bulkhead(Decorates):
             self._lock.release()
         if waiter is None:
             raise self._reject("full")
-        wait = float("inf") if self.max_wait is None else self.max_wait
+        wait = float("inf") if self._max_wait is None else self._max_wait
         deadline = current_deadline()
         if deadline is not None:
             wait = min(wait, deadline.remaining())

@@ -24,12 +24,18 @@ admitted in an earlier generation is ignored (gobreaker's rule), so a slow
 call that started while closed cannot re-open a breaker that has since
 recovered, nor count as a half-open probe.
 
+A call cancelled by its fournines deadline (an enclosing ``Timeout`` ran out)
+counts as failing with ``DeadlineExceededError``, so a hung dependency opens the
+breaker in any order of a ``Pipeline``; a cancellation from elsewhere (a caller
+that went away) is no outcome at all.
+
 The closed, consecutive-failures path is the hot path of every protected call:
 it takes no lock, reads the clock never, and touches two attributes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,9 +44,11 @@ from enum import StrEnum
 from typing import Any, Literal, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
+from .._deadline import cancelled_by_deadline
 from .._errors import (
     CircuitOpenError,
     ConfigurationError,
+    DeadlineExceededError,
     RejectedError,
     check_number,
     new_rejection,
@@ -92,6 +100,11 @@ def _not_rejected(exc: BaseException) -> bool:
     return not isinstance(exc, RejectedError)
 
 
+def _timed_out(name: str) -> DeadlineExceededError:
+    """What a call that its fournines deadline cancelled failed with, for ``failure_on``."""
+    return DeadlineExceededError(f"{name}: the call was cancelled by its deadline")
+
+
 # --- trip strategies (frozen configuration) -------------------------------------------
 
 
@@ -114,6 +127,9 @@ class FailureRate:
     ``minimum_calls`` outcomes are in the window. A call slower than
     ``slow_call_duration`` seconds is slow; ``slow_call_rate`` of slow calls trips
     the breaker even when they succeed. Rates are fractions in (0, 1].
+
+    A count window never holds more than ``window`` calls, so ``minimum_calls``
+    may not exceed it; ``slow_call_rate`` needs ``slow_call_duration``.
     """
 
     threshold: float = 0.5
@@ -136,6 +152,18 @@ class FailureRate:
                      exclusive_minimum=True, optional=True)
         check_number("FailureRate", "slow_call_rate", self.slow_call_rate, minimum=0,
                      exclusive_minimum=True, maximum=1)
+        # Settings that pass alone but can never act together.
+        if self.window_type == "count" and self.minimum_calls > self.window:
+            raise ConfigurationError(
+                f"FailureRate.minimum_calls must be <= window ({self.window}) for a count "
+                f"window, which never holds more calls: with {self.minimum_calls} it could "
+                "never trip"
+            )
+        if self.slow_call_duration is None and self.slow_call_rate != 1.0:
+            raise ConfigurationError(
+                f"FailureRate.slow_call_rate ({self.slow_call_rate!r}) has no effect without "
+                "slow_call_duration: set slow_call_duration, the seconds that make a call slow"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,7 +295,8 @@ class BreakerPermit:
 
     Call :meth:`success` or :meth:`failure` when the call ends, or
     :meth:`release` when it ended in a way that says nothing about the
-    dependency (cancelled, say). Reports after the first are ignored.
+    dependency, or :meth:`cancelled` when it was cancelled (which tells the two
+    kinds of cancellation apart). Reports after the first are ignored.
     """
 
     __slots__ = ("_breaker", "_done", "_gen", "_probe", "_start")
@@ -295,6 +324,19 @@ class BreakerPermit:
             self._done = True
             failed = exc is None or self._breaker._is_failure(exc)
             self._breaker._record(self._gen, failed, self._start, self._probe)
+
+    def cancelled(self) -> None:
+        """The call was cancelled: report it as the cancellation's origin says.
+
+        Cancelled by a fournines deadline (a ``Timeout`` ran out), it failed with
+        a ``DeadlineExceededError``: a hung dependency must open the breaker.
+        Cancelled from elsewhere (a caller that went away), it says nothing
+        about the dependency: :meth:`release`.
+        """
+        if cancelled_by_deadline():
+            self.failure(_timed_out(self._breaker._name))
+        else:
+            self.release()
 
     def release(self) -> None:
         """Give the permit back without an outcome (frees a half-open probe slot)."""
@@ -327,25 +369,25 @@ class CircuitBreaker(Decorates):
 
     __slots__ = (
         "__weakref__",
+        "_clock",
         "_closed_gen",
         "_failures",
         "_gen",
+        "_half_open_probes",
         "_half_open_successes",
         "_is_failure",
         "_listeners",
         "_lock",
+        "_name",
         "_now",
         "_open_until",
         "_probes",
         "_rate",
+        "_reset_timeout",
         "_state",
         "_threshold",
         "_throttle",
-        "clock",
-        "half_open_probes",
-        "name",
-        "reset_timeout",
-        "trip",
+        "_trip",
     )
 
     def __init__(
@@ -369,11 +411,11 @@ class CircuitBreaker(Decorates):
         check_number("CircuitBreaker", "reset_timeout", reset_timeout, minimum=0)
         check_number("CircuitBreaker", "half_open_probes", half_open_probes, minimum=1,
                      integer=True)
-        self.name = name
-        self.trip = trip
-        self.reset_timeout = float(reset_timeout)
-        self.half_open_probes = half_open_probes
-        self.clock = clock
+        self._name = name
+        self._trip = trip
+        self._reset_timeout = float(reset_timeout)
+        self._half_open_probes = half_open_probes
+        self._clock = clock
         self._now = clock.monotonic
         self._is_failure = exception_predicate("CircuitBreaker", "failure_on", failure_on)
         self._listeners = tuple(listeners)
@@ -395,6 +437,31 @@ class CircuitBreaker(Decorates):
     # -- inspection ------------------------------------------------------------------
 
     @property
+    def name(self) -> str:
+        """Shown in errors, events and metrics."""
+        return self._name
+
+    @property
+    def trip(self) -> TripStrategy:
+        """When a closed breaker opens."""
+        return self._trip
+
+    @property
+    def reset_timeout(self) -> float:
+        """Seconds an open breaker waits before it lets probes through."""
+        return self._reset_timeout
+
+    @property
+    def half_open_probes(self) -> int:
+        """Probes admitted at once while half-open, and the successes that close it."""
+        return self._half_open_probes
+
+    @property
+    def clock(self) -> Clock:
+        """Where the breaker reads time."""
+        return self._clock
+
+    @property
     def state(self) -> State:
         """The current state (an open breaker whose timeout passed reports half-open)."""
         if self._state is _OPEN and self._now() >= self._open_until:
@@ -412,7 +479,7 @@ class CircuitBreaker(Decorates):
         return self._gen
 
     def __repr__(self) -> str:
-        return f"CircuitBreaker(name={self.name!r}, state={self._state.value!r})"
+        return f"CircuitBreaker(name={self._name!r}, state={self._state.value!r})"
 
     # -- manual control --------------------------------------------------------------
 
@@ -460,7 +527,7 @@ class CircuitBreaker(Decorates):
                     permit = BreakerPermit(self, self._gen, now, False)
                     reason = ""
             elif state is _HALF_OPEN:
-                if self._probes < self.half_open_probes:
+                if self._probes < self._half_open_probes:
                     self._probes += 1
                     permit = BreakerPermit(self, self._gen, now, True)
                     reason = ""
@@ -480,11 +547,11 @@ class CircuitBreaker(Decorates):
     def _reject(self, reason: str, retry_after: float | None) -> CircuitOpenError:
         if self._listeners or _GLOBAL_LISTENERS:
             self._notify_rejected(reason, retry_after)
-        return new_rejection(CircuitOpenError, self.name, retry_after)
+        return new_rejection(CircuitOpenError, self._name, retry_after)
 
     def _notify_rejected(self, reason: str, retry_after: float | None) -> None:
         dispatch(self._listeners, CallRejected(
-            policy="circuit_breaker", name=self.name, reason=reason, retry_after=retry_after,
+            policy="circuit_breaker", name=self._name, reason=reason, retry_after=retry_after,
         ))
 
     def _record(self, gen: int, failed: bool, start: float, probe: bool) -> None:
@@ -516,7 +583,7 @@ class CircuitBreaker(Decorates):
                     event = self._transition(_OPEN, self._now())
                 else:
                     self._half_open_successes += 1
-                    if self._half_open_successes >= self.half_open_probes:
+                    if self._half_open_successes >= self._half_open_probes:
                         event = self._transition(_CLOSED, self._now())
         finally:
             self._lock.release()
@@ -549,7 +616,7 @@ class CircuitBreaker(Decorates):
         self._probes = 0
         self._half_open_successes = 0
         if new is _OPEN:
-            self._open_until = now + self.reset_timeout
+            self._open_until = now + self._reset_timeout
         if new is _CLOSED or new is _FORCED_CLOSED:
             if self._rate is not None:
                 self._rate.clear()
@@ -560,7 +627,7 @@ class CircuitBreaker(Decorates):
             return None
         if not (self._listeners or global_listeners()):
             return None
-        return StateChanged(policy="circuit_breaker", name=self.name, old=old.value,
+        return StateChanged(policy="circuit_breaker", name=self._name, old=old.value,
                             new=new.value)
 
     def _emit(self, event: Event | None) -> None:
@@ -582,7 +649,7 @@ class CircuitBreaker(Decorates):
             if wait > 0:
                 if self._listeners or _GLOBAL_LISTENERS:
                     self._notify_rejected("open", wait)
-                raise new_rejection(CircuitOpenError, self.name, wait)
+                raise new_rejection(CircuitOpenError, self._name, wait)
             return self._call_permit(fn, *args, **kwargs)
         try:
             result = fn(*args, **kwargs)
@@ -611,7 +678,9 @@ class CircuitBreaker(Decorates):
     ) -> T:
         """Await ``fn(*args, **kwargs)`` through the breaker.
 
-        Cancellation is not a failure: a cancelled probe frees its slot.
+        A call cancelled by a fournines deadline (an enclosing ``Timeout``) failed
+        with a ``DeadlineExceededError``; any other cancellation is no outcome at
+        all (a cancelled probe frees its slot).
         """
         gen = self._closed_gen
         if gen is None:
@@ -619,12 +688,16 @@ class CircuitBreaker(Decorates):
             if wait > 0:
                 if self._listeners or _GLOBAL_LISTENERS:
                     self._notify_rejected("open", wait)
-                raise new_rejection(CircuitOpenError, self.name, wait)
+                raise new_rejection(CircuitOpenError, self._name, wait)
             return await self._acall_permit(fn, *args, **kwargs)
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
             self._failure_closed(gen, exc)
+            raise
+        except asyncio.CancelledError:
+            if cancelled_by_deadline():
+                self._failure_closed(gen, _timed_out(self._name))
             raise
         if self._failures:
             self._record(gen, False, 0.0, False)
@@ -638,6 +711,9 @@ class CircuitBreaker(Decorates):
             result = await fn(*args, **kwargs)
         except Exception as exc:
             permit.failure(exc)
+            raise
+        except asyncio.CancelledError:
+            permit.cancelled()
             raise
         except BaseException:
             permit.release()
@@ -659,7 +735,7 @@ class CircuitBreaker(Decorates):
                 if wait > 0:
                     if breaker._listeners or _GLOBAL_LISTENERS:
                         breaker._notify_rejected("open", wait)
-                    raise new_rejection(CircuitOpenError, breaker.name, wait)
+                    raise new_rejection(CircuitOpenError, breaker._name, wait)
                 return call_permit(fn, *args, **kwargs)
             try:
                 result = fn(*args, **kwargs)
@@ -686,12 +762,16 @@ class CircuitBreaker(Decorates):
                 if wait > 0:
                     if breaker._listeners or _GLOBAL_LISTENERS:
                         breaker._notify_rejected("open", wait)
-                    raise new_rejection(CircuitOpenError, breaker.name, wait)
+                    raise new_rejection(CircuitOpenError, breaker._name, wait)
                 return await acall_permit(fn, *args, **kwargs)
             try:
                 result = await fn(*args, **kwargs)
             except Exception as exc:
                 failure_closed(gen, exc)
+                raise
+            except asyncio.CancelledError:
+                if cancelled_by_deadline():
+                    failure_closed(gen, _timed_out(breaker._name))
                 raise
             if breaker._failures:
                 record(gen, False, 0.0, False)

@@ -18,6 +18,7 @@ what it returns is partial::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 from collections import OrderedDict
@@ -98,7 +99,7 @@ class Fallback(Decorates):
     are exceptions too).
     """
 
-    __slots__ = ("_fn", "_listeners", "_on", "_value", "name")
+    __slots__ = ("_fn", "_listeners", "_name", "_on", "_value")
 
     def __init__(
         self,
@@ -116,12 +117,17 @@ class Fallback(Decorates):
         self._value = value
         self._fn = fn
         self._on = exception_predicate("Fallback", "on", on)
-        self.name = name
+        self._name = name
         self._listeners = tuple(listeners)
+
+    @property
+    def name(self) -> str:
+        """Shown in events and in :attr:`Degradation.sources`."""
+        return self._name
 
     def __repr__(self) -> str:
         what = f"fn={self._fn!r}" if self._fn is not None else f"value={self._value!r}"
-        return f"Fallback(name={self.name!r}, {what})"
+        return f"Fallback(name={self._name!r}, {what})"
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn``; on a matching error return the fallback."""
@@ -159,21 +165,43 @@ class Fallback(Decorates):
 
 
 
-def _default_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-    return (args, tuple(sorted(kwargs.items()))) if kwargs else args
+_Identity = tuple[Hashable, ...]
+
+
+def _identity(fn: Callable[..., Any]) -> _Identity:
+    """What tells one function from another in a default cache key.
+
+    The module and qualified name of the user's function: decorators that set
+    ``__wrapped__`` (``functools.wraps``, every fournines policy) are seen through,
+    and a ``functools.partial`` adds its bound arguments. Names, not the function
+    object, so that a key outlives a re-created closure (the same code, the same
+    answers) and does not keep the function alive.
+    """
+    fn = inspect.unwrap(fn)
+    if isinstance(fn, functools.partial):
+        return (*_identity(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+    qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return (getattr(fn, "__module__", None), qualname)
 
 
 class StaleCache(Decorates, Generic[R]):
     """Serve the last good result for a key, up to ``max_age`` seconds old, on failure.
 
-    The key is the call's arguments by default, or ``key(*args, **kwargs)``. Use
-    one cache per kind of call (one for payment statuses, say), since the
-    function itself is not part of the default key. At most ``max_keys`` results
-    are kept, least recently refreshed dropped first.
+    The default key is the function (its module and qualified name, seen through
+    decorators) and the call's arguments, so one cache may serve several
+    functions: ``user_email(1)`` never gets ``user_name(1)``'s answer. Bound
+    methods of different instances share a name; tell them apart with ``key``.
+    ``key(*args, **kwargs)`` replaces the whole default key: the function is then
+    not part of it, so functions that return the same resource may share answers
+    on purpose. At most ``max_keys`` results are kept, least recently refreshed
+    dropped first.
+
+    Code that runs the call itself (the httpx transports) uses :meth:`store` and
+    :meth:`serve_stale` with a key of its own.
     """
 
-    __slots__ = ("_entries", "_key", "_listeners", "_lock", "_now", "_on", "max_age", "max_keys",
-                 "name")
+    __slots__ = ("_entries", "_key", "_last", "_listeners", "_lock", "_max_age", "_max_keys",
+                 "_name", "_now", "_on")
 
     def __init__(
         self,
@@ -186,77 +214,143 @@ class StaleCache(Decorates, Generic[R]):
         clock: Clock = system_clock,
         listeners: Sequence[Listener] = (),
     ) -> None:
-        check_number("StaleCache", "max_age", max_age, minimum=0)
+        # max_age=0 would serve only an answer stored in the same clock tick: never, in effect.
+        check_number("StaleCache", "max_age", max_age, minimum=0, exclusive_minimum=True)
         check_number("StaleCache", "max_keys", max_keys, minimum=1, integer=True)
         if key is not None and not callable(key):
             raise ConfigurationError(f"StaleCache.key must be callable, got {key!r}")
-        self.max_age = float(max_age)
-        self.max_keys = max_keys
+        self._max_age = float(max_age)
+        self._max_keys = max_keys
         self._key = key
         self._on = exception_predicate("StaleCache", "on", on)
-        self.name = name
+        self._name = name
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        # The identity of the function last passed to call()/acall(), reused while the
+        # same function is called again (one entry: throwaway lambdas cannot grow it).
+        self._last: tuple[object, _Identity] = (None, ())
+
+    @property
+    def max_age(self) -> float:
+        """How old, in seconds, an answer may be and still be served."""
+        return self._max_age
+
+    @property
+    def max_keys(self) -> int:
+        """The most answers kept at once."""
+        return self._max_keys
+
+    @property
+    def name(self) -> str:
+        """Shown in events and in :attr:`Degradation.sources`."""
+        return self._name
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __repr__(self) -> str:
-        return f"StaleCache(name={self.name!r}, max_age={self.max_age!r}, size={len(self)})"
+        return f"StaleCache(name={self._name!r}, max_age={self._max_age!r}, size={len(self)})"
 
-    def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
-        return self._key(*args, **kwargs) if self._key is not None else _default_key(args, kwargs)
+    def _key_of(self, ident: _Identity, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Hashable:
+        if self._key is not None:
+            return self._key(*args, **kwargs)
+        return (ident, args, tuple(sorted(kwargs.items()))) if kwargs else (ident, args)
 
-    def _store(self, key: Hashable, value: Any) -> None:
+    def _identity_of(self, fn: Callable[..., Any]) -> _Identity:
+        last_fn, ident = self._last
+        if last_fn is not fn:
+            ident = _identity(fn)
+            self._last = (fn, ident)
+        return ident
+
+    def store(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` as the last good answer for ``key``."""
         self._lock.acquire()
         try:
             entries = self._entries
             entries[key] = (self._now(), value)
             entries.move_to_end(key)
-            if len(entries) > self.max_keys:
+            if len(entries) > self._max_keys:
                 entries.popitem(last=False)
         finally:
             self._lock.release()
 
-    def _stale(self, key: Hashable, exc: Exception) -> Any:
+    def serve_stale(self, key: Hashable, error: Exception) -> Any:
+        """The answer kept for ``key`` if fresh enough (a degraded answer), else raise ``error``.
+
+        ``error`` is raised as well when ``on`` does not select it.
+        Serving sends :class:`~fournines.FallbackUsed` and marks the current
+        :func:`track_degradation` scope.
+        """
+        if not self._on(error):
+            raise error
+        return self._serve(key, error)
+
+    def _serve(self, key: Hashable, error: Exception) -> Any:
         self._lock.acquire()
         try:
             entry = self._entries.get(key)
         finally:
             self._lock.release()
         if entry is None:
-            raise exc
+            raise error
         age = self._now() - entry[0]
-        if age > self.max_age:
-            raise exc
-        _degraded(self._listeners, self.name, exc, age)
+        if age > self._max_age:
+            raise error
+        _degraded(self._listeners, self._name, error, age)
         return entry[1]
 
-    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call ``fn``; remember a success, answer a failure from the cache if fresh enough."""
-        key = self._key_of(args, kwargs)
+    def _run(self, fn: Callable[..., Any], ident: _Identity, args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> Any:
+        key = self._key_of(ident, args, kwargs)
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
             if not self._on(exc):
                 raise
-            return self._stale(key, exc)  # type: ignore[no-any-return]
-        self._store(key, result)
+            return self._serve(key, exc)
+        self.store(key, result)
         return result
 
-    async def acall(
-        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Async :meth:`call`."""
-        key = self._key_of(args, kwargs)
+    async def _arun(self, fn: Callable[..., Awaitable[Any]], ident: _Identity,
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = self._key_of(ident, args, kwargs)
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:
             if not self._on(exc):
                 raise
-            return self._stale(key, exc)  # type: ignore[no-any-return]
-        self._store(key, result)
+            return self._serve(key, exc)
+        self.store(key, result)
         return result
 
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call ``fn``; remember a success, answer a failure from the cache if fresh enough."""
+        return self._run(fn, self._identity_of(fn), args, kwargs)  # type: ignore[no-any-return]
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Async :meth:`call`."""
+        return await self._arun(fn, self._identity_of(fn), args, kwargs)  # type: ignore[no-any-return]
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A closure that calls ``fn`` through the cache (its identity taken once, here)."""
+        run, ident = self._run, _identity(fn)
+
+        def through_cache(*args: Any, **kwargs: Any) -> Any:
+            return run(fn, ident, args, kwargs)
+
+        return through_cache
+
+    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        """A coroutine function that awaits ``fn`` through the cache."""
+        arun, ident = self._arun, _identity(fn)
+
+        async def through_cache(*args: Any, **kwargs: Any) -> Any:
+            return await arun(fn, ident, args, kwargs)
+
+        return through_cache

@@ -45,7 +45,9 @@ _MARGIN = 1e-7
 class RateLimiter(Protocol):
     """What every fournines rate limiter offers (local or Redis-backed)."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The limiter's name, shown in errors, events and metrics."""
 
     def try_acquire(self, cost: int = 1) -> None:
         """Take ``cost`` units now or raise ``RateLimitedError``."""
@@ -54,7 +56,7 @@ class RateLimiter(Protocol):
 class _Limiter(Decorates, ABC):
     """Shared shells; subclasses implement ``_take(cost) -> wait`` (0.0 means taken)."""
 
-    __slots__ = ("_clock", "_listeners", "_lock", "_now", "max_wait", "name")
+    __slots__ = ("_clock", "_listeners", "_lock", "_max_wait", "_name", "_now")
 
     _kind = "rate_limit"
 
@@ -62,12 +64,27 @@ class _Limiter(Decorates, ABC):
         self, name: str, clock: Clock, listeners: Sequence[Listener], max_wait: float
     ) -> None:
         check_number(type(self).__name__, "max_wait", max_wait, minimum=0)
-        self.name = name
-        self.max_wait = float(max_wait)
+        self._name = name
+        self._max_wait = float(max_wait)
         self._clock = clock
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
         self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """Shown in errors, events and metrics."""
+        return self._name
+
+    @property
+    def max_wait(self) -> float:
+        """Seconds ``call``/``acall`` (and ``acquire`` by default) wait for room."""
+        return self._max_wait
+
+    @property
+    def clock(self) -> Clock:
+        """Where the limiter reads time."""
+        return self._clock
 
     @abstractmethod
     def _take(self, cost: int) -> float:
@@ -88,10 +105,10 @@ class _Limiter(Decorates, ABC):
         if self._listeners or global_listeners():
             dispatch(
                 self._listeners,
-                CallRejected(policy=self._kind, name=self.name, reason="rate_limited",
+                CallRejected(policy=self._kind, name=self._name, reason="rate_limited",
                              retry_after=wait),
             )
-        return new_rejection(RateLimitedError, self.name, wait)
+        return new_rejection(RateLimitedError, self._name, wait)
 
     def try_acquire(self, cost: int = 1) -> None:
         """Take ``cost`` units now, or raise ``RateLimitedError`` with ``retry_after``."""
@@ -100,7 +117,7 @@ class _Limiter(Decorates, ABC):
             raise self._reject(wait)
 
     def _budget(self, max_wait: float | None) -> float:
-        limit = self.max_wait if max_wait is None else max_wait
+        limit = self._max_wait if max_wait is None else max_wait
         deadline = current_deadline()
         if deadline is not None:
             limit = min(limit, deadline.remaining())
@@ -159,7 +176,7 @@ class TokenBucket(_Limiter):
     bucket starts full and never holds fewer than zero tokens.
     """
 
-    __slots__ = ("_last", "_tokens", "capacity", "rate")
+    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
 
     def __init__(
         self,
@@ -175,10 +192,20 @@ class TokenBucket(_Limiter):
         capacity = max(float(rate), 1.0) if capacity is None else capacity
         check_number("TokenBucket", "capacity", capacity, minimum=1)
         super().__init__(name, clock, listeners, max_wait)
-        self.rate = float(rate)
-        self.capacity = float(capacity)
-        self._tokens = self.capacity
+        self._rate = float(rate)
+        self._capacity = float(capacity)
+        self._tokens = self._capacity
         self._last = self._now()
+
+    @property
+    def rate(self) -> float:
+        """Tokens added per second."""
+        return self._rate
+
+    @property
+    def capacity(self) -> float:
+        """The most tokens the bucket holds: the largest burst."""
+        return self._capacity
 
     @property
     def tokens(self) -> float:
@@ -186,19 +213,19 @@ class TokenBucket(_Limiter):
         self._lock.acquire()
         try:
             now = self._now()
-            return min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            return min(self._capacity, self._tokens + (now - self._last) * self._rate)
         finally:
             self._lock.release()
 
     def _take(self, cost: int) -> float:
         if cost != 1:
-            self._check_cost(cost, self.capacity)
+            self._check_cost(cost, self._capacity)
         self._lock.acquire()
         try:
             now = self._now()
-            tokens = self._tokens + (now - self._last) * self.rate
-            if tokens > self.capacity:
-                tokens = self.capacity
+            tokens = self._tokens + (now - self._last) * self._rate
+            if tokens > self._capacity:
+                tokens = self._capacity
             self._last = now
             if tokens >= cost:
                 self._tokens = tokens - cost
@@ -206,19 +233,19 @@ class TokenBucket(_Limiter):
             self._tokens = tokens
         finally:
             self._lock.release()
-        return (cost - tokens) / self.rate + _MARGIN
+        return (cost - tokens) / self._rate + _MARGIN
 
     def try_acquire(self, cost: int = 1) -> None:
         """Take ``cost`` tokens now, or raise ``RateLimitedError`` with ``retry_after``."""
         # Inlined _take: this is the hot path of every rate-limited call.
         if cost != 1:
-            self._check_cost(cost, self.capacity)
+            self._check_cost(cost, self._capacity)
         self._lock.acquire()
         try:
             now = self._now()
-            tokens = self._tokens + (now - self._last) * self.rate
-            if tokens > self.capacity:
-                tokens = self.capacity
+            tokens = self._tokens + (now - self._last) * self._rate
+            if tokens > self._capacity:
+                tokens = self._capacity
             self._last = now
             if tokens >= cost:
                 self._tokens = tokens - cost
@@ -226,7 +253,7 @@ class TokenBucket(_Limiter):
             self._tokens = tokens
         finally:
             self._lock.release()
-        raise self._reject((cost - tokens) / self.rate + _MARGIN)
+        raise self._reject((cost - tokens) / self._rate + _MARGIN)
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """A closure that calls ``fn`` once a token is available."""
@@ -251,7 +278,8 @@ class TokenBucket(_Limiter):
         return limited
 
     def __repr__(self) -> str:
-        return f"TokenBucket(name={self.name!r}, rate={self.rate!r}, capacity={self.capacity!r})"
+        return (f"TokenBucket(name={self._name!r}, rate={self._rate!r}, "
+                f"capacity={self._capacity!r})")
 
 
 class Gcra(_Limiter):
@@ -262,7 +290,7 @@ class Gcra(_Limiter):
     which is what makes it a good fit for one atomic Redis script.
     """
 
-    __slots__ = ("_interval", "_tat", "_tolerance", "burst", "rate")
+    __slots__ = ("_burst", "_interval", "_rate", "_tat", "_tolerance")
 
     def __init__(
         self,
@@ -277,15 +305,25 @@ class Gcra(_Limiter):
         check_number("Gcra", "rate", rate, minimum=0, exclusive_minimum=True)
         check_number("Gcra", "burst", burst, minimum=1, integer=True)
         super().__init__(name, clock, listeners, max_wait)
-        self.rate = float(rate)
-        self.burst = burst
-        self._interval = 1.0 / self.rate
+        self._rate = float(rate)
+        self._burst = burst
+        self._interval = 1.0 / self._rate
         self._tolerance = burst * self._interval
         self._tat = -math.inf
 
+    @property
+    def rate(self) -> float:
+        """Admissions per second in the long run."""
+        return self._rate
+
+    @property
+    def burst(self) -> int:
+        """The most admissions at once after an idle period."""
+        return self._burst
+
     def _take(self, cost: int) -> float:
         if cost != 1:
-            self._check_cost(cost, self.burst)
+            self._check_cost(cost, self._burst)
         self._lock.acquire()
         try:
             now = self._now()
@@ -302,7 +340,7 @@ class Gcra(_Limiter):
         return backlog - room + _MARGIN
 
     def __repr__(self) -> str:
-        return f"Gcra(name={self.name!r}, rate={self.rate!r}, burst={self.burst!r})"
+        return f"Gcra(name={self._name!r}, rate={self._rate!r}, burst={self._burst!r})"
 
 
 class SlidingWindow(_Limiter):
@@ -315,7 +353,7 @@ class SlidingWindow(_Limiter):
     ``limit``.
     """
 
-    __slots__ = ("_cur", "_cur_start", "_log", "_prev", "limit", "mode", "window")
+    __slots__ = ("_cur", "_cur_start", "_limit", "_log", "_mode", "_prev", "_window")
 
     def __init__(
         self,
@@ -335,18 +373,33 @@ class SlidingWindow(_Limiter):
                 f"SlidingWindow.mode must be 'counter' or 'log', got {mode!r}"
             )
         super().__init__(name, clock, listeners, max_wait)
-        self.limit = limit
-        self.window = float(window)
-        self.mode = mode
+        self._limit = limit
+        self._window = float(window)
+        self._mode = mode
         self._log: deque[float] = deque()
         self._prev = 0
         self._cur = 0
-        self._cur_start = math.floor(self._now() / self.window) * self.window
+        self._cur_start = math.floor(self._now() / self._window) * self._window
+
+    @property
+    def limit(self) -> int:
+        """The most units per window."""
+        return self._limit
+
+    @property
+    def window(self) -> float:
+        """The window's length in seconds."""
+        return self._window
+
+    @property
+    def mode(self) -> Literal["counter", "log"]:
+        """``"counter"`` (approximate, constant memory) or ``"log"`` (exact)."""
+        return self._mode
 
     def _take(self, cost: int) -> float:
         if cost != 1:
-            self._check_cost(cost, self.limit)
-        if self.mode == "log":
+            self._check_cost(cost, self._limit)
+        if self._mode == "log":
             return self._take_log(cost)
         return self._take_counter(cost)
 
@@ -355,14 +408,14 @@ class SlidingWindow(_Limiter):
         try:
             now = self._now()
             log = self._log
-            horizon = now - self.window
+            horizon = now - self._window
             while log and log[0] <= horizon:
                 log.popleft()
-            if len(log) + cost <= self.limit:
+            if len(log) + cost <= self._limit:
                 log.extend([now] * cost)
                 return 0.0
             # The oldest entries must expire until cost more fit.
-            return log[len(log) + cost - self.limit - 1] + self.window - now + _MARGIN
+            return log[len(log) + cost - self._limit - 1] + self._window - now + _MARGIN
         finally:
             self._lock.release()
 
@@ -370,7 +423,8 @@ class SlidingWindow(_Limiter):
         self._lock.acquire()
         try:
             now = self._now()
-            w = self.window
+            w = self._window
+            limit = self._limit
             start = self._cur_start
             if now >= start + w:
                 windows = math.floor((now - start) / w)
@@ -379,16 +433,16 @@ class SlidingWindow(_Limiter):
                 start = self._cur_start = start + windows * w
             elapsed = now - start
             estimate = self._prev * (w - elapsed) / w + self._cur
-            if estimate + cost <= self.limit:
+            if estimate + cost <= limit:
                 self._cur += cost
                 return 0.0
-            free = self.limit - self._cur - cost
+            free = limit - self._cur - cost
             if free >= 0 and self._prev:
                 # prev * (w - e) / w <= free  <=>  e >= w * (1 - free / prev)
                 return max(w * (1 - free / self._prev) - elapsed, 0.0) + _MARGIN
             # Not within this window: wait for the next one, where cur becomes prev.
             rest = w - elapsed
-            free_next = self.limit - cost
+            free_next = limit - cost
             needed = w * (1 - free_next / self._cur) if self._cur > free_next else 0.0
             return rest + max(needed, 0.0) + _MARGIN
         finally:
@@ -396,40 +450,90 @@ class SlidingWindow(_Limiter):
 
     def __repr__(self) -> str:
         return (
-            f"SlidingWindow(name={self.name!r}, limit={self.limit!r}, "
-            f"window={self.window!r}, mode={self.mode!r})"
+            f"SlidingWindow(name={self._name!r}, limit={self._limit!r}, "
+            f"window={self._window!r}, mode={self._mode!r})"
         )
 
 
-K = TypeVar("K", bound=Hashable)
-
-
-class KeyedLimiter:
+class KeyedLimiter(Decorates):
     """One limiter per key (client, route, tenant), with bounded memory.
 
-    ``factory`` builds the limiter for a new key. At most ``max_keys`` are kept;
-    the least recently used is forgotten first. A forgotten key starts afresh,
+    ``factory`` builds the limiter for a new key (``lambda: TokenBucket(rate=10)``).
+    It is called twice at construction, to check what it returns: a local
+    limiter, and a new one each time (a factory that returns one shared limiter
+    would give every key the same bucket). At most ``max_keys`` are kept; the
+    least recently used is forgotten first. A forgotten key starts afresh,
     which is harmless for idle keys (an idle bucket is a full bucket), and the
     bound keeps a flood of distinct keys from exhausting memory.
+
+    ``key`` makes it a policy: ``key(*args, **kwargs)`` returns the key of a call,
+    and ``call``/``acall`` (and so a ``Pipeline`` or ``@keyed``) take one unit
+    from that key's limiter, waiting up to its ``max_wait``. Without ``key``
+    only the explicit methods (``try_acquire(key)``, ...) work.
     """
 
-    __slots__ = ("_factory", "_limiters", "_lock", "max_keys", "name")
+    __slots__ = ("_factory", "_key", "_limiters", "_lock", "_max_keys", "_name")
 
     def __init__(
         self,
         factory: Callable[[], _Limiter],
         *,
+        key: Callable[..., Hashable] | None = None,
         max_keys: int = 10_000,
         name: str = "keyed",
     ) -> None:
         check_number("KeyedLimiter", "max_keys", max_keys, minimum=1, integer=True)
-        if not callable(factory):
-            raise ConfigurationError(f"KeyedLimiter.factory must be callable, got {factory!r}")
+        if isinstance(factory, _Limiter) or not callable(factory):
+            shown = (f"{type(factory).__name__}(...)" if isinstance(factory, _Limiter)
+                     else repr(factory))
+            raise ConfigurationError(
+                "KeyedLimiter.factory must be a callable returning a new limiter for each "
+                f"key, such as lambda: TokenBucket(...), got {shown}"
+            )
+        first, second = factory(), factory()
+        if not isinstance(first, _Limiter):
+            raise ConfigurationError(
+                "KeyedLimiter.factory must return a local rate limiter (TokenBucket, Gcra, "
+                f"SlidingWindow), returned {first!r}"
+            )
+        if first is second:
+            raise ConfigurationError(
+                f"KeyedLimiter.factory returned the same limiter twice ({first!r}): every "
+                "key would share it; build a new one per call, or use the limiter alone"
+            )
+        if key is not None and not callable(key):
+            raise ConfigurationError(
+                f"KeyedLimiter.key must be a callable returning the key of a call, got {key!r}"
+            )
         self._factory = factory
-        self.max_keys = max_keys
-        self.name = name
+        self._key = key
+        self._max_keys = max_keys
+        self._name = name
         self._limiters: OrderedDict[Hashable, _Limiter] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def factory(self) -> Callable[[], _Limiter]:
+        """Builds the limiter of a new key."""
+        return self._factory
+
+    @property
+    def key(self) -> Callable[..., Hashable] | None:
+        """Returns the key of a call made through ``call``/``acall`` (``None``: not set)."""
+        return self._key
+
+    @property
+    def max_keys(self) -> int:
+        """The most keys kept at once."""
+        return self._max_keys
+
+    @property
+    def name(self) -> str:
+        """Shown in reprs and by the ASGI limits."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return f"KeyedLimiter(name={self._name!r}, keys={len(self._limiters)})"
 
     def limiter(self, key: Hashable) -> _Limiter:
         """The limiter for ``key``, created on first use."""
@@ -441,7 +545,7 @@ class KeyedLimiter:
                 limiters.move_to_end(key)
                 return found
             made = limiters[key] = self._factory()
-            if len(limiters) > self.max_keys:
+            if len(limiters) > self._max_keys:
                 limiters.popitem(last=False)
             return made
         finally:
@@ -463,3 +567,22 @@ class KeyedLimiter:
     ) -> None:
         """Async :meth:`acquire`."""
         await self.limiter(key).aacquire(cost, max_wait=max_wait)
+
+    def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
+        key = self._key
+        if key is None:
+            raise ConfigurationError(
+                "KeyedLimiter.key is not set: pass key=lambda *args, **kwargs: ... (the key "
+                "of a call) to use a KeyedLimiter as a policy (call, acall, Pipeline, @)"
+            )
+        return key(*args, **kwargs)
+
+    def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` once its key's limiter has a unit (waiting up to its ``max_wait``)."""
+        return self.limiter(self._key_of(args, kwargs)).call(fn, *args, **kwargs)
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Await ``fn`` once its key's limiter has a unit (waiting up to its ``max_wait``)."""
+        return await self.limiter(self._key_of(args, kwargs)).acall(fn, *args, **kwargs)
