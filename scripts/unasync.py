@@ -106,7 +106,7 @@ def _offsets(text: str) -> list[int]:
 def _word_pattern(names: dict[str, str]) -> re.Pattern[str]:
     # Longest first, so that "redis.asyncio" wins over a shorter key it starts with.
     keys = sorted(names, key=len, reverse=True)
-    return re.compile(r"(?<![\w.])(?:" + "|".join(map(re.escape, keys)) + r")(?![\w])")
+    return re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, keys)) + r")(?![\w])")
 
 
 def unasync(text: str, names: dict[str, str]) -> str:
