@@ -17,6 +17,7 @@ test: bootstrap lint unit
 lint:
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
+	$(PY) scripts/unasync.py --check
 
 unit:
 	$(PY) -m pytest -q
