@@ -20,7 +20,7 @@ lengthens the wait to at least that, capped by ``max_retry_after``.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock, testing_state
@@ -258,7 +258,7 @@ class Retry(Decorates):
     # of a decorated function or a pipeline must not pay for a second frame
     # (bench/retry_success.py, bench/pipeline.py).
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure that calls ``fn``, retrying as configured."""
         budget, now, on, on_result = self._budget, self._now, self._on, self._on_result
         timed = self.timeout is not None
@@ -280,7 +280,7 @@ class Retry(Decorates):
 
         return retrying
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function that awaits ``fn``, retrying as configured."""
         budget, now, on, on_result = self._budget, self._now, self._on, self._on_result
         timed = self.timeout is not None
