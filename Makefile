@@ -17,7 +17,7 @@ test: bootstrap lint unit
 lint:
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
-	d=$$(mktemp -d) && $(PY) tests/test_readme.py --write $$d && $(VENV)/bin/mypy --config-file tests/typing/mypy.ini tests/typing/user_code.py $$d; s=$$?; rm -rf $$d; exit $$s
+	d=$$(mktemp -d) && $(PY) -m tests.test_readme --write $$d && $(VENV)/bin/mypy --config-file tests/typing/mypy.ini tests/typing/user_code.py $$d; s=$$?; rm -rf $$d; exit $$s
 
 unit:
 	$(PY) -m pytest -q

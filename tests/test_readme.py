@@ -14,7 +14,7 @@ Blocks that call servers read their addresses from the environment with a
 default a reader would use; here they point at servers this module starts on
 loopback (``PAYMENTS_URL``, ``ORDERS_ENDPOINTS``, ``REDIS_URL``, ``TOXIPROXY_PORT``).
 
-``python tests/test_readme.py --write DIR`` writes the blocks that run to DIR, one
+``python -m tests.test_readme --write DIR`` writes the blocks that run to DIR, one
 module each, for ``mypy --strict`` (the Makefile's ``lint`` target).
 """
 
@@ -102,7 +102,7 @@ def write(directory: Path) -> list[Path]:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3 or sys.argv[1] != "--write":
-        sys.exit("usage: python tests/test_readme.py --write DIR")
+        sys.exit("usage: python -m tests.test_readme --write DIR")
     write(Path(sys.argv[2]))
     sys.exit(0)
 
