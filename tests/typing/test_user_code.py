@@ -152,3 +152,26 @@ def test_lazy_names_are_listed_by_dir_without_importing_their_dependency(package
 def test_dir_still_lists_the_modules_own_names(package: str) -> None:
     module = __import__(package, fromlist=["__all__"])
     assert set(module.__all__) <= set(dir(module))
+
+
+class PassesThrough:
+    """A policy whose own wrap lets calls through untouched (returns the function itself)."""
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def acall(self, fn: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return fn
+
+    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        return fn
+
+
+def test_a_policy_that_returns_the_function_itself_does_not_make_it_wrap_itself() -> None:
+    assert Pipeline(PassesThrough()).wrap(user_name) is user_name
+    assert Pipeline(PassesThrough()).awrap(auser_name) is auser_name
+    assert not hasattr(user_name, "__wrapped__")
+    assert not hasattr(auser_name, "__wrapped__")
