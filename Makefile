@@ -18,6 +18,7 @@ lint:
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
 	$(PY) scripts/unasync.py --check
+	d=$$(mktemp -d) && $(PY) -m tests.test_readme --write $$d && $(VENV)/bin/mypy --config-file tests/typing/mypy.ini tests/typing/user_code.py $$d; s=$$?; rm -rf $$d; exit $$s
 
 unit:
 	$(PY) -m pytest -q

@@ -6,6 +6,8 @@ compose in a :class:`Pipeline`, read time from a :class:`Clock`, respect the
 current deadline, and report every decision as an event to listeners.
 """
 
+from typing import TYPE_CHECKING
+
 from ._clock import Clock, SystemClock
 from ._deadline import Deadline, current_deadline, deadline_after
 from ._errors import (
@@ -59,12 +61,20 @@ __version__ = "0.1.0"
 # Redis-backed limiters need the optional ``redis`` package: imported on first use.
 _REDIS = ("fournines.policies.redis_rate_limit",
           "the redis package: pip install 'fournines[redis]'")
-__getattr__ = lazy_attributes("fournines", {
+__getattr__, __dir__ = lazy_attributes("fournines", {
     "RedisGcra": _REDIS,
     "RedisSlidingWindow": _REDIS,
     "SyncRedisGcra": _REDIS,
     "SyncRedisSlidingWindow": _REDIS,
-})
+}, globals())
+
+if TYPE_CHECKING:  # the real types for a user's type checker; never imported at run time
+    from .policies.redis_rate_limit import (
+        RedisGcra,
+        RedisSlidingWindow,
+        SyncRedisGcra,
+        SyncRedisSlidingWindow,
+    )
 
 __all__ = [
     "AdaptiveThrottling",

@@ -5,6 +5,8 @@ ASGI middleware of its own. ``serve(app)`` runs it under uvicorn with a draining
 shutdown (imported lazily: it needs the ``serve`` extra).
 """
 
+from typing import TYPE_CHECKING
+
 from .._lazy import lazy_attributes
 from ._state import InstanceLogFilter, Phase, ServiceState, instance_id
 from .checks import (
@@ -25,12 +27,17 @@ from .shutdown import GracefulShutdown, LifecycleMiddleware
 
 # Parts that import optional packages (prometheus_client, opentelemetry, uvicorn) load on
 # first use, so `import fournines.asgi` works with none of them installed.
-__getattr__ = lazy_attributes("fournines.asgi", {
+__getattr__, __dir__ = lazy_attributes("fournines.asgi", {
     "MetricsMiddleware": ("fournines.asgi.metrics", "pip install 'fournines[asgi]'"),
     "TracingMiddleware": ("fournines.asgi.tracing", "pip install 'fournines[otel]'"),
     "TraceContextFilter": ("fournines.asgi.tracing", "pip install 'fournines[otel]'"),
     "serve": ("fournines.asgi.server", "pip install 'fournines[serve]'"),
-})
+}, globals())
+
+if TYPE_CHECKING:  # the real types for a user's type checker; never imported at run time
+    from .metrics import MetricsMiddleware
+    from .server import serve
+    from .tracing import TraceContextFilter, TracingMiddleware
 
 __all__ = [
     "Check",

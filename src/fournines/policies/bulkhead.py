@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
@@ -295,7 +295,7 @@ class Bulkhead(Decorates):
         finally:
             self._release()
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure that calls ``fn`` holding a slot (fast path inlined, as in ``call``)."""
         waiters, free, acquire, release = self._waiters, self._free, self.acquire, self._release
 
@@ -314,7 +314,7 @@ class Bulkhead(Decorates):
 
         return in_bulkhead
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function that awaits ``fn`` holding a slot."""
         waiters, free, aacquire, release = (self._waiters, self._free, self.aacquire,
                                             self._release)

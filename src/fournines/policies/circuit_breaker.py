@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -721,7 +721,7 @@ class CircuitBreaker(Decorates):
         permit.success()
         return result
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure that calls ``fn`` through the breaker."""
         breaker = self
         failure_closed = self._failure_closed
@@ -748,7 +748,7 @@ class CircuitBreaker(Decorates):
 
         return through_breaker
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function that awaits ``fn`` through the breaker."""
         breaker = self
         failure_closed = self._failure_closed

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, check_number
@@ -37,7 +37,12 @@ __all__ = ["Degradation", "Fallback", "StaleCache", "track_degradation"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-R = TypeVar("R")
+if TYPE_CHECKING:  # PEP 696: a bare `StaleCache(...)` is StaleCache[Any], no annotation needed
+    from typing_extensions import TypeVar as _TypeVar
+
+    R = _TypeVar("R", default=Any)
+else:
+    R = TypeVar("R")
 
 
 class Degradation:

@@ -9,13 +9,12 @@ policy, including user-written ones and other pipelines.
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, overload, runtime_checkable
 
 from .._errors import ConfigurationError
-from ._shell import awrap_with, wrap_with
+from ._shell import awrap_with, named_after, wrap_with
 
 __all__ = ["Pipeline", "Policy"]
 
@@ -40,6 +39,15 @@ def _never(*args: Any, **kwargs: Any) -> Any:  # pragma: no cover - placeholder,
     raise AssertionError("unreachable")
 
 
+def _awaiting(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    # An empty pipeline around a function that returns an awaitable without being a
+    # coroutine function still hands back a coroutine function, as awrap promises.
+    async def awaiting(*args: P.args, **kwargs: P.kwargs) -> T:
+        return await fn(*args, **kwargs)
+
+    return awaiting
+
+
 class Pipeline:
     """Compose policies; the first given is the outermost."""
 
@@ -62,19 +70,26 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.policies))})"
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` wrapped in every policy's closure, from the inside out."""
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """``fn`` wrapped in every policy's closure, from the inside out.
+
+        Each closure carries ``fn``'s name, module, docstring and ``__wrapped__``.
+        """
         chain = fn
         for policy in reversed(self.policies):
             chain = wrap_with(policy, chain)
         return chain
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Coroutine function ``fn`` wrapped in every policy's async closure."""
-        chain = fn
+        if not self.policies:
+            if inspect.iscoroutinefunction(fn):
+                return fn
+            return named_after(_awaiting(fn), fn)
+        chain: Callable[P, Awaitable[T]] = fn
         for policy in reversed(self.policies):
             chain = awrap_with(policy, chain)
-        return chain
+        return chain  # type: ignore[return-value]
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn(*args, **kwargs)`` through every policy."""
@@ -95,10 +110,11 @@ class Pipeline:
         return await chain(*args, **kwargs)  # type: ignore[no-any-return]
 
     @overload
-    def __call__(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
     @overload
     def __call__(self, fn: Callable[P, T]) -> Callable[P, T]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         """Decorate a sync or async function; the chain is built once, here."""
-        wrapped = self.awrap(fn) if inspect.iscoroutinefunction(fn) else self.wrap(fn)
-        return functools.wraps(fn)(wrapped)
+        return self.awrap(fn) if inspect.iscoroutinefunction(fn) else self.wrap(fn)

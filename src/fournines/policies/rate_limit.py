@@ -21,7 +21,7 @@ import math
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .._clock import Clock, system_clock
@@ -255,7 +255,7 @@ class TokenBucket(_Limiter):
             self._lock.release()
         raise self._reject((cost - tokens) / self._rate + _MARGIN)
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure that calls ``fn`` once a token is available."""
         take, acquire = self._take, self.acquire
 
@@ -266,7 +266,7 @@ class TokenBucket(_Limiter):
 
         return limited
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function that awaits ``fn`` once a token is available."""
         take, aacquire = self._take, self.aacquire
 

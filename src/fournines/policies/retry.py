@@ -34,7 +34,7 @@ deposit); the planner runs only after a failure.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
@@ -488,7 +488,7 @@ class Retry(Decorates):
     # of a decorated function or a pipeline must not pay for a second frame
     # (bench/retry_success.py, bench/pipeline.py).
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure that calls ``fn``, retrying as configured."""
         budget, now, on, on_result = self._budget, self._now, self._on, self._on_result
         timed = self._timed
@@ -510,7 +510,7 @@ class Retry(Decorates):
 
         return retrying
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function that awaits ``fn``, retrying as configured."""
         budget, now, on, on_result = self._budget, self._now, self._on, self._on_result
         timed = self._timed
