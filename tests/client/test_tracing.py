@@ -121,7 +121,7 @@ async def test_breaker_rejection_is_a_span_event_and_an_error(
     span = only_span(exporter)
     assert "CallRejected" in event_names(span)
     assert span.attributes is not None
-    assert span.attributes["error.type"] == "CircuitOpenError"
+    assert span.attributes["error.type"] == "TransportCircuitOpenError"
     assert span.status.status_code is StatusCode.ERROR
     assert len(seen(host_a)) == 1
 

@@ -13,16 +13,15 @@ import email.utils
 import hashlib
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import httpx
-from httpx._multipart import MultipartStream
 
 from .._clock import Clock
 from .._deadline import Deadline, current_deadline
-from .._errors import ConfigurationError, DeadlineExceededError, check_number
+from .._errors import ConfigurationError, DeadlineExceededError, RejectedError, check_number
 from .._events import (
     ClientRequestFinished,
     ClientRequestStarted,
@@ -43,7 +42,7 @@ from .._propagation import (
 )
 from ..policies.backoff import Backoff
 from ..policies.budget import RetryBudget
-from ..policies.bulkhead import Bulkhead
+from ..policies.bulkhead import Bulkhead, BulkheadPermit
 from ..policies.circuit_breaker import (
     AdaptiveThrottling,
     BreakerPermit,
@@ -52,13 +51,26 @@ from ..policies.circuit_breaker import (
     FailureRate,
 )
 from ..policies.fallback import StaleCache
+from ._errors import TransportDeadlineExceededError
 
 if TYPE_CHECKING:
     from ._tracing import ClientTracer
 
-# Request bodies that can be sent again: bytes, text, JSON, forms (ByteStream) and
-# multipart (which seeks its files back to the start on each send).
-_REPLAYABLE = (httpx.ByteStream, MultipartStream)
+V = TypeVar("V")
+
+# What the transports turn into their httpx-typed twins (client/_errors.py).
+EDGE_ERRORS = (RejectedError, DeadlineExceededError)
+
+
+def replayable(stream: object) -> bool:
+    """Whether a request body can be sent again, judged from public httpx types only.
+
+    httpx builds the body of fixed content (bytes, text, JSON, forms: ``ByteStream``;
+    multipart, which seeks its files back to the start on each send) as a stream that
+    is both a ``SyncByteStream`` and an ``AsyncByteStream``; a body from an iterator
+    or generator is only one of the two, and can be read once.
+    """
+    return isinstance(stream, httpx.SyncByteStream) and isinstance(stream, httpx.AsyncByteStream)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """Methods retried without an ``Idempotency-Key`` (RFC 9110, section 9.2.2)."""
@@ -199,6 +211,82 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
     return max(0.0, when - now)
+
+
+class RouteTable(Generic[V]):
+    """``(method, path pattern) -> value``, matched the way requests are seen.
+
+    A pattern is an exact path (``/payments/status``), a template whose ``{name}``
+    segments each match one non-empty path segment (``/payments/{id}/status``),
+    or a prefix ending in ``*`` (``/static/*``). An exact pattern beats a
+    template, which beats a prefix; among templates the one with more literal
+    segments wins, among prefixes the longest.
+    """
+
+    __slots__ = ("_exact", "_prefixes", "_templates")
+
+    def __init__(self, owner: str, field: str, items: Iterable[tuple[object, V]]) -> None:
+        self._exact: dict[tuple[str, str], tuple[str, V]] = {}
+        templates: list[tuple[int, str, tuple[str | None, ...], str, V]] = []
+        prefixes: list[tuple[str, str, V]] = []
+        for key, value in items:
+            if not (isinstance(key, tuple) and len(key) == 2
+                    and all(isinstance(part, str) for part in key)):
+                raise ConfigurationError(
+                    f"{owner}.{field} keys must be (method, path) tuples, got {key!r}"
+                )
+            method, pattern = key[0].upper(), key[1]
+            if not pattern.startswith("/"):
+                raise ConfigurationError(
+                    f"{owner}.{field} key {key!r}: the path must start with '/' (an exact "
+                    f"path, a template like '/payments/{{id}}/status' or a prefix like "
+                    f"'/static/*')"
+                )
+            if pattern.endswith("*"):
+                prefixes.append((method, pattern[:-1], value))
+                continue
+            segments = tuple(None if _is_parameter(part) else part
+                             for part in pattern.split("/"))
+            if any(("{" in part or "}" in part) for part in segments if part is not None):
+                raise ConfigurationError(
+                    f"{owner}.{field} key {key!r}: a '{{name}}' must be a whole path segment"
+                )
+            if None in segments:
+                literal = sum(part is not None for part in segments)
+                templates.append((literal, method, segments, pattern, value))
+            else:
+                self._exact[(method, pattern)] = (pattern, value)
+        templates.sort(key=lambda t: -t[0])  # stable: declaration order breaks ties
+        self._templates = [(m, segs, pat, v) for _, m, segs, pat, v in templates]
+        prefixes.sort(key=lambda p: -len(p[1]))
+        self._prefixes = [(m, prefix, prefix + "*", v) for m, prefix, v in prefixes]
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._templates or self._prefixes)
+
+    def match(self, method: str, path: str) -> tuple[str, V] | None:
+        """``(pattern, value)`` of the best route for a request, or ``None``."""
+        found = self._exact.get((method, path))
+        if found is not None or not (self._templates or self._prefixes):
+            return found
+        if self._templates:
+            parts = path.split("/")
+            for m, segments, pattern, value in self._templates:
+                if m == method and len(segments) == len(parts) and all(
+                    part if want is None else part == want
+                    for want, part in zip(segments, parts, strict=True)
+                ):
+                    return pattern, value
+        for m, prefix, pattern, value in self._prefixes:
+            if m == method and path.startswith(prefix):
+                return pattern, value
+        return None
+
+
+def _is_parameter(segment: str) -> bool:
+    inner = segment[1:-1]
+    return (len(segment) > 2 and segment[0] == "{" and segment[-1] == "}"
+            and "{" not in inner and "}" not in inner)
 
 
 class _HostPolicies:
@@ -371,20 +459,19 @@ class TransportCore:
                         f"or (method, path) tuples, got {key!r}"
                     )
             elif not (isinstance(key, tuple) and len(key) == 2
-                      and all(isinstance(part, str) for part in key)):
+                    and all(isinstance(part, str) for part in key)):
                 raise ConfigurationError(
                     f"{owner}.per_route keys must be origins like 'http://host:port' "
                     f"or (method, path) tuples, got {key!r}"
                 )
+        route_table: RouteTable[ClientPolicy] = RouteTable(
+            owner, "per_route", ((k, v) for k, v in routes.items() if isinstance(k, tuple)))
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ConfigurationError(f"{owner}.budget must be a RetryBudget, got {budget!r}")
         hooks = dict(fallbacks or {})
+        fallback_table: RouteTable[FallbackHook | StaleCache[Any]] = RouteTable(
+            owner, "fallbacks", hooks.items())
         for key, hook in hooks.items():
-            if not (isinstance(key, tuple) and len(key) == 2
-                    and all(isinstance(part, str) for part in key)):
-                raise ConfigurationError(
-                    f"{owner}.fallbacks keys must be (method, path) tuples, got {key!r}"
-                )
             if not callable(hook) and not isinstance(hook, StaleCache):
                 raise ConfigurationError(
                     f"{owner}.fallbacks[{key!r}] must be a function or a StaleCache, "
@@ -394,13 +481,10 @@ class TransportCore:
         check_number(owner, "max_stale_bytes", max_stale_bytes, minimum=0, integer=True)
         self._config = config or ClientPolicy()
         # Keys are matched the way requests are seen: upper-case method, full origin.
-        self._routes = {(k[0].upper(), k[1]): v for k, v in routes.items()
-                        if isinstance(k, tuple)}
+        self._routes = route_table
         self._hosts = {_origin(httpx.URL(k)): v for k, v in routes.items() if isinstance(k, str)}
         self._budget = budget
-        self._fallbacks: dict[tuple[str, str], FallbackHook | StaleCache[Any]] = {
-            (m.upper(), p): h for (m, p), h in hooks.items()
-        }
+        self._fallbacks = fallback_table
         self._clock = clock
         self._max_hosts = max_hosts
         self._max_stale_bytes = max_stale_bytes
@@ -423,11 +507,13 @@ class TransportCore:
         origin = _origin(url)
         key: object = origin
         config: ClientPolicy | None = None
+        pattern = ""
         if self._routes:
-            route = (method, url.path)
-            config = self._routes.get(route)
-            if config is not None:
-                key = (origin, *route)
+            found = self._routes.match(method, url.path)
+            if found is not None:
+                # One set of policies per route pattern: every order id shares one breaker.
+                pattern, config = found
+                key = (origin, method, pattern)
         registry = self._registry
         policies = registry.get(key)
         if policies is not None:
@@ -436,7 +522,7 @@ class TransportCore:
             return policies
         if config is None:
             config = self._hosts.get(origin, self._config)
-        name = origin if isinstance(key, str) else f"{method} {origin}{url.path}"
+        name = origin if isinstance(key, str) else f"{method} {origin}{pattern}"
         policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners)
         registry[key] = policies
         if len(registry) > self._max_hosts:
@@ -456,7 +542,7 @@ class TransportCore:
         idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
         # A body from an iterator or generator can be sent once: a retry or a hedge would
         # fail (StreamConsumed), send it empty, or split it between two attempts.
-        idempotent = idempotent and isinstance(request.stream, _REPLAYABLE)
+        idempotent = idempotent and replayable(request.stream)
         return _Call(hp, deadline, cfg.attempts > 1 and idempotent,
                      cfg.hedge_after is not None and idempotent)
 
@@ -540,7 +626,7 @@ class TransportCore:
             dispatch(self._listeners, DeadlineExceeded(
                 policy="client", name=hp.name, timeout=max(0.0, deadline.remaining()),
             ))
-        return DeadlineExceededError(f"no time left for a request to {hp.name}")
+        return TransportDeadlineExceededError(f"no time left for a request to {hp.name}")
 
     def _plan(self, hp: _HostPolicies, attempt: int, previous: float, hint: float | None,
               error: BaseException | None, deadline: Deadline | None) -> float | None:
@@ -572,10 +658,77 @@ class TransportCore:
                 ))
         return None if reason else delay
 
+    # -- the steps of an attempt, shared by both shells --------------------------------
+
+    def _failed(self, call: _Call, exc: Exception, permit: BreakerPermit,
+                slot: BulkheadPermit | None) -> float:
+        """Settle an attempt that raised; the wait before the next one, or raise."""
+        if slot is not None:
+            slot.release()
+        planned, error = self._after_error(call, exc, permit)
+        if planned is None:
+            if error is exc:
+                raise exc
+            raise error from exc
+        return planned
+
+    @staticmethod
+    def _abandoned(permit: BreakerPermit, slot: BulkheadPermit | None) -> None:
+        """Give back what a cancelled attempt held (it says nothing about the host)."""
+        if slot is not None:
+            slot.release()
+        permit.release()
+
+    def _answered(self, call: _Call, response: httpx.Response, permit: BreakerPermit,
+                  slot: BulkheadPermit | None) -> float | None:
+        """Settle an attempt that answered: ``None`` to return it, else the wait to retry.
+
+        On a retry the shell reads and closes ``response`` (its connection goes back).
+        """
+        planned = self._after_response(call, response, permit)
+        if planned is None:
+            # A success is settled by the body: it may yet be cut mid-response.
+            # Not a half-open probe's: a long body must not hold the only probe.
+            if permit._probe:
+                permit.success()
+            _hold(response, slot, permit)
+            return None
+        _hold(response, slot, None)
+        return planned
+
     # -- fallbacks -----------------------------------------------------------------------
 
-    def _hook(self, request: httpx.Request) -> FallbackHook | StaleCache[Any] | None:
-        return self._fallbacks.get((request.method, request.url.path))
+    def _instead_of_error(self, pattern: str, hook: FallbackHook | StaleCache[Any],
+                          request: httpx.Request, exc: Exception) -> httpx.Response:
+        """What answers a call that raised ``exc``: the hook's answer, a stale one, or raise."""
+        if not isinstance(hook, StaleCache):
+            return self._fallback(pattern, hook, request, exc)
+        stale = self._stale(hook, request, exc)
+        if stale is None:
+            raise exc
+        return stale
+
+    @staticmethod
+    def _keeps(hook: FallbackHook | StaleCache[Any], response: httpx.Response) -> bool:
+        """Whether the shell reads ``response`` to keep it for a stale-cache route."""
+        return isinstance(hook, StaleCache) and 200 <= response.status_code < 300
+
+    def _instead_of_5xx(self, pattern: str, hook: FallbackHook | StaleCache[Any],
+                        request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        """What answers ``response``: itself below 500, else a fallback's answer if any.
+
+        The shell closes ``response`` when something else answers instead.
+        """
+        if response.status_code < 500:
+            return response
+        error = self._status_error(request, response)
+        if isinstance(hook, StaleCache):
+            stale = self._stale(hook, request, error)
+            return response if stale is None else stale
+        return self._fallback(pattern, hook, request, error)
+
+    def _hook(self, request: httpx.Request) -> tuple[str, FallbackHook | StaleCache[Any]] | None:
+        return self._fallbacks.match(request.method, request.url.path)
 
     @staticmethod
     def _status_error(request: httpx.Request, response: httpx.Response) -> httpx.HTTPStatusError:
@@ -583,12 +736,13 @@ class TransportCore:
             f"{response.status_code} from {request.url}", request=request, response=response
         )
 
-    def _fallback(self, hook: FallbackHook, request: httpx.Request,
+    def _fallback(self, pattern: str, hook: FallbackHook, request: httpx.Request,
                   exc: BaseException) -> httpx.Response:
         response = hook(request, exc)
         if self._listeners or global_listeners():
+            # Named by the route pattern: one name for every order id of a template.
             dispatch(self._listeners, FallbackUsed(
-                policy="fallback", name=f"{request.method} {request.url.path}", error=exc,
+                policy="fallback", name=f"{request.method} {pattern}", error=exc,
             ))
         return response
 
@@ -649,6 +803,108 @@ class TransportCore:
                 duration=max(0.0, self._clock.monotonic() - obs.start),
                 error_type=None if error is None else type(error).__qualname__,
             ))
+
+
+class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that gives the bulkhead slot back when it is closed (sync or async).
+
+    With ``outcome``, the breaker permit of the attempt is settled by the body: a
+    body cut by the network (the connection closed or reset mid-response) is a
+    failure although its headers were fine; a complete or closed body a success.
+    """
+
+    __slots__ = ("_outcome", "_permit", "_stream")
+
+    def __init__(self, stream: Any, permit: BulkheadPermit | None,
+                 outcome: BreakerPermit | None = None) -> None:
+        self._stream = stream
+        self._permit = permit
+        self._outcome = outcome
+
+    def _cut(self, exc: BaseException) -> None:
+        if self._outcome is not None:
+            self._outcome.failure(exc)
+
+    def _closed(self) -> None:
+        if self._outcome is not None:
+            self._outcome.success()  # ignored when the body already failed
+        if self._permit is not None:
+            self._permit.release()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except _FAILURES as exc:
+            self._cut(exc)
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except _FAILURES as exc:
+            self._cut(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._closed()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._closed()
+
+
+class ResumedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body of which ``head`` was read already: the rest still comes from ``response``."""
+
+    __slots__ = ("_head", "_response", "_rest")
+
+    def __init__(self, head: list[bytes], rest: Any, response: httpx.Response) -> None:
+        self._head = head
+        self._rest = rest
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._head:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def resumed(response: httpx.Response, head: list[bytes], rest: Any) -> httpx.Response:
+    """A response like ``response`` (whose body was started) with ``head`` + ``rest`` as body."""
+    return httpx.Response(response.status_code, headers=response.headers.raw,
+                          stream=ResumedStream(head, rest, response),
+                          extensions=response.extensions)
+
+
+def _hold(response: httpx.Response, slot: BulkheadPermit | None,
+          outcome: BreakerPermit | None) -> None:
+    """Keep the bulkhead slot (and leave ``outcome`` unsettled) until the body is closed."""
+    if response.is_closed:
+        # A response built with its content (a mock, a cache) was read and closed
+        # at construction: nobody will close its stream again.
+        if outcome is not None:
+            outcome.success()
+        if slot is not None:
+            slot.release()
+    elif slot is not None or outcome is not None:
+        response.stream = ReleasingStream(response.stream, slot, outcome)
 
 
 # Headers that say who is asking: a cached answer is only ever served to the same ones.
