@@ -57,8 +57,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from .._clock import Clock, system_clock
-from .._errors import ConfigurationError, NoEndpointsError, check_number
+from .._errors import ConfigurationError, NoEndpointsError, RejectedError, check_number
 from .._events import EndpointEjected, Listener, dispatch, has_listeners
+from ._errors import at_the_edge
 
 __all__ = [
     "AsyncBalancingTransport",
@@ -429,11 +430,18 @@ class BalancingTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to the picked endpoint and report the outcome to the balancer."""
         balancer = self.balancer
-        endpoint = balancer.pick()
+        try:
+            endpoint = balancer.pick()
+        except NoEndpointsError as exc:
+            raise at_the_edge(exc, request)  # noqa: B904 - the cause is set on it
         attempt = _attempt_request(request, endpoint)
         start = balancer.clock.monotonic()
         try:
             response = self._transport.handle_request(attempt)
+        except RejectedError:
+            # Refused below us (a transport's policy, a fault): says nothing of the endpoint.
+            balancer.cancel(endpoint)
+            raise
         except httpx.TransportError:
             balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
             raise
@@ -472,11 +480,18 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to the picked endpoint and report the outcome to the balancer."""
         balancer = self.balancer
-        endpoint = balancer.pick()
+        try:
+            endpoint = balancer.pick()
+        except NoEndpointsError as exc:
+            raise at_the_edge(exc, request)  # noqa: B904 - the cause is set on it
         attempt = _attempt_request(request, endpoint)
         start = balancer.clock.monotonic()
         try:
             response = await self._transport.handle_async_request(attempt)
+        except RejectedError:
+            # Refused below us (a transport's policy, a fault): says nothing of the endpoint.
+            balancer.cancel(endpoint)
+            raise
         except httpx.TransportError:
             balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
             raise
