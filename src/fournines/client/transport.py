@@ -11,9 +11,9 @@ and optional bulkhead, created on first use from one :class:`ClientPolicy` and
 kept in a bounded LRU registry, so one failing host never opens another host's
 breaker. Per attempt the transport:
 
-1. refuses at once with :class:`~fournines.DeadlineExceededError` when the
+1. refuses at once with a :class:`~fournines.DeadlineExceededError` when the
    current deadline is spent (the network is not touched);
-2. takes a bulkhead slot and a breaker permit (an open breaker raises
+2. takes a bulkhead slot and a breaker permit (an open breaker raises a
    :class:`~fournines.CircuitOpenError` without touching the network);
 3. sets the attempt's timeout to ``min(attempt_timeout, remaining deadline)``
    through ``request.extensions["timeout"]`` and sends the remaining budget in
@@ -31,11 +31,21 @@ breaker. Per attempt the transport:
    sleeping past the deadline. Exhausted retries return the last response or
    re-raise the last error.
 
+Every refusal is raised as a twin that is also an httpx error
+(:class:`~fournines.client.TransportCircuitOpenError` is a ``CircuitOpenError``
+and an ``httpx.TransportError``; :class:`~fournines.client.TransportDeadlineExceededError`
+a ``DeadlineExceededError`` and an ``httpx.TimeoutException``), so both
+``except`` styles work.
+
 The two transports share every decision (:mod:`fournines.client._core`); they
 differ only in how they wait and send. Hedging (``hedge_after``: one concurrent
 twin for a late idempotent attempt; see :class:`ClientPolicy`) needs concurrency
-and is async-only: :class:`ResilientTransport` ignores it.
+and is async-only: :class:`ResilientTransport` ignores it. The race itself is
+:func:`fournines.policies.hedge.race`, the core of :class:`~fournines.Hedge`.
 
+Routes (``per_route`` and ``fallbacks`` keys) are ``(method, path pattern)``: an
+exact path, a template (``/payments/{id}/status``: ``{id}`` is one non-empty
+segment) or a prefix (``/static/*``); exact beats template beats prefix.
 A route in ``fallbacks`` may map to a function ``hook(request, error) -> response``
 or to a :class:`~fournines.StaleCache`: the transport then reads and keeps the
 last 2xx answer (206 excepted) of each URL of that route (bodies up to
