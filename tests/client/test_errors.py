@@ -143,3 +143,15 @@ def test_the_twins_keep_the_fournines_tree() -> None:
     deadline = TransportDeadlineExceededError("no time left")
     assert isinstance(deadline, DeadlineExceededError | TimeoutError | httpx.TimeoutException)
     assert str(deadline) == "no time left"
+
+
+async def test_a_refusal_below_the_balancer_is_not_the_endpoints_failure(
+        shell: Shell, host_a: str) -> None:
+    limiter = TokenBucket(rate=1.0, capacity=1, clock=FakeClock())
+    balancer = P2CBalancer([host_a])
+    client = shell.wrap(shell.balancing(balancer, transport=RateLimited(limiter)))
+    assert (await client.get("http://service/x")).status_code == 200
+    with pytest.raises(RateLimitedError):
+        await client.get("http://service/x")
+    [endpoint] = balancer.endpoints
+    assert (endpoint.failures, endpoint.in_flight) == (0, 0)
