@@ -1,10 +1,14 @@
 """The sans-I/O core shared by the sync and async resilient transports.
 
-Everything that decides lives here: the per-host registry, admission (deadline,
-breaker, per-attempt timeout and headers), what an attempt's outcome means for
-the breaker and whether to retry, the stale-cache fallback, and observation
-(events for metrics, an OpenTelemetry client span). The shells in
-:mod:`fournines.client.transport` only do the I/O: send, sleep, read bodies.
+Everything that decides lives here: the per-host registry and the route patterns,
+admission (deadline, breaker, per-attempt timeout and headers), each step of an
+attempt (``_failed``, ``_abandoned``, ``_answered``: what the outcome means for the
+breaker and whether to retry), the fallbacks (``_instead_of_error``, ``_keeps``,
+``_instead_of_5xx``), the response bodies that settle the breaker and bulkhead
+when closed (one class for sync and async), and observation (events for
+metrics, an OpenTelemetry client span). The shells in
+:mod:`fournines.client.transport` only do the I/O: send, sleep, read and close
+bodies, and (async only) race a hedge.
 """
 
 from __future__ import annotations
