@@ -132,7 +132,7 @@ async def test_whole_async_stack_works_together() -> None:
         Retry(attempts=3),
         CircuitBreaker(),
         TokenBucket(rate=1000, capacity=100),
-        Bulkhead(max_concurrent=10),
+        Bulkhead(max_concurrent=10, max_queue=50),  # rejections are not retried: queue
     )
 
     async def work(i: int) -> int:

@@ -92,15 +92,24 @@ def test_on_result_stops_at_a_good_result(clock: FakeClock) -> None:
 
 
 def test_retry_after_hint_lengthens_the_wait(clock: FakeClock) -> None:
-    flaky = Flaky(1, RateLimitedError("api", retry_after=2.5))
-    Retry(backoff=NO_JITTER, clock=clock).call(flaky)
-    assert clock.sleeps == [2.5]
+    flaky = Flaky(1, RateLimitedError("api", retry_after=0.5))
+    Retry(on=RateLimitedError, backoff=NO_JITTER, clock=clock).call(flaky)
+    assert clock.sleeps == [0.5]
 
 
-def test_retry_after_hint_is_capped(clock: FakeClock) -> None:
+def test_retry_after_hint_beyond_the_cap_is_not_waited_for(clock: FakeClock) -> None:
     flaky = Flaky(1, CircuitOpenError("api", retry_after=3600))
-    Retry(backoff=NO_JITTER, max_retry_after=5, clock=clock).call(flaky)
-    assert clock.sleeps == [5]
+    with pytest.raises(CircuitOpenError):
+        Retry(on=CircuitOpenError, backoff=NO_JITTER, max_retry_after=5, clock=clock).call(flaky)
+    assert flaky.calls == 1
+    assert clock.sleeps == []
+
+
+def test_max_retry_after_may_allow_hints_longer_than_the_backoff_cap(clock: FakeClock) -> None:
+    flaky = Flaky(1, RateLimitedError("api", retry_after=4))
+    retry = Retry(on=RateLimitedError, backoff=NO_JITTER, max_retry_after=5, clock=clock)
+    assert retry.call(flaky) == "ok"
+    assert clock.sleeps == [4]
 
 
 def test_never_sleeps_past_the_current_deadline(clock: FakeClock) -> None:
