@@ -36,7 +36,7 @@ from fournines.client.transport import (
     parse_retry_after,
 )
 from fournines.policies.backoff import Backoff
-from fournines.testing import RecordingListener
+from fournines.testing import RecordingListener, set_testing
 
 from .._servers import free_port
 from ._helpers import control, seen
@@ -214,14 +214,38 @@ async def test_retry_after_seconds_is_honoured(shell: Shell, host_a: str) -> Non
     assert scheduled.delay >= 1.0
 
 
-async def test_retry_after_is_capped(shell: Shell, host_a: str) -> None:
+@pytest.mark.parametrize("hint", ["999999999", "Fri, 01 Jan 2999 00:00:00 GMT", "3600"])
+async def test_a_retry_after_beyond_the_cap_ends_retrying_at_once(shell: Shell, host_a: str,
+                                                                  hint: str) -> None:
+    # "Not soon" from the host: waiting the cap instead would stall the caller for nothing.
     recorder = RecordingListener()
-    policy = ClientPolicy(backoff=FAST, attempts=2, max_retry_after=0.05)
+    policy = ClientPolicy(backoff=FAST, attempts=3, max_retry_after=30.0)
     client, _ = shell.client(config=policy, listeners=[recorder])
-    control(host_a, mode="fail", status=429, retry_after="3600")
-    assert (await client.get(host_a + "/x")).status_code == 429
+    control(host_a, mode="fail", status=503, retry_after=hint)
+    assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 1
+    assert recorder.of(RetryScheduled) == []
+    assert recorder.of(RetriesExhausted)[0].reason == "retry_after"
+
+
+async def test_testing_mode_attempts_reach_the_transport(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
+    control(host_a, mode="fail", status=503)
+    with set_testing(True, attempts=1):
+        assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 1
+
+
+async def test_testing_mode_skips_the_transports_backoff(shell: Shell, host_a: str) -> None:
+    recorder = RecordingListener()
+    slow = Backoff(initial=20.0, cap=20.0, jitter="none")
+    client, _ = shell.client(config=ClientPolicy(backoff=slow, attempts=2),
+                             listeners=[recorder])
+    control(host_a, mode="fail", status=503)
+    with set_testing(True):
+        assert (await client.get(host_a + "/x")).status_code == 503
     assert len(seen(host_a)) == 2
-    assert recorder.of(RetryScheduled)[0].delay == 0.05
+    assert [e.delay for e in recorder.of(RetryScheduled)] == [0.0]
 
 
 async def test_empty_budget_stops_retries(shell: Shell, host_a: str) -> None:

@@ -32,8 +32,6 @@ from .._events import (
     DeadlineExceeded,
     FallbackUsed,
     Listener,
-    RetriesExhausted,
-    RetryScheduled,
     dispatch,
     global_listeners,
 )
@@ -55,6 +53,7 @@ from ..policies.circuit_breaker import (
     FailureRate,
 )
 from ..policies.fallback import StaleCache
+from ..policies.retry import RetryPlanner
 from ._errors import TransportDeadlineExceededError
 
 if TYPE_CHECKING:
@@ -113,7 +112,8 @@ class ClientPolicy:
     :param attempts: attempts per idempotent request, the first included (1: no retry).
     :param backoff: the wait before each retry.
     :param retry_statuses: response statuses that are retried.
-    :param max_retry_after: the cap on a ``Retry-After`` hint.
+    :param max_retry_after: the longest ``Retry-After`` hint honoured; a longer one
+        ends the retrying at once (the host said "not soon").
     :param attempt_timeout: each attempt's timeout (``None``: the client's own);
         always shortened to the remaining deadline.
     :param max_concurrent: requests in flight to the host at once (``None``: no bulkhead).
@@ -296,10 +296,10 @@ def _is_parameter(segment: str) -> bool:
 class _HostPolicies:
     """The policies of one host (or route): created once, reused by every request."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name")
+    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name", "retry")
 
     def __init__(self, name: str, config: ClientPolicy, budget: RetryBudget | None,
-                 clock: Clock, listeners: Sequence[Listener]) -> None:
+                 clock: Clock, listeners: Sequence[Listener], rng: random.Random) -> None:
         self.name = name
         self.config = config
         self.breaker = CircuitBreaker(
@@ -309,6 +309,13 @@ class _HostPolicies:
         self.budget = budget if budget is not None else RetryBudget(
             ratio=config.budget_ratio, min_per_second=config.budget_min_per_second,
             ttl=config.budget_ttl, name=name, clock=clock, listeners=listeners,
+        )
+        # The one retry decision of fournines (set_testing reaches it too); the transport
+        # deposits each request in the budget itself, the planner withdraws each retry.
+        self.retry = RetryPlanner(
+            attempts=config.attempts, backoff=config.backoff,
+            max_retry_after=config.max_retry_after, budget=self.budget, name=name,
+            clock=clock, listeners=listeners, rng=rng,
         )
         self.bulkhead = None if config.max_concurrent is None else Bulkhead(
             max_concurrent=config.max_concurrent, name=name, clock=clock, listeners=listeners,
@@ -527,7 +534,8 @@ class TransportCore:
         if config is None:
             config = self._hosts.get(origin, self._config)
         name = origin if isinstance(key, str) else f"{method} {origin}{pattern}"
-        policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners)
+        policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners,
+                                 self._rng)
         registry[key] = policies
         if len(registry) > self._max_hosts:
             registry.popitem(last=False)
@@ -597,7 +605,7 @@ class TransportCore:
         planned = None
         if isinstance(error, _RETRYABLE):
             if call.retries:
-                planned = self._plan(hp, call.attempt, call.delay, None, error, deadline)
+                planned = self._plan(call, None, error)
             else:
                 mark_retries_exhausted()
         return planned, error
@@ -623,7 +631,7 @@ class TransportCore:
             mark_retries_exhausted()
             return None
         hint = parse_retry_after(response.headers.get("retry-after"), self._clock.time())
-        return self._plan(hp, call.attempt, call.delay, hint, None, call.deadline)
+        return self._plan(call, hint, None)
 
     def _expired(self, hp: _HostPolicies, deadline: Deadline) -> DeadlineExceededError:
         if self._listeners or global_listeners():
@@ -632,35 +640,21 @@ class TransportCore:
             ))
         return TransportDeadlineExceededError(f"no time left for a request to {hp.name}")
 
-    def _plan(self, hp: _HostPolicies, attempt: int, previous: float, hint: float | None,
-              error: BaseException | None, deadline: Deadline | None) -> float | None:
-        """The wait before attempt ``attempt + 1``, or ``None`` to stop (event sent)."""
-        cfg = hp.config
-        reason = ""
-        delay = 0.0
-        if attempt >= cfg.attempts:
-            reason = "attempts"
-        else:
-            delay = cfg.backoff.delay(attempt, previous, self._rng)
-            if hint is not None and hint > delay:
-                delay = min(hint, cfg.max_retry_after)
-            if deadline is not None and deadline.remaining() <= delay:
-                reason = "deadline"
-            elif not hp.budget.try_withdraw():
-                reason = "budget"
-        if reason:
+    @staticmethod
+    def _plan(call: _Call, hint: float | None, error: BaseException | None) -> float | None:
+        """The wait before the next attempt, or ``None`` to stop (the planner sends the event).
+
+        A ``Retry-After`` beyond ``max_retry_after`` (``999999999``, a date in 2999)
+        stops at once: the host said "not soon", and waiting the cap would stall the
+        caller for nothing.
+        """
+        decision = call.hp.retry.plan(call.attempt, previous=call.delay, error=error,
+                                      retry_after=hint, deadline=call.deadline)
+        if decision.reason is not None:
             # Whatever we answer our own caller now, it must not be retried again.
             mark_retries_exhausted()
-        if self._listeners or global_listeners():
-            if reason:
-                dispatch(self._listeners, RetriesExhausted(
-                    policy="retry", name=hp.name, attempts=attempt, reason=reason, error=error,
-                ))
-            else:
-                dispatch(self._listeners, RetryScheduled(
-                    policy="retry", name=hp.name, attempt=attempt, delay=delay, error=error,
-                ))
-        return None if reason else delay
+            return None
+        return decision.delay
 
     # -- the steps of an attempt, shared by both shells --------------------------------
 

@@ -26,7 +26,7 @@ breaker. Per attempt the transport:
    request with an ``Idempotency-Key``) whose body can be sent again (not one
    from an iterator or generator) on connect errors, connections closed or reset
    before the response, read timeouts and the retryable statuses, honouring
-   ``Retry-After`` (seconds or HTTP-date, capped),
+   ``Retry-After`` (seconds or HTTP-date; one beyond ``max_retry_after`` stops),
    drawing each retry from the host's :class:`~fournines.RetryBudget` and never
    sleeping past the deadline. Exhausted retries return the last response or
    re-raise the last error.
