@@ -55,7 +55,7 @@ NAMES: dict[str, str] = {
 }
 
 # Generic wrappers whose subscript is kept alone: ``Awaitable[T]`` -> ``T``.
-UNWRAP: frozenset[str] = frozenset({"Awaitable"})
+UNWRAP: frozenset[str] = frozenset({"Awaitable", "Coro"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,7 +177,11 @@ def _drop_from_list(
     """The edit removing name ``i`` and one neighbouring comma from a list of names."""
     following = tokens[i + 1]
     if following.string == ",":
-        return at(tokens[i].start), at(tokens[i + 2].start), ""
+        # Up to the next name, line breaks included: a name alone on its line leaves no blank.
+        j = i + 2
+        while tokens[j].type == tokenize.NL:
+            j += 1
+        return at(tokens[i].start), at(tokens[j].start), ""
     previous = tokens[i - 1]
     if previous.string == ",":
         return at(previous.start), at(tokens[i].end), ""

@@ -51,6 +51,7 @@ from .policies.circuit_breaker import (
     State,
 )
 from .policies.fallback import Degradation, Fallback, StaleCache, track_degradation
+from .policies.hedge import Hedge
 from .policies.pipeline import Pipeline, Policy
 from .policies.rate_limit import Gcra, KeyedLimiter, RateLimiter, SlidingWindow, TokenBucket
 from .policies.retry import Retry
@@ -104,6 +105,7 @@ __all__ = [
     "FaultInjected",
     "FourNinesError",
     "Gcra",
+    "Hedge",
     "KeyedLimiter",
     "Listener",
     "LoadShedError",

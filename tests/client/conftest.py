@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from ..asgi._uvicorn import UvicornProcess
 from ._helpers import control
+from ._shells import SHELLS, Shell
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +36,11 @@ def host_b(servers: tuple[UvicornProcess, UvicornProcess]) -> str:
     """The second downstream, answering ``ok``, with nothing seen yet."""
     control(servers[1].url, mode="ok")
     return servers[1].url
+
+
+@pytest.fixture(params=SHELLS)
+async def shell(request: pytest.FixtureRequest) -> AsyncIterator[Shell]:
+    """Each transport shell in turn: the async one, then the sync one."""
+    made = Shell(request.param)
+    yield made
+    await made.close()

@@ -1,5 +1,7 @@
 """A downstream that drops connections, and other hostile or unlucky answers.
 
+Specs that take ``shell`` run through both transports; cancellation, hedging and
+streaming a long body while it arrives are async-only here.
 The downstream (tests/client/apps/downstream.py) really closes its TCP
 connection: ``close`` without a response (FIN), ``reset`` without a response
 (RST), ``abort`` after the headers and part of the body; ``drip`` streams a
@@ -9,17 +11,18 @@ long body slowly.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 from fournines import CircuitOpenError, ConsecutiveFailures, StaleCache, State
-from fournines.client import STALE_HEADER, AsyncResilientTransport, ClientPolicy, ResilientTransport
+from fournines.client import STALE_HEADER, AsyncResilientTransport, ClientPolicy
 from fournines.policies.backoff import Backoff
 
 from ._helpers import control, seen
+from ._shells import Shell
 
 FAST = Backoff(initial=0.001, cap=0.005)
 DROPPED = ["close", "reset"]
@@ -41,29 +44,14 @@ async def make_client() -> AsyncIterator[Any]:
         await client.aclose()
 
 
-@pytest.fixture
-def make_sync_client() -> Iterator[Any]:
-    clients: list[httpx.Client] = []
-
-    def make(**kwargs: Any) -> tuple[httpx.Client, ResilientTransport]:
-        transport = ResilientTransport(**kwargs)
-        client = httpx.Client(transport=transport, timeout=10.0)
-        clients.append(client)
-        return client, transport
-
-    yield make
-    for client in clients:
-        client.close()
-
-
 # -- connections closed without an answer ----------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", DROPPED)
-async def test_dropped_connections_open_the_breaker(make_client: Any, host_a: str,
+async def test_dropped_connections_open_the_breaker(shell: Shell, host_a: str,
                                                     mode: str) -> None:
     policy = ClientPolicy(trip=ConsecutiveFailures(threshold=3), attempts=1)
-    client, transport = make_client(config=policy)
+    client, transport = shell.client(config=policy)
     control(host_a, mode=mode)
     for _ in range(3):
         with pytest.raises(httpx.TransportError):
@@ -75,9 +63,9 @@ async def test_dropped_connections_open_the_breaker(make_client: Any, host_a: st
 
 
 @pytest.mark.parametrize("mode", DROPPED)
-async def test_get_is_retried_when_the_connection_drops(make_client: Any, host_a: str,
+async def test_get_is_retried_when_the_connection_drops(shell: Shell, host_a: str,
                                                         mode: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
     control(host_a, mode=mode)
     with pytest.raises(httpx.TransportError):
         await client.get(host_a + "/x")
@@ -85,50 +73,22 @@ async def test_get_is_retried_when_the_connection_drops(make_client: Any, host_a
 
 
 @pytest.mark.parametrize("mode", DROPPED)
-async def test_post_is_not_retried_when_the_connection_drops(make_client: Any, host_a: str,
+async def test_post_is_not_retried_when_the_connection_drops(shell: Shell, host_a: str,
                                                              mode: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
     control(host_a, mode=mode)
     with pytest.raises(httpx.TransportError):
         await client.post(host_a + "/orders", json={})
     assert [r["method"] for r in seen(host_a)] == ["POST"]
 
 
-@pytest.mark.parametrize("mode", DROPPED)
-def test_sync_dropped_connections_open_the_breaker(make_sync_client: Any, host_a: str,
-                                                   mode: str) -> None:
-    policy = ClientPolicy(trip=ConsecutiveFailures(threshold=3), attempts=1)
-    client, transport = make_sync_client(config=policy)
-    control(host_a, mode=mode)
-    for _ in range(3):
-        with pytest.raises(httpx.TransportError):
-            client.get(host_a + "/x")
-    with pytest.raises(CircuitOpenError):
-        client.get(host_a + "/x")
-    assert len(seen(host_a)) == 3
-    assert transport.policies_for(host_a).breaker.state is State.OPEN
-
-
-@pytest.mark.parametrize("mode", DROPPED)
-def test_sync_get_is_retried_and_post_is_not_when_the_connection_drops(
-        make_sync_client: Any, host_a: str, mode: str) -> None:
-    client, _ = make_sync_client(config=ClientPolicy(backoff=FAST, attempts=3))
-    control(host_a, mode=mode)
-    with pytest.raises(httpx.TransportError):
-        client.get(host_a + "/x")
-    with pytest.raises(httpx.TransportError):
-        client.post(host_a + "/orders", json={})
-    assert [(r["method"], r["attempt"]) for r in seen(host_a)] == [
-        ("GET", "1"), ("GET", "2"), ("GET", "3"), ("POST", "1")]
-
-
 # -- connections cut in the middle of the body ------------------------------------------------
 
 
 async def test_body_cut_mid_response_reaches_the_caller_and_counts_as_failure(
-        make_client: Any, host_a: str) -> None:
+        shell: Shell, host_a: str) -> None:
     policy = ClientPolicy(trip=ConsecutiveFailures(threshold=2), attempts=3, backoff=FAST)
-    client, transport = make_client(config=policy)
+    client, transport = shell.client(config=policy)
     control(host_a, mode="abort")
     for _ in range(2):
         with pytest.raises(httpx.RemoteProtocolError):
@@ -138,20 +98,9 @@ async def test_body_cut_mid_response_reaches_the_caller_and_counts_as_failure(
     assert transport.policies_for(host_a).breaker.state is State.OPEN
 
 
-def test_sync_body_cut_mid_response_counts_as_failure(make_sync_client: Any,
-                                                      host_a: str) -> None:
-    policy = ClientPolicy(trip=ConsecutiveFailures(threshold=2), attempts=1)
-    client, transport = make_sync_client(config=policy)
-    control(host_a, mode="abort")
-    for _ in range(2):
-        with pytest.raises(httpx.RemoteProtocolError):
-            client.get(host_a + "/x")
-    assert transport.policies_for(host_a).breaker.state is State.OPEN
-
-
 async def test_retried_answer_with_a_cut_body_is_retried_and_frees_its_slot(
-        make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=2, max_concurrent=1))
+        shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=2, max_concurrent=1))
     control(host_a, mode="abort", status=503)
     with pytest.raises(httpx.RemoteProtocolError):
         await client.get(host_a + "/x")  # the last attempt's body is cut too
@@ -160,21 +109,9 @@ async def test_retried_answer_with_a_cut_body_is_retried_and_frees_its_slot(
     assert (await client.get(host_a + "/x")).status_code == 200
 
 
-def test_sync_retried_answer_with_a_cut_body_is_retried_and_frees_its_slot(
-        make_sync_client: Any, host_a: str) -> None:
-    client, _ = make_sync_client(config=ClientPolicy(backoff=FAST, attempts=2,
-                                                     max_concurrent=1))
-    control(host_a, mode="abort", status=503)
-    with pytest.raises(httpx.RemoteProtocolError):
-        client.get(host_a + "/x")
-    assert [r["attempt"] for r in seen(host_a)] == ["1", "2"]
-    control(host_a, mode="ok")
-    assert client.get(host_a + "/x").status_code == 200
-
-
-async def test_stale_answer_replaces_a_body_cut_mid_response(make_client: Any,
+async def test_stale_answer_replaces_a_body_cut_mid_response(shell: Shell,
                                                              host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(attempts=1, max_concurrent=1),
+    client, _ = shell.client(config=ClientPolicy(attempts=1, max_concurrent=1),
                             fallbacks={ROUTE: StaleCache(max_age=300.0)})
     control(host_a, body="paid")
     assert (await client.get(host_a + ROUTE[1])).text == "paid"
@@ -185,21 +122,9 @@ async def test_stale_answer_replaces_a_body_cut_mid_response(make_client: Any,
     assert (await client.get(host_a + ROUTE[1])).text == "refunded"
 
 
-def test_sync_stale_answer_replaces_a_body_cut_mid_response(make_sync_client: Any,
-                                                            host_a: str) -> None:
-    client, _ = make_sync_client(config=ClientPolicy(attempts=1, max_concurrent=1),
-                                 fallbacks={ROUTE: StaleCache(max_age=300.0)})
-    control(host_a, body="paid")
-    assert client.get(host_a + ROUTE[1]).text == "paid"
-    control(host_a, mode="abort")
-    assert client.get(host_a + ROUTE[1]).headers[STALE_HEADER] == "stale"
-    control(host_a, mode="ok", body="refunded")
-    assert client.get(host_a + ROUTE[1]).text == "refunded"
-
-
-async def test_partial_content_is_not_kept_as_the_last_good_answer(make_client: Any,
+async def test_partial_content_is_not_kept_as_the_last_good_answer(shell: Shell,
                                                                    host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(attempts=1),
+    client, _ = shell.client(config=ClientPolicy(attempts=1),
                             fallbacks={ROUTE: StaleCache(max_age=300.0)})
     control(host_a, mode="fail", status=206)
     assert (await client.get(host_a + ROUTE[1], headers={"range": "bytes=0-6"})).status_code \
@@ -211,8 +136,8 @@ async def test_partial_content_is_not_kept_as_the_last_good_answer(make_client: 
 # -- hostile headers and cancellation -------------------------------------------------------
 
 
-async def test_retry_after_date_out_of_range_is_ignored(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=2))
+async def test_retry_after_date_out_of_range_is_ignored(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=2))
     control(host_a, mode="fail", status=503,
             retry_after="Mon, 01 Jan 99999999999999999999 00:00:00 GMT")
     assert (await client.get(host_a + "/x")).status_code == 503
@@ -278,14 +203,14 @@ async def test_long_body_on_a_stale_route_is_streamed_not_buffered(make_client: 
     assert loop.time() - start < 10.0
 
 
-def test_sync_long_body_on_a_stale_route_is_streamed_in_full(make_sync_client: Any,
-                                                              host_a: str) -> None:
-    client, _ = make_sync_client(config=ClientPolicy(attempts=1), max_stale_bytes=100,
-                                 fallbacks={ROUTE: StaleCache(max_age=300.0)})
+async def test_long_body_on_a_stale_route_is_passed_on_in_full_and_not_kept(
+        shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(attempts=1), max_stale_bytes=100,
+                             fallbacks={ROUTE: StaleCache(max_age=300.0)})
     control(host_a, mode="drip", body="x" * 64, count=5, delay=0.01)
-    assert client.get(host_a + ROUTE[1]).content == b"x" * 320
+    assert (await client.get(host_a + ROUTE[1])).content == b"x" * 320
     control(host_a, mode="fail", status=503)  # too large to have been kept
-    assert client.get(host_a + ROUTE[1]).status_code == 503
+    assert (await client.get(host_a + ROUTE[1])).status_code == 503
 
 
 # -- request bodies that cannot be sent twice ------------------------------------------------
@@ -296,28 +221,10 @@ async def _chunks() -> AsyncIterator[bytes]:
     yield b'"paid"}'
 
 
-async def test_put_with_a_one_shot_body_is_not_retried(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
-    control(host_a, mode="fail", status=503)
-    # The generator is spent after the first attempt: a retry could only fail or send
-    # an empty body, so the first answer is the answer.
-    assert (await client.put(host_a + "/orders/1", content=_chunks())).status_code == 503
-    assert [r["method"] for r in seen(host_a)] == ["PUT"]
-
-
 async def test_put_with_a_one_shot_body_is_not_hedged(make_client: Any, host_a: str) -> None:
     client, _ = make_client(config=ClientPolicy(attempts=1, hedge_after=0.01))
     control(host_a, mode="slow", delay=0.3)
     assert (await client.put(host_a + "/orders/1", content=_chunks())).status_code == 200
-    assert [r["method"] for r in seen(host_a)] == ["PUT"]
-
-
-def test_sync_put_with_a_one_shot_body_is_not_retried(make_sync_client: Any,
-                                                      host_a: str) -> None:
-    client, _ = make_sync_client(config=ClientPolicy(backoff=FAST, attempts=3))
-    control(host_a, mode="fail", status=503)
-    body = iter([b'{"state": ', b'"paid"}'])
-    assert client.put(host_a + "/orders/1", content=body).status_code == 503
     assert [r["method"] for r in seen(host_a)] == ["PUT"]
 
 

@@ -1,8 +1,10 @@
-"""A StaleCache as a route's fallback: the last good answer, served (marked) when calls fail."""
+"""A StaleCache as a route's fallback: the last good answer, served (marked) when calls fail.
+
+Every spec runs through both transport shells.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -20,31 +22,26 @@ from fournines.client import (
     STALE_HEADER,
     AsyncResilientTransport,
     ClientPolicy,
-    ResilientTransport,
 )
 from fournines.testing import FakeClock, RecordingListener
 
 from ..asgi._uvicorn import UvicornProcess
 from ._helpers import control, seen
+from ._shells import Shell
 
 ROUTE = ("GET", "/payments/42/status")
 NO_RETRY = ClientPolicy(attempts=1)
 
 
 @pytest.fixture
-async def make_client() -> AsyncIterator[Any]:
-    clients: list[httpx.AsyncClient] = []
+def make_client(shell: Shell) -> Any:
+    """A client of each shell in turn whose ROUTE falls back to ``cache``."""
 
-    def make(cache: StaleCache[Any], **kwargs: Any) -> httpx.AsyncClient:
+    def make(cache: StaleCache[Any], **kwargs: Any) -> Any:
         kwargs.setdefault("config", NO_RETRY)
-        transport = AsyncResilientTransport(fallbacks={ROUTE: cache}, **kwargs)
-        client = httpx.AsyncClient(transport=transport, timeout=10.0)
-        clients.append(client)
-        return client
+        return shell.client(fallbacks={ROUTE: cache}, **kwargs)[0]
 
-    yield make
-    for client in clients:
-        await client.aclose()
+    return make
 
 
 async def test_last_good_answer_is_served_marked_stale_on_5xx(make_client: Any,
@@ -147,16 +144,6 @@ async def test_other_routes_and_failed_answers_are_not_cached(make_client: Any,
     control(host_a, mode="fail", status=404)
     await client.get(host_a + ROUTE[1])
     assert len(cache) == 0
-
-
-def test_sync_transport_serves_stale_answers_too(host_a: str) -> None:
-    transport = ResilientTransport(config=NO_RETRY, fallbacks={ROUTE: StaleCache(max_age=300.0)})
-    with httpx.Client(transport=transport, timeout=10.0) as client:
-        control(host_a, body="paid")
-        assert client.get(host_a + ROUTE[1]).text == "paid"
-        control(host_a, mode="fail", status=502)
-        stale = client.get(host_a + ROUTE[1])
-    assert (stale.text, stale.headers[STALE_HEADER]) == ("paid", "stale")
 
 
 def test_fallbacks_must_be_functions_or_stale_caches() -> None:

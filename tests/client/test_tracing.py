@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -15,11 +14,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from fournines import CircuitOpenError, ConsecutiveFailures, StaleCache
-from fournines.client import AsyncResilientTransport, ClientPolicy, ResilientTransport
+from fournines.client import AsyncResilientTransport, ClientPolicy
 from fournines.policies.backoff import Backoff
 
 from ..asgi._uvicorn import ROOT
 from ._helpers import control, seen
+from ._shells import Shell
 
 FAST = Backoff(initial=0.001, cap=0.005)
 
@@ -37,18 +37,13 @@ def provider(exporter: InMemorySpanExporter) -> TracerProvider:
 
 
 @pytest.fixture
-async def make_client(provider: TracerProvider) -> AsyncIterator[Any]:
-    clients: list[httpx.AsyncClient] = []
+def make_client(provider: TracerProvider, shell: Shell) -> Any:
+    """A traced client of each shell in turn."""
 
-    def make(**kwargs: Any) -> httpx.AsyncClient:
-        transport = AsyncResilientTransport(tracer_provider=provider, **kwargs)
-        client = httpx.AsyncClient(transport=transport, timeout=10.0)
-        clients.append(client)
-        return client
+    def make(**kwargs: Any) -> Any:
+        return shell.client(tracer_provider=provider, **kwargs)[0]
 
-    yield make
-    for client in clients:
-        await client.aclose()
+    return make
 
 
 def only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
@@ -121,47 +116,44 @@ async def test_breaker_rejection_is_a_span_event_and_an_error(
     span = only_span(exporter)
     assert "CallRejected" in event_names(span)
     assert span.attributes is not None
-    assert span.attributes["error.type"] == "CircuitOpenError"
+    assert span.attributes["error.type"] == "TransportCircuitOpenError"
     assert span.status.status_code is StatusCode.ERROR
     assert len(seen(host_a)) == 1
 
 
-async def test_fallbacks_and_hedges_are_span_events(
-        make_client: Any, exporter: InMemorySpanExporter, host_a: str, host_b: str) -> None:
+async def test_fallbacks_are_span_events(
+        make_client: Any, exporter: InMemorySpanExporter, host_a: str) -> None:
     def answer(request: httpx.Request, exc: BaseException) -> httpx.Response:
         return httpx.Response(200, text="fallback")
 
     client = make_client(
         config=ClientPolicy(attempts=1),
-        per_route={host_b: ClientPolicy(attempts=1, hedge_after=0.05)},
         fallbacks={("GET", "/answer"): answer, ("GET", "/stale"): StaleCache(max_age=60.0)},
     )
     await client.get(host_a + "/stale")
     control(host_a, mode="fail", status=503)
     assert (await client.get(host_a + "/answer")).text == "fallback"
     assert (await client.get(host_a + "/stale")).text == "ok"
-    control(host_b, mode="slow", delay=0.3)
-    await client.get(host_b + "/x")
-    first, answered, stale, hedged = exporter.get_finished_spans()
+    first, answered, stale = exporter.get_finished_spans()
     assert event_names(first) == []
     assert event_names(answered) == ["FallbackUsed"]
     assert event_names(stale) == ["FallbackUsed"]
     assert stale.events[0].attributes is not None
     assert stale.events[0].attributes["fournines.stale_age"] >= 0
+
+
+async def test_hedges_are_span_events(provider: TracerProvider,
+                                      exporter: InMemorySpanExporter, host_b: str) -> None:
+    # Async only: the sync transport does not hedge.
+    transport = AsyncResilientTransport(
+        tracer_provider=provider, config=ClientPolicy(attempts=1, hedge_after=0.05))
+    control(host_b, mode="slow", delay=0.3)
+    async with httpx.AsyncClient(transport=transport, timeout=10.0) as client:
+        await client.get(host_b + "/x")
+    [hedged] = exporter.get_finished_spans()
     [hedge] = [e for e in hedged.events if e.name == "RetryScheduled"]
     assert hedge.attributes is not None and hedge.attributes["fournines.policy"] == "hedge"
     assert len(seen(host_b)) == 2
-
-
-def test_sync_transport_traces_the_same_way(provider: TracerProvider,
-                                            exporter: InMemorySpanExporter,
-                                            host_a: str) -> None:
-    transport = ResilientTransport(tracer_provider=provider)
-    with httpx.Client(transport=transport, timeout=10.0) as client:
-        client.get(host_a + "/x")
-    span = only_span(exporter)
-    assert span.kind is SpanKind.CLIENT
-    assert sent_ids(host_a) == [ids_of(span)]
 
 
 def test_without_tracing_opentelemetry_is_never_imported(host_a: str) -> None:

@@ -1,10 +1,15 @@
-"""AsyncResilientTransport against real uvicorn downstreams (no network mocks)."""
+"""Both resilient transports against real uvicorn downstreams (no network mocks).
+
+Every spec that takes ``shell`` runs once through ``AsyncResilientTransport`` and
+once through ``ResilientTransport``: the two shells make the same decisions.
+Hedging and cancellation are async-only (tests/client/test_hedging.py and the
+cancellation specs in test_connection_failures.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -23,29 +28,21 @@ from fournines import (
     State,
     deadline_after,
 )
-from fournines.client.transport import AsyncResilientTransport, ClientPolicy, parse_retry_after
+from fournines.client import P2CBalancer
+from fournines.client.transport import (
+    AsyncResilientTransport,
+    ClientPolicy,
+    ResilientTransport,
+    parse_retry_after,
+)
 from fournines.policies.backoff import Backoff
-from fournines.testing import RecordingListener
+from fournines.testing import RecordingListener, set_testing
 
 from .._servers import free_port
 from ._helpers import control, seen
+from ._shells import Shell
 
 FAST = Backoff(initial=0.001, cap=0.005)
-
-
-@pytest.fixture
-async def make_client() -> AsyncIterator[Any]:
-    clients: list[httpx.AsyncClient] = []
-
-    def make(**kwargs: Any) -> tuple[httpx.AsyncClient, AsyncResilientTransport]:
-        transport = AsyncResilientTransport(**kwargs)
-        client = httpx.AsyncClient(transport=transport, timeout=10.0)
-        clients.append(client)
-        return client, transport
-
-    yield make
-    for client in clients:
-        await client.aclose()
 
 
 # -- pure parts --------------------------------------------------------------------------
@@ -102,20 +99,29 @@ def test_per_route_keys_match_as_fallback_keys_and_origins_do() -> None:
     assert transport.policies_for("http://c.example:80/other").config is host
 
 
+@pytest.mark.parametrize("cls", [AsyncResilientTransport, ResilientTransport])
 @pytest.mark.parametrize("key", ["payments", "http://", ("GET",), 7])
-def test_per_route_keys_that_name_nothing_are_refused(key: Any) -> None:
-    with pytest.raises(ConfigurationError, match=r"AsyncResilientTransport\.per_route keys"):
-        AsyncResilientTransport(per_route={key: ClientPolicy()})
+def test_per_route_keys_that_name_nothing_are_refused(cls: Any, key: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{cls.__name__}\.per_route keys"):
+        cls(per_route={key: ClientPolicy()})
+
+
+@pytest.mark.parametrize("cls", [AsyncResilientTransport, ResilientTransport])
+def test_transport_config_errors_name_the_transport(cls: Any) -> None:
+    with pytest.raises(ConfigurationError, match=rf"{cls.__name__}\.max_hosts"):
+        cls(max_hosts=0)
+    with pytest.raises(ConfigurationError, match=rf"{cls.__name__}\.config"):
+        cls(config="fast")
 
 
 # -- breaker per host ----------------------------------------------------------------------
 
 
-async def test_breaker_opens_per_host_and_recovers(make_client: Any, host_a: str,
+async def test_breaker_opens_per_host_and_recovers(shell: Shell, host_a: str,
                                                    host_b: str) -> None:
     recorder = RecordingListener()
     policy = ClientPolicy(trip=ConsecutiveFailures(threshold=3), reset_timeout=0.5, attempts=1)
-    client, transport = make_client(config=policy, listeners=[recorder])
+    client, transport = shell.client(config=policy, listeners=[recorder])
     control(host_a, mode="fail", status=500)
     for _ in range(3):
         assert (await client.get(host_a + "/work")).status_code == 500
@@ -139,19 +145,19 @@ async def test_breaker_opens_per_host_and_recovers(make_client: Any, host_a: str
         ["open", "half_open", "closed"]
 
 
-async def test_4xx_and_429_are_not_failures(make_client: Any, host_a: str) -> None:
+async def test_4xx_and_429_are_not_failures(shell: Shell, host_a: str) -> None:
     policy = ClientPolicy(trip=ConsecutiveFailures(threshold=2), attempts=1)
-    client, transport = make_client(config=policy)
+    client, transport = shell.client(config=policy)
     for status in (404, 400, 429, 429, 429):
         control(host_a, mode="fail", status=status)
         assert (await client.get(host_a + "/x")).status_code == status
     assert transport.policies_for(host_a).breaker.state is State.CLOSED
 
 
-async def test_connect_error_counts_as_failure(make_client: Any) -> None:
+async def test_connect_error_counts_as_failure(shell: Shell) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     policy = ClientPolicy(trip=ConsecutiveFailures(threshold=2), attempts=1)
-    client, _ = make_client(config=policy)
+    client, _ = shell.client(config=policy)
     for _ in range(2):
         with pytest.raises(httpx.ConnectError):
             await client.get(closed + "/x")
@@ -162,16 +168,16 @@ async def test_connect_error_counts_as_failure(make_client: Any) -> None:
 # -- retries -------------------------------------------------------------------------------
 
 
-async def test_post_is_never_retried(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST))
+async def test_post_is_never_retried(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST))
     control(host_a, mode="fail", status=503)
     assert (await client.post(host_a + "/orders", json={})).status_code == 503
     assert (await client.patch(host_a + "/orders", json={})).status_code == 503
     assert [r["method"] for r in seen(host_a)] == ["POST", "PATCH"]
 
 
-async def test_get_503_is_retried_up_to_attempts(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
+async def test_get_503_is_retried_up_to_attempts(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
     control(host_a, mode="fail", status=503)
     response = await client.get(host_a + "/items")
     assert response.status_code == 503  # exhausted: the last response is returned
@@ -179,8 +185,8 @@ async def test_get_503_is_retried_up_to_attempts(make_client: Any, host_a: str) 
     assert [r["attempt"] for r in seen(host_a)] == ["1", "2", "3"]
 
 
-async def test_post_with_idempotency_key_is_retried(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3))
+async def test_post_with_idempotency_key_is_retried(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
     control(host_a, mode="fail", status=502)
     response = await client.post(host_a + "/orders", json={},
                                  headers={"Idempotency-Key": "k-1"})
@@ -188,19 +194,19 @@ async def test_post_with_idempotency_key_is_retried(make_client: Any, host_a: st
     assert [r["method"] for r in seen(host_a)] == ["POST"] * 3
 
 
-async def test_connect_error_is_retried_for_get(make_client: Any) -> None:
+async def test_connect_error_is_retried_for_get(shell: Shell) -> None:
     recorder = RecordingListener()
     closed = f"http://127.0.0.1:{free_port()}"
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=3), listeners=[recorder])
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3), listeners=[recorder])
     with pytest.raises(httpx.ConnectError):
         await client.get(closed + "/x")
     assert len(recorder.of(RetryScheduled)) == 2
     assert recorder.of(RetriesExhausted)[0].reason == "attempts"
 
 
-async def test_retry_after_seconds_is_honoured(make_client: Any, host_a: str) -> None:
+async def test_retry_after_seconds_is_honoured(shell: Shell, host_a: str) -> None:
     recorder = RecordingListener()
-    client, _ = make_client(config=ClientPolicy(backoff=FAST, attempts=2), listeners=[recorder])
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=2), listeners=[recorder])
     control(host_a, mode="fail", status=503, retry_after="1")
     assert (await client.get(host_a + "/x")).status_code == 503
     assert len(seen(host_a)) == 2
@@ -208,20 +214,44 @@ async def test_retry_after_seconds_is_honoured(make_client: Any, host_a: str) ->
     assert scheduled.delay >= 1.0
 
 
-async def test_retry_after_is_capped(make_client: Any, host_a: str) -> None:
+@pytest.mark.parametrize("hint", ["999999999", "Fri, 01 Jan 2999 00:00:00 GMT", "3600"])
+async def test_a_retry_after_beyond_the_cap_ends_retrying_at_once(shell: Shell, host_a: str,
+                                                                  hint: str) -> None:
+    # "Not soon" from the host: waiting the cap instead would stall the caller for nothing.
     recorder = RecordingListener()
-    policy = ClientPolicy(backoff=FAST, attempts=2, max_retry_after=0.05)
-    client, _ = make_client(config=policy, listeners=[recorder])
-    control(host_a, mode="fail", status=429, retry_after="3600")
-    assert (await client.get(host_a + "/x")).status_code == 429
+    policy = ClientPolicy(backoff=FAST, attempts=3, max_retry_after=30.0)
+    client, _ = shell.client(config=policy, listeners=[recorder])
+    control(host_a, mode="fail", status=503, retry_after=hint)
+    assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 1
+    assert recorder.of(RetryScheduled) == []
+    assert recorder.of(RetriesExhausted)[0].reason == "retry_after"
+
+
+async def test_testing_mode_attempts_reach_the_transport(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
+    control(host_a, mode="fail", status=503)
+    with set_testing(True, attempts=1):
+        assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 1
+
+
+async def test_testing_mode_skips_the_transports_backoff(shell: Shell, host_a: str) -> None:
+    recorder = RecordingListener()
+    slow = Backoff(initial=20.0, cap=20.0, jitter="none")
+    client, _ = shell.client(config=ClientPolicy(backoff=slow, attempts=2),
+                             listeners=[recorder])
+    control(host_a, mode="fail", status=503)
+    with set_testing(True):
+        assert (await client.get(host_a + "/x")).status_code == 503
     assert len(seen(host_a)) == 2
-    assert recorder.of(RetryScheduled)[0].delay == 0.05
+    assert [e.delay for e in recorder.of(RetryScheduled)] == [0.0]
 
 
-async def test_empty_budget_stops_retries(make_client: Any, host_a: str) -> None:
+async def test_empty_budget_stops_retries(shell: Shell, host_a: str) -> None:
     recorder = RecordingListener()
     budget = RetryBudget(ratio=0.0, min_per_second=0.0)
-    client, _ = make_client(config=ClientPolicy(backoff=FAST), budget=budget,
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST), budget=budget,
                             listeners=[recorder])
     control(host_a, mode="fail", status=503)
     assert (await client.get(host_a + "/x")).status_code == 503
@@ -232,9 +262,9 @@ async def test_empty_budget_stops_retries(make_client: Any, host_a: str) -> None
 # -- deadlines -----------------------------------------------------------------------------
 
 
-async def test_deadline_header_shrinks_across_retries(make_client: Any, host_a: str) -> None:
+async def test_deadline_header_shrinks_across_retries(shell: Shell, host_a: str) -> None:
     backoff = Backoff(initial=0.05, cap=0.05, jitter="none")
-    client, _ = make_client(config=ClientPolicy(backoff=backoff, attempts=3))
+    client, _ = shell.client(config=ClientPolicy(backoff=backoff, attempts=3))
     control(host_a, mode="fail", status=503)
     async with deadline_after(2.0):
         await client.get(host_a + "/x")
@@ -245,26 +275,26 @@ async def test_deadline_header_shrinks_across_retries(make_client: Any, host_a: 
     assert budgets[0] > budgets[1] > budgets[2] > 0
 
 
-async def test_attempt_timeout_is_sent_without_deadline(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(attempt_timeout=1.5))
+async def test_attempt_timeout_is_sent_without_deadline(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(attempt_timeout=1.5))
     await client.get(host_a + "/x")
     [request] = seen(host_a)
     assert request["timeout_ms"] == "1500"
     assert request["attempt"] == "1"
 
 
-async def test_no_budget_left_fails_without_touching_network(make_client: Any,
+async def test_no_budget_left_fails_without_touching_network(shell: Shell,
                                                              host_a: str) -> None:
-    client, _ = make_client()
+    client, _ = shell.client()
     async with deadline_after(0.0):
         with pytest.raises(DeadlineExceededError):
             await client.get(host_a + "/x")
     assert seen(host_a) == []
 
 
-async def test_slow_call_is_cut_at_the_deadline(make_client: Any, host_a: str) -> None:
+async def test_slow_call_is_cut_at_the_deadline(shell: Shell, host_a: str) -> None:
     policy = ClientPolicy(trip=ConsecutiveFailures(threshold=1), attempts=3)
-    client, transport = make_client(config=policy)
+    client, transport = shell.client(config=policy)
     control(host_a, mode="slow", delay=3.0)
     async with deadline_after(0.3):
         with pytest.raises(DeadlineExceededError):
@@ -276,13 +306,13 @@ async def test_slow_call_is_cut_at_the_deadline(make_client: Any, host_a: str) -
 # -- bulkhead and fallback -----------------------------------------------------------------
 
 
-async def test_bulkhead_per_host(make_client: Any, host_a: str, host_b: str) -> None:
-    client, _ = make_client(config=ClientPolicy(max_concurrent=1, attempts=1))
+async def test_bulkhead_per_host(shell: Shell, host_a: str, host_b: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(max_concurrent=1, attempts=1))
     control(host_a, mode="slow", delay=0.5)
     results = await asyncio.gather(client.get(host_a + "/x"), client.get(host_a + "/x"),
                                    client.get(host_b + "/x"), return_exceptions=True)
     kinds = sorted(type(r).__name__ for r in results)
-    assert kinds == ["BulkheadFullError", "Response", "Response"]
+    assert kinds == ["Response", "Response", "TransportBulkheadFullError"]
     assert isinstance(results[0], httpx.Response) or isinstance(results[1], httpx.Response)
     assert len(seen(host_a)) == 1
     # The slot came back when the body was read: the next call is admitted.
@@ -290,17 +320,16 @@ async def test_bulkhead_per_host(make_client: Any, host_a: str, host_b: str) -> 
     assert (await client.get(host_a + "/x")).status_code == 200
 
 
-async def test_bulkhead_error_type(make_client: Any, host_a: str) -> None:
-    client, _ = make_client(config=ClientPolicy(max_concurrent=1, attempts=1))
+async def test_bulkhead_error_type(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(max_concurrent=1, attempts=1))
     control(host_a, mode="slow", delay=0.5)
-    async with client.stream("GET", host_a + "/x") as held:
+    async with client.held(host_a + "/x"):
         with pytest.raises(BulkheadFullError):
             await client.get(host_a + "/x")
-        await held.aread()
     assert (await client.get(host_a + "/x")).status_code == 200
 
 
-async def test_fallback_answers_for_route(make_client: Any, host_a: str) -> None:
+async def test_fallback_answers_for_route(shell: Shell, host_a: str) -> None:
     recorder = RecordingListener()
     errors: list[BaseException] = []
 
@@ -308,7 +337,7 @@ async def test_fallback_answers_for_route(make_client: Any, host_a: str) -> None
         errors.append(exc)
         return httpx.Response(200, text="cached status")
 
-    client, _ = make_client(config=ClientPolicy(attempts=1), listeners=[recorder],
+    client, _ = shell.client(config=ClientPolicy(attempts=1), listeners=[recorder],
                             fallbacks={("GET", "/payments/status"): cached})
     control(host_a, mode="fail", status=503)
     response = await client.get(host_a + "/payments/status")
@@ -319,3 +348,33 @@ async def test_fallback_answers_for_route(make_client: Any, host_a: str) -> None
     closed = f"http://127.0.0.1:{free_port()}"
     assert (await client.get(closed + "/payments/status")).text == "cached status"
     assert isinstance(errors[1], httpx.ConnectError)
+
+
+async def test_retry_pushback_from_downstream_is_honoured(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(backoff=FAST, attempts=3))
+    control(host_a, mode="fail", status=503, no_retry=True)
+    assert (await client.get(host_a + "/x")).status_code == 503
+    assert len(seen(host_a)) == 1
+
+
+async def test_balancing_retries_onto_a_live_endpoint(shell: Shell, host_a: str,
+                                                      host_b: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    balancer = P2CBalancer([host_a, host_b, dead])
+    client, _ = shell.client(shell.balancing(balancer),
+                             config=ClientPolicy(backoff=FAST, attempts=3))
+    for _ in range(40):
+        assert (await client.get("http://service/x")).status_code == 200
+    assert len(seen(host_a)) > 0 and len(seen(host_b)) > 0
+    assert len(seen(host_a)) + len(seen(host_b)) >= 40
+    dead_endpoint = next(e for e in balancer.endpoints if e.url == dead)
+    assert 1 <= dead_endpoint.failures <= 10
+
+
+def test_hedging_is_not_done_by_the_sync_transport(host_a: str) -> None:
+    # Async only: a losing sync attempt could not be cancelled (see fournines.Hedge).
+    transport = ResilientTransport(config=ClientPolicy(hedge_after=0.01, attempts=1))
+    control(host_a, mode="slow", delay=0.2)
+    with httpx.Client(transport=transport, timeout=10.0) as client:
+        assert client.get(host_a + "/x").status_code == 200
+    assert len(seen(host_a)) == 1

@@ -9,10 +9,26 @@ the transport changes::
 
 :class:`ResilientTransport` and :class:`BalancingTransport` are the sync twins
 (the sync transport does not hedge).
+
+What the transports refuse is raised as errors that are both fournines errors and
+httpx errors (:mod:`fournines.client._errors` draws the tree):
+``except fournines.CircuitOpenError`` and ``except httpx.TransportError`` both
+catch an open breaker (:class:`TransportCircuitOpenError`), and
+``except fournines.DeadlineExceededError`` and ``except httpx.TimeoutException``
+both catch a spent deadline (:class:`TransportDeadlineExceededError`).
 """
 
 from .._errors import NoEndpointsError
 from .._events import ClientRequestFinished, ClientRequestStarted, EndpointEjected
+from ._errors import (
+    TransportBulkheadFullError,
+    TransportCircuitOpenError,
+    TransportDeadlineExceededError,
+    TransportLoadShedError,
+    TransportNoEndpointsError,
+    TransportRateLimitedError,
+    TransportRejectedError,
+)
 from .balancing import (
     AsyncBalancingTransport,
     BalancingTransport,
@@ -52,5 +68,12 @@ __all__ = [
     "P2CBalancer",
     "ResilientTransport",
     "StaticEndpoints",
+    "TransportBulkheadFullError",
+    "TransportCircuitOpenError",
+    "TransportDeadlineExceededError",
+    "TransportLoadShedError",
+    "TransportNoEndpointsError",
+    "TransportRateLimitedError",
+    "TransportRejectedError",
     "parse_retry_after",
 ]

@@ -1,10 +1,14 @@
 """The sans-I/O core shared by the sync and async resilient transports.
 
-Everything that decides lives here: the per-host registry, admission (deadline,
-breaker, per-attempt timeout and headers), what an attempt's outcome means for
-the breaker and whether to retry, the stale-cache fallback, and observation
-(events for metrics, an OpenTelemetry client span). The shells in
-:mod:`fournines.client.transport` only do the I/O: send, sleep, read bodies.
+Everything that decides lives here: the per-host registry and the route patterns,
+admission (deadline, breaker, per-attempt timeout and headers), each step of an
+attempt (``_failed``, ``_abandoned``, ``_answered``: what the outcome means for the
+breaker and whether to retry), the fallbacks (``_instead_of_error``, ``_keeps``,
+``_instead_of_5xx``), the response bodies that settle the breaker and bulkhead
+when closed (one class for sync and async), and observation (events for
+metrics, an OpenTelemetry client span). The shells in
+:mod:`fournines.client.transport` only do the I/O: send, sleep, read and close
+bodies, and (async only) race a hedge.
 """
 
 from __future__ import annotations
@@ -13,24 +17,21 @@ import email.utils
 import hashlib
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
-from httpx._multipart import MultipartStream
 
 from .._clock import Clock
 from .._deadline import Deadline, current_deadline
-from .._errors import ConfigurationError, DeadlineExceededError, check_number
+from .._errors import ConfigurationError, DeadlineExceededError, RejectedError, check_number
 from .._events import (
     ClientRequestFinished,
     ClientRequestStarted,
     DeadlineExceeded,
     FallbackUsed,
     Listener,
-    RetriesExhausted,
-    RetryScheduled,
     dispatch,
     global_listeners,
 )
@@ -43,7 +44,7 @@ from .._propagation import (
 )
 from ..policies.backoff import Backoff
 from ..policies.budget import RetryBudget
-from ..policies.bulkhead import Bulkhead
+from ..policies.bulkhead import Bulkhead, BulkheadPermit
 from ..policies.circuit_breaker import (
     AdaptiveThrottling,
     BreakerPermit,
@@ -52,13 +53,27 @@ from ..policies.circuit_breaker import (
     FailureRate,
 )
 from ..policies.fallback import StaleCache
+from ..policies.retry import RetryPlanner
+from ._errors import TransportDeadlineExceededError
 
 if TYPE_CHECKING:
     from ._tracing import ClientTracer
 
-# Request bodies that can be sent again: bytes, text, JSON, forms (ByteStream) and
-# multipart (which seeks its files back to the start on each send).
-_REPLAYABLE = (httpx.ByteStream, MultipartStream)
+V = TypeVar("V")
+
+# What the transports turn into their httpx-typed twins (client/_errors.py).
+EDGE_ERRORS = (RejectedError, DeadlineExceededError)
+
+
+def replayable(stream: object) -> bool:
+    """Whether a request body can be sent again, judged from public httpx types only.
+
+    httpx builds the body of fixed content (bytes, text, JSON, forms: ``ByteStream``;
+    multipart, which seeks its files back to the start on each send) as a stream that
+    is both a ``SyncByteStream`` and an ``AsyncByteStream``; a body from an iterator
+    or generator is only one of the two, and can be read once.
+    """
+    return isinstance(stream, httpx.SyncByteStream) and isinstance(stream, httpx.AsyncByteStream)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 """Methods retried without an ``Idempotency-Key`` (RFC 9110, section 9.2.2)."""
@@ -97,7 +112,8 @@ class ClientPolicy:
     :param attempts: attempts per idempotent request, the first included (1: no retry).
     :param backoff: the wait before each retry.
     :param retry_statuses: response statuses that are retried.
-    :param max_retry_after: the cap on a ``Retry-After`` hint.
+    :param max_retry_after: the longest ``Retry-After`` hint honoured; a longer one
+        ends the retrying at once (the host said "not soon").
     :param attempt_timeout: each attempt's timeout (``None``: the client's own);
         always shortened to the remaining deadline.
     :param max_concurrent: requests in flight to the host at once (``None``: no bulkhead).
@@ -201,13 +217,89 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when - now)
 
 
+class RouteTable(Generic[V]):
+    """``(method, path pattern) -> value``, matched the way requests are seen.
+
+    A pattern is an exact path (``/payments/status``), a template whose ``{name}``
+    segments each match one non-empty path segment (``/payments/{id}/status``),
+    or a prefix ending in ``*`` (``/static/*``). An exact pattern beats a
+    template, which beats a prefix; among templates the one with more literal
+    segments wins, among prefixes the longest.
+    """
+
+    __slots__ = ("_exact", "_prefixes", "_templates")
+
+    def __init__(self, owner: str, field: str, items: Iterable[tuple[object, V]]) -> None:
+        self._exact: dict[tuple[str, str], tuple[str, V]] = {}
+        templates: list[tuple[int, str, tuple[str | None, ...], str, V]] = []
+        prefixes: list[tuple[str, str, V]] = []
+        for key, value in items:
+            if not (isinstance(key, tuple) and len(key) == 2
+                    and all(isinstance(part, str) for part in key)):
+                raise ConfigurationError(
+                    f"{owner}.{field} keys must be (method, path) tuples, got {key!r}"
+                )
+            method, pattern = key[0].upper(), key[1]
+            if not pattern.startswith("/"):
+                raise ConfigurationError(
+                    f"{owner}.{field} key {key!r}: the path must start with '/' (an exact "
+                    f"path, a template like '/payments/{{id}}/status' or a prefix like "
+                    f"'/static/*')"
+                )
+            if pattern.endswith("*"):
+                prefixes.append((method, pattern[:-1], value))
+                continue
+            segments = tuple(None if _is_parameter(part) else part
+                             for part in pattern.split("/"))
+            if any(("{" in part or "}" in part) for part in segments if part is not None):
+                raise ConfigurationError(
+                    f"{owner}.{field} key {key!r}: a '{{name}}' must be a whole path segment"
+                )
+            if None in segments:
+                literal = sum(part is not None for part in segments)
+                templates.append((literal, method, segments, pattern, value))
+            else:
+                self._exact[(method, pattern)] = (pattern, value)
+        templates.sort(key=lambda t: -t[0])  # stable: declaration order breaks ties
+        self._templates = [(m, segs, pat, v) for _, m, segs, pat, v in templates]
+        prefixes.sort(key=lambda p: -len(p[1]))
+        self._prefixes = [(m, prefix, prefix + "*", v) for m, prefix, v in prefixes]
+
+    def __bool__(self) -> bool:
+        return bool(self._exact or self._templates or self._prefixes)
+
+    def match(self, method: str, path: str) -> tuple[str, V] | None:
+        """``(pattern, value)`` of the best route for a request, or ``None``."""
+        found = self._exact.get((method, path))
+        if found is not None or not (self._templates or self._prefixes):
+            return found
+        if self._templates:
+            parts = path.split("/")
+            for m, segments, pattern, value in self._templates:
+                if m == method and len(segments) == len(parts) and all(
+                    part if want is None else part == want
+                    for want, part in zip(segments, parts, strict=True)
+                ):
+                    return pattern, value
+        for m, prefix, pattern, value in self._prefixes:
+            if m == method and path.startswith(prefix):
+                return pattern, value
+        return None
+
+
+def _is_parameter(segment: str) -> bool:
+    inner = segment[1:-1]
+    return (len(segment) > 2 and segment[0] == "{" and segment[-1] == "}"
+            and "{" not in inner and "}" not in inner)
+
+
 class _HostPolicies:
     """The policies of one host (or route): created once, reused by every request."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name")
+    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name", "retry")
 
     def __init__(self, name: str, config: ClientPolicy, budget: RetryBudget | None,
-                 clock: Clock, listeners: Sequence[Listener]) -> None:
+                 clock: Clock, listeners: Sequence[Listener], rng: random.Random) -> None:
         self.name = name
         self.config = config
         self.breaker = CircuitBreaker(
@@ -217,6 +309,13 @@ class _HostPolicies:
         self.budget = budget if budget is not None else RetryBudget(
             ratio=config.budget_ratio, min_per_second=config.budget_min_per_second,
             ttl=config.budget_ttl, name=name, clock=clock, listeners=listeners,
+        )
+        # The one retry decision of fournines (set_testing reaches it too); the transport
+        # deposits each request in the budget itself, the planner withdraws each retry.
+        self.retry = RetryPlanner(
+            attempts=config.attempts, backoff=config.backoff,
+            max_retry_after=config.max_retry_after, budget=self.budget, name=name,
+            clock=clock, listeners=listeners, rng=rng,
         )
         self.bulkhead = None if config.max_concurrent is None else Bulkhead(
             max_concurrent=config.max_concurrent, name=name, clock=clock, listeners=listeners,
@@ -365,20 +464,19 @@ class TransportCore:
                         f"or (method, path) tuples, got {key!r}"
                     )
             elif not (isinstance(key, tuple) and len(key) == 2
-                      and all(isinstance(part, str) for part in key)):
+                    and all(isinstance(part, str) for part in key)):
                 raise ConfigurationError(
                     f"{owner}.per_route keys must be origins like 'http://host:port' "
                     f"or (method, path) tuples, got {key!r}"
                 )
+        route_table: RouteTable[ClientPolicy] = RouteTable(
+            owner, "per_route", ((k, v) for k, v in routes.items() if isinstance(k, tuple)))
         if budget is not None and not isinstance(budget, RetryBudget):
             raise ConfigurationError(f"{owner}.budget must be a RetryBudget, got {budget!r}")
         hooks = dict(fallbacks or {})
+        fallback_table: RouteTable[FallbackHook | StaleCache[Any]] = RouteTable(
+            owner, "fallbacks", hooks.items())
         for key, hook in hooks.items():
-            if not (isinstance(key, tuple) and len(key) == 2
-                    and all(isinstance(part, str) for part in key)):
-                raise ConfigurationError(
-                    f"{owner}.fallbacks keys must be (method, path) tuples, got {key!r}"
-                )
             if not callable(hook) and not isinstance(hook, StaleCache):
                 raise ConfigurationError(
                     f"{owner}.fallbacks[{key!r}] must be a function or a StaleCache, "
@@ -388,13 +486,10 @@ class TransportCore:
         check_number(owner, "max_stale_bytes", max_stale_bytes, minimum=0, integer=True)
         self._config = config or ClientPolicy()
         # Keys are matched the way requests are seen: upper-case method, full origin.
-        self._routes = {(k[0].upper(), k[1]): v for k, v in routes.items()
-                        if isinstance(k, tuple)}
+        self._routes = route_table
         self._hosts = {_origin(httpx.URL(k)): v for k, v in routes.items() if isinstance(k, str)}
         self._budget = budget
-        self._fallbacks: dict[tuple[str, str], FallbackHook | StaleCache[Any]] = {
-            (m.upper(), p): h for (m, p), h in hooks.items()
-        }
+        self._fallbacks = fallback_table
         self._clock = clock
         self._max_hosts = max_hosts
         self._max_stale_bytes = max_stale_bytes
@@ -417,11 +512,13 @@ class TransportCore:
         origin = _origin(url)
         key: object = origin
         config: ClientPolicy | None = None
+        pattern = ""
         if self._routes:
-            route = (method, url.path)
-            config = self._routes.get(route)
-            if config is not None:
-                key = (origin, *route)
+            found = self._routes.match(method, url.path)
+            if found is not None:
+                # One set of policies per route pattern: every order id shares one breaker.
+                pattern, config = found
+                key = (origin, method, pattern)
         registry = self._registry
         policies = registry.get(key)
         if policies is not None:
@@ -430,8 +527,9 @@ class TransportCore:
             return policies
         if config is None:
             config = self._hosts.get(origin, self._config)
-        name = origin if isinstance(key, str) else f"{method} {origin}{url.path}"
-        policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners)
+        name = origin if isinstance(key, str) else f"{method} {origin}{pattern}"
+        policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners,
+                                 self._rng)
         registry[key] = policies
         if len(registry) > self._max_hosts:
             registry.popitem(last=False)
@@ -450,7 +548,7 @@ class TransportCore:
         idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
         # A body from an iterator or generator can be sent once: a retry or a hedge would
         # fail (StreamConsumed), send it empty, or split it between two attempts.
-        idempotent = idempotent and isinstance(request.stream, _REPLAYABLE)
+        idempotent = idempotent and replayable(request.stream)
         return _Call(hp, deadline, cfg.attempts > 1 and idempotent,
                      cfg.hedge_after is not None and idempotent)
 
@@ -501,7 +599,7 @@ class TransportCore:
         planned = None
         if isinstance(error, _RETRYABLE):
             if call.retries:
-                planned = self._plan(hp, call.attempt, call.delay, None, error, deadline)
+                planned = self._plan(call, None, error)
             else:
                 mark_retries_exhausted()
         return planned, error
@@ -527,49 +625,102 @@ class TransportCore:
             mark_retries_exhausted()
             return None
         hint = parse_retry_after(response.headers.get("retry-after"), self._clock.time())
-        return self._plan(hp, call.attempt, call.delay, hint, None, call.deadline)
+        return self._plan(call, hint, None)
 
     def _expired(self, hp: _HostPolicies, deadline: Deadline) -> DeadlineExceededError:
         if self._listeners or global_listeners():
             dispatch(self._listeners, DeadlineExceeded(
                 policy="client", name=hp.name, timeout=max(0.0, deadline.remaining()),
             ))
-        return DeadlineExceededError(f"no time left for a request to {hp.name}")
+        return TransportDeadlineExceededError(f"no time left for a request to {hp.name}")
 
-    def _plan(self, hp: _HostPolicies, attempt: int, previous: float, hint: float | None,
-              error: BaseException | None, deadline: Deadline | None) -> float | None:
-        """The wait before attempt ``attempt + 1``, or ``None`` to stop (event sent)."""
-        cfg = hp.config
-        reason = ""
-        delay = 0.0
-        if attempt >= cfg.attempts:
-            reason = "attempts"
-        else:
-            delay = cfg.backoff.delay(attempt, previous, self._rng)
-            if hint is not None and hint > delay:
-                delay = min(hint, cfg.max_retry_after)
-            if deadline is not None and deadline.remaining() <= delay:
-                reason = "deadline"
-            elif not hp.budget.try_withdraw():
-                reason = "budget"
-        if reason:
+    @staticmethod
+    def _plan(call: _Call, hint: float | None, error: BaseException | None) -> float | None:
+        """The wait before the next attempt, or ``None`` to stop (the planner sends the event).
+
+        A ``Retry-After`` beyond ``max_retry_after`` (``999999999``, a date in 2999)
+        stops at once: the host said "not soon", and waiting the cap would stall the
+        caller for nothing.
+        """
+        decision = call.hp.retry.plan(call.attempt, previous=call.delay, error=error,
+                                      retry_after=hint, deadline=call.deadline)
+        if decision.reason is not None:
             # Whatever we answer our own caller now, it must not be retried again.
             mark_retries_exhausted()
-        if self._listeners or global_listeners():
-            if reason:
-                dispatch(self._listeners, RetriesExhausted(
-                    policy="retry", name=hp.name, attempts=attempt, reason=reason, error=error,
-                ))
-            else:
-                dispatch(self._listeners, RetryScheduled(
-                    policy="retry", name=hp.name, attempt=attempt, delay=delay, error=error,
-                ))
-        return None if reason else delay
+            return None
+        return decision.delay
+
+    # -- the steps of an attempt, shared by both shells --------------------------------
+
+    def _failed(self, call: _Call, exc: Exception, permit: BreakerPermit,
+                slot: BulkheadPermit | None) -> float:
+        """Settle an attempt that raised; the wait before the next one, or raise."""
+        if slot is not None:
+            slot.release()
+        planned, error = self._after_error(call, exc, permit)
+        if planned is None:
+            if error is exc:
+                raise exc
+            raise error from exc
+        return planned
+
+    @staticmethod
+    def _abandoned(permit: BreakerPermit, slot: BulkheadPermit | None) -> None:
+        """Give back what a cancelled attempt held (it says nothing about the host)."""
+        if slot is not None:
+            slot.release()
+        permit.release()
+
+    def _answered(self, call: _Call, response: httpx.Response, permit: BreakerPermit,
+                  slot: BulkheadPermit | None) -> float | None:
+        """Settle an attempt that answered: ``None`` to return it, else the wait to retry.
+
+        On a retry the shell reads and closes ``response`` (its connection goes back).
+        """
+        planned = self._after_response(call, response, permit)
+        if planned is None:
+            # A success is settled by the body: it may yet be cut mid-response.
+            # Not a half-open probe's: a long body must not hold the only probe.
+            if permit._probe:
+                permit.success()
+            _hold(response, slot, permit)
+            return None
+        _hold(response, slot, None)
+        return planned
 
     # -- fallbacks -----------------------------------------------------------------------
 
-    def _hook(self, request: httpx.Request) -> FallbackHook | StaleCache[Any] | None:
-        return self._fallbacks.get((request.method, request.url.path))
+    def _instead_of_error(self, pattern: str, hook: FallbackHook | StaleCache[Any],
+                          request: httpx.Request, exc: Exception) -> httpx.Response:
+        """What answers a call that raised ``exc``: the hook's answer, a stale one, or raise."""
+        if not isinstance(hook, StaleCache):
+            return self._fallback(pattern, hook, request, exc)
+        stale = self._stale(hook, request, exc)
+        if stale is None:
+            raise exc
+        return stale
+
+    @staticmethod
+    def _keeps(hook: FallbackHook | StaleCache[Any], response: httpx.Response) -> bool:
+        """Whether the shell reads ``response`` to keep it for a stale-cache route."""
+        return isinstance(hook, StaleCache) and 200 <= response.status_code < 300
+
+    def _instead_of_5xx(self, pattern: str, hook: FallbackHook | StaleCache[Any],
+                        request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        """What answers ``response``: itself below 500, else a fallback's answer if any.
+
+        The shell closes ``response`` when something else answers instead.
+        """
+        if response.status_code < 500:
+            return response
+        error = self._status_error(request, response)
+        if isinstance(hook, StaleCache):
+            stale = self._stale(hook, request, error)
+            return response if stale is None else stale
+        return self._fallback(pattern, hook, request, error)
+
+    def _hook(self, request: httpx.Request) -> tuple[str, FallbackHook | StaleCache[Any]] | None:
+        return self._fallbacks.match(request.method, request.url.path)
 
     @staticmethod
     def _status_error(request: httpx.Request, response: httpx.Response) -> httpx.HTTPStatusError:
@@ -577,12 +728,13 @@ class TransportCore:
             f"{response.status_code} from {request.url}", request=request, response=response
         )
 
-    def _fallback(self, hook: FallbackHook, request: httpx.Request,
+    def _fallback(self, pattern: str, hook: FallbackHook, request: httpx.Request,
                   exc: BaseException) -> httpx.Response:
         response = hook(request, exc)
         if self._listeners or global_listeners():
+            # Named by the route pattern: one name for every order id of a template.
             dispatch(self._listeners, FallbackUsed(
-                policy="fallback", name=f"{request.method} {request.url.path}", error=exc,
+                policy="fallback", name=f"{request.method} {pattern}", error=exc,
             ))
         return response
 
@@ -643,6 +795,108 @@ class TransportCore:
                 duration=max(0.0, self._clock.monotonic() - obs.start),
                 error_type=None if error is None else type(error).__qualname__,
             ))
+
+
+class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A response body that gives the bulkhead slot back when it is closed (sync or async).
+
+    With ``outcome``, the breaker permit of the attempt is settled by the body: a
+    body cut by the network (the connection closed or reset mid-response) is a
+    failure although its headers were fine; a complete or closed body a success.
+    """
+
+    __slots__ = ("_outcome", "_permit", "_stream")
+
+    def __init__(self, stream: Any, permit: BulkheadPermit | None,
+                 outcome: BreakerPermit | None = None) -> None:
+        self._stream = stream
+        self._permit = permit
+        self._outcome = outcome
+
+    def _cut(self, exc: BaseException) -> None:
+        if self._outcome is not None:
+            self._outcome.failure(exc)
+
+    def _closed(self) -> None:
+        if self._outcome is not None:
+            self._outcome.success()  # ignored when the body already failed
+        if self._permit is not None:
+            self._permit.release()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except _FAILURES as exc:
+            self._cut(exc)
+            raise
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except _FAILURES as exc:
+            self._cut(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._closed()
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._closed()
+
+
+class ResumedStream(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A body of which ``head`` was read already: the rest still comes from ``response``."""
+
+    __slots__ = ("_head", "_response", "_rest")
+
+    def __init__(self, head: list[bytes], rest: Any, response: httpx.Response) -> None:
+        self._head = head
+        self._rest = rest
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._head
+        yield from self._rest
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self._head:
+            yield chunk
+        async for chunk in self._rest:
+            yield chunk
+
+    def close(self) -> None:
+        self._response.close()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def resumed(response: httpx.Response, head: list[bytes], rest: Any) -> httpx.Response:
+    """A response like ``response`` (whose body was started) with ``head`` + ``rest`` as body."""
+    return httpx.Response(response.status_code, headers=response.headers.raw,
+                          stream=ResumedStream(head, rest, response),
+                          extensions=response.extensions)
+
+
+def _hold(response: httpx.Response, slot: BulkheadPermit | None,
+          outcome: BreakerPermit | None) -> None:
+    """Keep the bulkhead slot (and leave ``outcome`` unsettled) until the body is closed."""
+    if response.is_closed:
+        # A response built with its content (a mock, a cache) was read and closed
+        # at construction: nobody will close its stream again.
+        if outcome is not None:
+            outcome.success()
+        if slot is not None:
+            slot.release()
+    elif slot is not None or outcome is not None:
+        response.stream = ReleasingStream(response.stream, slot, outcome)
 
 
 # Headers that say who is asking: a cached answer is only ever served to the same ones.

@@ -57,8 +57,9 @@ from urllib.parse import urlsplit
 import httpx
 
 from .._clock import Clock, system_clock
-from .._errors import ConfigurationError, NoEndpointsError, check_number
+from .._errors import ConfigurationError, NoEndpointsError, RejectedError, check_number
 from .._events import EndpointEjected, Listener, dispatch, has_listeners
+from ._errors import at_the_edge
 
 __all__ = [
     "AsyncBalancingTransport",
@@ -414,7 +415,36 @@ def _attempt_request(request: httpx.Request, endpoint: Endpoint) -> httpx.Reques
     )
 
 
-class BalancingTransport(httpx.BaseTransport):
+class _Balancing:
+    """What both balancing shells share: the pick and the outcome, reported to the balancer."""
+
+    balancer: P2CBalancer
+
+    def _pick(self, request: httpx.Request) -> tuple[Endpoint, httpx.Request, float]:
+        """The endpoint of this attempt, the request aimed at it, and its start time."""
+        balancer = self.balancer
+        try:
+            endpoint = balancer.pick()
+        except NoEndpointsError as exc:
+            raise at_the_edge(exc, request)  # noqa: B904 - the cause is set on it
+        return endpoint, _attempt_request(request, endpoint), balancer.clock.monotonic()
+
+    def _failed(self, endpoint: Endpoint, start: float, exc: BaseException) -> None:
+        balancer = self.balancer
+        # A refusal below us (a transport's policy, a fault) or a cancellation says
+        # nothing of the endpoint; any other transport error is its failure.
+        if isinstance(exc, httpx.TransportError) and not isinstance(exc, RejectedError):
+            balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
+        else:
+            balancer.cancel(endpoint)
+
+    def _answered(self, endpoint: Endpoint, start: float, response: httpx.Response) -> None:
+        balancer = self.balancer
+        balancer.release(endpoint, balancer.clock.monotonic() - start,
+                         failed=response.status_code >= 500)
+
+
+class BalancingTransport(_Balancing, httpx.BaseTransport):
     """The sync twin of :class:`AsyncBalancingTransport` (same balancer, same rules)."""
 
     def __init__(
@@ -428,20 +458,13 @@ class BalancingTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to the picked endpoint and report the outcome to the balancer."""
-        balancer = self.balancer
-        endpoint = balancer.pick()
-        attempt = _attempt_request(request, endpoint)
-        start = balancer.clock.monotonic()
+        endpoint, attempt, start = self._pick(request)
         try:
             response = self._transport.handle_request(attempt)
-        except httpx.TransportError:
-            balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
+        except BaseException as exc:
+            self._failed(endpoint, start, exc)
             raise
-        except BaseException:
-            balancer.cancel(endpoint)
-            raise
-        balancer.release(endpoint, balancer.clock.monotonic() - start,
-                         failed=response.status_code >= 500)
+        self._answered(endpoint, start, response)
         return response
 
     def close(self) -> None:
@@ -449,7 +472,7 @@ class BalancingTransport(httpx.BaseTransport):
         self._transport.close()
 
 
-class AsyncBalancingTransport(httpx.AsyncBaseTransport):
+class AsyncBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
     """An httpx transport that sends each request to an endpoint picked by a balancer.
 
     The request keeps its method, path, query, headers and body; its scheme,
@@ -457,7 +480,9 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     endpoint. The attempt is timed until the response headers arrive; 5xx
     answers and ``httpx.TransportError`` count as failures, anything else below
     500 as success, and other exceptions (cancellation, a deadline from the
-    caller) release the endpoint without an outcome.
+    caller, a refusal from a policy below) release the endpoint without an outcome.
+    An empty source raises :class:`~fournines.client.TransportNoEndpointsError`
+    (a :class:`~fournines.NoEndpointsError` and an ``httpx.TransportError``).
     """
 
     def __init__(
@@ -471,20 +496,13 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send ``request`` to the picked endpoint and report the outcome to the balancer."""
-        balancer = self.balancer
-        endpoint = balancer.pick()
-        attempt = _attempt_request(request, endpoint)
-        start = balancer.clock.monotonic()
+        endpoint, attempt, start = self._pick(request)
         try:
             response = await self._transport.handle_async_request(attempt)
-        except httpx.TransportError:
-            balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
+        except BaseException as exc:
+            self._failed(endpoint, start, exc)
             raise
-        except BaseException:
-            balancer.cancel(endpoint)
-            raise
-        balancer.release(endpoint, balancer.clock.monotonic() - start,
-                         failed=response.status_code >= 500)
+        self._answered(endpoint, start, response)
         return response
 
     async def aclose(self) -> None:

@@ -16,6 +16,7 @@ from .._clock import Clock, system_clock
 from .._events import Listener
 from ._redis_core import (
     DEFAULT_PREFIX,
+    Coro,
     KeyFunc,
     OnRedisError,
     _GcraAlgorithm,
@@ -112,7 +113,7 @@ class _AsyncRedisLimiter(_RedisLimiter):
         await self.acquire(1, key=None if key_fn is None else self._call_key(key_fn, args, kwargs))
         return await fn(*args, **kwargs)
 
-    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coro[T]]:
         """``fn`` under the limiter: what a ``Pipeline`` and the decorator build on."""
         acall = self.acall
 

@@ -12,7 +12,7 @@ import inspect
 import logging
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Literal, ParamSpec, TypeVar
 
 import redis.exceptions
@@ -26,6 +26,8 @@ from .rate_limit import Gcra, KeyedLimiter, RateLimiter, SlidingWindow, _Limiter
 
 P = ParamSpec("P")
 T = TypeVar("T")
+# A coroutine function's result, spelled so that scripts/unasync.py turns it into T.
+Coro = Coroutine[Any, Any, T]
 
 OnRedisError = Literal["fail_open", "fail_closed", "local"]
 
@@ -426,11 +428,11 @@ class _RedisLimiter(Decorates, ABC):
         """Await ``fn`` once one unit is available (only on a ``redis.asyncio`` client)."""
         raise self._wrong_shell("acall")
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure running ``fn`` under the limiter (only on a blocking client)."""
         raise self._wrong_shell("wrap")
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function awaiting ``fn`` (only on a ``redis.asyncio`` client)."""
         raise self._wrong_shell("awrap")
 

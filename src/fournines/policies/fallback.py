@@ -22,7 +22,7 @@ import functools
 import inspect
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -342,7 +342,7 @@ class StaleCache(Decorates, Generic[R]):
         """Async :meth:`call`."""
         return await self._arun(fn, self._identity_of(fn), args, kwargs)  # type: ignore[no-any-return]
 
-    def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """A closure that calls ``fn`` through the cache (its identity taken once, here)."""
         run, ident = self._run, _identity(fn)
 
@@ -351,7 +351,7 @@ class StaleCache(Decorates, Generic[R]):
 
         return through_cache
 
-    def awrap(self, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """A coroutine function that awaits ``fn`` through the cache."""
         arun, ident = self._arun, _identity(fn)
 

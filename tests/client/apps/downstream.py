@@ -6,8 +6,8 @@
 ``no_retry`` (true: failures carry ``x-no-retry: 1``), ``delay`` (seconds, for
 ``slow``), ``body`` (the ``ok`` answer, default ``"ok"``)); the control call
 also forgets what was seen. ``GET /seen`` returns every request seen since:
-method, path and the ``x-request-timeout-ms`` / ``x-request-attempt`` /
-``traceparent`` headers it carried.
+method, path, body ``length`` (served routes only) and the
+``x-request-timeout-ms`` / ``x-request-attempt`` / ``traceparent`` headers it carried.
 
 Three more modes close the connection instead of answering (the request is
 still recorded): ``"close"`` closes it without a response, ``"reset"`` resets
@@ -69,6 +69,7 @@ def _record(request: Request) -> None:
 
 async def serve(request: Request) -> Response:
     _record(request)
+    _seen[-1]["length"] = len(await request.body())
     mode = _control.get("mode", "ok")
     if mode == "slow":
         await asyncio.sleep(float(_control.get("delay", 1.0)))
