@@ -9,7 +9,7 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add the ``chaos`` subcommands to the top-level subparsers ``sub``."""
     group = sub.add_parser("chaos", help="chaos commands")
-    group.set_defaults(run=_usage)
+    group.set_defaults(run=_usage, command_parser=group)
     commands = group.add_subparsers(dest="chaos_command")
     proxy = commands.add_parser(
         "proxy",
@@ -25,12 +25,12 @@ def register(sub: Any) -> None:
                        help="JSON list of proxies to create at start, as for POST /populate")
     proxy.add_argument("--seed", type=int, default=None,
                        help="seed for jitter, slicing and toxicity draws")
-    proxy.set_defaults(run=_run_proxy)
+    proxy.set_defaults(run=_run_proxy, command_parser=proxy)
 
 
 def _usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    parser.parse_args([args.command, "--help"])
-    return 2
+    # A group without its command is a usage error (stderr, status 2), not a help request.
+    parser.error("a COMMAND is required")
 
 
 def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
