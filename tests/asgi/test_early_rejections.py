@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from fournines import ConfigurationError, LoadShedError, RejectedError, TokenBucket
-from fournines.asgi import LoadShedder, protect
+from fournines.asgi import LoadShedder, RateLimitRule, protect
 from fournines.asgi.metrics import MetricsMiddleware
 from fournines.policies.adaptive import FixedLimit
 
@@ -235,8 +235,6 @@ def test_a_malformed_rate_limit_key_names_protect() -> None:
 
 
 def test_a_rate_limit_key_with_a_list_of_rules_is_refused() -> None:
-    from fournines.asgi import RateLimitRule  # noqa: PLC0415
-
     rule = RateLimitRule(name="api", limiter=lambda: TokenBucket(rate=1, capacity=1))
     with pytest.raises(ConfigurationError, match=r"protect\.rate_limit_key"):
         protect(starlette_app(), rate_limit=[rule], rate_limit_key="global", metrics=False)

@@ -168,7 +168,7 @@ def find_router(app: object) -> object | None:
     for _ in range(_MAX_DEPTH):
         if node is None:
             return None
-        router = getattr(node, "router", None)
+        router: object = getattr(node, "router", None)
         if router is not None and isinstance(getattr(router, "routes", None), list):
             return router
         if isinstance(getattr(node, "routes", None), list) and hasattr(node, "url_path_for"):
