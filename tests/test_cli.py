@@ -189,3 +189,10 @@ def test_chaos_proxy_on_a_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]
         port = taken.getsockname()[1]
         assert main(["chaos", "proxy", "--port", str(port)]) == 1
     assert "fournines chaos proxy:" in capsys.readouterr().err
+
+
+def test_the_labs_error_is_a_fournines_error_and_still_a_runtime_error() -> None:
+    from fournines.lab.fleet import LabError
+
+    assert issubclass(LabError, fournines.FourNinesError)
+    assert issubclass(LabError, RuntimeError)
