@@ -196,3 +196,11 @@ def test_the_labs_error_is_a_fournines_error_and_still_a_runtime_error() -> None
 
     assert issubclass(LabError, fournines.FourNinesError)
     assert issubclass(LabError, RuntimeError)
+
+
+def test_chaos_proxy_with_a_bad_config_entry_names_the_flag_and_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "proxies.json"
+    config.write_text('[{"name": "x"}]')
+    assert main(["chaos", "proxy", "--port", "0", "--config", str(config)]) == 2
+    assert f"--config {config}: missing required field: upstream" in capsys.readouterr().err

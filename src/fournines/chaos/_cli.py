@@ -60,7 +60,14 @@ def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         chaos = FaultProxy(host=args.host, port=args.port, seed=args.seed, config=config)
         try:
             await chaos.start()
-        except (OSError, ApiError) as exc:
+        except ApiError as exc:
+            if exc.status >= 500:  # a proxy of --config could not listen: it ran and failed
+                print(f"fournines chaos proxy: {exc}", file=sys.stderr)
+                return 1
+            # The API refused a proxy of --config (as it would a POST /populate): bad input.
+            print(f"fournines chaos proxy: --config {args.config}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the API could not listen: it ran and failed
             print(f"fournines chaos proxy: {exc}", file=sys.stderr)
             return 1
         print(f"fournines chaos proxy: API on {chaos.api_url}", flush=True)
