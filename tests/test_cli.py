@@ -204,3 +204,11 @@ def test_chaos_proxy_with_a_bad_config_entry_names_the_flag_and_exits_2(
     config.write_text('[{"name": "x"}]')
     assert main(["chaos", "proxy", "--port", "0", "--config", str(config)]) == 2
     assert f"--config {config}: missing required field: upstream" in capsys.readouterr().err
+
+
+def test_a_broken_spec_is_named_by_the_subcommand_and_exits_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("service: [unclosed\n")
+    assert main(["slo", "dashboard", str(spec)]) == 2
+    assert capsys.readouterr().err.startswith(f"fournines slo dashboard: {spec}")

@@ -96,8 +96,9 @@ def _read(args: argparse.Namespace) -> tuple[SLOSpec, list[SLOBudget]]:
         return spec, read_budgets(spec, lambda expr: client.value(expr, at=at))
 
 
-def _error(message: str) -> int:
-    print(f"fournines: {message}", file=sys.stderr)
+def _error(parser: argparse.ArgumentParser, message: str) -> int:
+    # Named by the subcommand (parser.prog is "fournines slo budget"), like its usage.
+    print(f"{parser.prog}: {message}", file=sys.stderr)
     return _EXIT_ERROR
 
 
@@ -150,7 +151,7 @@ def _run_budget(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     try:
         spec, budgets = _read(args)
     except (ConfigurationError, PrometheusError) as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     if args.json:
         print(json.dumps({"service": spec.service, "prometheus": args.prometheus,
                           "slos": [item.as_dict() for item in budgets]}, indent=2))
@@ -205,14 +206,14 @@ def _run_dashboard(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     try:
         spec = _load(args.spec)
     except ConfigurationError as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     text = json.dumps(build_dashboard(spec, title=args.title, uid=args.uid), indent=2) + "\n"
     if args.output:
         try:
             # Grafana's provisioner may read it at any moment: old file or new, never half.
             write_atomic(args.output, text)
         except OSError as exc:
-            return _error(f"cannot write {args.output}: {exc}")
+            return _error(parser, f"cannot write {args.output}: {exc}")
     else:
         sys.stdout.write(text)
     return 0
@@ -237,11 +238,11 @@ def _run_remediate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         if listen is not None:
             config = dataclasses.replace(config, host=listen[0], port=listen[1])
     except ConfigurationError as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     try:
         remediator = Remediator(config, background=True)
     except ConfigurationError as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     try:
         server = WebhookServer(remediator)
     except OSError as exc:
