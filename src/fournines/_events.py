@@ -27,6 +27,7 @@ __all__ = [
     "FallbackUsed",
     "FaultInjected",
     "Listener",
+    "MalformedHeader",
     "RetriesExhausted",
     "RetryScheduled",
     "StateChanged",
@@ -103,6 +104,18 @@ class DeadlineExceeded(Event):
     """A call hit its deadline (``timeout`` is the budget it had, in seconds)."""
 
     timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MalformedHeader(Event):
+    """A request header ``header`` (its name) had a malformed value and was ignored.
+
+    The ASGI deadline middleware sends it for ``x-request-timeout-ms`` and
+    ``grpc-timeout``; the raw value is not in the event (it is the caller's text:
+    unbounded, and not for labels).
+    """
+
+    header: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,7 +1,15 @@
 """The ``fournines`` command line.
 
 Each area registers its own subcommands from a small ``_cli`` module that imports nothing
-heavy at module level, so ``fournines --help`` stays fast and the areas stay apart.
+heavy at module level, so ``fournines --help`` stays fast and the areas stay apart. Each
+subcommand sets ``run`` (its function) and ``command_parser`` (its own parser, so that its
+errors print its usage, not the top-level one) as parser defaults.
+
+Exit status, the same for every command: 0 done; 1 the command ran and its check failed or
+its work could not be done (``slo gate`` forbids, the lab's fleet did not run, a server
+could not listen); 2 the command line or an input file is wrong (a usage error, a bad
+spec, scenario or config file), and, for the commands that read Prometheus, no data or no
+answer (a gate that cannot see never says yes); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,16 +23,18 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fournines ...``; returns the exit status."""
+    from . import __version__  # noqa: PLC0415
     from .chaos import _cli as chaos_cli  # noqa: PLC0415 - each area owns its commands
     from .lab import _cli as lab_cli  # noqa: PLC0415
     from .slo import _cli as slo_cli  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="fournines", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"fournines {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for area in (lab_cli, slo_cli, chaos_cli):
         area.register(sub)
     args = parser.parse_args(argv)
-    status: int = args.run(args, parser)
+    status: int = args.run(args, args.command_parser)
     return status
 
 

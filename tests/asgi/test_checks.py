@@ -242,3 +242,11 @@ def test_event_loop_lag_check_needs_a_positive_max_lag() -> None:
 
 def test_built_in_checks_default_to_the_200_ms_timeout() -> None:
     assert redis_check("redis://127.0.0.1:6379/0").timeout == 0.2
+
+
+def test_check_failed_is_a_fournines_error() -> None:
+    from fournines import FourNinesError
+    from fournines.asgi import CheckFailed
+
+    assert issubclass(CheckFailed, FourNinesError)
+    assert CheckFailed("unreachable").output == "unreachable"

@@ -95,6 +95,8 @@ async def test_a_429_body_is_a_quota_exceeded_problem(inner: Counter, clock: Fak
     assert json.loads(response.content) == {
         "type": "https://iana.org/assignments/http-problem-types#quota-exceeded",
         "title": "Request cannot be satisfied as assigned quota has been exceeded",
+        "status": 429,
+        "detail": "rate limit 'api' exceeded: retry after the Retry-After seconds",
         "violated-policies": ["api"],
     }
 

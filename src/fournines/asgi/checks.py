@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Container
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
-from .._errors import ConfigurationError, check_number
+from .._errors import ConfigurationError, FourNinesError, check_number
 
 __all__ = [
     "Check",
@@ -42,7 +42,7 @@ DEFAULT_TIMEOUT = 0.2
 _EXTRA = "pip install 'fournines[checks]'"
 
 
-class CheckFailed(Exception):
+class CheckFailed(FourNinesError):
     """Raised by a probe to fail with a chosen public ``output`` and observed value.
 
     Unlike any other exception, whose text is only logged, ``output`` is shown

@@ -20,10 +20,15 @@ A request whose budget is already spent (``x-request-timeout-ms: 0``, or an
 enclosing deadline that has passed) is answered ``504 Gateway Timeout`` at once,
 without calling the app: its caller has given up on it.
 
+The 504's body is an RFC 9457 problem (``application/problem+json``), like every
+early rejection of fournines' middleware.
+
 A malformed value (``abc``, ``-5``, 40 digits, ``1e309``, ``5x``) is ignored, as
-if absent, and counted in :attr:`DeadlineMiddleware.malformed`; ``on_malformed``
-(if given) is called with the header's name and raw value. It never causes an
-error response: a caller's bad header must not take a request down.
+if absent, and counted in :attr:`DeadlineMiddleware.malformed`; listeners receive a
+:class:`~fournines.MalformedHeader` event (the Prometheus listener counts them as
+``fournines_malformed_headers_total{name, header}``), and ``on_malformed`` (if given)
+is called with the header's name and raw value. It never causes an error response:
+a caller's bad header must not take a request down.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 from .._clock import Clock, system_clock
 from .._deadline import push_deadline, reset_deadline
 from .._errors import ConfigurationError, check_number
-from .._events import DeadlineExceeded, Listener, dispatch, global_listeners
+from .._events import DeadlineExceeded, Listener, MalformedHeader, dispatch, global_listeners
 from .._propagation import (
     GRPC_TIMEOUT_HEADER,
     NO_RETRY_HEADER,
@@ -45,7 +50,7 @@ from .._propagation import (
     parse_grpc_timeout,
     parse_timeout_ms,
 )
-from ._types import ASGIApp, Message, Receive, Scope, Send, respond
+from ._types import PROBLEM_CONTENT_TYPE, ASGIApp, Message, Receive, Scope, Send, problem, respond
 
 __all__ = ["DeadlineMiddleware"]
 
@@ -56,6 +61,8 @@ _FAST_LEN = 32  # parse_timeout_ms refuses longer values
 _INF = float("inf")
 _GRPC = GRPC_TIMEOUT_HEADER.encode("latin-1")
 _NO_RETRY = (NO_RETRY_HEADER.encode("latin-1"), b"1")
+_EXPIRED_BODY = problem(504, "Gateway Timeout",
+                        "the request's deadline had passed before it started")
 
 OnMalformed = Callable[[str, bytes], object]
 """Called as ``on_malformed(header_name, raw_value)`` for each malformed header."""
@@ -194,6 +201,9 @@ class DeadlineMiddleware:
 
     def _malformed(self, header: str, value: bytes) -> None:
         self.malformed += 1
+        if self._listeners or global_listeners():
+            dispatch(self._listeners,
+                     MalformedHeader(policy="deadline", name=self.name, header=header))
         callback = self.on_malformed
         if callback is not None:
             try:
@@ -206,7 +216,7 @@ class DeadlineMiddleware:
         if self._listeners or global_listeners():
             dispatch(self._listeners,
                      DeadlineExceeded(policy="deadline", name=self.name, timeout=seconds))
-        await respond(send, 504, b"deadline exceeded before the request started\n")
+        await respond(send, 504, _EXPIRED_BODY, content_type=PROBLEM_CONTENT_TYPE)
 
     def __repr__(self) -> str:
         return (f"DeadlineMiddleware(max_timeout={self.max_timeout!r}, "

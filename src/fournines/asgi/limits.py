@@ -19,8 +19,9 @@ app, with these headers (policy name = the rule's name)::
     RateLimit-Policy: "login";q=5;w=60
     RateLimit: "login";r=0;t=12
 
-and an ``application/problem+json`` body of the draft's "quota-exceeded"
-problem type, naming the violated policy. ``Retry-After`` and ``t`` are the
+and an ``application/problem+json`` body (RFC 9457: ``type``, ``title``,
+``status``, ``detail``, as every early rejection of fournines' middleware) of the
+draft's "quota-exceeded" problem type, naming the violated policy. ``Retry-After`` and ``t`` are the
 limiter's ``retry_after`` rounded up to whole seconds (so a client that waits
 that long finds room).
 
@@ -50,7 +51,6 @@ Health and metrics paths (``exempt_paths``) are never limited.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import re
 from collections.abc import Callable, Collection, Sequence
@@ -59,7 +59,16 @@ from typing import Any
 
 from .._errors import ConfigurationError, RateLimitedError, check_number
 from ..policies.rate_limit import Gcra, KeyedLimiter, TokenBucket, _Limiter
-from ._types import ASGIApp, Message, Receive, Scope, Send, respond
+from ._types import (
+    PROBLEM_CONTENT_TYPE,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    problem,
+    respond,
+)
 from .shedding import DEFAULT_NEVER_SHED_PATHS
 
 __all__ = ["DRAFT", "KeyFunc", "RateLimitMiddleware", "RateLimitRule"]
@@ -71,7 +80,6 @@ KeyFunc = Callable[[Scope], str | None]
 """Names the client of a request; ``None`` exempts the request from the rule."""
 
 _PROBLEM_TYPE = "https://iana.org/assignments/http-problem-types#quota-exceeded"
-_PROBLEM_CONTENT_TYPE = b"application/problem+json"
 
 # Rule names become Structured Field Strings: printable ASCII only. Restricting them
 # to a token-like alphabet also spares us escaping quotes and backslashes.
@@ -289,11 +297,10 @@ class _Rule:
             q, w = self.advertised
             self.policy = f'"{self.name}";q={q}'.encode() + (b"" if w is None else
                                                             f";w={w}".encode())
-        self.problem = json.dumps({
-            "type": _PROBLEM_TYPE,
-            "title": "Request cannot be satisfied as assigned quota has been exceeded",
-            "violated-policies": [self.name],
-        }, separators=(",", ":")).encode()
+        self.problem = problem(
+            429, "Request cannot be satisfied as assigned quota has been exceeded",
+            f"rate limit {self.name!r} exceeded: retry after the Retry-After seconds",
+            type=_PROBLEM_TYPE, **{"violated-policies": [self.name]})
 
     def key_of(self, scope: Scope) -> Any:
         """The client key of a request (None: the rule does not apply)."""
@@ -418,7 +425,7 @@ class RateLimitMiddleware:
                    (b"ratelimit", b'"' + rule.name.encode() + b'";r=0;t=' + seconds)]
         if rule.policy is not None:
             headers.append((b"ratelimit-policy", rule.policy))
-        await respond(send, 429, rule.problem, content_type=_PROBLEM_CONTENT_TYPE,
+        await respond(send, 429, rule.problem, content_type=PROBLEM_CONTENT_TYPE,
                       headers=headers)
 
     @staticmethod

@@ -239,7 +239,7 @@ class MetricsMiddleware:
         self._skip = excluded | {path}
         # The bound method, not the instance: calling an instance goes through
         # type(obj).__call__, a slower path on every request.
-        self._route_of: RouteOf = route_of if route_of is not None else RouteTemplates().__call__
+        self._route_of: RouteOf = route_of if route_of is not None else RouteTemplates(app).__call__
         self.state = state
         self._own_in_flight = 0
         self.loop_lag = 0.0

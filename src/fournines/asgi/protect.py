@@ -98,6 +98,9 @@ def protect(
     state = state if state is not None else ServiceState(service=service)
     if not isinstance(state, ServiceState):
         raise ConfigurationError(f"protect.state must be a ServiceState, got {state!r}")
+    _check_options(rate_limit=rate_limit, rate_limit_key=rate_limit_key, shedding=shedding,
+                   concurrency_limit=concurrency_limit, critical_paths=critical_paths,
+                   metrics=metrics, registry=registry)
     inner: ASGIApp = app
     if rate_limit is not None:
         if callable(rate_limit):
@@ -131,3 +134,36 @@ def protect(
         inner = LoadShedder(inner, limit=concurrency_limit, max_loop_lag=max_loop_lag,
                             critical_paths=critical_paths)
     return LifecycleMiddleware(inner, state=state, instance_header=instance_header)
+
+
+def _check_options(*, rate_limit: object, rate_limit_key: object, shedding: bool,
+                   concurrency_limit: object, critical_paths: Sequence[str], metrics: bool,
+                   registry: object) -> None:
+    """Refuse options that could never act, naming them (before anything is built)."""
+    if rate_limit is None and rate_limit_key != "ip":
+        raise ConfigurationError(
+            f"protect.rate_limit_key {rate_limit_key!r} needs a rate limit: pass "
+            "rate_limit=lambda: TokenBucket(...) too, or leave rate_limit_key out")
+    if rate_limit is not None and not callable(rate_limit) and rate_limit_key != "ip":
+        raise ConfigurationError(
+            f"protect.rate_limit_key {rate_limit_key!r} applies only to a limiter factory: "
+            "with a list of RateLimitRule, each rule's key= says how to key it")
+    if callable(rate_limit) and not (
+        isinstance(rate_limit_key, str)
+        and (rate_limit_key in ("ip", "global")
+             or (rate_limit_key.startswith("header:") and len(rate_limit_key) > 7))
+    ):
+        raise ConfigurationError(
+            "protect.rate_limit_key must be 'ip', 'header:<name>' or 'global', "
+            f"got {rate_limit_key!r}")
+    if not shedding:
+        for name, value, given in (
+            ("concurrency_limit", concurrency_limit, concurrency_limit is not None),
+            ("critical_paths", critical_paths, bool(critical_paths)),
+        ):
+            if given:
+                raise ConfigurationError(
+                    f"protect.{name} {value!r} has no effect with shedding=False")
+    if not metrics and registry is not None:
+        raise ConfigurationError(f"protect.registry {registry!r} has no effect with "
+                                 "metrics=False")

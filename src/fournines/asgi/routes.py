@@ -29,6 +29,16 @@ Per request that is a few dictionary look-ups and no regex work. Plain ASGI
 apps have no such record: pass a ``route_of(scope) -> str`` callable to the
 middleware instead. It runs after the app and must return values from a small
 fixed set.
+
+A request answered before the app ran (a 504 for an expired deadline, a 429, a
+503 shed below the metrics) has no such record either: the router never saw it
+(``scope["router"]`` is unset). Given the app (``RouteTemplates(app)``, which
+finds the Starlette or FastAPI router under any middleware with an ``app``
+attribute), the resolver then asks the router's routes which one would have
+matched (``route.matches``, the router's own rule: first full match, else the
+first partial one; FastAPI's included routers through their effective routes),
+so these answers keep their template too. That costs what the router's own
+matching would have, and only on such answers.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ from typing import Any
 
 from ._types import Scope
 
-__all__ = ["UNMATCHED", "RouteOf", "RouteTemplates", "route_template"]
+__all__ = ["UNMATCHED", "RouteOf", "RouteTemplates", "find_router", "route_template"]
 
 UNMATCHED = "<unmatched>"
 """The template of every request that no route matched (404s, redirects, scanners)."""
@@ -64,18 +74,48 @@ class RouteTemplates:
     One instance serves any number of apps; it caches mount prefixes.
     """
 
-    __slots__ = ("_prefixes",)
+    __slots__ = ("_prefixes", "_router")
 
-    def __init__(self) -> None:
+    def __init__(self, app: object = None) -> None:
         # literal mount prefix (root_path minus app_root_path) -> its template, or
         # None when no mount chain explains it.
         self._prefixes: dict[str, str | None] = {}
+        self._router = find_router(app)
 
     def __call__(self, scope: Scope) -> str:
         """The route template of the request ``scope`` described (after the app ran)."""
         route = scope.get("route")
         if route is None:
-            return UNMATCHED
+            if self._router is None or "router" in scope:
+                return UNMATCHED  # no router to ask, or it ran and matched nothing
+            return self._predict(scope)
+        return self._template(scope, route)
+
+    def _predict(self, scope: Scope) -> str:
+        """The template of the route the router would have chosen for ``scope``."""
+        # A copy: the matching writes into it (path params, mount root paths).
+        probe: dict[str, Any] = dict(scope)
+        probe.setdefault("root_path", "")
+        probe["router"] = self._router
+        routes = getattr(self._router, "routes", None)
+        for _ in range(_MAX_DEPTH):
+            found = _first_match(routes, probe)
+            if found is None:
+                return UNMATCHED
+            route, child, context = found
+            probe.update(child)
+            if context is not None:
+                probe["fastapi"] = {**(probe.get("fastapi") or {}),
+                                    "effective_route_context": context}
+                return self._template(probe, context.original_route)
+            probe["route"] = route
+            inner = getattr(route, "routes", None)
+            if not inner:
+                return self._template(probe, route)
+            routes = inner  # a mount of a router, or a host: its router matches next
+        return UNMATCHED
+
+    def _template(self, scope: Scope, route: Any) -> str:
         template = getattr(route, "path_format", None)
         fastapi = scope.get("fastapi")
         if fastapi:
@@ -115,6 +155,47 @@ class RouteTemplates:
         if len(self._prefixes) < _MAX_PREFIXES:
             self._prefixes[literal] = prefix
         return prefix
+
+
+def find_router(app: object) -> object | None:
+    """The Starlette/FastAPI router under ``app`` and the middleware wrapping it, if any.
+
+    Follows ``.app`` attributes (how ASGI middleware, fournines' included, hold the
+    app they wrap) to an object with a ``router`` that has ``routes`` (a Starlette or
+    FastAPI app) or with ``routes`` itself (a bare ``Router``).
+    """
+    node = app
+    for _ in range(_MAX_DEPTH):
+        if node is None:
+            return None
+        router: object = getattr(node, "router", None)
+        if router is not None and isinstance(getattr(router, "routes", None), list):
+            return router
+        if isinstance(getattr(node, "routes", None), list) and hasattr(node, "url_path_for"):
+            return node
+        node = getattr(node, "app", None)
+    return None
+
+
+def _first_match(routes: Iterable[Any] | None,
+                 scope: Scope) -> tuple[Any, dict[str, Any], Any] | None:
+    """(route, child scope, FastAPI route context or None) the router would choose."""
+    partial = None
+    for route in routes or ():
+        contexts = getattr(route, "effective_route_contexts", None)
+        # A FastAPI included router: its routes with their full paths.
+        candidates = ((c, c) for c in contexts()) if callable(contexts) else ((route, None),)
+        for candidate, context in candidates:
+            try:
+                match, child = candidate.matches(scope)
+            except Exception:  # a route that cannot judge this scope does not match it
+                continue
+            kind = getattr(match, "name", "NONE")
+            if kind == "FULL":
+                return route, dict(child or {}), context
+            if kind == "PARTIAL" and partial is None:
+                partial = route, dict(child or {}), context
+    return partial
 
 
 def _mount_template(routes: Iterable[Any] | None, literal: str, depth: int) -> str | None:

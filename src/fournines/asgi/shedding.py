@@ -4,7 +4,11 @@
 only while that count is below a concurrency limit learnt from the service's
 own latency (by default :class:`~fournines.policies.adaptive.Gradient2Limit`).
 What it refuses gets ``503 Service Unavailable`` with ``Retry-After`` at once:
-no call into the app, no waiting on anything but sending the answer. The
+no call into the app, no waiting on anything but sending the answer. The body is
+an RFC 9457 problem (``application/problem+json``), as for every early rejection
+of fournines' middleware. The decision itself is sans-I/O:
+:meth:`LoadShedder.try_acquire` admits or raises :class:`~fournines.LoadShedError`,
+:meth:`LoadShedder.release` ends the admitted work. The
 answer is a normal complete response (with ``content-length``), so the
 client's keep-alive connection stays open for its retry.
 
@@ -53,18 +57,19 @@ import math
 from collections.abc import Callable, Collection, Sequence
 
 from .._clock import Clock, system_clock
-from .._errors import ConfigurationError, check_number
+from .._errors import ConfigurationError, LoadShedError, check_number, new_rejection
 from .._events import CallRejected, Listener, dispatch, global_listeners
 from ..policies.adaptive import ConcurrencyLimit, Gradient2Limit
 from ._loop import current_task, running_loop
-from ._types import ASGIApp, Receive, Scope, Send, respond
+from ._types import PROBLEM_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, problem, respond
 
 __all__ = ["DEFAULT_NEVER_SHED_PATHS", "LoadShedder"]
 
 DEFAULT_NEVER_SHED_PATHS = ("/livez", "/readyz", "/startupz", "/healthz", "/metrics")
 """Paths a :class:`LoadShedder` admits whatever the load: health probes and metrics."""
 
-_BODY = b"service overloaded, retry later\n"
+_BODY = problem(503, "Service Unavailable",
+                "the service is overloaded: retry after the Retry-After seconds")
 
 
 class LoadShedder:
@@ -157,6 +162,12 @@ class LoadShedder:
                 raise ConfigurationError(
                     f"{owner}.{field} must be a collection of str, got {paths!r}"
                 )
+            if field != "critical_values":
+                # A path without its leading slash never equals nor prefixes a request's.
+                for path in paths:
+                    if not path.startswith("/"):
+                        raise ConfigurationError(
+                            f"{owner}.{field} entries must start with '/', got {path!r}")
         if critical_header is not None and not isinstance(critical_header, str):
             raise ConfigurationError(
                 f"{owner}.critical_header must be a str or None, got {critical_header!r}"
@@ -215,6 +226,36 @@ class LoadShedder:
         if scope["type"] != "http" or scope["path"] in self._never:
             await self.app(scope, receive, send)
             return
+        try:
+            permit = self.try_acquire(scope)
+        except LoadShedError:
+            await respond(send, 503, _BODY, content_type=PROBLEM_CONTENT_TYPE,
+                          headers=self._headers)
+            return
+        if self._sampler_loop is not running_loop() and self._max_lag is not None:
+            self._start_sampler()
+        now = self._now
+        start = now()
+        try:
+            await self.app(scope, receive, send)
+        except TimeoutError:
+            self.release(permit, now() - start, dropped=True)
+            raise
+        except BaseException:
+            # A failing or cancelled request says nothing about capacity.
+            self.release(permit, 0.0, dropped=None)
+            raise
+        self.release(permit, now() - start, dropped=False)
+
+    def try_acquire(self, scope: Scope) -> int:
+        """Admit the request ``scope`` describes, or raise :class:`~fournines.LoadShedError`.
+
+        The sans-I/O decision (the middleware is its shell; a message consumer can use
+        it the same way): it counts the shed and sends the ``CallRejected`` event
+        before raising. The permit it returns is the number of requests in flight
+        with this one, a plain int so that admission allocates nothing; give it back
+        to :meth:`release` when the work ends.
+        """
         inflight = self.in_flight
         if (inflight >= self._admit or self.lagging) and self._refuse(scope, inflight):
             reason = "loop_lag" if self.lagging else "overload"
@@ -227,27 +268,24 @@ class LoadShedder:
                     policy="load_shedder", name=self.name, reason=reason,
                     retry_after=self.retry_after,
                 ))
-            await respond(send, 503, _BODY, headers=self._headers)
-            return
-        if self._sampler_loop is not running_loop() and self._max_lag is not None:
-            self._start_sampler()
+            # __new__ alone: no Python __init__ on a path that runs thousands of times
+            # a second under overload (see fournines._errors).
+            raise new_rejection(LoadShedError, self.name, self.retry_after)
         inflight += 1
         self.in_flight = inflight
         self.admitted += 1
-        now = self._now
-        start = now()
-        try:
-            await self.app(scope, receive, send)
-        except TimeoutError:
-            self.in_flight -= 1
-            self._sample(now() - start, inflight, True)
-            raise
-        except BaseException:
-            # A failing or cancelled request says nothing about capacity.
-            self.in_flight -= 1
-            raise
+        return inflight
+
+    def release(self, permit: int, duration: float, *, dropped: bool | None) -> None:
+        """End the work admitted with ``permit`` after ``duration`` seconds.
+
+        ``dropped``: true when it timed out (the limit learns of an overload), false
+        when it completed, ``None`` when it failed otherwise or was cancelled (it
+        says nothing about capacity: no sample).
+        """
         self.in_flight -= 1
-        self._sample(now() - start, inflight, False)
+        if dropped is not None:
+            self._sample(duration, permit, dropped)
 
     def _refuse(self, scope: Scope, inflight: int) -> bool:
         """Whether to shed a request that arrives above the limit or while lagging."""

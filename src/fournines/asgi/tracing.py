@@ -105,7 +105,7 @@ class TracingMiddleware:
         self._skip = frozenset(exclude_paths)
         # The bound method, not the instance: calling an instance goes through
         # type(obj).__call__, a slower path on every request.
-        self._route_of: RouteOf = route_of if route_of is not None else RouteTemplates().__call__
+        self._route_of: RouteOf = route_of if route_of is not None else RouteTemplates(app).__call__
         # Bound once: attribute look-ups on modules cost on every request.
         self._server_kind = trace.SpanKind.SERVER
         self._set_span_in_context = trace.set_span_in_context

@@ -9,7 +9,7 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add the ``chaos`` subcommands to the top-level subparsers ``sub``."""
     group = sub.add_parser("chaos", help="chaos commands")
-    group.set_defaults(run=_usage)
+    group.set_defaults(run=_usage, command_parser=group)
     commands = group.add_subparsers(dest="chaos_command")
     proxy = commands.add_parser(
         "proxy",
@@ -25,12 +25,12 @@ def register(sub: Any) -> None:
                        help="JSON list of proxies to create at start, as for POST /populate")
     proxy.add_argument("--seed", type=int, default=None,
                        help="seed for jitter, slicing and toxicity draws")
-    proxy.set_defaults(run=_run_proxy)
+    proxy.set_defaults(run=_run_proxy, command_parser=proxy)
 
 
 def _usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    parser.parse_args([args.command, "--help"])
-    return 2
+    # A group without its command is a usage error (stderr, status 2), not a help request.
+    parser.error("a COMMAND is required")
 
 
 def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -60,7 +60,14 @@ def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         chaos = FaultProxy(host=args.host, port=args.port, seed=args.seed, config=config)
         try:
             await chaos.start()
-        except (OSError, ApiError) as exc:
+        except ApiError as exc:
+            if exc.status >= 500:  # a proxy of --config could not listen: it ran and failed
+                print(f"fournines chaos proxy: {exc}", file=sys.stderr)
+                return 1
+            # The API refused a proxy of --config (as it would a POST /populate): bad input.
+            print(f"fournines chaos proxy: --config {args.config}: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the API could not listen: it ran and failed
             print(f"fournines chaos proxy: {exc}", file=sys.stderr)
             return 1
         print(f"fournines chaos proxy: API on {chaos.api_url}", flush=True)

@@ -15,6 +15,7 @@ name                                                   type       labels
 ``fournines_deadline_exceeded_total``                  counter    name
 ``fournines_client_hedges_total``                      counter    name (host)
 ``fournines_endpoint_ejections_total``                 counter    name, endpoint
+``fournines_malformed_headers_total``                  counter    name, header
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 =====================================================  =========  ==========================
@@ -43,6 +44,7 @@ from .._events import (
     EndpointEjected,
     Event,
     FallbackUsed,
+    MalformedHeader,
     RetriesExhausted,
     RetryScheduled,
     StateChanged,
@@ -93,6 +95,9 @@ class PrometheusListener:
         self.ejections = prom.Counter(f"{p}_endpoint_ejections",
                                       "Endpoints ejected by a client balancer.",
                                       ["name", "endpoint"], registry=reg)
+        self.malformed = prom.Counter(f"{p}_malformed_headers",
+                                      "Request headers ignored because their value was "
+                                      "malformed.", ["name", "header"], registry=reg)
         self.client_duration = prom.Histogram(
             "http_client_request_duration_seconds",
             "Outgoing HTTP request duration in seconds (retries and hedges included).",
@@ -142,3 +147,5 @@ class PrometheusListener:
             self.deadlines.labels(event.name).inc()
         elif isinstance(event, EndpointEjected):
             self.ejections.labels(event.name, event.endpoint).inc()
+        elif isinstance(event, MalformedHeader):
+            self._child(self.malformed, event.name, event.header).inc()

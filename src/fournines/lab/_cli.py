@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
                      help="start a local Prometheus scraping the fleet (needs `prometheus`)")
     lab.add_argument("--etcd", metavar="URL", default=None,
                      help="service discovery through etcd (not built yet)")
-    lab.set_defaults(run=_run)
+    lab.set_defaults(run=_run, command_parser=lab)
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

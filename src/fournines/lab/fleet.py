@@ -24,13 +24,17 @@ from typing import Any
 
 import httpx
 
+from .._errors import FourNinesError
 from .scenario import Fault, PaymentModel
 
 __all__ = ["DIE_WITH_PARENT", "FaultProxy", "Fleet", "LabError", "ServiceProcess", "free_port"]
 
 
-class LabError(RuntimeError):
-    """The lab could not run (a process did not start, a fault could not be applied)."""
+class LabError(FourNinesError, RuntimeError):
+    """The lab could not run (a process did not start, a fault could not be applied).
+
+    A :class:`~fournines.FourNinesError`, and still a ``RuntimeError`` as it always was.
+    """
 
 
 def free_port() -> int:

@@ -7,6 +7,7 @@ so ``fournines --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import signal
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from .gate import SLOBudget
     from .spec import SLOSpec
 
-_EXIT_ERROR = 2
+_EXIT_ERROR = 2  # a bad command line or input file (see fournines.cli for the convention)
+_EXIT_FAILED = 1  # it ran, and its work could not be done
 
 
 def register(commands: Any, sub: Any = None, *rest: Any) -> None:
@@ -28,7 +30,7 @@ def register(commands: Any, sub: Any = None, *rest: Any) -> None:
     budget.add_argument("spec", help="SLO spec file (fournines, Sloth or OpenSLO)")
     _prometheus_args(budget)
     budget.add_argument("--json", action="store_true", help="print JSON for machines")
-    budget.set_defaults(run=_run_budget)
+    budget.set_defaults(run=_run_budget, command_parser=budget)
 
     gate = commands.add_parser(
         "gate", help="deploy gate: exit 0 proceed, 1 budget forbids, 2 no data/unreachable",
@@ -49,14 +51,14 @@ def register(commands: Any, sub: Any = None, *rest: Any) -> None:
                       help="what the band between --block-below and --proceed-at does "
                            "(proceed, with a warning)")
     gate.add_argument("--json", action="store_true", help="print JSON for machines")
-    gate.set_defaults(run=_run_gate)
+    gate.set_defaults(run=_run_gate, command_parser=gate)
 
     dashboard = commands.add_parser("dashboard", help="Grafana dashboard JSON for a spec")
     dashboard.add_argument("spec", help="SLO spec file")
     dashboard.add_argument("-o", "--output", help="write to this file (default: stdout)")
     dashboard.add_argument("--title", help="dashboard title")
     dashboard.add_argument("--uid", help="dashboard uid (default: fournines-slo-SERVICE)")
-    dashboard.set_defaults(run=_run_dashboard)
+    dashboard.set_defaults(run=_run_dashboard, command_parser=dashboard)
 
     if sub is not None:
         remediate = sub.add_parser(
@@ -65,7 +67,7 @@ def register(commands: Any, sub: Any = None, *rest: Any) -> None:
         remediate.add_argument("--dry-run", action="store_true",
                                help="decide and log, run nothing (overrides the config)")
         remediate.add_argument("--listen", help="HOST:PORT (overrides the config's listen)")
-        remediate.set_defaults(run=_run_remediate)
+        remediate.set_defaults(run=_run_remediate, command_parser=remediate)
 
 
 def _prometheus_args(parser: argparse.ArgumentParser) -> None:
@@ -94,8 +96,9 @@ def _read(args: argparse.Namespace) -> tuple[SLOSpec, list[SLOBudget]]:
         return spec, read_budgets(spec, lambda expr: client.value(expr, at=at))
 
 
-def _error(message: str) -> int:
-    print(f"fournines: {message}", file=sys.stderr)
+def _error(parser: argparse.ArgumentParser, message: str) -> int:
+    # Named by the subcommand (parser.prog is "fournines slo budget"), like its usage.
+    print(f"{parser.prog}: {message}", file=sys.stderr)
     return _EXIT_ERROR
 
 
@@ -135,14 +138,20 @@ def budget_table(spec: SLOSpec, budgets: list[SLOBudget]) -> str:
     return f"service {spec.service}\n{_table(rows)}\nSLIs:\n{slis}"
 
 
+def _check_timeout(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        parser.error(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
+
+
 def _run_budget(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .._errors import ConfigurationError  # noqa: PLC0415
     from .prometheus import PrometheusError  # noqa: PLC0415
 
+    _check_timeout(args, parser)
     try:
         spec, budgets = _read(args)
     except (ConfigurationError, PrometheusError) as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     if args.json:
         print(json.dumps({"service": spec.service, "prometheus": args.prometheus,
                           "slos": [item.as_dict() for item in budgets]}, indent=2))
@@ -156,12 +165,19 @@ def _run_gate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .gate import EXIT_NO_DATA, GatePolicy, decide  # noqa: PLC0415
     from .prometheus import PrometheusError  # noqa: PLC0415
 
-    try:
-        policy = GatePolicy(proceed_percent=args.proceed_at, block_percent=args.block_below,
-                            approval_percent=args.approval_below,
-                            caution_blocks=args.caution == "block")
-    except ConfigurationError as exc:
-        parser.error(str(exc))
+    _check_timeout(args, parser)
+    # Checked here, in the user's words (flags), before GatePolicy checks its own fields.
+    flags = (("--approval-below", args.approval_below), ("--block-below", args.block_below),
+             ("--proceed-at", args.proceed_at))
+    for flag, value in flags:
+        if not 0 <= value <= 100:
+            parser.error(f"{flag} must be between 0 and 100, got {value:g}")
+    for (low_flag, low), (high_flag, high) in itertools.pairwise(flags):
+        if low > high:
+            parser.error(f"{low_flag} ({low:g}) must be at most {high_flag} ({high:g})")
+    policy = GatePolicy(proceed_percent=args.proceed_at, block_percent=args.block_below,
+                        approval_percent=args.approval_below,
+                        caution_blocks=args.caution == "block")
     try:
         _, budgets = _read(args)
     except (ConfigurationError, PrometheusError) as exc:
@@ -190,14 +206,14 @@ def _run_dashboard(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     try:
         spec = _load(args.spec)
     except ConfigurationError as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     text = json.dumps(build_dashboard(spec, title=args.title, uid=args.uid), indent=2) + "\n"
     if args.output:
         try:
             # Grafana's provisioner may read it at any moment: old file or new, never half.
             write_atomic(args.output, text)
         except OSError as exc:
-            return _error(f"cannot write {args.output}: {exc}")
+            return _error(parser, f"cannot write {args.output}: {exc}")
     else:
         sys.stdout.write(text)
     return 0
@@ -209,26 +225,31 @@ def _run_remediate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     from .._errors import ConfigurationError  # noqa: PLC0415
     from .remediate import Remediator, WebhookServer, load_config  # noqa: PLC0415
 
+    listen: tuple[str, int] | None = None
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            parser.error(f"--listen must be HOST:PORT, got {args.listen!r}")
+        listen = host.strip("[]"), int(port)
     try:
         config = load_config(args.config)
         if args.dry_run:
             config = dataclasses.replace(config, dry_run=True)
-        if args.listen:
-            host, _, port = args.listen.rpartition(":")
-            if not host or not port.isdigit():
-                raise ConfigurationError(f"--listen must be HOST:PORT, got {args.listen!r}")
-            config = dataclasses.replace(config, host=host.strip("[]"), port=int(port))
+        if listen is not None:
+            config = dataclasses.replace(config, host=listen[0], port=listen[1])
     except ConfigurationError as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     try:
         remediator = Remediator(config, background=True)
     except ConfigurationError as exc:
-        return _error(str(exc))
+        return _error(parser, str(exc))
     try:
         server = WebhookServer(remediator)
     except OSError as exc:
         remediator.close()
-        return _error(f"cannot listen on {config.host}:{config.port}: {exc}")
+        print(f"fournines remediate: cannot listen on {config.host}:{config.port}: {exc}",
+              file=sys.stderr)
+        return _EXIT_FAILED
 
     def stop(signum: int, frame: object) -> None:
         # shutdown() waits for serve_forever to return: call it off the main thread.

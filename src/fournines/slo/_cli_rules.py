@@ -22,11 +22,11 @@ def register(commands: Any, *rest: Any) -> None:
                        help="write the rules here (atomically) instead of to stdout")
     rules.add_argument("--tests", metavar="FILE",
                        help="also write a `promtool test rules` suite for them (needs -o)")
-    rules.set_defaults(run=_rules)
+    rules.set_defaults(run=_rules, command_parser=rules)
     check = commands.add_parser(
         "check", help="validate an SLO spec and print its objectives, budgets and burn rates")
     check.add_argument("spec", metavar="SPEC", help="the SLO spec file (YAML)")
-    check.set_defaults(run=_check)
+    check.set_defaults(run=_check, command_parser=check)
 
 
 def _rules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
