@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: lab test lint unit bench bootstrap clean
+.PHONY: lab test lint docs unit bench bootstrap clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh all
@@ -11,12 +11,16 @@ lab:
 	@bash scripts/bootstrap.sh venv
 	$(PY) -m fournines lab
 
-# The whole suite: lint and types, then every test (real servers included).
-test: bootstrap lint unit
+# The whole suite: lint and types, the API reference, then every test (real servers included).
+test: bootstrap lint docs unit
 
 lint:
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
+
+# The API reference (mkdocs + mkdocstrings) from the docstrings; any warning fails the build.
+docs:
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 unit:
 	$(PY) -m pytest -q
