@@ -13,6 +13,10 @@ the rest before parsing:
 - a run of ``>>>`` lines (and their output) becomes a fenced ``pycon`` block,
   which Markdown would otherwise read as nested block quotes.
 
+It also hides the undocumented special members that say nothing a reader of the
+class needs (``__slots__``, ``__repr__``, ``__post_init__``, ...): the reference
+shows undocumented public members (dataclass fields, enum members) otherwise.
+
 Only the rendered text changes: the source docstrings stay as they are.
 """
 
@@ -23,6 +27,9 @@ from typing import Any
 
 import griffe
 
+_NOISE = frozenset({
+    "__slots__", "__repr__", "__str__", "__post_init__", "__eq__", "__hash__",
+})
 _ROLE = re.compile(r":(?:class|func|meth|attr|data|mod|exc|obj):`(?P<target>[^`]+)`")
 
 
@@ -83,7 +90,12 @@ class RestMarkup(griffe.Extension):
             docstring.value = translate(obj, docstring.value)
 
     def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
-        """Rewrite ``obj``'s docstring, if it has one."""
+        """Rewrite ``obj``'s docstring, if it has one; hide it if it is noise."""
+        if obj.name in _NOISE and obj.docstring is None and obj.parent is not None:
+            # Removed rather than marked private: aliases (a class re-exported by a
+            # package) do not read their target's `public` flag.
+            obj.parent.del_member(obj.name)
+            return
         self._translate(obj)
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
