@@ -13,9 +13,9 @@ the rest before parsing:
 - a run of ``>>>`` lines (and their output) becomes a fenced ``pycon`` block,
   which Markdown would otherwise read as nested block quotes.
 
-It also hides the undocumented special members that say nothing a reader of the
-class needs (``__slots__``, ``__repr__``, ``__post_init__``, ...): the reference
-shows undocumented public members (dataclass fields, enum members) otherwise.
+The reference shows documented members only, so an enumeration's docstring also
+gains the list of its members: they are never documented one by one, and a
+reader needs them.
 
 Only the rendered text changes: the source docstrings stay as they are.
 """
@@ -27,9 +27,6 @@ from typing import Any
 
 import griffe
 
-_NOISE = frozenset({
-    "__slots__", "__repr__", "__str__", "__post_init__", "__eq__", "__hash__",
-})
 _ROLE = re.compile(r":(?:class|func|meth|attr|data|mod|exc|obj):`(?P<target>[^`]+)`")
 
 
@@ -68,6 +65,11 @@ def _fence_doctests(text: str) -> str:
     return "\n".join(out)
 
 
+def _is_enum(cls: griffe.Object) -> bool:
+    bases = getattr(cls, "bases", ())
+    return any(str(base).rsplit(".", 1)[-1].endswith("Enum") for base in bases)
+
+
 def translate(obj: griffe.Object, text: str) -> str:
     """The Markdown rendering of the reST docstring ``text`` of ``obj``."""
     text = _ROLE.sub(lambda m: _link(obj, m["target"]), text)
@@ -87,15 +89,16 @@ class RestMarkup(griffe.Extension):
         docstring = obj.docstring
         if docstring is not None and id(docstring) not in self._done:
             self._done.add(id(docstring))
+            if obj.is_class and _is_enum(obj):
+                members = ", ".join(
+                    f"`{name} = {member.value}`" for name, member in obj.members.items()
+                    if isinstance(member, griffe.Attribute) and not name.startswith("_")
+                )
+                docstring.value += f"\n\nMembers: {members}." if members else ""
             docstring.value = translate(obj, docstring.value)
 
     def on_object(self, *, obj: griffe.Object, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
-        """Rewrite ``obj``'s docstring, if it has one; hide it if it is noise."""
-        if obj.name in _NOISE and obj.docstring is None and obj.parent is not None:
-            # Removed rather than marked private: aliases (a class re-exported by a
-            # package) do not read their target's `public` flag.
-            obj.parent.del_member(obj.name)
-            return
+        """Rewrite ``obj``'s docstring, if it has one."""
         self._translate(obj)
 
     def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
