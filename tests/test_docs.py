@@ -31,6 +31,8 @@ PAGES = {
     "fournines.client": "client",
     "fournines.slo": "slo",
     "fournines.chaos": "chaos",
+    "fournines.chaos.ctk.actions": "chaos",
+    "fournines.chaos.ctk.probes": "chaos",
     "fournines.instrumentation": "instrumentation",
     "fournines.lab": "lab",
 }
