@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: lab test lint unit bench bootstrap clean
+.PHONY: lab test lint docs unit bench bootstrap clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh all
@@ -11,14 +11,18 @@ lab:
 	@bash scripts/bootstrap.sh venv
 	$(PY) -m fournines lab
 
-# The whole suite: lint and types, then every test (real servers included).
-test: bootstrap lint unit
+# The whole suite: lint and types, the API reference, then every test (real servers included).
+test: bootstrap lint docs unit
 
 lint:
 	$(VENV)/bin/ruff check src tests bench examples
 	$(VENV)/bin/mypy src
 	$(PY) scripts/unasync.py --check
 	d=$$(mktemp -d) && $(PY) -m tests.test_readme --write $$d && $(VENV)/bin/mypy --config-file tests/typing/mypy.ini tests/typing/user_code.py $$d; s=$$?; rm -rf $$d; exit $$s
+
+# The API reference (mkdocs + mkdocstrings) from the docstrings; any warning fails the build.
+docs:
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
 unit:
 	$(PY) -m pytest -q

@@ -46,6 +46,7 @@ from ._toxics import (
 __all__ = ["DEFAULT_API_PORT", "FaultProxy"]
 
 DEFAULT_API_PORT = 8474
+"""The port of the HTTP API when none is given: Toxiproxy's default, so its clients find it."""
 _READ_SIZE = 32 * 1024
 _QUEUE_CHUNKS = 256  # per link: enough to keep latency pipelined, bounded for memory
 _MAX_BODY = 10 * 1024 * 1024

@@ -88,7 +88,8 @@ class _Window:
 class BudgetSnapshot:
     """What a tracker knew at one moment.
 
-    :param good: good events over the period window. :param bad: bad ones.
+    :param good: good events over the period window.
+    :param bad: bad ones.
     :param remaining_ratio: one minus the consumed budget (``None``: no events yet).
     :param burn_rates: burn rate per window name (``None`` where the window is empty).
     """
