@@ -7,11 +7,19 @@ that subpackage (shown in brackets)::
     FourNinesError
     ├── RejectedError                   a policy refused to run the call at all
     │   ├── CircuitOpenError            the breaker is open (or throttling)
+    │   │   └── TransportCircuitOpenError       [client]
     │   ├── RateLimitedError            a rate limiter has no room; carries retry_after
+    │   │   └── TransportRateLimitedError       [client]
     │   ├── BulkheadFullError           no free slot and no room (or time) to queue
+    │   │   └── TransportBulkheadFullError      [client]
     │   ├── LoadShedError               the server sheds load to protect itself
-    │   └── NoEndpointsError            a client balancer has no endpoint to send to
+    │   │   └── TransportLoadShedError          [client]
+    │   ├── NoEndpointsError            a client balancer has no endpoint to send to
+    │   │   └── TransportNoEndpointsError       [client]
+    │   └── TransportRejectedError      a transport's rejection, also an httpx.TransportError;
+    │                                   each Transport* rejection above is one too [client]
     ├── DeadlineExceededError           the deadline passed (also a TimeoutError)
+    │   └── TransportDeadlineExceededError  also an httpx.TimeoutException [client]
     ├── ConfigurationError              a bad setting, named (also a ValueError)
     │   └── SpecError                   an invalid SLO spec, with file and path [slo]
     ├── PrometheusError                 Prometheus gave no answer to use [slo]
@@ -20,8 +28,10 @@ that subpackage (shown in brackets)::
     ├── InjectedFaultError              what an ErrorFault raises by default [chaos]
     ├── NetworkFaultError               a network command failed (also a RuntimeError) [chaos]
     ├── CheckFailed                     a health probe failed with a public output [asgi]
-    ├── LabError                        the lab could not run (also a RuntimeError) [lab]
-    └── >>> MERGE: the client's httpx-native errors (each also an httpx.TransportError) [client]
+    └── LabError                        the lab could not run (also a RuntimeError) [lab]
+
+The transports' errors are both kinds at once, so ``except CircuitOpenError`` and
+``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request.
 
 Exhausted retries re-raise the last error of the call as it was, never a
 wrapper: callers keep catching what the wrapped function raises.

@@ -15,11 +15,6 @@ from fournines import _errors
 _PACKAGES = ("fournines", "fournines.asgi", "fournines.chaos", "fournines.client",
              "fournines.lab", "fournines.slo")
 
-# Joining FourNinesError on other branches; the lead removes these marks at merge.
-_PENDING = {"CheckFailed": "joins FourNinesError on the ASGI branch",
-            "LabError": "joins FourNinesError on the lab branch"}
-
-
 def drawn_tree() -> dict[str, str]:
     """``{class name: drawn parent name}`` read from the module docstring."""
     assert _errors.__doc__ is not None
@@ -54,11 +49,7 @@ def all_subclasses(cls: type) -> set[type]:
     return found
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_PENDING[name]))
-    if name in _PENDING else name
-    for name in drawn_tree()
-])
+@pytest.mark.parametrize("name", list(drawn_tree()))
 def test_each_drawn_class_is_under_its_drawn_parent(name: str) -> None:
     parent = drawn_tree()[name]
     assert find(parent) in find(name).__bases__
@@ -71,7 +62,3 @@ def test_every_fournines_error_is_drawn() -> None:
               if not cls.__name__.startswith("_") and cls.__module__.startswith("fournines")}
     assert public - set(drawn_tree()) == set()
 
-
-def test_the_drawing_keeps_a_place_for_the_clients_errors() -> None:
-    assert _errors.__doc__ is not None
-    assert "MERGE: the client's httpx-native errors" in _errors.__doc__

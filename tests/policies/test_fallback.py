@@ -273,7 +273,6 @@ def test_a_pipeline_with_the_cache_innermost_keeps_two_functions_apart(
     assert user_name(1) == "name-1"
 
 
-@pytest.mark.xfail(strict=True, reason="needs h-types update_wrapper")
 async def test_a_pipeline_with_the_cache_outermost_keeps_two_functions_apart(
     clock: FakeClock,
 ) -> None:

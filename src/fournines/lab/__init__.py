@@ -14,17 +14,20 @@ from .scenario import Fault, PaymentModel, Scenario, default_scenario, load_scen
 # The runner imports httpx (the `lab` extra), and this package is imported by
 # `fournines --help`: load it on first use.
 __getattr__, __dir__ = lazy_attributes("fournines.lab", {
+    "LabError": ("fournines.lab.fleet", "pip install 'fournines[lab]'"),
     "LabResult": ("fournines.lab.runner", "pip install 'fournines[lab]'"),
     "run_lab": ("fournines.lab.runner", "pip install 'fournines[lab]'"),
     "run_and_report": ("fournines.lab.main", "pip install 'fournines[lab]'"),
 }, globals())
 
 if TYPE_CHECKING:  # the real types for a user's type checker; never imported at run time
+    from .fleet import LabError
     from .main import run_and_report
     from .runner import LabResult, run_lab
 
 __all__ = [
     "Fault",
+    "LabError",
     "LabResult",
     "PaymentModel",
     "Scenario",
