@@ -32,7 +32,7 @@ def _forged_headers(rng: random.Random) -> dict[str, str]:
 
 @pytest.fixture
 def no_proxies_named() -> Iterator[ServedModule]:
-    with ServedModule(APP) as server:
+    with ServedModule(APP, env={"FORWARDED_ALLOW_IPS": ""}) as server:
         yield server
 
 
@@ -86,4 +86,11 @@ def test_behind_a_named_proxy_the_address_it_appended_is_used_not_the_forged_one
     # A proxy appends its peer to what the client sent: the client forges the left part.
     response = httpx.get(loopback_proxy_named.url + "/limited/whoami",
                          headers={"x-forwarded-for": "198.51.100.1, 203.0.113.7"})
+    assert response.text == "203.0.113.7"
+
+
+def test_proxies_named_in_the_environment_are_trusted() -> None:
+    with ServedModule(APP, env={"FORWARDED_ALLOW_IPS": "127.0.0.1"}) as server:
+        response = httpx.get(server.url + "/limited/whoami",
+                             headers={"x-forwarded-for": "203.0.113.7"})
     assert response.text == "203.0.113.7"
