@@ -76,6 +76,10 @@ class DrainingServer(uvicorn.Server):
     signal sets uvicorn's ``force_exit`` (exit status ``128 +`` the first
     signal). After :meth:`run`, :attr:`exit_code`
     is the status the process should exit with.
+
+    Built on your own ``uvicorn.Config``, it keeps that config's
+    ``proxy_headers`` and ``forwarded_allow_ips`` (uvicorn's defaults believe
+    forwarded headers from loopback); :func:`serve` believes none unless told.
     """
 
     def __init__(
