@@ -4,7 +4,8 @@ Outgoing calls send the remaining budget; servers read it back and set the
 request's deadline from it. Two formats are understood:
 
 - ``x-request-timeout-ms: 1500`` — fournines' own header: the remaining budget
-  in milliseconds, a non-negative decimal number (fractions allowed);
+  in milliseconds, ASCII digits with an optional fraction (``1500.5``); a
+  leading ``-`` (or 0) means the budget is already spent;
 - ``grpc-timeout: 1500m`` — gRPC's: at most 8 digits and a unit, one of
   ``H`` (hours), ``M`` (minutes), ``S``, ``m``, ``u``, ``n`` (seconds, milli-,
   micro-, nanoseconds), as in the gRPC over HTTP/2 specification.
@@ -22,6 +23,7 @@ sees at most ``(1 + ratio) x requests + floor`` of the one retrying layer.
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar, Token
 
 __all__ = [
@@ -81,21 +83,23 @@ _GRPC_UNITS = {
 
 # A header longer than this is garbage, not a timeout: refuse before parsing it.
 _MAX_LEN = 32
+# Not float()'s grammar: no "+", exponent, "inf", "nan", "1_000" or non-ASCII digits.
+_TIMEOUT_MS = re.compile(r"(-?)([0-9]+(?:\.[0-9]+)?)")
 
 
 def parse_timeout_ms(value: str | bytes) -> float | None:
-    """Seconds from an ``x-request-timeout-ms`` value, or ``None`` if malformed."""
+    """Seconds from an ``x-request-timeout-ms`` value, or ``None`` if malformed.
+
+    A negative value is a budget already spent: ``0.0``, like ``0``.
+    """
     text = value.decode("latin-1") if isinstance(value, bytes) else value
-    text = text.strip()
-    if not text or len(text) > _MAX_LEN:
+    text = text.strip(" \t")  # HTTP's optional whitespace, nothing else
+    if len(text) > _MAX_LEN:
         return None
-    try:
-        ms = float(text)
-    except ValueError:
+    match = _TIMEOUT_MS.fullmatch(text)
+    if match is None:
         return None
-    if ms != ms or ms < 0 or ms == float("inf"):
-        return None
-    return ms / 1000.0
+    return 0.0 if match[1] else float(match[2]) / 1000.0
 
 
 def parse_grpc_timeout(value: str | bytes) -> float | None:

@@ -5,6 +5,9 @@
 ``PYTHONPATH``, waits until it answers, and stops it (SIGTERM, then SIGKILL)
 afterwards. ``env`` adds environment variables for the app; ``args`` adds
 uvicorn options.
+
+``ServedModule("tests.asgi.apps.protected_app")`` is the same for a module that
+calls :func:`fournines.asgi.serve` itself (``python -m module``, ``PORT`` set).
 """
 
 from __future__ import annotations
@@ -50,11 +53,8 @@ class UvicornProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> UvicornProcess:
+        command = self.command()
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}", **self.env}
-        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1",
-                   "--port", str(self.port), "--no-access-log", *self.args]
-        if self.factory:
-            command.append("--factory")
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT)
@@ -69,6 +69,13 @@ class UvicornProcess:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"uvicorn did not answer within {timeout}s:\n{self.log()}")
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1",
+                   "--port", str(self.port), "--no-access-log", *self.args]
+        if self.factory:
+            command.append("--factory")
+        return command
 
     def log(self) -> str:
         try:
@@ -101,3 +108,11 @@ class UvicornProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class ServedModule(UvicornProcess):
+    """``python -m <module>``, a module that runs ``serve()`` on ``PORT`` (loopback)."""
+
+    def command(self) -> list[str]:
+        self.env = {"PORT": str(self.port), **self.env}
+        return [sys.executable, "-m", self.app, *self.args]

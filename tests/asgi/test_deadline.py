@@ -104,7 +104,14 @@ async def test_an_enclosing_earlier_deadline_is_kept(inner: Recorder, clock: Fak
 
 
 @pytest.mark.parametrize(
-    "headers", [{"x-request-timeout-ms": "0"}, {"grpc-timeout": "0S"}]
+    "headers",
+    [
+        {"x-request-timeout-ms": "0"},
+        {"x-request-timeout-ms": "-0"},
+        {"x-request-timeout-ms": "-5"},
+        {"x-request-timeout-ms": "-0.5"},
+        {"grpc-timeout": "0S"},
+    ],
 )
 async def test_a_spent_budget_gets_504_without_calling_the_app(
     inner: Recorder, headers: dict[str, str]
@@ -122,6 +129,12 @@ async def test_an_enclosing_expired_deadline_gets_504(inner: Recorder, clock: Fa
     assert (response.status_code, inner.calls) == (504, 0)
 
 
+async def test_a_negative_budget_is_spent_not_malformed(inner: Recorder) -> None:
+    app = DeadlineMiddleware(inner)
+    await get(app, {"x-request-timeout-ms": "-5"})
+    assert (app.expired, app.malformed) == (1, 0)
+
+
 async def test_a_spent_budget_sends_a_deadline_exceeded_event(
     inner: Recorder, recorder: RecordingListener
 ) -> None:
@@ -136,7 +149,11 @@ async def test_a_spent_budget_sends_a_deadline_exceeded_event(
     ("name", "value"),
     [
         ("x-request-timeout-ms", "abc"),
-        ("x-request-timeout-ms", "-5"),
+        ("x-request-timeout-ms", "+5"),
+        ("x-request-timeout-ms", "1e3"),
+        ("x-request-timeout-ms", "0x10"),
+        ("x-request-timeout-ms", "1_000"),
+        ("x-request-timeout-ms", "-abc"),
         ("x-request-timeout-ms", "9" * 40),
         ("x-request-timeout-ms", "1e309"),
         ("x-request-timeout-ms", "nan"),

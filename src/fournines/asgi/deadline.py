@@ -3,8 +3,9 @@
 Request headers read (names are case-insensitive, as always in HTTP):
 
 - ``x-request-timeout-ms: 1500`` — fournines' own: the caller's remaining
-  budget in milliseconds, a non-negative decimal number (fractions allowed).
-  fournines' outgoing HTTP clients send it. It wins when both are present.
+  budget in milliseconds, ASCII digits with an optional fraction (``1500``,
+  ``2.5``), at most 32 characters. fournines' outgoing HTTP clients send it.
+  It wins when both are present.
 - ``grpc-timeout: 1500m`` — gRPC's: at most 8 digits and a unit (``H``,
   ``M``, ``S``, ``m``, ``u``, ``n``), for callers that speak it.
 
@@ -16,19 +17,24 @@ respects it: retries never sleep past it, limiters and bulkheads stop
 waiting, outgoing calls forward what is left. The middleware does not cancel
 the app when the deadline passes; wrap handlers in ``Timeout`` for that.
 
-A request whose budget is already spent (``x-request-timeout-ms: 0``, or an
-enclosing deadline that has passed) is answered ``504 Gateway Timeout`` at once,
-without calling the app: its caller has given up on it.
+A request whose budget is already spent is answered ``504 Gateway Timeout`` at
+once, without calling the app: its caller has given up on it. Spent means 0 or
+less: ``x-request-timeout-ms: 0``, ``-0`` or ``-5`` (a ``-`` before the digits:
+what a caller has left after overrunning its budget), ``grpc-timeout: 0S``, or
+an enclosing deadline that has passed.
 
 The 504's body is an RFC 9457 problem (``application/problem+json``), like every
 early rejection of fournines' middleware.
 
-A malformed value (``abc``, ``-5``, 40 digits, ``1e309``, ``5x``) is ignored, as
-if absent, and counted in :attr:`DeadlineMiddleware.malformed`; listeners receive a
-:class:`~fournines.MalformedHeader` event (the Prometheus listener counts them as
-``fournines_malformed_headers_total{name, header}``), and ``on_malformed`` (if given)
-is called with the header's name and raw value. It never causes an error response:
-a caller's bad header must not take a request down.
+A malformed value is ignored, as if absent: for ``x-request-timeout-ms``
+anything but the digits above (``abc``, ``+5``, ``1e3``, ``0x10``, ``inf``,
+``1_000``, ``.5``, non-ASCII digits, 33 characters or more); for
+``grpc-timeout`` anything but its format (``5x``, 9 digits, ``-1S``). It is
+counted in :attr:`DeadlineMiddleware.malformed`; listeners receive a
+:class:`~fournines.MalformedHeader` event (the Prometheus listener counts them
+as ``fournines_malformed_headers_total{name, header}``), and ``on_malformed``
+(if given) is called with the header's name and raw value. It never causes an
+error response: a caller's bad header must not take a request down.
 """
 
 from __future__ import annotations
@@ -58,7 +64,6 @@ _log = logging.getLogger("fournines")
 
 _TIMEOUT = TIMEOUT_HEADER.encode("latin-1")
 _FAST_LEN = 32  # parse_timeout_ms refuses longer values
-_INF = float("inf")
 _GRPC = GRPC_TIMEOUT_HEADER.encode("latin-1")
 _NO_RETRY = (NO_RETRY_HEADER.encode("latin-1"), b"1")
 _EXPIRED_BODY = problem(504, "Gateway Timeout",
@@ -167,14 +172,10 @@ class DeadlineMiddleware:
                 grpc_value = value
         seconds = None
         if timeout_value is not None:
-            # The common case inline (float() reads bytes): a plain number of milliseconds.
+            # The common case inline: plain ASCII digits (bytes.isdigit() is ASCII-only).
             # Anything else goes to parse_timeout_ms, which has the last word.
-            try:
-                ms = float(timeout_value) if len(timeout_value) <= _FAST_LEN else -1.0
-            except ValueError:
-                ms = -1.0
-            if 0.0 <= ms < _INF:
-                seconds = ms / 1000.0
+            if timeout_value.isdigit() and len(timeout_value) <= _FAST_LEN:
+                seconds = float(timeout_value) / 1000.0
             else:
                 seconds = parse_timeout_ms(timeout_value)
                 if seconds is None:

@@ -99,11 +99,15 @@ class RateLimitRule:
     - ``path``: the path prefix the rule applies to; ``pattern``: a regular
       expression the path must also match (``re.match``); ``methods``: the
       HTTP methods it applies to (``None``: all).
-    - ``key``: ``"ip"`` (the client address the server reports: behind a proxy,
-      use a header it sets), ``"header:<name>"`` (e.g. ``"header:x-api-key"``;
-      a request without it is keyed by its IP address), ``"global"`` (one
-      budget for everyone), or a function of the ASGI scope returning the key,
-      or ``None`` to exempt the request.
+    - ``key``: ``"ip"`` (the client address the server reports,
+      ``scope["client"][0]``: the TCP peer's, so behind a proxy the proxy's,
+      one budget for all its clients, unless the server is told which proxies
+      to believe: ``serve(forwarded_allow_ips=...)``; fournines never reads
+      ``X-Forwarded-For``, ``Forwarded`` or ``X-Real-IP`` itself),
+      ``"header:<name>"`` (e.g. ``"header:x-api-key"``; a request without it
+      is keyed by its IP address), ``"global"`` (one budget for everyone), or
+      a function of the ASGI scope returning the key, or ``None`` to exempt
+      the request.
     - ``cost``: units each request takes.
     - ``quota``, ``window``: what ``RateLimit-Policy`` advertises, when what is
       derived from the limiter is not what you want to say.

@@ -90,8 +90,11 @@ def protect(
         Gradient2 by default; ``max_loop_lag``: the event-loop lag that sheds
         non-critical requests; ``critical_paths``: path prefixes shed last).
     :param rate_limit: a factory of local limiters (one per client, keyed by
-        ``rate_limit_key``: ``"ip"``, ``"header:<name>"`` or ``"global"``), or a
-        list of :class:`~fournines.asgi.limits.RateLimitRule`.
+        ``rate_limit_key``), or a list of
+        :class:`~fournines.asgi.limits.RateLimitRule`.
+    :param rate_limit_key: ``"ip"`` (the peer address the server reports: the
+        proxy's behind a proxy, unless ``serve(forwarded_allow_ips=...)`` names
+        it), ``"header:<name>"`` or ``"global"``; see ``RateLimitRule.key``.
     :param instance_header: add ``x-instance-id`` to every response.
     :returns: the outermost middleware; ``.state`` is the shared state.
     """

@@ -19,14 +19,25 @@ you run plain ``uvicorn`` instead of ``serve()``:
 
 The server binds to 127.0.0.1 unless ``host`` or the ``HOST`` environment
 variable says otherwise: exposing a service is a decision, not a default.
+
+Client addresses: ``scope["client"]`` (what ``rate_limit_key="ip"`` keys on, what
+traces record) is the TCP peer, unless ``forwarded_allow_ips`` (or the
+``FORWARDED_ALLOW_IPS`` environment variable) names the proxies in front: then,
+for requests from those peers only, uvicorn takes the client from
+``X-Forwarded-For`` (the rightmost address that is not a named proxy) and the
+scheme from ``X-Forwarded-Proto``. Nothing is trusted by default, where plain
+uvicorn trusts every local peer (127.0.0.1, ::1): any local process could then
+pick its own client address, and so a fresh rate-limit bucket per request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
 import socket
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any, cast
 
@@ -51,6 +62,7 @@ _REFUSED_OPTIONS = {
     "workers": "run one serve() per process (or container) instead",
     "reload": "use plain uvicorn --reload for development",
 }
+_FORWARDED_ALLOW_IPS_ENV = "FORWARDED_ALLOW_IPS"
 _MAX_APP_DEPTH = 32
 
 
@@ -64,6 +76,10 @@ class DrainingServer(uvicorn.Server):
     signal sets uvicorn's ``force_exit`` (exit status ``128 +`` the first
     signal). After :meth:`run`, :attr:`exit_code`
     is the status the process should exit with.
+
+    Built on your own ``uvicorn.Config``, it keeps that config's
+    ``proxy_headers`` and ``forwarded_allow_ips`` (uvicorn's defaults believe
+    forwarded headers from loopback); :func:`serve` believes none unless told.
     """
 
     def __init__(
@@ -152,6 +168,7 @@ def serve(
     state: ServiceState | None = None,
     shutdown: GracefulShutdown | None = None,
     log_level: str | int | None = "info",
+    forwarded_allow_ips: str | Sequence[str] | None = None,
     **uvicorn_options: Any,
 ) -> None:
     """Serve ``app`` with uvicorn until SIGTERM/SIGINT, then drain gracefully.
@@ -162,7 +179,14 @@ def serve(
     reads; by default the one found on ``app`` (``app.state``, following
     ``.app`` through middleware), else a new one, with ``app`` wrapped in a
     :class:`LifecycleMiddleware`. ``shutdown``: the drain timing (see
-    :class:`GracefulShutdown`). Other keyword arguments go to ``uvicorn.Config``.
+    :class:`GracefulShutdown`). ``forwarded_allow_ips``: the proxies whose
+    ``X-Forwarded-For`` / ``X-Forwarded-Proto`` are believed, as addresses or
+    networks (``"10.0.0.0/8"``), a list or one comma-separated string, ``"*"``
+    for every peer (only when nothing but proxies can reach the port); default
+    ``FORWARDED_ALLOW_IPS`` from the environment, else none: the client address
+    is the TCP peer's, whatever headers it sends. Other keyword arguments go to
+    ``uvicorn.Config`` (``proxy_headers`` is set from ``forwarded_allow_ips``:
+    ``proxy_headers=True`` alone is refused, since it would trust loopback).
 
     Returns after a graceful drain that exits 0, so a script ending in
     ``serve(app)`` exits 0; raises ``SystemExit`` with any other status (a
@@ -172,6 +196,7 @@ def serve(
     for name, advice in _REFUSED_OPTIONS.items():
         if name in uvicorn_options:
             raise ConfigurationError(f"serve() does not take {name!r}: {advice}")
+    proxies = _trusted_proxies(forwarded_allow_ips, uvicorn_options.pop("proxy_headers", None))
     shutdown = shutdown if shutdown is not None else GracefulShutdown()
     if state is None:
         state = find_state(app)
@@ -187,6 +212,8 @@ def serve(
         port=_bind_port(port),
         log_level=log_level,
         timeout_graceful_shutdown=drain_timeout,
+        proxy_headers=proxies is not None,
+        forwarded_allow_ips=proxies,
         **uvicorn_options,
     )
     server = DrainingServer(config, state=state, shutdown=shutdown)
@@ -206,6 +233,54 @@ def find_state(app: object) -> ServiceState | None:
         if app is None:
             return None
     return None
+
+
+def _trusted_proxies(value: str | Sequence[str] | None, proxy_headers: object) -> list[str] | None:
+    """The proxies named by ``forwarded_allow_ips`` or the environment (None: trust none)."""
+    if proxy_headers is not None and not isinstance(proxy_headers, bool):
+        raise ConfigurationError(f"serve.proxy_headers must be a bool, got {proxy_headers!r}")
+    field = "serve.forwarded_allow_ips"
+    if proxy_headers is False:
+        if value is not None:
+            raise ConfigurationError(
+                f"{field} {value!r} has no effect with proxy_headers=False")
+        return None
+    if value is None:
+        value = os.environ.get(_FORWARDED_ALLOW_IPS_ENV, "").strip() or None
+        field = _FORWARDED_ALLOW_IPS_ENV
+        if value is None:
+            if proxy_headers:
+                raise ConfigurationError(
+                    "serve.proxy_headers=True names no proxy to trust: name them with "
+                    "forwarded_allow_ips= (uvicorn would trust every local peer)")
+            return None
+    if isinstance(value, str):
+        entries = [entry.strip() for entry in value.split(",")]
+    elif isinstance(value, Sequence) and all(isinstance(entry, str) for entry in value):
+        entries = [entry.strip() for entry in value]
+    else:
+        raise ConfigurationError(
+            f"{field} must be a str or a list of str naming proxies, got {value!r}")
+    if not entries or not all(entries):
+        raise ConfigurationError(f"{field} must name at least one proxy, and no empty "
+                                 f"entry, got {value!r}")
+    for entry in entries:
+        if entry == "*":
+            if len(entries) > 1:
+                raise ConfigurationError(f"{field}: '*' trusts every peer; it cannot be "
+                                         f"combined with other entries, got {value!r}")
+            continue
+        try:
+            # uvicorn would take a typo ("10.0.0.0/33") as a literal host name matching nothing.
+            if "/" in entry:
+                ipaddress.ip_network(entry)
+            else:
+                ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigurationError(
+                f"{field} entries must be IP addresses, networks (10.0.0.0/8) or '*', "
+                f"got {entry!r}") from None
+    return entries
 
 
 def _bind_host(host: str | None) -> str:
