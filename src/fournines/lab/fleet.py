@@ -124,7 +124,9 @@ class ServiceProcess:
                    "--workers", "1", "--no-access-log", "--log-level", "warning",
                    "--loop", "uvloop", "--http", "httptools", "--backlog", "4096",
                    # idle keep-alive connections outlive the pauses between fault phases
-                   "--timeout-keep-alive", "30"]
+                   "--timeout-keep-alive", "30",
+                   # the gateway limits by client address: no peer may forge it (issue 13)
+                   "--no-proxy-headers"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
