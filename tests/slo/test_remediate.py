@@ -573,6 +573,20 @@ def test_a_request_without_the_token_is_refused_before_its_body_is_read(
     assert [x["reason"] for x in audit.lines] == ["unauthorized"]
 
 
+@pytest.mark.parametrize("head", [
+    b"POST /alerts HTTP/1.1\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",
+    b"POST /alerts HTTP/1.1\r\n" + b"X-Many: a\r\n" * 101 + b"\r\n",
+])
+def test_an_oversized_request_head_is_answered_431_and_logs_nothing(
+        server: tuple[Any, Audit], head: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    srv, audit = server
+    with socket.create_connection(srv.server_address[:2], timeout=15) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431")
+    assert audit.lines == []
+    assert not [r for r in caplog.records if r.name == "fournines.remediate"]
+
+
 @pytest.mark.parametrize("server", [{"request_timeout": 1.0}], indirect=True)
 def test_a_client_that_sends_a_byte_at_a_time_is_cut_off_at_the_request_deadline(
         server: tuple[Any, Audit]) -> None:

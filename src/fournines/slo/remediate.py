@@ -580,9 +580,16 @@ class _Request:
         self.headers = headers
 
 
+async def _readline(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readline()
+    except ValueError:  # longer than the reader's limit
+        raise _Refusal(431, "request line or header line too long") from None
+
+
 async def _read_head(reader: asyncio.StreamReader) -> _Request | None:
     """The request line and headers; ``None`` when the client closed before sending any."""
-    line = await reader.readline()
+    line = await _readline(reader)
     if not line:
         return None
     parts = line.decode("latin-1").split()
@@ -591,7 +598,7 @@ async def _read_head(reader: asyncio.StreamReader) -> _Request | None:
     headers: dict[str, str] = {}
     size = len(line)
     for _ in range(_MAX_HEADERS):
-        raw = await reader.readline()
+        raw = await _readline(reader)
         size += len(raw)
         if size > _MAX_HEAD:
             raise _Refusal(431, "request head too large")
