@@ -103,6 +103,20 @@ async def test_a_name_that_resolves_outside_the_allow_list_is_refused(echo_port:
             "allow-list (--allow-upstream), by name or by any address it resolves to")}
 
 
+@pytest.mark.parametrize("upstream", [":{port}", "127.0.0.2:{port}", "LOCALHOST:1",
+                                      "[::1]:{port}"])
+async def test_upstreams_the_patterns_do_not_cover_are_refused(echo_port: int, upstream: str,
+                                                               ) -> None:
+    rules = [f"127.0.0.1:{echo_port}", f"localhost:{echo_port}"]
+    async with FaultProxy(port=0, allow_upstream=rules) as chaos, httpx.AsyncClient(
+            base_url=chaos.api_url) as api:
+        wanted = upstream.format(port=echo_port)
+        refused = await api.post("/proxies", json={"name": "p", "upstream": wanted})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"].startswith(f"upstream {wanted}: not allowed")
+        assert (await api.get("/proxies")).json() == {}
+
+
 async def test_allow_listen_takes_cidrs_and_still_refuses_what_they_do_not_cover() -> None:
     async with FaultProxy(port=0, allow_listen=["10.0.0.0/8"]) as chaos, httpx.AsyncClient(
             base_url=chaos.api_url) as api:

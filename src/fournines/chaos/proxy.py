@@ -115,7 +115,7 @@ _HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
 
 @dataclass(frozen=True, slots=True)
 class _UpstreamRule:
-    name: str  # a host name, lower case; "" for an address pattern; "*" for any host
+    name: str | None  # a host name, lower case; None for an address pattern; "*": any host
     network: _Network | None
     low: int
     high: int
@@ -161,7 +161,7 @@ def _upstream_rule(text: object, where: str) -> _UpstreamRule:
     if host == "*":
         return _UpstreamRule("*", None, low, high)
     try:
-        return _UpstreamRule("", ipaddress.ip_network(host, strict=False), low, high)
+        return _UpstreamRule(None, ipaddress.ip_network(host, strict=False), low, high)
     except ValueError:
         if bracketed or not _HOSTNAME.fullmatch(host):
             raise ConfigurationError(problem) from None
@@ -217,8 +217,13 @@ class _Guard:
                 ipaddress.ip_address(host)
         except ValueError:
             literal = None
+        if any(rule.name == "*" for rule in rules):
+            return host, port
+        if not host:
+            # Toxiproxy dials ":6379" as the local host; no pattern but * names that
+            raise ApiError(f"upstream {upstream}: not allowed: give the upstream's host", 403)
         name = host.lower().rstrip(".")
-        if any(rule.name == "*" or (literal is None and rule.name == name) for rule in rules):
+        if literal is None and any(rule.name == name for rule in rules):
             return host, port
         networks = [rule.network for rule in rules if rule.network is not None]
         if literal is not None:

@@ -756,10 +756,11 @@ class WebhookServer:
         except _Refusal as refusal:
             await self._answer(reader, writer, refusal.status, {"error": refusal.error})
             return
-        self._reading.pop(writer, None)
         if isinstance(body, tuple):
             await self._answer(reader, writer, *body)
             return
+        # An authorised notification is being decided: no newcomer may close this one.
+        self._reading.pop(writer, None)
         loop = asyncio.get_running_loop()
         status, answer = await loop.run_in_executor(self._executor, self._decide, body)
         await self._answer(reader, writer, status, answer)
