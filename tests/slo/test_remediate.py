@@ -349,7 +349,9 @@ def test_real_alertmanager_webhook_runs_the_action_once_and_refuses_no_token(
     assert executed["returncode"] == 0 and executed["alertname"] == "ErrorBudgetBurn"
     unauthorized = [x for x in lines if x.get("reason") == "unauthorized"]
     assert unauthorized and all(x["decision"] == "refused" for x in unauthorized)
-    assert all(x["remote"] == "127.0.0.1" for x in unauthorized)
+    # sampled: a line names its remote, or the remotes of the refusals it counts
+    assert all(x.get("remote", "127.0.0.1") == "127.0.0.1"
+               and set(x.get("suppressed_remotes", [])) <= {"127.0.0.1"} for x in unauthorized)
 
 
 def test_requests_without_the_token_are_answered_401(receiver: tuple[str, Path, Path]) -> None:
@@ -476,3 +478,163 @@ def test_a_body_over_the_limit_is_answered_413_and_audited(
     assert answer.startswith(b"HTTP/1.1 413"), answer
     assert not marker.exists()
     assert audit_lines(audit)[-1]["reason"] == "body too large"
+
+
+# --- unauthenticated refusals are sampled ---------------------------------------------------
+
+
+def test_refusals_for_the_token_are_audited_once_per_ten_seconds_with_a_count(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    rem, audit = remediator(tmp_path / "ran", clock)
+    for i in range(5):
+        rem.unauthorized(f"10.0.0.{i}")
+    assert [(x["reason"], x["remote"]) for x in audit.lines] == [("unauthorized", "10.0.0.0")]
+    clock.advance(10)
+    rem.unauthorized("10.0.0.9")
+    assert audit.lines[-1]["remote"] == "10.0.0.9"
+    assert audit.lines[-1]["suppressed"] == 4
+    assert audit.lines[-1]["suppressed_remotes"] == ["10.0.0.1", "10.0.0.2", "10.0.0.3",
+                                                     "10.0.0.4"]
+
+
+def test_a_flood_that_stops_gets_its_count_written_by_flush(tmp_path: Path) -> None:
+    clock = FakeClock()
+    rem, audit = remediator(tmp_path / "ran", clock)
+    for _ in range(3):
+        rem.unauthorized("10.0.0.1")
+    rem.flush()
+    assert len(audit.lines) == 1  # within the interval: nothing yet
+    clock.advance(10)
+    rem.flush()
+    assert audit.lines[-1]["suppressed"] == 2
+    rem.flush()
+    assert len(audit.lines) == 2  # counted once
+
+
+def test_closing_writes_the_count_of_refusals_not_yet_audited(tmp_path: Path) -> None:
+    rem, audit = remediator(tmp_path / "ran")
+    rem.unauthorized("10.0.0.1")
+    rem.unauthorized("10.0.0.1")
+    rem.close()
+    assert [x.get("suppressed") for x in audit.lines] == [None, 1]
+
+
+# --- the HTTP server in process ----------------------------------------------------------------
+
+
+@pytest.fixture
+def server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Audit]]:
+    """A :class:`WebhookServer` on a thread; parametrize indirectly with its keywords."""
+    import threading
+
+    from fournines.slo.remediate import WebhookServer
+
+    config = parse_config(config_data(tmp_path / "ran", listen=f"127.0.0.1:{free_port()}"),
+                          source="remediate.yaml")
+    audit = Audit()
+    rem = Remediator(config, audit=audit)
+    srv = WebhookServer(rem, **getattr(request, "param", {}))
+    thread = threading.Thread(target=srv.serve_forever)
+    thread.start()
+    try:
+        yield srv, audit
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(10)
+        rem.close()
+
+
+def _stalled(address: tuple[Any, ...], head: bytes = b"POST /alerts HTTP/1.1\r\n",
+             ) -> socket.socket:
+    sock = socket.create_connection(address[:2], timeout=20)
+    sock.sendall(head)
+    return sock
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_a_request_without_the_token_is_refused_before_its_body_is_read(
+        server: tuple[Any, Audit]) -> None:
+    # Announcing a body over the limit earns a 413 and an audit line only with the token:
+    # without it, the answer is 401 from the headers alone.
+    srv, audit = server
+    with socket.create_connection(srv.server_address[:2], timeout=15) as sock:
+        sock.sendall(b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 401")
+    assert [x["reason"] for x in audit.lines] == ["unauthorized"]
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /alerts HTTP/1.1\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",
+    b"POST /alerts HTTP/1.1\r\n" + b"X-Many: a\r\n" * 101 + b"\r\n",
+])
+def test_an_oversized_request_head_is_answered_431_and_logs_nothing(
+        server: tuple[Any, Audit], head: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    srv, audit = server
+    with socket.create_connection(srv.server_address[:2], timeout=15) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 431")
+    assert audit.lines == []
+    assert not [r for r in caplog.records if r.name == "fournines.remediate"]
+
+
+@pytest.mark.parametrize("server", [{"request_timeout": 1.0}], indirect=True)
+def test_a_client_that_sends_a_byte_at_a_time_is_cut_off_at_the_request_deadline(
+        server: tuple[Any, Audit]) -> None:
+    # A per-read timeout would let a byte every 0.5 s hold the connection forever; the
+    # deadline covers the whole request.
+    srv, _ = server
+    with _stalled(srv.server_address, b"P") as sock:
+        sock.settimeout(0.5)
+        closed = False
+        for byte in b"OST /alerts HTTP/1.1\r\nHost: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx":
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                closed = True
+                break
+            if _closed_by_peer(sock):
+                closed = True
+                break
+        assert closed, "the receiver let a dribbling client hold its connection for 30 s"
+
+
+@pytest.mark.parametrize("server", [{"max_connections": 3}], indirect=True)
+def test_at_the_connection_limit_the_oldest_stalled_client_makes_way(
+        server: tuple[Any, Audit]) -> None:
+    srv, _ = server
+    stalled = [_stalled(srv.server_address) for _ in range(3)]
+    try:
+        url = srv.url
+        response = httpx.post(url, json=notification(alert()), timeout=15,
+                              headers={"authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200
+        assert _closed_by_peer(stalled[0])
+        stalled[1].settimeout(0.2)
+        assert not _closed_by_peer(stalled[1])
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.parametrize(("keywords", "message"), [
+    ({"max_connections": 0}, "WebhookServer.max_connections must be an int >= 1, got 0"),
+    ({"request_timeout": 0}, "WebhookServer.request_timeout must be > 0 seconds, got 0"),
+])
+def test_bad_server_settings_name_the_field(tmp_path: Path, keywords: dict[str, Any],
+                                            message: str) -> None:
+    from fournines.slo.remediate import WebhookServer
+
+    config = parse_config(config_data(tmp_path / "ran", listen="127.0.0.1:0"),
+                          source="remediate.yaml")
+    with pytest.raises(ConfigurationError, match=message):
+        WebhookServer(Remediator(config, audit=Audit()), **keywords)

@@ -25,6 +25,17 @@ def register(sub: Any) -> None:
                        help="JSON list of proxies to create at start, as for POST /populate")
     proxy.add_argument("--seed", type=int, default=None,
                        help="seed for jitter, slicing and toxicity draws")
+    proxy.add_argument("--allow-listen", action="append", default=[], metavar="ADDR",
+                       help="an IP address or CIDR proxies may listen on besides loopback, "
+                            "e.g. 0.0.0.0 (repeat, or separate with commas)")
+    proxy.add_argument("--allow-upstream", action="append", default=None, metavar="HOST:PORT",
+                       help="only let proxies connect to these: HOST an IP, CIDR, name or *, "
+                            "PORT a number, LOW-HIGH or *, e.g. 10.0.0.0/8:6379 "
+                            "(repeat, or separate with commas; default: any upstream)")
+    proxy.add_argument("--token-file", metavar="FILE",
+                       help="API requests must carry 'Authorization: Bearer <token>' with "
+                            "the token in FILE (default: $FOURNINES_CHAOS_PROXY_TOKEN if "
+                            "set, else no token)")
     proxy.set_defaults(run=_run_proxy, command_parser=proxy)
 
 
@@ -37,9 +48,11 @@ def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     import asyncio  # noqa: PLC0415 - keep `fournines --help` fast
     import json  # noqa: PLC0415
     import logging  # noqa: PLC0415
+    import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
+    from .._errors import ConfigurationError  # noqa: PLC0415
     from ._toxics import ApiError  # noqa: PLC0415
     from .proxy import FaultProxy  # noqa: PLC0415
 
@@ -54,10 +67,29 @@ def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             parser.error(f"--config {args.config}: {exc}")
         if not isinstance(config, list):
             parser.error(f"--config {args.config}: expected a JSON list of proxies")
+    token = os.environ.get("FOURNINES_CHAOS_PROXY_TOKEN", "").strip() or None
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                token = file.read().strip()
+        except (OSError, ValueError) as exc:
+            parser.error(f"--token-file {args.token_file}: {exc}")
+    allow_listen = [item for arg in args.allow_listen for item in arg.split(",") if item]
+    allow_upstream = None if args.allow_upstream is None else [
+        item for arg in args.allow_upstream for item in arg.split(",") if item]
+    try:
+        chaos = FaultProxy(host=args.host, port=args.port, seed=args.seed, config=config,
+                           allow_listen=allow_listen, allow_upstream=allow_upstream,
+                           token=token)
+    except ConfigurationError as exc:
+        option = {"allow_listen": "--allow-listen", "allow_upstream": "--allow-upstream",
+                  "token": "--token-file"}
+        where = next((flag for key, flag in option.items() if f"FaultProxy.{key}" in str(exc)),
+                     "")
+        parser.error(f"{where}: {exc}" if where else str(exc))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     async def serve() -> int:
-        chaos = FaultProxy(host=args.host, port=args.port, seed=args.seed, config=config)
         try:
             await chaos.start()
         except ApiError as exc:

@@ -11,27 +11,42 @@ the same toxics (see :mod:`fournines.chaos._toxics`). Everything runs on one asy
             "name": "redis", "listen": "127.0.0.1:26379", "upstream": "127.0.0.1:6379"})
 
 Deliberate differences, each for safety: the API listens on 127.0.0.1 unless told
-otherwise, a proxy created without ``listen`` listens on ``127.0.0.1:0`` (Toxiproxy: all
-interfaces), and request bodies are capped at 10 MiB. Ends of stream are passed on as
-half-closes, so a client may shut down its sending side and still read the answer.
+otherwise; proxies listen on loopback addresses only unless ``allow_listen`` names more
+(a proxy created without ``listen`` gets ``127.0.0.1:0``; Toxiproxy: all interfaces);
+``allow_upstream`` limits where proxies may connect; ``token`` makes the API answer only
+requests with ``Authorization: Bearer <token>``; request bodies are capped at 10 MiB.
+Refusals are Toxiproxy-shaped errors: 403 naming ``listen`` or ``upstream``, 401 for the
+token. Ends of stream are passed on as half-closes, so a client may shut down its sending
+side and still read the answer.
+
+Upstream patterns (``allow_upstream``, ``--allow-upstream``) are ``HOST:PORT``: HOST is an
+IP address, a CIDR (``10.0.0.0/8``), a host name (matched by name, case-insensitively) or
+``*``; PORT is a number, a range (``8000-8999``) or ``*``; IPv6 goes in brackets
+(``[fd00::/8]:5432``). An upstream given by name that no name pattern matches is resolved,
+when the proxy is created and again at each connection, and the proxy connects only to a
+resolved address that an address pattern allows, so a name cannot smuggle in an address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import ipaddress
 import json
 import logging
 import random
+import re
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote
 
 from .. import __version__
+from .._errors import ConfigurationError
 from ._toxics import (
     ApiError,
     LinkToxic,
@@ -54,6 +69,8 @@ _HEADER_TIMEOUT = 15.0  # Toxiproxy's read timeout
 _IDLE_TIMEOUT = 60.0
 _CONNECT_TIMEOUT = 10.0
 _CLOSE_GRACE = 2.0
+_DISCARD_MAX = 64 * 1024  # an unauthorised body up to this is read, so the 401 is not reset away
+_MIN_TOKEN = 16
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +107,141 @@ async def _resolve(host: str, port: int) -> str:
         raise ApiError(f"listen tcp {_join_hostport(host, port)}: cannot resolve {host!r}",
                        500) from None
     return _join_hostport(host, port)
+
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?")
+
+
+@dataclass(frozen=True, slots=True)
+class _UpstreamRule:
+    name: str | None  # a host name, lower case; None for an address pattern; "*": any host
+    network: _Network | None
+    low: int
+    high: int
+
+    def ports(self, port: int) -> bool:
+        return self.low <= port <= self.high
+
+
+def _listen_rule(text: object, where: str) -> _Network:
+    try:
+        if not isinstance(text, str):
+            raise ValueError(text)
+        return ipaddress.ip_network(text.strip().strip("[]"), strict=False)
+    except ValueError:
+        raise ConfigurationError(f"{where} must be an IP address or CIDR (0.0.0.0, "
+                                 f"10.0.0.0/8, ::), got {text!r}") from None
+
+
+def _upstream_rule(text: object, where: str) -> _UpstreamRule:
+    problem = (f"{where} must be HOST:PORT with HOST an IP address, CIDR, host name or * "
+               f"(IPv6 in brackets) and PORT a number, LOW-HIGH or *, got {text!r}")
+    if not isinstance(text, str):
+        raise ConfigurationError(problem)
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigurationError(problem)
+    low_text, dash, high_text = port.partition("-")
+    if port == "*":
+        low, high = 0, 65535
+    elif (low_text.isascii() and low_text.isdigit() and len(low_text) <= 5
+          and (not dash or (high_text.isascii() and high_text.isdigit()
+                            and len(high_text) <= 5))):
+        low, high = int(low_text), int(high_text if dash else low_text)
+        if high > 65535 or low > high:
+            raise ConfigurationError(problem)
+    else:
+        raise ConfigurationError(problem)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigurationError(problem)  # bare IPv6: where does the port start?
+    if host == "*":
+        return _UpstreamRule("*", None, low, high)
+    try:
+        return _UpstreamRule(None, ipaddress.ip_network(host, strict=False), low, high)
+    except ValueError:
+        if bracketed or not _HOSTNAME.fullmatch(host):
+            raise ConfigurationError(problem) from None
+    return _UpstreamRule(host.lower().rstrip("."), None, low, high)
+
+
+def _patterns(value: object, where: str) -> list[object]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ConfigurationError(f"{where} must be a list of patterns, got {value!r}")
+    return list(value)
+
+
+class _Guard:
+    """Where proxies may listen and where they may connect (see the module docstring)."""
+
+    def __init__(self, allow_listen: Sequence[str],
+                 allow_upstream: Sequence[str] | None) -> None:
+        self.listen = [_listen_rule(item, f"FaultProxy.allow_listen[{i}]")
+                       for i, item in enumerate(_patterns(allow_listen,
+                                                          "FaultProxy.allow_listen"))]
+        self.upstream: list[_UpstreamRule] | None = None
+        if allow_upstream is not None:
+            items = _patterns(allow_upstream, "FaultProxy.allow_upstream")
+            if not items:
+                raise ConfigurationError("FaultProxy.allow_upstream must list at least one "
+                                         "pattern, or be None to allow any upstream")
+            self.upstream = [_upstream_rule(item, f"FaultProxy.allow_upstream[{i}]")
+                             for i, item in enumerate(items)]
+
+    def check_listen(self, address: str) -> None:
+        """Refuse (403) a resolved listen address that is neither loopback nor allowed."""
+        host, _ = _split_hostport(address, "listen")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None and (ip.is_loopback or any(ip in net for net in self.listen)):
+            return
+        hint = "an address --allow-listen / allow_listen does not name" if self.listen else \
+            "proxies listen on loopback only unless the fault proxy is started with " \
+            "--allow-listen (FaultProxy(allow_listen=...))"
+        raise ApiError(f"listen {address}: not allowed: {hint}", 403)
+
+    async def connect_to(self, upstream: str) -> tuple[str, int]:
+        """The address to connect to for ``upstream``; 403 when the allow-list refuses it."""
+        host, port = _split_hostport(upstream, "upstream")
+        rules = self.upstream
+        if rules is None:
+            return host, port
+        rules = [rule for rule in rules if rule.ports(port)]
+        try:
+            literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = \
+                ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if any(rule.name == "*" for rule in rules):
+            return host, port
+        if not host:
+            # Toxiproxy dials ":6379" as the local host; no pattern but * names that
+            raise ApiError(f"upstream {upstream}: not allowed: give the upstream's host", 403)
+        name = host.lower().rstrip(".")
+        if literal is None and any(rule.name == name for rule in rules):
+            return host, port
+        networks = [rule.network for rule in rules if rule.network is not None]
+        if literal is not None:
+            if any(literal in net for net in networks):
+                return host, port
+            raise ApiError(f"upstream {upstream}: not allowed: not in the fault proxy's "
+                           "upstream allow-list (--allow-upstream)", 403)
+        if networks:
+            with contextlib.suppress(OSError, UnicodeError):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM)
+                for info in infos:
+                    address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+                    if any(address in net for net in networks):
+                        return str(address), port
+        raise ApiError(f"upstream {upstream}: not allowed: not in the fault proxy's upstream "
+                       "allow-list (--allow-upstream), by name or by any address it resolves "
+                       "to", 403)
 
 
 class _Link:
@@ -258,8 +410,10 @@ class _Connection:
 class _Proxy:
     """One named proxy: a listener, its connections and its toxics."""
 
-    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random) -> None:
+    def __init__(self, name: str, listen: str, upstream: str, rng: random.Random,
+                 guard: _Guard) -> None:
         self.name = name
+        self.guard = guard
         self.listen = listen
         self.upstream = upstream
         self.enabled = False
@@ -288,6 +442,7 @@ class _Proxy:
             return
         host, port = _split_hostport(self.listen, "listen")
         address = await _resolve(host, port)
+        self.guard.check_listen(address)  # resolved again: what is bound is what is checked
         bind_host, _ = _split_hostport(address, "listen")
         try:
             self._server = await asyncio.start_server(self._accept, bind_host, port)
@@ -318,7 +473,8 @@ class _Proxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       ) -> None:
         try:
-            host, port = _split_hostport(self.upstream, "upstream")
+            # checked at each connection: a name may resolve elsewhere than at creation
+            host, port = await self.guard.connect_to(self.upstream)
             upstream = await asyncio.wait_for(asyncio.open_connection(host, port),
                                               _CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ApiError, ValueError) as exc:
@@ -365,13 +521,15 @@ class _Proxy:
 # -- HTTP --------------------------------------------------------------------------------
 
 class _Response:
-    __slots__ = ("body", "content_type", "status")
+    __slots__ = ("body", "content_type", "headers", "status")
 
     def __init__(self, status: int, body: bytes = b"",
-                 content_type: str = "application/json") -> None:
+                 content_type: str = "application/json",
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.headers = headers
 
 
 def _json(value: object, status: int = 200) -> _Response:
@@ -383,7 +541,7 @@ def _error(error: ApiError) -> _Response:
 
 
 _REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
-            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Payload Too Large",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             501: "Not Implemented"}
@@ -439,11 +597,26 @@ class FaultProxy:
     ``seed`` makes jitter, slicing and toxicity draws repeatable. ``config`` is a list of
     proxies in ``POST /populate`` form, created on start (as ``toxiproxy-server -config``).
     Use it as ``async with FaultProxy(port=0) as chaos: ... chaos.api_url``.
+
+    :param allow_listen: IP addresses or CIDRs proxies may listen on besides loopback
+        (``["0.0.0.0"]`` for every IPv4 interface); default: loopback only.
+    :param allow_upstream: ``HOST:PORT`` patterns proxies may connect to (see the module
+        docstring); ``None`` (default): any upstream, as Toxiproxy.
+    :param token: when set (16 characters or more), the API answers only requests with
+        ``Authorization: Bearer <token>`` (Toxiproxy clients cannot send it: opt-in).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = DEFAULT_API_PORT,
                  seed: int | None = None,
-                 config: Sequence[Mapping[str, Any]] | None = None) -> None:
+                 config: Sequence[Mapping[str, Any]] | None = None,
+                 allow_listen: Sequence[str] = (),
+                 allow_upstream: Sequence[str] | None = None,
+                 token: str | None = None) -> None:
+        if token is not None and (not isinstance(token, str) or len(token) < _MIN_TOKEN):
+            raise ConfigurationError(f"FaultProxy.token must be a string of at least "
+                                     f"{_MIN_TOKEN} characters (or None for no token)")
+        self._guard = _Guard(allow_listen, allow_upstream)
+        self._token = token.encode() if token is not None else None
         self.host = host
         self.port = port
         self._rng = random.Random(seed)
@@ -544,6 +717,7 @@ class FaultProxy:
                 if response.status != 204:
                     head.append(f"Content-Type: {response.content_type}")
                     head.append(f"Content-Length: {len(response.body)}")
+                head.extend(f"{name}: {value}" for name, value in response.headers)
                 if not keep:
                     head.append("Connection: close")
                 writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + response.body)
@@ -576,6 +750,17 @@ class FaultProxy:
         keep = (headers.get("connection", "").lower() != "close"
                 if version == "HTTP/1.1" else
                 headers.get("connection", "").lower() == "keep-alive")
+        if self._token is not None and not self._authorized(headers.get("authorization")):
+            length = headers.get("content-length", "")
+            if length.isdigit() and int(length) <= _DISCARD_MAX \
+                    and "transfer-encoding" not in headers:
+                # read, or closing with it unread resets the connection before the 401 lands
+                await reader.readexactly(int(length))
+            error = ApiError("unauthorized: this fault proxy's API needs "
+                             "Authorization: Bearer <token>", 401)
+            return _Response(401, json.dumps(error.to_json()).encode() + b"\n",
+                             headers=(("WWW-Authenticate", 'Bearer realm="fault proxy"'),)
+                             ), False
         body = await self._body(headers, reader, writer)
         if headers.get("user-agent", "").startswith("Mozilla/"):
             # as Toxiproxy: browsers are turned away, so a web page cannot drive the API
@@ -610,6 +795,21 @@ class FaultProxy:
                 raise _HttpError(413, "request body too large")
             body += await reader.readexactly(size)
             await reader.readline()
+
+    def _authorized(self, authorization: str | None) -> bool:
+        scheme, _, credentials = (authorization or "").partition(" ")
+        return (self._token is not None and scheme.lower() == "bearer"
+                and hmac.compare_digest(credentials.strip().encode(), self._token))
+
+    async def _admit(self, listen: str, upstream: str) -> None:
+        """Refuse (403) a proxy whose listen address or upstream the allow-lists refuse."""
+        await self._guard.connect_to(upstream)
+        host, port = _split_hostport(listen, "listen")
+        try:
+            address = await _resolve(host, port)
+        except ApiError:
+            return  # unresolvable: start() answers that, and checks again, if it is enabled
+        self._guard.check_listen(address)
 
     async def _dispatch(self, method: str, target: str, body: bytes) -> _Response:
         path = target.split("?", 1)[0]
@@ -674,7 +874,8 @@ class FaultProxy:
         if name in self._proxies:
             raise ApiError("proxy already exists", 409)
         _split_hostport(upstream, "upstream")
-        proxy = _Proxy(name, listen, upstream, self._rng)
+        await self._admit(listen, upstream)
+        proxy = _Proxy(name, listen, upstream, self._rng, self._guard)
         if enabled:
             await proxy.start()
         self._proxies[name] = proxy
@@ -708,6 +909,12 @@ class FaultProxy:
                     raise ApiError(f"missing required field: upstream at proxy {number}", 400)
                 listen = _get_str(item, "listen", "") or "127.0.0.1:0"
                 wanted.append((name, listen, upstream, _get_bool(item, "enabled", True)))
+            for number, (_, listen, upstream, _) in enumerate(wanted, 1):
+                try:
+                    await self._admit(listen, upstream)
+                except ApiError as refused:
+                    raise ApiError(f"{refused.message} at proxy {number}",
+                                   refused.status) from None
         except ApiError as error:
             return [], error
         done: list[_Proxy] = []
@@ -720,7 +927,7 @@ class FaultProxy:
                         continue
                     await existing.stop()
                     del self._proxies[name]
-                proxy = _Proxy(name, listen, upstream, self._rng)
+                proxy = _Proxy(name, listen, upstream, self._rng, self._guard)
                 if enabled:
                     await proxy.start()
                 self._proxies[name] = proxy
@@ -741,6 +948,7 @@ class FaultProxy:
         upstream = _get_str(data, "upstream", proxy.upstream) or proxy.upstream
         enabled = _get_bool(data, "enabled", proxy.enabled)
         if await proxy.differs(listen, upstream):
+            await self._admit(listen, upstream)
             # a new address drops the old connections (Toxiproxy README, "Proxy fields")
             await proxy.stop()
             proxy.listen, proxy.upstream = listen, upstream

@@ -45,11 +45,15 @@ Config (YAML; JSON works too)::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -58,7 +62,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -81,6 +84,7 @@ _log = logging.getLogger("fournines.remediate")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9._:/][A-Za-z0-9._:/-]*")
 _MAX_BODY = 1 << 20
+_SAMPLE_SECONDS = 10.0  # at most one line per this long for refusals anyone can cause
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -313,6 +317,36 @@ def _run(command: Sequence[str], timeout: float) -> int:
     return completed.returncode
 
 
+class _Sampler:
+    """At most one report per ``interval`` seconds; the ones in between are only counted."""
+
+    __slots__ = ("_clock", "_interval", "_next", "suppressed")
+
+    def __init__(self, clock: Clock, interval: float) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._next = -math.inf
+        self.suppressed = 0
+
+    def take(self) -> int | None:
+        """``None``: count this one, report nothing; else report it, with the count before it."""
+        now = self._clock.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return None
+        self._next = now + self._interval
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+    def drain(self, *, force: bool = False) -> int:
+        """The count not yet reported, once the interval has passed (or ``force``), else 0."""
+        if not self.suppressed or (not force and self._clock.monotonic() < self._next):
+            return 0
+        self._next = self._clock.monotonic() + self._interval
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+
 class Remediator:
     """The decisions, without HTTP: which alerts run which commands, under the guardrails.
 
@@ -347,6 +381,13 @@ class Remediator:
                 raise _fail(config.source, "audit_log", f"cannot open {config.audit_log}: "
                                                         f"{exc}") from None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="remediate") if background else None
+        self._unauthorized = _Sampler(clock, _SAMPLE_SECONDS)
+        self._suppressed_remotes: dict[str, None] = {}
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of cooldowns, the hourly limit, sampling and audit timestamps."""
+        return self._clock
 
     def _write_audit(self, line: dict[str, object]) -> None:
         if self._stream is None:
@@ -372,6 +413,35 @@ class Remediator:
         scheme, _, credentials = authorization.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             credentials.strip().encode(), self.config.token.encode())
+
+    def unauthorized(self, remote: str = "") -> None:
+        """Audit a request refused for its token, sampled: anyone can send those.
+
+        At most one ``refused``/``unauthorized`` line per 10 s (by the clock); the ones in
+        between are counted, and the next line (or :meth:`flush`) carries the count as
+        ``suppressed`` and their addresses (the first 16) as ``suppressed_remotes``.
+        """
+        with self._lock:
+            suppressed = self._unauthorized.take()
+            if suppressed is None:
+                if len(self._suppressed_remotes) < 16:
+                    self._suppressed_remotes[remote] = None
+                return
+            remotes, self._suppressed_remotes = list(self._suppressed_remotes), {}
+        extra: dict[str, object] = {"remote": remote} if remote else {}
+        if suppressed:
+            extra.update(suppressed=suppressed, suppressed_remotes=remotes)
+        self.audit(Decision(decision="refused", reason="unauthorized"), **extra)
+
+    def flush(self, force: bool = False) -> None:
+        """Write the count of unaudited refusals, if the sampling interval passed (or ``force``)."""
+        with self._lock:
+            suppressed = self._unauthorized.drain(force=force)
+            if not suppressed:
+                return
+            remotes, self._suppressed_remotes = list(self._suppressed_remotes), {}
+        self.audit(Decision(decision="refused", reason="unauthorized"),
+                   suppressed=suppressed, suppressed_remotes=remotes)
 
     def handle(self, payload: Mapping[str, Any]) -> list[Decision]:
         """Decide about every alert of one webhook notification (and run what is decided)."""
@@ -463,7 +533,8 @@ class Remediator:
         return done
 
     def close(self) -> None:
-        """Wait for running commands and close the audit file."""
+        """Wait for running commands, write the count of unaudited refusals, close the audit."""
+        self.flush(force=True)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         if self._stream is not None and self._stream is not sys.stdout:
@@ -471,88 +542,289 @@ class Remediator:
         self._stream = None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: WebhookServer
-    protocol_version = "HTTP/1.1"
+# -- HTTP ----------------------------------------------------------------------------------
+#
+# One asyncio loop serves every connection, so a connection costs a coroutine and a socket,
+# never a thread: stalled or hostile clients cannot pile up threads. Each connection carries
+# one request (answers say ``Connection: close``; Alertmanager sends one notification per
+# group interval, so keep-alive would buy nothing and cost an idle timeout).
 
-    def setup(self) -> None:
-        super().setup()
-        # A client that stalls (idle, or mid-request) is dropped instead of holding its
-        # thread forever; http.server handles the timeout by closing the connection.
-        self.connection.settimeout(self.server.request_timeout)
-
-    def _reply(self, status: int, body: dict[str, object]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            self._reply(200, {"status": "ok"})
-        else:
-            self._reply(404, {"error": "not found"})
-
-    def do_POST(self) -> None:
-        remediator = self.server.remediator
-        text = (self.headers.get("content-length") or "0").strip()
-        if not text.isdigit() or not text.isascii():
-            # int() takes "-1", and read(-1) reads to EOF: a body of any size. Refuse, and
-            # close: the body's end is unknown, so the connection cannot be reused.
-            self.close_connection = True
-            remediator.audit(Decision(decision="refused", reason="bad Content-Length"),
-                             remote=self.client_address[0])
-            self._reply(400, {"error": "bad Content-Length"})
-            return
-        length = int(text)
-        if length > _MAX_BODY:
-            self.close_connection = True
-            remediator.audit(Decision(decision="refused", reason="body too large"),
-                             remote=self.client_address[0])
-            self._reply(413, {"error": "body too large"})
-            return
-        body = self.rfile.read(length)
-        if self.path.split("?", 1)[0] != remediator.config.path:
-            self._reply(404, {"error": "not found"})
-            return
-        if not remediator.authorized(self.headers.get("authorization")):
-            remediator.audit(Decision(decision="refused", reason="unauthorized"),
-                             remote=self.client_address[0])
-            self._reply(401, {"error": "unauthorized"})
-            return
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            remediator.audit(Decision(decision="refused", reason="body is not JSON"))
-            self._reply(400, {"error": "body is not JSON"})
-            return
-        decisions = remediator.handle(payload if isinstance(payload, dict) else {})
-        self._reply(200, {"decisions": [d.as_dict() for d in decisions]})
-
-    def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("%s " + format, self.address_string(), *args)
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large",
+            431: "Request Header Fields Too Large"}
+_MAX_LINE = 16 * 1024
+_MAX_HEAD = 32 * 1024
+_MAX_HEADERS = 100
+_LINGER_SECONDS = 1.0
+_LINGER_BYTES = 256 * 1024
+# What a client can do to a connection from its side: go away, reset it, stall, or send
+# less than it announced. None of these is the receiver's fault or worth a traceback.
+_NETWORK_ERRORS = (OSError, EOFError)
 
 
-class WebhookServer(ThreadingHTTPServer):
+class _Refusal(Exception):
+    """A request answered with an error and the connection closed."""
+
+    def __init__(self, status: int, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+
+
+class _Request:
+    __slots__ = ("headers", "method", "path")
+
+    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+
+
+async def _readline(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readline()
+    except ValueError:  # longer than the reader's limit
+        raise _Refusal(431, "request line or header line too long") from None
+
+
+async def _read_head(reader: asyncio.StreamReader) -> _Request | None:
+    """The request line and headers; ``None`` when the client closed before sending any."""
+    line = await _readline(reader)
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _Refusal(400, "malformed request line")
+    headers: dict[str, str] = {}
+    size = len(line)
+    for _ in range(_MAX_HEADERS):
+        raw = await _readline(reader)
+        size += len(raw)
+        if size > _MAX_HEAD:
+            raise _Refusal(431, "request head too large")
+        if raw in (b"\r\n", b"\n"):
+            return _Request(parts[0], parts[1].split("?", 1)[0], headers)
+        if not raw.endswith(b"\n"):
+            raise EOFError("the client closed mid-request")
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if not sep or not name.strip():
+            raise _Refusal(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    raise _Refusal(431, "too many headers")
+
+
+class WebhookServer:
     """The HTTP side: ``POST <path>`` with Alertmanager's JSON, ``GET /healthz``.
 
-    :param request_timeout: seconds a connection may stall (idle, or mid-request)
-        before it is closed.
+    Bound on construction; :meth:`serve_forever` serves on the calling thread until
+    :meth:`shutdown` (from another thread). Connections are served by one asyncio loop
+    (plus one worker thread that runs :meth:`Remediator.handle`), so the threads stay the
+    same however many clients connect.
+
+    :param request_timeout: seconds a client has, from connecting, to send its whole
+        request (head and body); a connection that stalls is closed when they run out.
+    :param max_connections: connections open at once; at the limit a new connection
+        closes the oldest one still sending its request (a stalled client, likely), or is
+        closed itself when every open one is being answered.
     """
 
-    daemon_threads = True
-
     def __init__(self, remediator: Remediator, *, host: str | None = None,
-                 port: int | None = None, request_timeout: float = 30.0) -> None:
+                 port: int | None = None, request_timeout: float = 10.0,
+                 max_connections: int = 128) -> None:
+        if not request_timeout > 0:
+            raise ConfigurationError(f"WebhookServer.request_timeout must be > 0 seconds, "
+                                     f"got {request_timeout!r}")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+                or max_connections < 1:
+            raise ConfigurationError(f"WebhookServer.max_connections must be an int >= 1, "
+                                     f"got {max_connections!r}")
         self.remediator = remediator
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
         config = remediator.config
-        super().__init__((host or config.host, config.port if port is None else port), _Handler)
+        address = (host or config.host, config.port if port is None else port)
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.create_server(address, family=family, backlog=128)
+        self.server_address: tuple[Any, ...] = self.socket.getsockname()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._stopped = threading.Event()
+        self._shutdown = False
+        # insertion-ordered: the oldest connection still reading its request comes first
+        self._reading: dict[asyncio.StreamWriter, None] = {}
+        self._open: set[asyncio.StreamWriter] = set()
+        self._errors = _Sampler(remediator.clock, _SAMPLE_SECONDS)
+        # One thread for the decisions (threads start lazily): audit writes, and commands
+        # when the remediator does not run them in the background, stay off the loop.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="remediate-http")
 
     @property
     def url(self) -> str:
         """The webhook URL to give Alertmanager."""
         host, port = self.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
         return f"http://{host!s}:{port}{self.remediator.config.path}"
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until :meth:`shutdown`; ``poll_interval`` is accepted for compatibility."""
+        try:
+            asyncio.run(self._serve())
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait for it to return (call it from another thread)."""
+        self._shutdown = True
+        loop, stop = self._loop, self._stop
+        if loop is None or stop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(stop.set)
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Close the listening socket."""
+        self.socket.close()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._shutdown:
+            return
+        executor = self._executor
+        server = await asyncio.start_server(self._connection, sock=self.socket,
+                                            limit=_MAX_LINE)
+        flusher = asyncio.create_task(self._flush_refusals())
+        try:
+            await self._stop.wait()
+        finally:
+            flusher.cancel()
+            server.close()
+            for writer in list(self._open):
+                writer.transport.abort()
+            await server.wait_closed()
+            await asyncio.get_running_loop().run_in_executor(executor, self.remediator.flush,
+                                                             True)
+            executor.shutdown(wait=True)
+
+    async def _flush_refusals(self) -> None:
+        # A flood that stops still gets its count written, at most _SAMPLE_SECONDS late.
+        while True:
+            await asyncio.sleep(_SAMPLE_SECONDS)
+            self.remediator.flush()
+
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        if len(self._open) >= self.max_connections:
+            if not self._reading:
+                return False
+            oldest = next(iter(self._reading))
+            self._reading.pop(oldest)
+            self._open.discard(oldest)
+            oldest.transport.abort()
+        self._open.add(writer)
+        self._reading[writer] = None
+        return True
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            writer.transport.abort()
+            return
+        try:
+            await self._exchange(reader, writer)
+        except _NETWORK_ERRORS:
+            pass
+        except Exception as exc:  # a bug here must not take the receiver down, nor flood
+            suppressed = self._errors.take()
+            if suppressed is not None:
+                _log.error("remediate: a request failed (%d more failures not logged): %r",
+                           suppressed, exc, exc_info=exc)
+        finally:
+            self._reading.pop(writer, None)
+            self._open.discard(writer)
+            writer.transport.abort()
+
+    async def _exchange(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        remote = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                body = await self._read(reader, remote)
+        except TimeoutError:
+            return  # stalled: drop it, as said in the docstring; not worth a line
+        except _Refusal as refusal:
+            await self._answer(reader, writer, refusal.status, {"error": refusal.error})
+            return
+        if isinstance(body, tuple):
+            await self._answer(reader, writer, *body)
+            return
+        # An authorised notification is being decided: no newcomer may close this one.
+        self._reading.pop(writer, None)
+        loop = asyncio.get_running_loop()
+        status, answer = await loop.run_in_executor(self._executor, self._decide, body)
+        await self._answer(reader, writer, status, answer)
+
+    async def _read(self, reader: asyncio.StreamReader, remote: str,
+                    ) -> bytes | tuple[int, dict[str, object]]:
+        """An authorised notification's body, or the answer to give instead."""
+        request = await _read_head(reader)
+        if request is None:
+            raise EOFError("the client closed without a request")
+        remediator = self.remediator
+        if request.method == "GET":
+            if request.path == "/healthz":
+                return 200, {"status": "ok"}
+            return 404, {"error": "not found"}
+        if request.method != "POST":
+            return 405, {"error": "method not allowed"}
+        if request.path != remediator.config.path:
+            return 404, {"error": "not found"}
+        # The token first, before the body is read: a request without it costs a header
+        # parse, and a flood of them a sampled audit line.
+        if not remediator.authorized(request.headers.get("authorization")):
+            remediator.unauthorized(remote)
+            return 401, {"error": "unauthorized"}
+        if "transfer-encoding" in request.headers:
+            remediator.audit(Decision(decision="refused", reason="no Content-Length"),
+                             remote=remote)
+            return 411, {"error": "Content-Length required"}
+        text = request.headers.get("content-length", "0")
+        if not text.isascii() or not text.isdigit():
+            remediator.audit(Decision(decision="refused", reason="bad Content-Length"),
+                             remote=remote)
+            return 400, {"error": "bad Content-Length"}
+        length = int(text)
+        if length > _MAX_BODY:
+            remediator.audit(Decision(decision="refused", reason="body too large"),
+                             remote=remote)
+            return 413, {"error": "body too large"}
+        return await reader.readexactly(length)
+
+    def _decide(self, body: bytes) -> tuple[int, dict[str, object]]:
+        remediator = self.remediator
+        try:
+            payload = json.loads(body)
+        except (ValueError, RecursionError):
+            remediator.audit(Decision(decision="refused", reason="body is not JSON"))
+            return 400, {"error": "body is not JSON"}
+        decisions = remediator.handle(payload if isinstance(payload, dict) else {})
+        return 200, {"decisions": [d.as_dict() for d in decisions]}
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      status: int, body: Mapping[str, object]) -> None:
+        data = json.dumps(body).encode()
+        writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + data)
+        with contextlib.suppress(*_NETWORK_ERRORS):
+            async with asyncio.timeout(_LINGER_SECONDS):
+                await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+                # Closing with unread bytes in the receive buffer resets the connection,
+                # and the reset can overtake the answer (a 401 sent before the body was
+                # read): drop what the client still sends, briefly (RFC 9112 9.6).
+                dropped = 0
+                while dropped < _LINGER_BYTES and (chunk := await reader.read(65536)):
+                    dropped += len(chunk)
