@@ -13,6 +13,7 @@ bodies, and (async only) race a hedge.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import random
@@ -666,10 +667,15 @@ class TransportCore:
 
     @staticmethod
     def _abandoned(permit: BreakerPermit, slot: BulkheadPermit | None) -> None:
-        """Give back what a cancelled attempt held (it says nothing about the host)."""
+        """Give back what a cancelled (or interrupted) attempt held.
+
+        Cut by its fournines deadline (an enclosing ``Timeout`` ran out), the attempt
+        failed: a hung host must open its breaker. Cancelled from elsewhere (a
+        caller that went away), it says nothing about the host.
+        """
         if slot is not None:
             slot.release()
-        permit.release()
+        permit.cancelled()
 
     def _answered(self, call: _Call, response: httpx.Response, permit: BreakerPermit,
                   slot: BulkheadPermit | None) -> float | None:
@@ -681,7 +687,7 @@ class TransportCore:
         if planned is None:
             # A success is settled by the body: it may yet be cut mid-response.
             # Not a half-open probe's: a long body must not hold the only probe.
-            if permit._probe:
+            if permit.probe:
                 permit.success()
             _hold(response, slot, permit)
             return None
@@ -836,6 +842,12 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 yield chunk
         except _FAILURES as exc:
             self._cut(exc)
+            raise
+        except asyncio.CancelledError:
+            # A body that hangs until its deadline cuts it is a failure, like a hung
+            # request; a caller that went away gives the permit back without one.
+            if self._outcome is not None:
+                self._outcome.cancelled()
             raise
 
     def close(self) -> None:

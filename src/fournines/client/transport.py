@@ -21,7 +21,11 @@ breaker. Per attempt the transport:
 4. counts 5xx, network errors (refused, closed or reset connections), read
    timeouts, protocol errors and deadline overruns as breaker failures (4xx,
    429 included, are not); the success of an answer below 500 is counted when
-   its body is closed, so a body cut mid-response is a failure too;
+   its body is closed, so a body cut mid-response is a failure too. An attempt
+   (or a body being read) that a fournines deadline cancels, an enclosing
+   ``Timeout`` that ran out, is a failure: a hung host opens its breaker. One
+   cancelled from elsewhere (a caller that went away) is no outcome at all;
+   either way its bulkhead slot and breaker permit are given back;
 5. retries idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE, or any
    request with an ``Idempotency-Key``) whose body can be sent again (not one
    from an iterator or generator) on connect errors, connections closed or reset
@@ -375,7 +379,8 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
                     task.cancel()
                     raise
             if task.cancelled():
-                permit.release()
+                # Lost the race: no outcome. Cut with the race by the deadline: it hung.
+                permit.cancelled()
                 return
             error = task.exception()
             if error is not None:
@@ -409,7 +414,9 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
     ``httpx.Client(transport=ResilientTransport())``. It blocks the calling thread
     for backoff and bulkhead queueing, and it does not hedge (``hedge_after`` is
     ignored: a hedge needs a second concurrent attempt, and a losing sync attempt
-    cannot be cancelled).
+    cannot be cancelled). Sync code cannot be cancelled either: the deadline
+    becomes each attempt's httpx timeouts, and the ``ReadTimeout`` (or deadline
+    error) a hung host ends with is a breaker failure.
     """
 
     _owner = "ResilientTransport"
