@@ -374,9 +374,10 @@ class _Snapshot:
 
     __slots__ = ("body", "extensions", "headers", "status", "stored_at")
 
-    def __init__(self, response: httpx.Response, body: bytes, stored_at: float) -> None:
+    def __init__(self, response: httpx.Response, headers: list[tuple[bytes, bytes]],
+                 body: bytes, stored_at: float) -> None:
         self.status = response.status_code
-        self.headers = response.headers.raw
+        self.headers = headers
         self.extensions = {k: v for k, v in response.extensions.items()
                            if k in ("http_version", "reason_phrase")}
         self.body = body
@@ -747,13 +748,37 @@ class TransportCore:
     def _remember(self, cache: StaleCache[Any], request: httpx.Request,
                   response: httpx.Response, body: bytes) -> httpx.Response:
         """Keep a good answer of a stale-cache route; return it, body already read."""
+        self._keep(cache, request, response, body, response.headers.raw)
+        return httpx.Response(response.status_code, headers=response.headers.raw,
+                              stream=httpx.ByteStream(body), extensions=response.extensions)
+
+    def _remember_read(self, cache: StaleCache[Any], request: httpx.Request,
+                       response: httpx.Response) -> httpx.Response:
+        """Keep an answer the transport below had already read; return it as it is.
+
+        ``httpx.MockTransport`` and in-process transports build their answers with
+        the body, which reads (and decodes) it at once: its raw bytes are gone.
+        """
+        try:
+            body = response.content
+        except httpx.ResponseNotRead:
+            return response  # streamed by someone else: nothing left to keep
+        headers = response.headers.raw
+        if "content-encoding" in response.headers:
+            # The body is decoded: the kept copy must not claim an encoding.
+            headers = [(k, v) for k, v in headers
+                       if k.lower() not in (b"content-encoding", b"content-length")]
+            headers.append((b"content-length", str(len(body)).encode()))
+        self._keep(cache, request, response, body, headers)
+        return response
+
+    def _keep(self, cache: StaleCache[Any], request: httpx.Request, response: httpx.Response,
+              body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         # A 206 holds part of the resource: never serve it as the whole answer.
         status = response.status_code
         if 200 <= status < 300 and status != 206 and len(body) <= self._max_stale_bytes:
-            snapshot = _Snapshot(response, body, self._clock.monotonic())
+            snapshot = _Snapshot(response, headers, body, self._clock.monotonic())
             cache.store(_stale_key(request), snapshot)
-        return httpx.Response(response.status_code, headers=response.headers.raw,
-                              stream=httpx.ByteStream(body), extensions=response.extensions)
 
     def _stale(self, cache: StaleCache[Any], request: httpx.Request,
                exc: Exception) -> httpx.Response | None:

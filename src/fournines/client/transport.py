@@ -193,6 +193,8 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             return self._instead_of_error(pattern, hook, request, exc)
         if self._keeps(hook, response):
             assert isinstance(hook, StaleCache)
+            if response.is_stream_consumed:
+                return self._remember_read(hook, request, response)
             limit, size, chunks = self._max_stale_bytes, 0, []
             raw = response.aiter_raw()
             try:
@@ -471,6 +473,8 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
             return self._instead_of_error(pattern, hook, request, exc)
         if self._keeps(hook, response):
             assert isinstance(hook, StaleCache)
+            if response.is_stream_consumed:
+                return self._remember_read(hook, request, response)
             limit, size, chunks = self._max_stale_bytes, 0, []
             raw = response.iter_raw()
             try:
