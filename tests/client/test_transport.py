@@ -283,6 +283,19 @@ async def test_attempt_timeout_is_sent_without_deadline(shell: Shell, host_a: st
     assert request["attempt"] == "1"
 
 
+async def test_sending_a_request_does_not_change_it(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(attempts=1))
+    request = client.raw.build_request("GET", host_a + "/x")
+    headers, extensions = list(request.headers.raw), dict(request.extensions)
+    async with deadline_after(1.0):
+        await client.send(request)
+    assert (list(request.headers.raw), request.extensions) == (headers, extensions)
+    await client.send(request)  # again, with no deadline: no budget of the first send
+    first, second = seen(host_a)
+    assert first["timeout_ms"] is not None
+    assert second["timeout_ms"] is None
+
+
 async def test_no_budget_left_fails_without_touching_network(shell: Shell,
                                                              host_a: str) -> None:
     client, _ = shell.client()

@@ -349,6 +349,18 @@ def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}:{port}"
 
 
+def copy_request(request: httpx.Request) -> httpx.Request:
+    """A request like ``request`` whose headers and extensions can be changed on their own.
+
+    The transports set each attempt's timeout, budget and attempt headers (and the
+    trace context) on a copy: the caller's request stays as it was built, so sending
+    it again never carries an older deadline. The body stream is shared (it is
+    only sent again when :func:`replayable`).
+    """
+    return httpx.Request(request.method, request.url, headers=request.headers,
+                         stream=request.stream, extensions=dict(request.extensions))
+
+
 def _attempt_timeout(request: httpx.Request, seconds: float) -> None:
     """Shorten every timeout of ``request`` to at most ``seconds``."""
     current = request.extensions.get("timeout") or {}

@@ -96,6 +96,7 @@ from ._core import (
     _attempt_timeout,
     _Call,
     _hold,
+    copy_request,
     parse_retry_after,
     resumed,
 )
@@ -167,7 +168,8 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` under the policies of its host."""
+        """Send ``request`` under the policies of its host (``request`` is left unchanged)."""
+        request = copy_request(request)
         if not self._observing():
             if not self._fallbacks:
                 return await self._protected(request)
@@ -355,8 +357,7 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             if slot is not None:
                 slot.release()
             return None
-        hedge = httpx.Request(request.method, request.url, headers=request.headers,
-                              stream=request.stream, extensions=dict(request.extensions))
+        hedge = copy_request(request)
         headers = hedge.headers  # a copy of the primary's
         if limit is not None:
             headers[TIMEOUT_HEADER] = format_timeout_ms(limit)
@@ -447,7 +448,8 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
         self._transport = transport if transport is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` under the policies of its host."""
+        """Send ``request`` under the policies of its host (``request`` is left unchanged)."""
+        request = copy_request(request)
         if not self._observing():
             if not self._fallbacks:
                 return self._protected(request)
