@@ -316,6 +316,22 @@ async def test_slow_call_is_cut_at_the_deadline(shell: Shell, host_a: str) -> No
     assert transport.policies_for(host_a).breaker.state is State.OPEN
 
 
+async def test_waiting_for_a_pooled_connection_past_the_deadline_is_no_failure(
+        shell: Shell, host_a: str) -> None:
+    # The wait is for our own connection pool: it says nothing about the host.
+    limits = httpx.Limits(max_connections=1)
+    inner = (httpx.AsyncHTTPTransport(limits=limits) if shell.is_async
+             else httpx.HTTPTransport(limits=limits))
+    client, transport = shell.client(inner, config=ClientPolicy(
+        trip=ConsecutiveFailures(threshold=1), attempts=1))
+    async with client.held(host_a + "/x"):  # the only connection, taken
+        async with deadline_after(0.1):
+            with pytest.raises(DeadlineExceededError):
+                await client.get(host_a + "/x")
+    assert len(seen(host_a)) == 1  # the second request never left
+    assert transport.policies_for(host_a).breaker.state is State.CLOSED
+
+
 # -- bulkhead and fallback -----------------------------------------------------------------
 
 

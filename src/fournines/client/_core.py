@@ -605,7 +605,9 @@ class TransportCore:
         if (deadline is not None and isinstance(exc, httpx.TimeoutException)
                 and deadline.remaining() <= 0):
             error = self._expired(hp, deadline)
-        if isinstance(error, _FAILURES):
+        # A PoolTimeout is a wait for our own pool (the request never left): even when
+        # the deadline ended it, it says nothing about the host.
+        if isinstance(error, _FAILURES) and not isinstance(exc, httpx.PoolTimeout):
             permit.failure(error)
         else:
             permit.release()
