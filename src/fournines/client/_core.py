@@ -825,14 +825,23 @@ class TransportCore:
             dispatch(self._listeners, ClientRequestStarted(
                 policy="client", name=host, method=_method_label(request.method)))
         span = token = None
-        if self._tracer is not None:
-            span, token = self._tracer.start(request)
+        tracer = self._tracer
+        if tracer is not None:
+            # Tracing never fails a request, nor leaves it counted in flight for ever.
+            try:
+                span, token = tracer.start(request)
+            except Exception:
+                tracer.failed("start")
         return _Observation(host, self._clock.monotonic(), span, token, announced)
 
     def _observe_end(self, obs: _Observation, request: httpx.Request,
                      response: httpx.Response | None, error: BaseException | None) -> None:
-        if self._tracer is not None:
-            self._tracer.end(obs.span, obs.token, response, error)
+        tracer = self._tracer
+        if tracer is not None and obs.span is not None:
+            try:
+                tracer.end(obs.span, obs.token, response, error)
+            except Exception:
+                tracer.failed("end")
         if obs.announced:
             dispatch(self._listeners, ClientRequestFinished(
                 policy="client", name=obs.host, method=_method_label(request.method),
