@@ -158,6 +158,24 @@ async def test_a_hedged_request_its_deadline_cancels_fails_both_attempts_and_fre
     assert hp.bulkhead is not None and hp.bulkhead.active == 0
 
 
+async def test_a_winning_hedge_whose_body_its_deadline_cuts_is_a_failure(
+        make_client: Any, host_a: str) -> None:
+    client, transport = make_client(config=hung_policy(1, max_concurrent=2, hedge_after=0.02))
+    hp = transport.policies_for(host_a)
+    # The first attempt hangs, so its hedge wins: the hedge's headers, then a hang.
+    control(host_a, mode="drip", body="x", count=3, delay=HUNG, first_delay=HUNG)
+    async with deadline_after(60.0) as deadline:
+        async with client.stream("GET", host_a + "/x") as response:
+            assert [r["attempt"] for r in seen(host_a)] == ["1", "2"]
+            reading = asyncio.ensure_future(response.aread())
+            await asyncio.sleep(TICK)
+            deadline.cancel(reading)
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+    assert hp.breaker.state is State.OPEN
+    assert hp.bulkhead is not None and hp.bulkhead.active == 0
+
+
 # -- cancelled by the caller: no outcome -------------------------------------------------------
 
 

@@ -317,12 +317,16 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             if winner.exception() is not None:
                 await self._settle_loser(winner, h_permit, h_slot)  # records its failure
             response = winner.result()
+            # Settled as the primary attempt's would be (TransportCore._answered): a 5xx
+            # at once, a probe's success at once, any other success by its body.
+            outcome: BreakerPermit | None = None
             if response.status_code >= 500:
                 h_permit.failure()
-            else:
+            elif h_permit.probe:
                 h_permit.success()
-            if h_slot is not None:
-                _hold(response, h_slot, None)
+            else:
+                outcome = h_permit
+            _hold(response, h_slot, outcome)
         else:
             response = winner.result()
         if hp.latencies is not None and response.status_code < 500:
