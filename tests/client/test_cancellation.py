@@ -29,7 +29,12 @@ from fournines import (
     Timeout,
     deadline_after,
 )
-from fournines.client import AsyncResilientTransport, ClientPolicy, TransportCircuitOpenError
+from fournines.client import (
+    AsyncBalancingTransport,
+    AsyncResilientTransport,
+    ClientPolicy,
+    TransportCircuitOpenError,
+)
 from fournines.testing import FakeClock
 
 from ._helpers import control, seen
@@ -209,6 +214,28 @@ async def test_a_request_its_caller_cancels_is_no_failure_and_frees_its_slots(
     assert hp.bulkhead is not None and hp.bulkhead.active == 0
     control(host_a, mode="ok")
     assert (await client.get(host_a + "/x")).status_code == 200
+
+
+# -- the balancer's endpoints: the same rule --------------------------------------------------
+
+
+@pytest.mark.parametrize("by", ["deadline", "caller"])
+async def test_a_balanced_attempt_is_an_endpoint_failure_only_when_its_deadline_cuts_it(
+        host_a: str, by: str) -> None:
+    transport = AsyncBalancingTransport([host_a])
+    (endpoint,) = transport.balancer.endpoints
+    control(host_a, mode="slow", delay=HUNG)
+    async with httpx.AsyncClient(transport=transport, timeout=30.0) as client:
+        if by == "deadline":
+            await cut_by_deadline(lambda: client.get("http://orders/x"), host_a)
+        else:
+            task = asyncio.ensure_future(client.get("http://orders/x"))
+            await arrived(host_a, 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert endpoint.failures == (1 if by == "deadline" else 0)
+    assert (endpoint.successes, endpoint.in_flight) == (0, 0)
 
 
 # -- sync code cannot be cancelled: httpx's own timeouts are the failures -----------------------

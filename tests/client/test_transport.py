@@ -332,6 +332,20 @@ async def test_waiting_for_a_pooled_connection_past_the_deadline_is_no_failure(
     assert transport.policies_for(host_a).breaker.state is State.CLOSED
 
 
+async def test_waiting_for_a_pooled_connection_is_no_failure_of_the_balanced_endpoint(
+        shell: Shell, host_a: str) -> None:
+    limits = httpx.Limits(max_connections=1)
+    inner = (httpx.AsyncHTTPTransport(limits=limits) if shell.is_async
+             else httpx.HTTPTransport(limits=limits))
+    balancing = shell.balancing([host_a], transport=inner)
+    client = shell.wrap(balancing)
+    (endpoint,) = balancing.balancer.endpoints
+    async with client.held("http://orders/x"):  # the only connection, taken
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get("http://orders/x", timeout=0.1)
+    assert (endpoint.failures, endpoint.successes, endpoint.in_flight) == (0, 1, 0)
+
+
 # -- bulkhead and fallback -----------------------------------------------------------------
 
 
