@@ -36,6 +36,11 @@ class ShellClient:
             return await self.raw.request(method, url, **kwargs)
         return await asyncio.to_thread(self.raw.request, method, url, **kwargs)
 
+    async def send(self, request: httpx.Request) -> httpx.Response:
+        if isinstance(self.raw, httpx.AsyncClient):
+            return await self.raw.send(request)
+        return await asyncio.to_thread(self.raw.send, request)
+
     async def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", url, **kwargs)
 

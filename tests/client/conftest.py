@@ -13,9 +13,12 @@ from ._shells import SHELLS, Shell
 
 @pytest.fixture(scope="session")
 def servers() -> Iterator[tuple[UvicornProcess, UvicornProcess]]:
-    a = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+    # Requests left hanging by the specs must not hold the shutdown for their whole delay.
+    args = ["--timeout-graceful-shutdown", "1"]
+    a = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen", args=args).start()
     try:
-        b = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen").start()
+        b = UvicornProcess("tests.client.apps.downstream:app", ready_path="/seen",
+                           args=args).start()
         try:
             yield a, b
         finally:

@@ -77,6 +77,26 @@ async def test_in_flight_gauge_counts_requests_in_progress(
     assert value(registry, "http_client_requests_in_flight", host=host_a) == 0
 
 
+class _TracerThatFails:
+    def start_span(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("tracing backend is broken")
+
+
+class _ProviderThatFails:
+    """An OpenTelemetry tracer provider whose spans cannot start (a broken SDK or exporter)."""
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> _TracerThatFails:
+        return _TracerThatFails()
+
+
+async def test_a_span_that_cannot_start_neither_fails_the_request_nor_drifts_the_gauge(
+        make_client: Any, registry: CollectorRegistry, host_a: str) -> None:
+    client = make_client(config=ClientPolicy(attempts=1), tracer_provider=_ProviderThatFails())
+    assert (await client.get(host_a + "/x")).status_code == 200
+    assert value(registry, "http_client_requests_in_flight", host=host_a) == 0
+    assert value(registry, DURATION, host=host_a, method="GET", status_class="2xx") == 1
+
+
 async def test_retries_are_counted_once_per_retry_and_requests_once(
         make_client: Any, registry: CollectorRegistry, host_a: str) -> None:
     client = make_client(config=ClientPolicy(attempts=3, backoff=FAST))

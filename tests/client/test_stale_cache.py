@@ -5,6 +5,7 @@ Every spec runs through both transport shells.
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import httpx
@@ -37,9 +38,9 @@ NO_RETRY = ClientPolicy(attempts=1)
 def make_client(shell: Shell) -> Any:
     """A client of each shell in turn whose ROUTE falls back to ``cache``."""
 
-    def make(cache: StaleCache[Any], **kwargs: Any) -> Any:
+    def make(cache: StaleCache[Any], inner: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("config", NO_RETRY)
-        return shell.client(fallbacks={ROUTE: cache}, **kwargs)[0]
+        return shell.client(inner, fallbacks={ROUTE: cache}, **kwargs)[0]
 
     return make
 
@@ -166,3 +167,37 @@ async def test_a_cached_answer_is_never_served_to_other_credentials(make_client:
     again = await client.get(host_a + ROUTE[1], headers=alice)
     assert (again.status_code, again.text) == (200, "alice's status")
     assert again.headers[STALE_HEADER] == "stale"
+
+
+# -- answers already read by the transport below (httpx.MockTransport, in-process ones) ------
+
+
+def answering(*answers: httpx.Response) -> httpx.MockTransport:
+    """An in-process transport giving ``answers`` in turn, built (so read) with their bodies."""
+    queue = list(answers)
+    return httpx.MockTransport(lambda request: queue.pop(0))
+
+
+async def test_an_already_read_answer_is_passed_on_and_kept(make_client: Any) -> None:
+    inner = answering(httpx.Response(200, content=b"paid"),
+                      httpx.Response(503, content=b"down"))
+    client = make_client(StaleCache(max_age=300.0), inner=inner)
+    fresh = await client.get("http://payments" + ROUTE[1])
+    assert (fresh.status_code, fresh.text) == (200, "paid")
+    assert STALE_HEADER not in fresh.headers
+    stale = await client.get("http://payments" + ROUTE[1])
+    assert (stale.status_code, stale.text) == (200, "paid")
+    assert stale.headers[STALE_HEADER] == "stale"
+
+
+async def test_an_already_read_encoded_answer_is_kept_decoded(make_client: Any) -> None:
+    # Read at construction, the body is held decoded: the kept copy must not claim gzip.
+    inner = answering(httpx.Response(200, content=gzip.compress(b"paid"),
+                                     headers={"content-encoding": "gzip"}),
+                      httpx.Response(503, content=b"down"))
+    client = make_client(StaleCache(max_age=300.0), inner=inner)
+    assert (await client.get("http://payments" + ROUTE[1])).text == "paid"
+    stale = await client.get("http://payments" + ROUTE[1])
+    assert (stale.status_code, stale.text) == (200, "paid")
+    assert "content-encoding" not in stale.headers
+    assert stale.headers["content-length"] == "4"

@@ -8,10 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from fournines import CircuitOpenError, ConsecutiveFailures, StaleCache
 from fournines.client import AsyncResilientTransport, ClientPolicy
@@ -168,3 +170,27 @@ def test_without_tracing_opentelemetry_is_never_imported(host_a: str) -> None:
                             cwd=ROOT, env={"PYTHONPATH": str(ROOT / "src")}, check=True)
     assert result.stdout.strip() == "[]"
     assert seen(host_a)[0]["traceparent"] is None
+
+
+class _PropagatorThatFails(TraceContextTextMapPropagator):
+    def inject(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("propagator is broken")
+
+
+@pytest.fixture
+def broken_propagator() -> Any:
+    previous = propagate.get_global_textmap()
+    propagate.set_global_textmap(_PropagatorThatFails())
+    yield
+    propagate.set_global_textmap(previous)
+
+
+@pytest.mark.usefixtures("broken_propagator")
+async def test_a_span_whose_context_cannot_be_sent_leaves_no_trace_behind(
+        make_client: Any, exporter: InMemorySpanExporter, host_a: str) -> None:
+    client = make_client(config=ClientPolicy(attempts=1))
+    assert (await client.get(host_a + "/x")).status_code == 200
+    [request] = seen(host_a)
+    assert request["traceparent"] is None
+    assert not trace.get_current_span().get_span_context().is_valid  # context given back
+    assert all(span.end_time is not None for span in exporter.get_finished_spans())

@@ -283,6 +283,19 @@ async def test_attempt_timeout_is_sent_without_deadline(shell: Shell, host_a: st
     assert request["attempt"] == "1"
 
 
+async def test_sending_a_request_does_not_change_it(shell: Shell, host_a: str) -> None:
+    client, _ = shell.client(config=ClientPolicy(attempts=1))
+    request = client.raw.build_request("GET", host_a + "/x")
+    headers, extensions = list(request.headers.raw), dict(request.extensions)
+    async with deadline_after(1.0):
+        await client.send(request)
+    assert (list(request.headers.raw), request.extensions) == (headers, extensions)
+    await client.send(request)  # again, with no deadline: no budget of the first send
+    first, second = seen(host_a)
+    assert first["timeout_ms"] is not None
+    assert second["timeout_ms"] is None
+
+
 async def test_no_budget_left_fails_without_touching_network(shell: Shell,
                                                              host_a: str) -> None:
     client, _ = shell.client()
@@ -301,6 +314,36 @@ async def test_slow_call_is_cut_at_the_deadline(shell: Shell, host_a: str) -> No
             await client.get(host_a + "/x")
     assert len(seen(host_a)) == 1  # no retry: nothing left of the budget
     assert transport.policies_for(host_a).breaker.state is State.OPEN
+
+
+async def test_waiting_for_a_pooled_connection_past_the_deadline_is_no_failure(
+        shell: Shell, host_a: str) -> None:
+    # The wait is for our own connection pool: it says nothing about the host.
+    limits = httpx.Limits(max_connections=1)
+    inner = (httpx.AsyncHTTPTransport(limits=limits) if shell.is_async
+             else httpx.HTTPTransport(limits=limits))
+    client, transport = shell.client(inner, config=ClientPolicy(
+        trip=ConsecutiveFailures(threshold=1), attempts=1))
+    async with client.held(host_a + "/x"):  # the only connection, taken
+        async with deadline_after(0.1):
+            with pytest.raises(DeadlineExceededError):
+                await client.get(host_a + "/x")
+    assert len(seen(host_a)) == 1  # the second request never left
+    assert transport.policies_for(host_a).breaker.state is State.CLOSED
+
+
+async def test_waiting_for_a_pooled_connection_is_no_failure_of_the_balanced_endpoint(
+        shell: Shell, host_a: str) -> None:
+    limits = httpx.Limits(max_connections=1)
+    inner = (httpx.AsyncHTTPTransport(limits=limits) if shell.is_async
+             else httpx.HTTPTransport(limits=limits))
+    balancing = shell.balancing([host_a], transport=inner)
+    client = shell.wrap(balancing)
+    (endpoint,) = balancing.balancer.endpoints
+    async with client.held("http://orders/x"):  # the only connection, taken
+        with pytest.raises(httpx.PoolTimeout):
+            await client.get("http://orders/x", timeout=0.1)
+    assert (endpoint.failures, endpoint.successes, endpoint.in_flight) == (0, 1, 0)
 
 
 # -- bulkhead and fallback -----------------------------------------------------------------

@@ -13,6 +13,7 @@ bodies, and (async only) race a hedge.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import hashlib
 import random
@@ -348,6 +349,18 @@ def _origin(url: httpx.URL) -> str:
     return f"{url.scheme}://{url.host}:{port}"
 
 
+def copy_request(request: httpx.Request) -> httpx.Request:
+    """A request like ``request`` whose headers and extensions can be changed on their own.
+
+    The transports set each attempt's timeout, budget and attempt headers (and the
+    trace context) on a copy: the caller's request stays as it was built, so sending
+    it again never carries an older deadline. The body stream is shared (it is
+    only sent again when :func:`replayable`).
+    """
+    return httpx.Request(request.method, request.url, headers=request.headers,
+                         stream=request.stream, extensions=dict(request.extensions))
+
+
 def _attempt_timeout(request: httpx.Request, seconds: float) -> None:
     """Shorten every timeout of ``request`` to at most ``seconds``."""
     current = request.extensions.get("timeout") or {}
@@ -373,9 +386,10 @@ class _Snapshot:
 
     __slots__ = ("body", "extensions", "headers", "status", "stored_at")
 
-    def __init__(self, response: httpx.Response, body: bytes, stored_at: float) -> None:
+    def __init__(self, response: httpx.Response, headers: list[tuple[bytes, bytes]],
+                 body: bytes, stored_at: float) -> None:
         self.status = response.status_code
-        self.headers = response.headers.raw
+        self.headers = headers
         self.extensions = {k: v for k, v in response.extensions.items()
                            if k in ("http_version", "reason_phrase")}
         self.body = body
@@ -591,7 +605,9 @@ class TransportCore:
         if (deadline is not None and isinstance(exc, httpx.TimeoutException)
                 and deadline.remaining() <= 0):
             error = self._expired(hp, deadline)
-        if isinstance(error, _FAILURES):
+        # A PoolTimeout is a wait for our own pool (the request never left): even when
+        # the deadline ended it, it says nothing about the host.
+        if isinstance(error, _FAILURES) and not isinstance(exc, httpx.PoolTimeout):
             permit.failure(error)
         else:
             permit.release()
@@ -666,10 +682,15 @@ class TransportCore:
 
     @staticmethod
     def _abandoned(permit: BreakerPermit, slot: BulkheadPermit | None) -> None:
-        """Give back what a cancelled attempt held (it says nothing about the host)."""
+        """Give back what a cancelled (or interrupted) attempt held.
+
+        Cut by its fournines deadline (an enclosing ``Timeout`` ran out), the attempt
+        failed: a hung host must open its breaker. Cancelled from elsewhere (a
+        caller that went away), it says nothing about the host.
+        """
         if slot is not None:
             slot.release()
-        permit.release()
+        permit.cancelled()
 
     def _answered(self, call: _Call, response: httpx.Response, permit: BreakerPermit,
                   slot: BulkheadPermit | None) -> float | None:
@@ -681,7 +702,7 @@ class TransportCore:
         if planned is None:
             # A success is settled by the body: it may yet be cut mid-response.
             # Not a half-open probe's: a long body must not hold the only probe.
-            if permit._probe:
+            if permit.probe:
                 permit.success()
             _hold(response, slot, permit)
             return None
@@ -741,13 +762,37 @@ class TransportCore:
     def _remember(self, cache: StaleCache[Any], request: httpx.Request,
                   response: httpx.Response, body: bytes) -> httpx.Response:
         """Keep a good answer of a stale-cache route; return it, body already read."""
+        self._keep(cache, request, response, body, response.headers.raw)
+        return httpx.Response(response.status_code, headers=response.headers.raw,
+                              stream=httpx.ByteStream(body), extensions=response.extensions)
+
+    def _remember_read(self, cache: StaleCache[Any], request: httpx.Request,
+                       response: httpx.Response) -> httpx.Response:
+        """Keep an answer the transport below had already read; return it as it is.
+
+        ``httpx.MockTransport`` and in-process transports build their answers with
+        the body, which reads (and decodes) it at once: its raw bytes are gone.
+        """
+        try:
+            body = response.content
+        except httpx.ResponseNotRead:
+            return response  # streamed by someone else: nothing left to keep
+        headers = response.headers.raw
+        if "content-encoding" in response.headers:
+            # The body is decoded: the kept copy must not claim an encoding.
+            headers = [(k, v) for k, v in headers
+                       if k.lower() not in (b"content-encoding", b"content-length")]
+            headers.append((b"content-length", str(len(body)).encode()))
+        self._keep(cache, request, response, body, headers)
+        return response
+
+    def _keep(self, cache: StaleCache[Any], request: httpx.Request, response: httpx.Response,
+              body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         # A 206 holds part of the resource: never serve it as the whole answer.
         status = response.status_code
         if 200 <= status < 300 and status != 206 and len(body) <= self._max_stale_bytes:
-            snapshot = _Snapshot(response, body, self._clock.monotonic())
+            snapshot = _Snapshot(response, headers, body, self._clock.monotonic())
             cache.store(_stale_key(request), snapshot)
-        return httpx.Response(response.status_code, headers=response.headers.raw,
-                              stream=httpx.ByteStream(body), extensions=response.extensions)
 
     def _stale(self, cache: StaleCache[Any], request: httpx.Request,
                exc: Exception) -> httpx.Response | None:
@@ -780,14 +825,23 @@ class TransportCore:
             dispatch(self._listeners, ClientRequestStarted(
                 policy="client", name=host, method=_method_label(request.method)))
         span = token = None
-        if self._tracer is not None:
-            span, token = self._tracer.start(request)
+        tracer = self._tracer
+        if tracer is not None:
+            # Tracing never fails a request, nor leaves it counted in flight for ever.
+            try:
+                span, token = tracer.start(request)
+            except Exception:
+                tracer.failed("start")
         return _Observation(host, self._clock.monotonic(), span, token, announced)
 
     def _observe_end(self, obs: _Observation, request: httpx.Request,
                      response: httpx.Response | None, error: BaseException | None) -> None:
-        if self._tracer is not None:
-            self._tracer.end(obs.span, obs.token, response, error)
+        tracer = self._tracer
+        if tracer is not None and obs.span is not None:
+            try:
+                tracer.end(obs.span, obs.token, response, error)
+            except Exception:
+                tracer.failed("end")
         if obs.announced:
             dispatch(self._listeners, ClientRequestFinished(
                 policy="client", name=obs.host, method=_method_label(request.method),
@@ -836,6 +890,12 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
                 yield chunk
         except _FAILURES as exc:
             self._cut(exc)
+            raise
+        except asyncio.CancelledError:
+            # A body that hangs until its deadline cuts it is a failure, like a hung
+            # request; a caller that went away gives the permit back without one.
+            if self._outcome is not None:
+                self._outcome.cancelled()
             raise
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ rejections and state changes, fallbacks) are added to it as span events.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -23,13 +24,14 @@ from .._events import ClientRequestFinished, ClientRequestStarted, Event, global
 _METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT",
                       "TRACE"))
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_log = logging.getLogger("fournines.client")
 
 
 class ClientTracer:
     """Starts and ends the client spans of one transport."""
 
     __slots__ = ("_attach", "_detach", "_error", "_events", "_global_events", "_inject",
-                 "_kind", "_set_span_in_context", "_status", "_tracer")
+                 "_kind", "_set_span_in_context", "_status", "_tracer", "_warned")
 
     def __init__(self, owner: str, tracer_provider: Any) -> None:
         try:
@@ -55,6 +57,7 @@ class ClientTracer:
         # TracingMiddleware's process-wide listener already records every event on the
         # current span (ours, during a request): recording again would double them.
         self._global_events = _span_events
+        self._warned = False
 
     def record_event(self, event: Event) -> None:
         """Add a resilience event to the current span (a listener of the transport)."""
@@ -84,9 +87,26 @@ class ClientTracer:
             method if method != "_OTHER" else "HTTP", kind=self._kind, attributes=attributes,
             record_exception=False, set_status_on_exception=False,
         )
-        token = self._attach(self._set_span_in_context(span))
-        self._inject(request.headers)
+        token = None
+        try:
+            token = self._attach(self._set_span_in_context(span))
+            self._inject(request.headers)
+        except BaseException:
+            # Half started is not started: leave the caller's context and no open span.
+            if token is not None:
+                self._detach(token)
+            span.end()
+            raise
         return span, token
+
+    def failed(self, step: str) -> None:
+        """Log that a span could not ``step`` (the request goes on); a traceback once."""
+        if self._warned:
+            _log.debug("fournines client span could not %s", step, exc_info=True)
+            return
+        self._warned = True
+        _log.warning("fournines client span could not %s; requests go on untraced "
+                     "(logged once per transport)", step, exc_info=True)
 
     def end(self, span: Any, token: Any, response: httpx.Response | None,
             error: BaseException | None) -> None:

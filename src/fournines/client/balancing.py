@@ -46,6 +46,7 @@ another endpoint::
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import threading
@@ -57,6 +58,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .._clock import Clock, system_clock
+from .._deadline import cancelled_by_deadline
 from .._errors import ConfigurationError, NoEndpointsError, RejectedError, check_number
 from .._events import EndpointEjected, Listener, dispatch, has_listeners
 from ._errors import at_the_edge
@@ -431,9 +433,15 @@ class _Balancing:
 
     def _failed(self, endpoint: Endpoint, start: float, exc: BaseException) -> None:
         balancer = self.balancer
-        # A refusal below us (a transport's policy, a fault) or a cancellation says
-        # nothing of the endpoint; any other transport error is its failure.
-        if isinstance(exc, httpx.TransportError) and not isinstance(exc, RejectedError):
+        # A refusal below us (a transport's policy, a fault), a wait for our own
+        # connection pool or a cancellation from elsewhere says nothing of the endpoint;
+        # any other transport error is its failure, and so is an attempt cut by its
+        # fournines deadline (a hung endpoint must lose its traffic).
+        if isinstance(exc, httpx.TransportError):
+            failed = not isinstance(exc, RejectedError | httpx.PoolTimeout)
+        else:
+            failed = isinstance(exc, asyncio.CancelledError) and cancelled_by_deadline()
+        if failed:
             balancer.release(endpoint, balancer.clock.monotonic() - start, failed=True)
         else:
             balancer.cancel(endpoint)
@@ -478,9 +486,11 @@ class AsyncBalancingTransport(_Balancing, httpx.AsyncBaseTransport):
     The request keeps its method, path, query, headers and body; its scheme,
     host and port become the picked endpoint's, and ``Host`` names that
     endpoint. The attempt is timed until the response headers arrive; 5xx
-    answers and ``httpx.TransportError`` count as failures, anything else below
-    500 as success, and other exceptions (cancellation, a deadline from the
-    caller, a refusal from a policy below) release the endpoint without an outcome.
+    answers, ``httpx.TransportError`` and attempts cut by their fournines deadline
+    (an enclosing ``Timeout`` ran out) count as failures, anything else below 500
+    as success, and other exceptions (a cancellation from elsewhere, a refusal
+    from a policy below, a ``PoolTimeout`` waiting for our own connection pool)
+    release the endpoint without an outcome.
     An empty source raises :class:`~fournines.client.TransportNoEndpointsError`
     (a :class:`~fournines.NoEndpointsError` and an ``httpx.TransportError``).
     """

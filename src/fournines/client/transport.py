@@ -21,7 +21,11 @@ breaker. Per attempt the transport:
 4. counts 5xx, network errors (refused, closed or reset connections), read
    timeouts, protocol errors and deadline overruns as breaker failures (4xx,
    429 included, are not); the success of an answer below 500 is counted when
-   its body is closed, so a body cut mid-response is a failure too;
+   its body is closed, so a body cut mid-response is a failure too. An attempt
+   (or a body being read) that a fournines deadline cancels, an enclosing
+   ``Timeout`` that ran out, is a failure: a hung host opens its breaker. One
+   cancelled from elsewhere (a caller that went away) is no outcome at all;
+   either way its bulkhead slot and breaker permit are given back;
 5. retries idempotent requests (GET, HEAD, OPTIONS, PUT, DELETE, TRACE, or any
    request with an ``Idempotency-Key``) whose body can be sent again (not one
    from an iterator or generator) on connect errors, connections closed or reset
@@ -92,6 +96,7 @@ from ._core import (
     _attempt_timeout,
     _Call,
     _hold,
+    copy_request,
     parse_retry_after,
     resumed,
 )
@@ -163,7 +168,8 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` under the policies of its host."""
+        """Send ``request`` under the policies of its host (``request`` is left unchanged)."""
+        request = copy_request(request)
         if not self._observing():
             if not self._fallbacks:
                 return await self._protected(request)
@@ -189,6 +195,8 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             return self._instead_of_error(pattern, hook, request, exc)
         if self._keeps(hook, response):
             assert isinstance(hook, StaleCache)
+            if response.is_stream_consumed:
+                return self._remember_read(hook, request, response)
             limit, size, chunks = self._max_stale_bytes, 0, []
             raw = response.aiter_raw()
             try:
@@ -309,12 +317,16 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             if winner.exception() is not None:
                 await self._settle_loser(winner, h_permit, h_slot)  # records its failure
             response = winner.result()
+            # Settled as the primary attempt's would be (TransportCore._answered): a 5xx
+            # at once, a probe's success at once, any other success by its body.
+            outcome: BreakerPermit | None = None
             if response.status_code >= 500:
                 h_permit.failure()
-            else:
+            elif h_permit.probe:
                 h_permit.success()
-            if h_slot is not None:
-                _hold(response, h_slot, None)
+            else:
+                outcome = h_permit
+            _hold(response, h_slot, outcome)
         else:
             response = winner.result()
         if hp.latencies is not None and response.status_code < 500:
@@ -349,8 +361,7 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             if slot is not None:
                 slot.release()
             return None
-        hedge = httpx.Request(request.method, request.url, headers=request.headers,
-                              stream=request.stream, extensions=dict(request.extensions))
+        hedge = copy_request(request)
         headers = hedge.headers  # a copy of the primary's
         if limit is not None:
             headers[TIMEOUT_HEADER] = format_timeout_ms(limit)
@@ -375,7 +386,8 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
                     task.cancel()
                     raise
             if task.cancelled():
-                permit.release()
+                # Lost the race: no outcome. Cut with the race by the deadline: it hung.
+                permit.cancelled()
                 return
             error = task.exception()
             if error is not None:
@@ -409,7 +421,9 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
     ``httpx.Client(transport=ResilientTransport())``. It blocks the calling thread
     for backoff and bulkhead queueing, and it does not hedge (``hedge_after`` is
     ignored: a hedge needs a second concurrent attempt, and a losing sync attempt
-    cannot be cancelled).
+    cannot be cancelled). Sync code cannot be cancelled either: the deadline
+    becomes each attempt's httpx timeouts, and the ``ReadTimeout`` (or deadline
+    error) a hung host ends with is a breaker failure.
     """
 
     _owner = "ResilientTransport"
@@ -438,7 +452,8 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
         self._transport = transport if transport is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request`` under the policies of its host."""
+        """Send ``request`` under the policies of its host (``request`` is left unchanged)."""
+        request = copy_request(request)
         if not self._observing():
             if not self._fallbacks:
                 return self._protected(request)
@@ -464,6 +479,8 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
             return self._instead_of_error(pattern, hook, request, exc)
         if self._keeps(hook, response):
             assert isinstance(hook, StaleCache)
+            if response.is_stream_consumed:
+                return self._remember_read(hook, request, response)
             limit, size, chunks = self._max_stale_bytes, 0, []
             raw = response.iter_raw()
             try:

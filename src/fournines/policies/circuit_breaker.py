@@ -308,6 +308,11 @@ class BreakerPermit:
         self._probe = probe
         self._done = False
 
+    @property
+    def probe(self) -> bool:
+        """Whether this permit is a half-open probe (its outcome decides the state)."""
+        return self._probe
+
     def success(self) -> None:
         """The call succeeded."""
         if not self._done:

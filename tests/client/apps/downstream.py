@@ -4,10 +4,12 @@
 ``POST /control`` (JSON: ``mode`` ``"ok"``/``"fail"``/``"slow"``, ``status``
 (fail status, 503), ``retry_after`` (header value sent with failures),
 ``no_retry`` (true: failures carry ``x-no-retry: 1``), ``delay`` (seconds, for
-``slow``), ``body`` (the ``ok`` answer, default ``"ok"``)); the control call
-also forgets what was seen. ``GET /seen`` returns every request seen since:
-method, path, body ``length`` (served routes only) and the
-``x-request-timeout-ms`` / ``x-request-attempt`` / ``traceparent`` headers it carried.
+``slow``), ``body`` (the ``ok`` answer, default ``"ok"``), ``first_delay``
+(seconds the first request served after this call waits before its mode applies,
+so that a hedge of it wins)); the control call also forgets what was seen.
+``GET /seen`` returns every request seen since: method, path, body ``length``
+(served routes only) and the ``x-request-timeout-ms`` / ``x-request-attempt`` /
+``traceparent`` headers it carried.
 
 Three more modes close the connection instead of answering (the request is
 still recorded): ``"close"`` closes it without a response, ``"reset"`` resets
@@ -70,6 +72,9 @@ def _record(request: Request) -> None:
 async def serve(request: Request) -> Response:
     _record(request)
     _seen[-1]["length"] = len(await request.body())
+    first_delay = _control.pop("first_delay", None)  # popped: the first request only
+    if first_delay is not None:
+        await asyncio.sleep(float(first_delay))
     mode = _control.get("mode", "ok")
     if mode == "slow":
         await asyncio.sleep(float(_control.get("delay", 1.0)))
