@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._files import read_text, yaml_documents
 
 __all__ = [
     "FAULT_KINDS",
@@ -240,27 +241,26 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file (errors name the file and the path inside it)."""
-    import yaml  # noqa: PLC0415 - an optional dependency ("fournines[lab]")
+    """Read and check a scenario file (errors name the file and the path inside it).
 
+    Files larger than 1 MiB or nested deeper than 64 levels are refused before they are
+    parsed (see :mod:`fournines._files`).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the scenario ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"{path}: cannot read the scenario (not UTF-8 text: "
-                                 f"byte {exc.start})") from exc
+        text = read_text(path)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: cannot read the scenario ({exc})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{path}: not valid YAML ({exc})") from exc
-    return parse_scenario(data, source=str(path))
+        documents = yaml_documents(text)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
+    if len(documents) > 1:
+        raise ConfigurationError(f"{path}: {len(documents)} YAML documents; a scenario is one")
+    return parse_scenario(documents[0] if documents else None, source=str(path))
 
 
 def default_scenario() -> Scenario:
     """The scenario shipped with the package (``scenarios/default.yaml``)."""
-    import yaml  # noqa: PLC0415
-
     text = resources.files(__package__).joinpath("scenarios/default.yaml").read_text("utf-8")
-    return parse_scenario(yaml.safe_load(text), source="default.yaml")
+    return parse_scenario(yaml_documents(text)[0], source="default.yaml")

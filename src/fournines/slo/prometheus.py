@@ -60,6 +60,29 @@ def _value(raw: Any) -> float:
     return float(raw[1])
 
 
+def _check_url(url: object) -> None:
+    # httpx would refuse a malformed URL only at the first request, with an InvalidURL
+    # that is no httpx.HTTPError: checked here, it is a configuration error up front.
+    problem = ""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        problem = "not an http:// or https:// URL"
+    else:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            problem = str(exc)
+        else:
+            if not parsed.host:
+                problem = "no host"
+            elif parsed.port is not None and not 0 < parsed.port <= 65535:
+                problem = f"port {parsed.port} is out of range"
+            elif parsed.query or parsed.fragment:
+                problem = "a base URL has no query or fragment"
+    if problem:
+        raise ConfigurationError(f"PrometheusClient.url must be an http:// or https:// URL, "
+                                 f"got {url!r} ({problem})")
+
+
 class PrometheusClient:
     """Instant queries against one Prometheus server.
 
@@ -77,9 +100,7 @@ class PrometheusClient:
         headers: Mapping[str, str] | None = None,
         client: httpx.Client | None = None,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"PrometheusClient.url must be an http:// or https:// URL, got {url!r}")
+        _check_url(url)
         if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                 or not math.isfinite(timeout) or timeout <= 0):
             raise ConfigurationError(f"PrometheusClient.timeout must be > 0, got {timeout!r}")
@@ -101,7 +122,7 @@ class PrometheusClient:
         endpoint = f"{self.url}/api/v1/query"
         try:
             response = self._client.get(endpoint, params=params)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise PrometheusUnreachableError(
                 f"cannot reach Prometheus at {self.url}: {type(exc).__name__}: {exc}") from exc
         try:
