@@ -34,9 +34,11 @@ from .._files import read_text, yaml_documents
 
 __all__ = [
     "FAULT_KINDS",
+    "MAX_RATE",
     "Fault",
     "PaymentModel",
     "Scenario",
+    "check_load",
     "default_scenario",
     "load_scenario",
     "parse_scenario",
@@ -53,6 +55,25 @@ FAULT_KINDS: dict[str, str] = {
 
 
 _DEFAULT_DURATION = 60.0
+
+MAX_RATE = 2000.0
+"""The most requests per second the lab offers, overload bursts included.
+
+The load generator is one Python process on the machine it measures; where every
+request needs a new connection (an overloaded fleet keeps them all busy) it falls behind
+its schedule at about 2000 per second on the 2-core development machine, and a lagging
+generator measures itself, not the fleet."""
+
+FD_RESERVE = 256
+"""File descriptors kept for the lab process itself (logs, pipes, scrapes, the chaos API)."""
+
+# Kinds whose windows cannot overlap another of the same kind, and why.
+_EXCLUSIVE = {
+    "profile_kill": "the profile service is killed and restarted once at a time; the second "
+                    "restart would find its port taken",
+    "payment_errors": "ending one clears every chaos fault of the payment service, so the "
+                      "other would end early",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,7 +229,8 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if "duration" in top:
         values["duration"] = _number(f"{source}: duration", top["duration"], float, 1.0, 3600.0)
     if "rate" in top and top["rate"] != "auto":
-        values["rate"] = _number(f"{source}: rate (or 'auto')", top["rate"], float, 1.0, 5000.0)
+        values["rate"] = _number(f"{source}: rate (or 'auto')", top["rate"], float, 1.0,
+                                 MAX_RATE)
     if "orders" in top:
         values["orders"] = int(_number(f"{source}: orders", top["orders"], int, 1, 100_000))
     if "timeout" in top:
@@ -236,8 +258,75 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
                 f"(duration {duration:g} s)"
             )
         faults.append(fault)
+    _check_overlaps(source, faults)
     values["faults"] = tuple(sorted(faults, key=lambda f: f.at))
     return Scenario(**values)
+
+
+def _exclusive(fault: Fault) -> str | None:
+    if fault.kind == "partition" and fault.mode == "refuse":
+        return "ending one turns the proxy back on, so the other would end early"
+    return _EXCLUSIVE.get(fault.kind)
+
+
+def _check_overlaps(source: str, faults: list[Fault]) -> None:
+    # Windows that touch count as overlapping: the end (a restart, a DELETE) and the next
+    # begin run at the same instant, in no defined order.
+    for i, fault in enumerate(faults):
+        reason = _exclusive(fault)
+        if reason is None:
+            continue
+        for j, other in enumerate(faults[:i]):
+            same = other.kind == fault.kind and (fault.kind != "partition"
+                                                 or other.mode == fault.mode)
+            if same and fault.at <= other.end and other.at <= fault.end:
+                raise ConfigurationError(
+                    f"{source}: faults[{i}] ({fault.kind} {fault.at:g}-{fault.end:g} s) "
+                    f"overlaps faults[{j}] ({other.kind} {other.at:g}-{other.end:g} s): "
+                    f"{reason}")
+
+
+def _open_files_limit() -> int | None:
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def check_load(scenario: Scenario, *, rate: float, capacity: float, rate_from: str = "rate",
+               capacity_from: str = "measured", open_files: int | None = -1) -> None:
+    """Refuse a load this machine cannot offer, naming the field that asks for it.
+
+    The peak arrival rate is the larger of ``rate`` and each overload's ``factor x
+    capacity``; it must be at most :data:`MAX_RATE`. An open-loop generator keeps every
+    request open until it is answered or its ``timeout`` passes, so at the peak up to
+    ``peak x timeout`` connections are open at once, each a file descriptor in the lab
+    and in the gateway: with :data:`FD_RESERVE` more, they must fit the soft
+    ``RLIMIT_NOFILE`` (``open_files``; -1, the default, reads it; ``None``: no limit).
+    ``rate_from`` and ``capacity_from`` say where the numbers came from, for the message.
+    """
+    where = scenario.source
+    peak, asked = rate, f"{rate_from} {rate:g}/s"
+    for fault in scenario.faults:
+        if fault.kind == "overload" and fault.factor * capacity > peak:
+            peak = fault.factor * capacity
+            asked = (f"faults (overload at {fault.at:g} s): factor {fault.factor:g} x the "
+                     f"{capacity_from} capacity {capacity:.0f}/s = {peak:.0f}/s")
+    if peak > MAX_RATE:
+        raise ConfigurationError(
+            f"{where}: {asked} is more than the lab offers ({MAX_RATE:g} requests/s at the "
+            "peak, overload bursts included): lower it")
+    if open_files == -1:
+        open_files = _open_files_limit()
+    in_flight = math.ceil(peak * scenario.timeout)
+    if open_files is not None and in_flight + FD_RESERVE > open_files:
+        raise ConfigurationError(
+            f"{where}: {asked} with timeout {scenario.timeout:g} s keeps up to {in_flight} "
+            f"requests open at once, a file descriptor each, but this process may open "
+            f"{open_files} (RLIMIT_NOFILE; {FD_RESERVE} kept for the lab): lower it or the "
+            "timeout, or raise the limit (ulimit -n)")
 
 
 def load_scenario(path: str | Path) -> Scenario:
