@@ -37,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for area in (lab_cli, slo_cli, chaos_cli):
         area.register(sub)
     args = parser.parse_args(argv)
-    status: int = args.run(args, args.command_parser)
+    try:
+        status: int = args.run(args, args.command_parser)
+    except KeyboardInterrupt:  # Ctrl-C is an answer, not a crash: no traceback
+        print(f"{args.command_parser.prog}: interrupted", file=sys.stderr)
+        return 130
     return status
 
 

@@ -154,3 +154,32 @@ def test_remediate_refuses_a_config_larger_than_the_limit(tmp_path: Path) -> Non
     big.write_text("listen: 127.0.0.1:0\n# " + "x" * (2 * 1024 * 1024) + "\n")
     done = fournines("remediate", "--config", str(big), cwd=tmp_path)
     refused(done, 2, str(big), "larger than")
+
+
+def test_an_interrupted_gate_exits_130_without_a_traceback(tmp_path: Path, spec: Path) -> None:
+    import signal  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    # A Prometheus that accepts the connection and never answers: the gate waits.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        path = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH", "")) if p)
+        gate = subprocess.Popen(
+            [sys.executable, "-m", "fournines", "slo", "gate", str(spec), "--prometheus",
+             f"http://127.0.0.1:{port}", "--timeout", "30"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": path})
+        try:
+            connection, _ = silent.accept()  # the gate is now waiting for its answer
+            time.sleep(0.2)
+            gate.send_signal(signal.SIGINT)
+            out, err = gate.communicate(timeout=30)
+            connection.close()
+        finally:
+            if gate.poll() is None:
+                gate.kill()
+                gate.wait()
+    assert "Traceback" not in out + err
+    assert gate.returncode == 130, err
+    assert err.strip() == "fournines slo gate: interrupted"
