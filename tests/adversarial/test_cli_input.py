@@ -7,8 +7,11 @@ on ``PYTHONPATH``) as a CI job or an operator would, and reads its exit status a
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,10 +160,6 @@ def test_remediate_refuses_a_config_larger_than_the_limit(tmp_path: Path) -> Non
 
 
 def test_an_interrupted_gate_exits_130_without_a_traceback(tmp_path: Path, spec: Path) -> None:
-    import signal  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
     # A Prometheus that accepts the connection and never answers: the gate waits.
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
