@@ -71,3 +71,22 @@ def test_a_missing_or_binary_file_is_named_by_its_problem(tmp_path: Path) -> Non
     (tmp_path / "binary").write_bytes(b"ok\xff")
     with pytest.raises(ConfigurationError, match=r"^not UTF-8 text \(byte 2\)"):
         read_text(tmp_path / "binary")
+
+
+def laughs(levels: int) -> str:
+    """Nine aliases of nine aliases of ...: a few lines, 9 ** levels values expanded."""
+    anchors = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        anchors.append(f"&a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return "laughs: [" + ", ".join(anchors) + "]\n"
+
+
+def test_yaml_whose_aliases_expand_past_the_limit_is_refused() -> None:
+    with pytest.raises(ConfigurationError,
+                       match=r"^more than 1000000 values once its aliases are expanded"):
+        yaml_documents(laughs(9))
+
+
+def test_yaml_aliases_that_expand_within_the_limit_are_read() -> None:
+    [document] = yaml_documents(laughs(3) + "---\n" + laughs(3))[:1]
+    assert len(document["laughs"][2]) == 9

@@ -9,7 +9,10 @@ is therefore checked against two limits before anything recurses over it:
 - its nesting (:data:`MAX_DEPTH` levels of lists and mappings): for YAML the depth is
   counted as the composer descends, and the document is refused before the composer goes
   one level deeper; for JSON a linear scan counts the brackets outside strings before
-  :func:`json.loads` sees the text.
+  :func:`json.loads` sees the text;
+- for YAML, its size with aliases expanded (:data:`MAX_NODES`), counted as it is
+  composed, so that nine aliases of nine aliases of ... cannot hang whatever walks or
+  prints the data.
 
 No real spec, scenario or config comes near either limit (they nest 5-6 levels and
 weigh a few kilobytes). Errors are :class:`~fournines.ConfigurationError` whose message
@@ -27,13 +30,17 @@ from typing import Any
 
 from ._errors import ConfigurationError
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "json_document", "read_text", "yaml_documents"]
+__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "json_document", "read_text", "yaml_documents"]
 
 MAX_BYTES = 1024 * 1024
 """The largest input file fournines reads: 1 MiB."""
 
 MAX_DEPTH = 64
 """The deepest nesting of lists and mappings an input file may have."""
+
+MAX_NODES = 1_000_000
+"""The most values (scalars, lists, mappings) a YAML file may hold with its aliases
+expanded; without aliases a 1 MiB file holds fewer."""
 
 # A JSON string (escapes included) or one bracket: strings are skipped whole, so a bracket
 # inside one is not counted.
@@ -65,20 +72,53 @@ def _loader() -> type[Any]:
         max_depth = MAX_DEPTH
         depth = 0
 
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            # Expanded size of each node of the current document, by id (the document
+            # holds every node alive until it is composed, so ids are not reused).
+            self.sizes: dict[int, int] = {}
+
+        def compose_document(self) -> Any:
+            try:
+                return super().compose_document()
+            finally:
+                self.sizes.clear()
+
         def compose_node(self, parent: Any, index: Any) -> Any:
             collection = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
             if collection:
                 if self.depth >= self.max_depth:
-                    mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                     raise ConfigurationError(
                         f"nested deeper than {self.max_depth} levels at line {mark.line + 1}, "
                         f"column {mark.column + 1} (the limit for input files)")
                 self.depth += 1
             try:
-                return super().compose_node(parent, index)
+                node = super().compose_node(parent, index)
             finally:
                 if collection:
                     self.depth -= 1
+            self._size(node, mark)
+            return node
+
+        def _size(self, node: Any, mark: Any) -> None:
+            # Nodes as the program will see them, aliases expanded: an alias is cheap to
+            # write and shares its node, but whatever walks or prints the data pays for
+            # every copy ("billion laughs": 9 aliases of 9 aliases of ... in a few lines).
+            sizes = self.sizes
+            if id(node) in sizes:
+                return
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(sizes.get(id(child), 1) for child in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in node.value)
+            else:
+                size = 1
+            if size > MAX_NODES:
+                raise ConfigurationError(
+                    f"more than {MAX_NODES} values once its aliases are expanded, at line "
+                    f"{mark.line + 1} (the limit for input files)")
+            sizes[id(node)] = size
 
     return BoundedLoader
 

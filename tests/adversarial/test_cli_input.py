@@ -182,3 +182,23 @@ def test_an_interrupted_gate_exits_130_without_a_traceback(tmp_path: Path, spec:
     assert "Traceback" not in out + err
     assert gate.returncode == 130, err
     assert err.strip() == "fournines slo gate: interrupted"
+
+
+def laughs() -> str:
+    """A "billion laughs": nine aliases of nine aliases ..., 9 ** 9 values in a few lines."""
+    anchors = ['&a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        anchors.append(f"&a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    return "[" + ", ".join(anchors) + "]"
+
+
+@pytest.mark.parametrize(("command", "text"), [
+    (["slo", "check"], "service: {bomb}\nslos: []\n"),
+    (["lab", "--scenario"], "name: {bomb}\n"),
+])
+def test_an_alias_bomb_is_refused_before_anything_prints_it(
+        tmp_path: Path, command: list[str], text: str) -> None:
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text(text.format(bomb=laughs()))
+    refused(fournines(*command, str(bomb), cwd=tmp_path), 2, str(bomb),
+            "aliases are expanded")
