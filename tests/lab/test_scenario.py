@@ -253,3 +253,9 @@ def test_a_scenario_file_larger_than_one_mib_is_refused_unread(tmp_path: Path) -
     with pytest.raises(ConfigurationError, match=r"big\.yaml: cannot read the scenario "
                                                  r"\(larger than 1048576 bytes"):
         load_scenario(path)
+
+
+def test_a_huge_value_is_quoted_short_in_the_message() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_scenario({"rate": "x" * 100_000}, source="s.yaml")
+    assert len(str(info.value)) < 200

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -156,6 +157,16 @@ _FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
 }
 
 
+# Values quoted in messages are cut short: a message stays one readable line whatever
+# the file holds (a megabyte string, a list of thousands).
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _number(where: str, value: Any, kind: type, low: float | None, high: float | None,
             positive: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -176,17 +187,18 @@ def _number(where: str, value: Any, kind: type, low: float | None, high: float |
             bounds.append(f">= {low:g}")
         if high is not None:
             bounds.append(f"<= {high:g}")
-        raise ConfigurationError(f"{where} must be {what} {' and '.join(bounds)}, got {value!r}")
+        raise ConfigurationError(
+            f"{where} must be {what} {' and '.join(bounds)}, got {_show(value)}")
     return float(value)
 
 
 def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigurationError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigurationError(f"{where} must be a mapping, got {_show(value)}")
     for key in value:
         if key not in allowed:
             raise ConfigurationError(
-                f"{where} has an unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
+                f"{where} has an unknown key {_show(key)} (allowed: {', '.join(sorted(allowed))})"
             )
     return value
 
@@ -196,7 +208,7 @@ def _fault(where: str, raw: Any) -> Fault:
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in FAULT_KINDS:  # a list is not hashable
         raise ConfigurationError(
-            f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}"
+            f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {_show(kind)}"
         )
     for required in ("at", "duration"):
         if required not in data:
@@ -210,7 +222,7 @@ def _fault(where: str, raw: Any) -> Fault:
     if "mode" in data:
         if data["mode"] not in ("timeout", "refuse"):
             raise ConfigurationError(
-                f"{where}.mode must be 'timeout' or 'refuse', got {data['mode']!r}"
+                f"{where}.mode must be 'timeout' or 'refuse', got {_show(data['mode'])}"
             )
         values["mode"] = data["mode"]
     return Fault(**values)
@@ -224,7 +236,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if "name" in top:
         if not isinstance(top["name"], str) or not top["name"]:
             raise ConfigurationError(f"{source}: name must be a non-empty string, "
-                                     f"got {top['name']!r}")
+                                     f"got {_show(top['name'])}")
         values["name"] = top["name"]
     if "duration" in top:
         values["duration"] = _number(f"{source}: duration", top["duration"], float, 1.0, 3600.0)
@@ -248,7 +260,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     faults: list[Fault] = []
     raw_faults = top.get("faults", [])
     if not isinstance(raw_faults, list):
-        raise ConfigurationError(f"{source}: faults must be a list, got {raw_faults!r}")
+        raise ConfigurationError(f"{source}: faults must be a list, got {_show(raw_faults)}")
     duration = values.get("duration", _DEFAULT_DURATION)
     for i, raw in enumerate(raw_faults):
         fault = _fault(f"{source}: faults[{i}]", raw)
