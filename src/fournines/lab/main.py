@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -150,19 +151,24 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
         for problem in result.problems:
             console.print(f"  [red]{problem}[/]")
         if json_file is not None:
-            write_json(result, json_file)
-            console.print(f"JSON (with the problems): {json_file}")
+            with contextlib.suppress(OSError):  # the problems are the message either way
+                write_json(result, json_file)
+                console.print(f"JSON (with the problems): {json_file}")
         print(f"fournines lab: the run could not do what the scenario asked: "
               f"{result.problems[0]}", file=sys.stderr)
         return 1
     render_table(result, console)
     report = out / "report.html"
-    report.write_text(render_html(result), encoding="utf-8")
-    (out / "summary.svg").write_text(render_summary_svg(result), encoding="utf-8")
-    console.print(f"HTML report: {report} (and the main plots in {out / 'summary.svg'})")
-    if json_file is not None:
-        write_json(result, json_file)
-        console.print(f"JSON: {json_file}")
+    try:
+        report.write_text(render_html(result), encoding="utf-8")
+        (out / "summary.svg").write_text(render_summary_svg(result), encoding="utf-8")
+        console.print(f"HTML report: {report} (and the main plots in {out / 'summary.svg'})")
+        if json_file is not None:
+            write_json(result, json_file)
+            console.print(f"JSON: {json_file}")
+    except OSError as exc:  # a full disk, a folder removed meanwhile: it ran, and failed
+        print(f"fournines lab: cannot write the report: {exc}", file=sys.stderr)
+        return 1
     if result.prometheus:
         console.print(f"Prometheus: {result.prometheus}")
     console.print(f"lab finished in {result.timings['total']:.1f} s")
