@@ -6,10 +6,13 @@ subcommand sets ``run`` (its function) and ``command_parser`` (its own parser, s
 errors print its usage, not the top-level one) as parser defaults.
 
 Exit status, the same for every command: 0 done; 1 the command ran and its check failed or
-its work could not be done (``slo gate`` forbids, the lab's fleet did not run, a server
-could not listen); 2 the command line or an input file is wrong (a usage error, a bad
-spec, scenario or config file), and, for the commands that read Prometheus, no data or no
-answer (a gate that cannot see never says yes); 130 interrupted.
+its work could not be done (``slo gate`` forbids, the lab's fleet did not run or its run
+could not do what the scenario asked, a server could not listen); 2 the command line or an
+input is wrong (a usage error; a bad, oversized or too deeply nested spec, scenario or
+config file, see ``fournines._files``; a malformed URL), and, for the commands that read
+Prometheus, no data or no answer (a gate that cannot see never says yes); 130 interrupted.
+Input a command cannot use is one line on stderr naming the file or flag, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for area in (lab_cli, slo_cli, chaos_cli):
         area.register(sub)
     args = parser.parse_args(argv)
-    status: int = args.run(args, args.command_parser)
+    try:
+        status: int = args.run(args, args.command_parser)
+    except KeyboardInterrupt:  # Ctrl-C is an answer, not a crash: no traceback
+        print(f"{args.command_parser.prog}: interrupted", file=sys.stderr)
+        return 130
     return status
 
 

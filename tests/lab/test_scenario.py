@@ -9,8 +9,10 @@ import pytest
 from fournines import ConfigurationError
 from fournines.lab.scenario import (
     FAULT_KINDS,
+    MAX_RATE,
     Fault,
     Scenario,
+    check_load,
     default_scenario,
     load_scenario,
     parse_scenario,
@@ -164,3 +166,96 @@ def test_an_integer_too_big_for_a_float_is_named_not_a_crash() -> None:
     with pytest.raises(ConfigurationError, match=r"s\.yaml: faults\[0\]\.at must be a number"):
         parse_scenario({"faults": [{"kind": "overload", "at": 10**400, "duration": 1}]},
                        source="s.yaml")
+
+
+def kills(*windows: tuple[float, float], kind: str = "profile_kill", **extra: object,
+          ) -> dict[str, object]:
+    return {"duration": 60, "faults": [{"kind": kind, "at": at, "duration": duration, **extra}
+                                       for at, duration in windows]}
+
+
+def test_overlapping_profile_kills_are_refused_naming_both_faults() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_scenario(kills((10, 6), (5, 6)), source="s.yaml")
+    assert str(info.value).startswith(
+        "s.yaml: faults[1] (profile_kill 5-11 s) overlaps faults[0] (profile_kill 10-16 s)")
+    assert "restarted once at a time" in str(info.value)
+
+
+def test_profile_kills_that_touch_are_refused_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"faults\[1\] .* overlaps faults\[0\]"):
+        parse_scenario(kills((5, 5), (10, 5)))
+
+
+def test_profile_kills_one_after_another_are_accepted() -> None:
+    assert len(parse_scenario(kills((5, 5), (11, 5))).faults) == 2
+
+
+def test_overlapping_payment_errors_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"clears every chaos fault"):
+        parse_scenario(kills((5, 10), (8, 2), kind="payment_errors"))
+
+
+def test_overlapping_refusing_partitions_are_refused_but_black_holes_may_overlap() -> None:
+    with pytest.raises(ConfigurationError, match=r"turns the proxy back on"):
+        parse_scenario(kills((5, 10), (8, 2), kind="partition", mode="refuse"))
+    assert len(parse_scenario(kills((5, 10), (8, 2), kind="partition")).faults) == 2
+
+
+def test_overlapping_latency_and_overload_windows_are_accepted() -> None:
+    assert len(parse_scenario(kills((5, 10), (8, 2), kind="payment_latency")).faults) == 2
+    assert len(parse_scenario(kills((5, 10), (8, 2), kind="overload")).faults) == 2
+
+
+def test_a_rate_above_the_stated_maximum_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"s\.yaml: rate .* <= 2000, got 5000"):
+        parse_scenario({"rate": 5000}, source="s.yaml")
+
+
+def test_an_overload_above_the_stated_maximum_rate_names_the_fault() -> None:
+    scenario = parse_scenario(kills((5, 5), kind="overload", factor=20), source="s.yaml")
+    with pytest.raises(ConfigurationError) as info:
+        check_load(scenario, rate=40, capacity=MAX_RATE / 10, open_files=None)
+    assert str(info.value).startswith(
+        "s.yaml: faults (overload at 5 s): factor 20 x the measured capacity 200/s = 4000/s "
+        "is more than the lab offers (2000 requests/s")
+
+
+def test_a_load_needing_more_descriptors_than_the_limit_names_the_field() -> None:
+    scenario = parse_scenario({"rate": 1000, "timeout": 3}, source="s.yaml")
+    with pytest.raises(ConfigurationError) as info:
+        check_load(scenario, rate=1000, capacity=60, open_files=1024)
+    message = str(info.value)
+    assert message.startswith("s.yaml: rate 1000/s with timeout 3 s keeps up to 3000 requests")
+    assert "may open 1024 (RLIMIT_NOFILE" in message and "ulimit -n" in message
+
+
+def test_a_load_that_fits_the_descriptor_limit_passes() -> None:
+    scenario = parse_scenario({"rate": 100, "timeout": 3})
+    check_load(scenario, rate=100, capacity=60, open_files=1024)  # 300 + 256 <= 1024
+
+
+def test_the_default_scenario_fits_a_common_descriptor_limit_of_1024() -> None:
+    scenario = default_scenario()
+    check_load(scenario, rate=40, capacity=67, open_files=1024)
+
+
+def test_a_scenario_file_nested_too_deeply_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("faults: " + "[" * 1000 + "]" * 1000 + "\n")
+    with pytest.raises(ConfigurationError, match=r"deep\.yaml: nested deeper than 64 levels"):
+        load_scenario(path)
+
+
+def test_a_scenario_file_larger_than_one_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\n#" + "x" * (1 << 20) + "\n")
+    with pytest.raises(ConfigurationError, match=r"big\.yaml: cannot read the scenario "
+                                                 r"\(larger than 1048576 bytes"):
+        load_scenario(path)
+
+
+def test_a_huge_value_is_quoted_short_in_the_message() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_scenario({"rate": "x" * 100_000}, source="s.yaml")
+    assert len(str(info.value)) < 200

@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 
@@ -28,8 +28,19 @@ BODIES: dict[str, Any] = {
 }
 
 
-async def query(request: Request) -> JSONResponse:
-    return JSONResponse(BODIES[request.path_params["case"]])
+RAW: dict[str, bytes] = {
+    # A hostile or broken server: JSON nested 100,000 levels deep, and 17 MiB of it.
+    "nested-100000-deep": b'{"status": "success", "data": ' + b"[" * 100_000 + b"]" * 100_000
+                          + b"}",
+    "17-mib": b'{"status": "success", "data": "' + b"x" * (17 << 20) + b'"}',
+}
+
+
+async def query(request: Request) -> Response:
+    case = request.path_params["case"]
+    if case in RAW:
+        return Response(RAW[case], media_type="application/json")
+    return JSONResponse(BODIES[case])
 
 
 app = Starlette(routes=[Route("/{case}/api/v1/query", query)])

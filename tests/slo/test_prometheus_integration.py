@@ -30,7 +30,7 @@ from fournines.slo.spec import error_ratio_query, load_spec
 from .._prometheus import PrometheusServer
 from .._servers import free_port
 from ..asgi._uvicorn import UvicornProcess
-from ._broken_prometheus import BODIES
+from ._broken_prometheus import BODIES, RAW
 
 SPEC = """
 service: payment
@@ -188,6 +188,25 @@ def test_reader_reports_a_malformed_success_body_as_unusable(broken_prometheus: 
     with PrometheusClient(f"{broken_prometheus}/{case}") as client, \
             pytest.raises(PrometheusUnreachableError, match="malformed"):
         client.value("vector(1)")
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ("nested-100000-deep", "without a Prometheus API body"),
+    ("17-mib", "answered more than 16777216 bytes"),
+])
+def test_reader_reports_a_hostile_answer_as_no_answer_without_recursing_or_hoarding(
+        broken_prometheus: str, case: str, message: str) -> None:
+    assert case in RAW
+    with PrometheusClient(f"{broken_prometheus}/{case}") as client, \
+            pytest.raises(PrometheusUnreachableError, match=message):
+        client.value("vector(1)")
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://127.0.0.1:9/\x01", "http://:9090",
+                                 "http://127.0.0.1:99999", "http://h:9090/?q=1", "ftp://h"])
+def test_reader_refuses_a_url_it_cannot_use_before_any_request(url: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"PrometheusClient\.url must be"):
+        PrometheusClient(url)
 
 
 def test_gate_exits_2_on_a_malformed_answer(broken_prometheus: str, tmp_path: Path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 
@@ -46,11 +47,9 @@ def _usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import asyncio  # noqa: PLC0415 - keep `fournines --help` fast
-    import json  # noqa: PLC0415
     import logging  # noqa: PLC0415
     import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
-    import sys  # noqa: PLC0415
 
     from .._errors import ConfigurationError  # noqa: PLC0415
     from ._toxics import ApiError  # noqa: PLC0415
@@ -60,13 +59,16 @@ def _run_proxy(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--port must be between 0 and 65535, got {args.port}")
     config: list[Any] = []
     if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as file:
-                config = json.load(file)
-        except (OSError, ValueError) as exc:
-            parser.error(f"--config {args.config}: {exc}")
-        if not isinstance(config, list):
-            parser.error(f"--config {args.config}: expected a JSON list of proxies")
+        from .._files import json_document, read_text  # noqa: PLC0415
+
+        try:  # bounded in size and nesting: a hostile file is refused before json recurses
+            config = json_document(read_text(args.config))
+            if not isinstance(config, list):
+                raise ConfigurationError("expected a JSON list of proxies")
+        except ConfigurationError as exc:
+            # A bad input file: one line naming it, no usage (the command line was right).
+            print(f"fournines chaos proxy: --config {args.config}: {exc}", file=sys.stderr)
+            return 2
     token = os.environ.get("FOURNINES_CHAOS_PROXY_TOKEN", "").strip() or None
     if args.token_file:
         try:

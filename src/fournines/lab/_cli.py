@@ -38,8 +38,10 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.duration is not None and not 1 <= args.duration <= 3600:
         parser.error("--duration must be between 1 and 3600 seconds")
-    if args.rate is not None and not 1 <= args.rate <= 5000:
-        parser.error("--rate must be between 1 and 5000 requests per second")
+    from .scenario import MAX_RATE  # noqa: PLC0415
+
+    if args.rate is not None and not 1 <= args.rate <= MAX_RATE:
+        parser.error(f"--rate must be between 1 and {MAX_RATE:g} requests per second")
     if args.etcd is not None:
         parser.exit(2, "fournines lab: error: --etcd: service discovery is not built yet "
                        "(the registry issue); run without --etcd\n")

@@ -17,6 +17,7 @@ generator shares the CPU with the fleet it measures.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import math
 import random
@@ -26,10 +27,14 @@ from dataclasses import dataclass
 
 from .scenario import Scenario
 
-__all__ = ["Arrival", "Outcome", "arrivals", "run_load"]
+__all__ = ["OUT_OF_FILES", "Arrival", "Outcome", "arrivals", "run_load"]
 
 FAILED_TO_CONNECT = 0
 """The status recorded when no answer came (connection refused, reset or timed out)."""
+
+OUT_OF_FILES = "EMFILE: the load generator ran out of file descriptors"
+"""The ``error`` of a request the generator itself could not send (no descriptor left):
+a failure of the lab, not of the fleet."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +223,8 @@ async def run_load(
         except Exception as exc:  # any way a request fails is a failure:
             # an exception that escaped here would drop the request from the record
             status, error = FAILED_TO_CONNECT, type(exc).__name__
+            if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+                error = OUT_OF_FILES
         outcome = Outcome(at=arrival.at, status=status, latency=clock() - intended,
                           degraded=bool(sources), send_lag=lag, error=error,
                           sources=sources)

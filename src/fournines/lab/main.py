@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -11,8 +12,8 @@ from typing import Any
 from .._errors import ConfigurationError
 from .fleet import LabError
 from .load import Outcome
-from .runner import LabResult, Progress, run_lab
-from .scenario import Scenario, default_scenario, load_scenario
+from .runner import AUTO_RATE_SHARE, MAX_AUTO_RATE, LabResult, Progress, run_lab
+from .scenario import Scenario, check_load, default_scenario, load_scenario
 
 __all__ = ["RichProgress", "run_and_report"]
 
@@ -83,9 +84,12 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
     """Run the lab, print the table, write ``out/report.html``, ``out/summary.svg``, JSON.
 
     Returns the exit status: 0 when the run completed (whatever the verdict:
-    the lab measures, it does not gate), 1 when the lab itself could not run.
-    Raises :class:`~fournines.ConfigurationError` for a bad scenario file or an
-    output folder that cannot be created, before anything is started.
+    the lab measures, it does not gate), 1 when the lab itself could not run or
+    the run could not do what the scenario asked (:attr:`LabResult.problems`: then
+    no table and no HTML report, only the problems, and the JSON with them).
+    Raises :class:`~fournines.ConfigurationError` for a bad scenario file, a load
+    this machine cannot offer, or an output folder that cannot be created, before
+    anything is started (the load is checked again against the measured capacity).
     """
     from rich.console import Console  # noqa: PLC0415
 
@@ -98,6 +102,11 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
 
     console = console or Console()
     scenario = _scenario(scenario_file, duration)
+    # Before anything starts, against the modelled capacity (the probe measures it later).
+    model = scenario.payment.concurrency / scenario.payment.service_time
+    planned = rate or scenario.rate or min(MAX_AUTO_RATE, AUTO_RATE_SHARE * model)
+    check_load(scenario, rate=planned, capacity=model, capacity_from="modelled",
+               rate_from="--rate" if rate else "rate" if scenario.rate else "the automatic rate")
     # Checked before the run, not after two minutes of it.
     for option, folder in (("--out", out), ("--json", json_file.parent if json_file else None)):
         if folder is None:
@@ -135,14 +144,31 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
     finally:
         if prom is not None:
             prom.stop()
+    if result.problems:
+        # Never a table of numbers that measured the lab instead of the fleet.
+        console.print("[red]the run could not do what the scenario asked[/]; nothing was "
+                      "measured:")
+        for problem in result.problems:
+            console.print(f"  [red]{problem}[/]")
+        if json_file is not None:
+            with contextlib.suppress(OSError):  # the problems are the message either way
+                write_json(result, json_file)
+                console.print(f"JSON (with the problems): {json_file}")
+        print(f"fournines lab: the run could not do what the scenario asked: "
+              f"{result.problems[0]}", file=sys.stderr)
+        return 1
     render_table(result, console)
     report = out / "report.html"
-    report.write_text(render_html(result), encoding="utf-8")
-    (out / "summary.svg").write_text(render_summary_svg(result), encoding="utf-8")
-    console.print(f"HTML report: {report} (and the main plots in {out / 'summary.svg'})")
-    if json_file is not None:
-        write_json(result, json_file)
-        console.print(f"JSON: {json_file}")
+    try:
+        report.write_text(render_html(result), encoding="utf-8")
+        (out / "summary.svg").write_text(render_summary_svg(result), encoding="utf-8")
+        console.print(f"HTML report: {report} (and the main plots in {out / 'summary.svg'})")
+        if json_file is not None:
+            write_json(result, json_file)
+            console.print(f"JSON: {json_file}")
+    except OSError as exc:  # a full disk, a folder removed meanwhile: it ran, and failed
+        print(f"fournines lab: cannot write the report: {exc}", file=sys.stderr)
+        return 1
     if result.prometheus:
         console.print(f"Prometheus: {result.prometheus}")
     console.print(f"lab finished in {result.timings['total']:.1f} s")

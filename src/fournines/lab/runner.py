@@ -23,16 +23,21 @@ from pathlib import Path
 from typing import Any
 
 from .fleet import FaultProxy, Fleet, LabError
-from .load import Arrival, Outcome, _get, _Pool, arrivals, run_load
+from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
-from .scenario import Fault, Scenario
+from .scenario import Fault, Scenario, check_load
 from .stats import OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
-__all__ = ["LabResult", "Progress", "run_lab"]
+__all__ = ["LabResult", "Progress", "run_lab", "run_problems"]
 
 VARIANTS = ("unprotected", "protected")
 MAX_AUTO_RATE = 150.0
 AUTO_RATE_SHARE = 0.6
+LAG_LIMIT = 0.5
+"""Seconds after its intended time past which a request left too late to measure the fleet."""
+LAG_SHARE = 0.01
+"""The share of requests that may leave later than :data:`LAG_LIMIT` (a GC pause, a busy
+core); more, and the generator fell behind its schedule: the run measured itself."""
 
 
 class Progress:
@@ -75,6 +80,9 @@ class LabResult:
     tracker_budget: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per variant, the services' own ``BudgetTracker`` at the last scrape: what is left
     of their error budget as each service saw it ("service/slo" -> remaining ratio)."""
+    problems: list[str] = field(default_factory=list)
+    """What the run could not do as asked (see :func:`run_problems`); when not empty the
+    numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
 
     def targets(self) -> dict[str, dict[str, Any]]:
         """The issue's targets, each with the measured value and whether it was met."""
@@ -122,6 +130,7 @@ class LabResult:
             "prometheus": self.prometheus,
             "missed_scrapes": self.missed_scrapes,
             "tracker_budget_remaining": self.tracker_budget,
+            "problems": self.problems,
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
                 variant: [{"at": o.at, "status": o.status, "latency": o.latency,
@@ -202,6 +211,37 @@ async def _play_faults(fleet: Fleet, faults: tuple[Fault, ...], start: float,
     await asyncio.gather(*(one(i, f) for i, f in enumerate(faults)))
 
 
+def run_problems(variant: str, outcomes: list[Outcome],
+                 fault_log: list[dict[str, Any]]) -> list[str]:
+    """Why a variant's run did not do what its scenario asked, one sentence each.
+
+    The load generator fell behind its schedule (more than :data:`LAG_SHARE` of the
+    requests left over :data:`LAG_LIMIT` s late) or ran out of file descriptors, a fault
+    could not be injected or undone, or not one request succeeded: the fleet was never
+    measured. ``[]`` when the run is a measurement.
+    """
+    problems: list[str] = []
+    if outcomes:
+        late = sum(o.send_lag > LAG_LIMIT for o in outcomes)
+        if late > LAG_SHARE * len(outcomes):
+            worst = max(o.send_lag for o in outcomes)
+            problems.append(
+                f"{variant}: the load generator fell behind its schedule: {late} of "
+                f"{len(outcomes)} requests left more than {LAG_LIMIT:g} s late (worst "
+                f"{worst:.1f} s); lower the rate or the overload factor")
+        starved = sum(o.error == OUT_OF_FILES for o in outcomes)
+        if starved:
+            problems.append(f"{variant}: {starved} requests were never sent: {OUT_OF_FILES}")
+        if not any(o.ok for o in outcomes):
+            problems.append(f"{variant}: not one of {len(outcomes)} requests succeeded; the "
+                            "fleet was never measured (see the process logs)")
+    for entry in fault_log:
+        if entry.get("variant") == variant and "error" in entry:
+            problems.append(f"{variant}: the fault {entry['fault']} could not "
+                            f"{entry['action']} at {entry['planned']:g} s: {entry['error']}")
+    return problems
+
+
 def _current_fault(faults: tuple[Fault, ...], elapsed: float) -> str:
     active = [f.kind for f in faults if f.at <= elapsed < f.end]
     return ", ".join(active) or "steady"
@@ -230,9 +270,12 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
     ticking = asyncio.create_task(ticker())
     faults = asyncio.create_task(_play_faults(fleet, scenario.faults, start, fault_log))
     try:
-        outcomes = await run_load(fleet.gateway_url, schedule, timeout=scenario.timeout,
-                                  start=start,
-                                  on_outcome=lambda o: progress.outcome(variant, o))
+        try:
+            outcomes = await run_load(fleet.gateway_url, schedule, timeout=scenario.timeout,
+                                      start=start,
+                                      on_outcome=lambda o: progress.outcome(variant, o))
+        except RuntimeError as exc:  # the generator lost requests: nothing to report
+            raise LabError(f"{variant}: {exc}") from exc
         await faults
     finally:
         stop.set()
@@ -267,6 +310,7 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
     schedule: list[Arrival] = []
     results: dict[str, tuple[list[Outcome], Scraper]] = {}
     fault_log: list[dict[str, Any]] = []
+    problems: list[str] = []
     try:
         for variant in variants:
             progress.phase(f"{variant}: starting gateway, order, payment, profile")
@@ -285,8 +329,14 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                     if not capacity > 0:
                         raise LabError("the payment service answered nothing during the "
                                        f"capacity probe; see {workdir}/{variant}-payment.log")
+                    rate_from = "--rate" if rate is not None else "rate"
                     if rate is None:
-                        rate = scenario.rate or min(MAX_AUTO_RATE, AUTO_RATE_SHARE * capacity)
+                        rate = scenario.rate
+                    if rate is None:
+                        rate_from = "the automatic rate"
+                        rate = min(MAX_AUTO_RATE, AUTO_RATE_SHARE * capacity)
+                    # The overload bursts follow the measured capacity: checked again.
+                    check_load(scenario, rate=rate, capacity=capacity, rate_from=rate_from)
                     schedule = arrivals(scenario, rate, capacity, seed)
                 t = time.perf_counter()
                 cpu = time.process_time()
@@ -295,10 +345,13 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                 timings[f"{variant}_load"] = time.perf_counter() - t
                 # The generator must not be the bottleneck: its own CPU time says so.
                 timings[f"{variant}_generator_cpu"] = time.process_time() - cpu
+                problems += run_problems(variant, results[variant][0], fault_log)
             finally:
                 await fleet.stop()
                 with contextlib.suppress(Exception):
                     await proxy.reset()
+            if problems:  # the comparison is void: running the next variant proves nothing
+                break
     finally:
         await proxy.stop()
     summaries = {
@@ -314,7 +367,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      outcomes={v: outcomes for v, (outcomes, _) in results.items()},
                      missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
                      tracker_budget={v: _last_budget(scraper.samples)
-                                     for v, (_, scraper) in results.items()})
+                                     for v, (_, scraper) in results.items()},
+                     problems=problems)
 
 
 def _last_budget(samples: list[Sample]) -> dict[str, float]:

@@ -24,18 +24,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._files import read_text, yaml_documents
 
 __all__ = [
     "FAULT_KINDS",
+    "MAX_RATE",
     "Fault",
     "PaymentModel",
     "Scenario",
+    "check_load",
     "default_scenario",
     "load_scenario",
     "parse_scenario",
@@ -52,6 +56,25 @@ FAULT_KINDS: dict[str, str] = {
 
 
 _DEFAULT_DURATION = 60.0
+
+MAX_RATE = 2000.0
+"""The most requests per second the lab offers, overload bursts included.
+
+The load generator is one Python process on the machine it measures; where every
+request needs a new connection (an overloaded fleet keeps them all busy) it falls behind
+its schedule at about 2000 per second on the 2-core development machine, and a lagging
+generator measures itself, not the fleet."""
+
+FD_RESERVE = 256
+"""File descriptors kept for the lab process itself (logs, pipes, scrapes, the chaos API)."""
+
+# Kinds whose windows cannot overlap another of the same kind, and why.
+_EXCLUSIVE = {
+    "profile_kill": "the profile service is killed and restarted once at a time; the second "
+                    "restart would find its port taken",
+    "payment_errors": "ending one clears every chaos fault of the payment service, so the "
+                      "other would end early",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,6 +157,16 @@ _FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
 }
 
 
+# Values quoted in messages are cut short: a message stays one readable line whatever
+# the file holds (a megabyte string, a list of thousands).
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _show(value: Any) -> str:
+    return _REPR.repr(value)
+
+
 def _number(where: str, value: Any, kind: type, low: float | None, high: float | None,
             positive: bool = False) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
@@ -154,17 +187,18 @@ def _number(where: str, value: Any, kind: type, low: float | None, high: float |
             bounds.append(f">= {low:g}")
         if high is not None:
             bounds.append(f"<= {high:g}")
-        raise ConfigurationError(f"{where} must be {what} {' and '.join(bounds)}, got {value!r}")
+        raise ConfigurationError(
+            f"{where} must be {what} {' and '.join(bounds)}, got {_show(value)}")
     return float(value)
 
 
 def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigurationError(f"{where} must be a mapping, got {value!r}")
+        raise ConfigurationError(f"{where} must be a mapping, got {_show(value)}")
     for key in value:
         if key not in allowed:
             raise ConfigurationError(
-                f"{where} has an unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
+                f"{where} has an unknown key {_show(key)} (allowed: {', '.join(sorted(allowed))})"
             )
     return value
 
@@ -174,7 +208,7 @@ def _fault(where: str, raw: Any) -> Fault:
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in FAULT_KINDS:  # a list is not hashable
         raise ConfigurationError(
-            f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {kind!r}"
+            f"{where}.kind must be one of {', '.join(FAULT_KINDS)}, got {_show(kind)}"
         )
     for required in ("at", "duration"):
         if required not in data:
@@ -188,7 +222,7 @@ def _fault(where: str, raw: Any) -> Fault:
     if "mode" in data:
         if data["mode"] not in ("timeout", "refuse"):
             raise ConfigurationError(
-                f"{where}.mode must be 'timeout' or 'refuse', got {data['mode']!r}"
+                f"{where}.mode must be 'timeout' or 'refuse', got {_show(data['mode'])}"
             )
         values["mode"] = data["mode"]
     return Fault(**values)
@@ -202,12 +236,13 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     if "name" in top:
         if not isinstance(top["name"], str) or not top["name"]:
             raise ConfigurationError(f"{source}: name must be a non-empty string, "
-                                     f"got {top['name']!r}")
+                                     f"got {_show(top['name'])}")
         values["name"] = top["name"]
     if "duration" in top:
         values["duration"] = _number(f"{source}: duration", top["duration"], float, 1.0, 3600.0)
     if "rate" in top and top["rate"] != "auto":
-        values["rate"] = _number(f"{source}: rate (or 'auto')", top["rate"], float, 1.0, 5000.0)
+        values["rate"] = _number(f"{source}: rate (or 'auto')", top["rate"], float, 1.0,
+                                 MAX_RATE)
     if "orders" in top:
         values["orders"] = int(_number(f"{source}: orders", top["orders"], int, 1, 100_000))
     if "timeout" in top:
@@ -225,7 +260,7 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     faults: list[Fault] = []
     raw_faults = top.get("faults", [])
     if not isinstance(raw_faults, list):
-        raise ConfigurationError(f"{source}: faults must be a list, got {raw_faults!r}")
+        raise ConfigurationError(f"{source}: faults must be a list, got {_show(raw_faults)}")
     duration = values.get("duration", _DEFAULT_DURATION)
     for i, raw in enumerate(raw_faults):
         fault = _fault(f"{source}: faults[{i}]", raw)
@@ -235,32 +270,98 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
                 f"(duration {duration:g} s)"
             )
         faults.append(fault)
+    _check_overlaps(source, faults)
     values["faults"] = tuple(sorted(faults, key=lambda f: f.at))
     return Scenario(**values)
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file (errors name the file and the path inside it)."""
-    import yaml  # noqa: PLC0415 - an optional dependency ("fournines[lab]")
+def _exclusive(fault: Fault) -> str | None:
+    if fault.kind == "partition" and fault.mode == "refuse":
+        return "ending one turns the proxy back on, so the other would end early"
+    return _EXCLUSIVE.get(fault.kind)
 
+
+def _check_overlaps(source: str, faults: list[Fault]) -> None:
+    # Windows that touch count as overlapping: the end (a restart, a DELETE) and the next
+    # begin run at the same instant, in no defined order.
+    for i, fault in enumerate(faults):
+        reason = _exclusive(fault)
+        if reason is None:
+            continue
+        for j, other in enumerate(faults[:i]):
+            same = other.kind == fault.kind and (fault.kind != "partition"
+                                                 or other.mode == fault.mode)
+            if same and fault.at <= other.end and other.at <= fault.end:
+                raise ConfigurationError(
+                    f"{source}: faults[{i}] ({fault.kind} {fault.at:g}-{fault.end:g} s) "
+                    f"overlaps faults[{j}] ({other.kind} {other.at:g}-{other.end:g} s): "
+                    f"{reason}")
+
+
+def _open_files_limit() -> int | None:
+    try:
+        import resource  # noqa: PLC0415 - POSIX only
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def check_load(scenario: Scenario, *, rate: float, capacity: float, rate_from: str = "rate",
+               capacity_from: str = "measured", open_files: int | None = -1) -> None:
+    """Refuse a load this machine cannot offer, naming the field that asks for it.
+
+    The peak arrival rate is the larger of ``rate`` and each overload's ``factor x
+    capacity``; it must be at most :data:`MAX_RATE`. An open-loop generator keeps every
+    request open until it is answered or its ``timeout`` passes, so at the peak up to
+    ``peak x timeout`` connections are open at once, each a file descriptor in the lab
+    and in the gateway: with :data:`FD_RESERVE` more, they must fit the soft
+    ``RLIMIT_NOFILE`` (``open_files``; -1, the default, reads it; ``None``: no limit).
+    ``rate_from`` and ``capacity_from`` say where the numbers came from, for the message.
+    """
+    where = scenario.source
+    peak, asked = rate, f"{rate_from} {rate:g}/s"
+    for fault in scenario.faults:
+        if fault.kind == "overload" and fault.factor * capacity > peak:
+            peak = fault.factor * capacity
+            asked = (f"faults (overload at {fault.at:g} s): factor {fault.factor:g} x the "
+                     f"{capacity_from} capacity {capacity:.0f}/s = {peak:.0f}/s")
+    if peak > MAX_RATE:
+        raise ConfigurationError(
+            f"{where}: {asked} is more than the lab offers ({MAX_RATE:g} requests/s at the "
+            "peak, overload bursts included): lower it")
+    if open_files == -1:
+        open_files = _open_files_limit()
+    in_flight = math.ceil(peak * scenario.timeout)
+    if open_files is not None and in_flight + FD_RESERVE > open_files:
+        raise ConfigurationError(
+            f"{where}: {asked} with timeout {scenario.timeout:g} s keeps up to {in_flight} "
+            f"requests open at once, a file descriptor each, but this process may open "
+            f"{open_files} (RLIMIT_NOFILE; {FD_RESERVE} kept for the lab): lower it or the "
+            "timeout, or raise the limit (ulimit -n)")
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read and check a scenario file (errors name the file and the path inside it).
+
+    Files larger than 1 MiB or nested deeper than 64 levels are refused before they are
+    parsed (see :mod:`fournines._files`).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read the scenario ({exc.strerror})") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError(f"{path}: cannot read the scenario (not UTF-8 text: "
-                                 f"byte {exc.start})") from exc
+        text = read_text(path)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: cannot read the scenario ({exc})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigurationError(f"{path}: not valid YAML ({exc})") from exc
-    return parse_scenario(data, source=str(path))
+        documents = yaml_documents(text)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
+    if len(documents) > 1:
+        raise ConfigurationError(f"{path}: {len(documents)} YAML documents; a scenario is one")
+    return parse_scenario(documents[0] if documents else None, source=str(path))
 
 
 def default_scenario() -> Scenario:
     """The scenario shipped with the package (``scenarios/default.yaml``)."""
-    import yaml  # noqa: PLC0415
-
     text = resources.files(__package__).joinpath("scenarios/default.yaml").read_text("utf-8")
-    return parse_scenario(yaml.safe_load(text), source="default.yaml")
+    return parse_scenario(yaml_documents(text)[0], source="default.yaml")

@@ -86,13 +86,18 @@ def _load(path: str) -> SLOSpec:
 def _read(args: argparse.Namespace) -> tuple[SLOSpec, list[SLOBudget]]:
     import time  # noqa: PLC0415
 
+    from .._errors import ConfigurationError  # noqa: PLC0415
     from .gate import read_budgets  # noqa: PLC0415
     from .prometheus import PrometheusClient  # noqa: PLC0415
 
     spec = _load(args.spec)
+    try:
+        client = PrometheusClient(args.prometheus, timeout=args.timeout)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"--prometheus: {exc}") from None
     # One evaluation instant for every query, so the numbers of a report agree.
     at = time.time()
-    with PrometheusClient(args.prometheus, timeout=args.timeout) as client:
+    with client:
         return spec, read_budgets(spec, lambda expr: client.value(expr, at=at))
 
 
@@ -183,6 +188,10 @@ def _run_gate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except (ConfigurationError, PrometheusError) as exc:
         # Unreachable, a refused query or a broken spec: the gate cannot tell, so never 0.
         print(f"fournines slo gate: NO DECISION: {exc}", file=sys.stderr)
+        return EXIT_NO_DATA
+    except Exception as exc:  # a crash must not read as "blocked" (exit 1)
+        print(f"fournines slo gate: NO DECISION: unexpected {type(exc).__name__}: {exc}",
+              file=sys.stderr)
         return EXIT_NO_DATA
     status, decisions = decide(budgets, policy, environment=args.environment)
     if args.json:

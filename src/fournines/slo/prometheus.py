@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 
 from .._errors import ConfigurationError, FourNinesError
+from .._files import json_document
 
 __all__ = [
     "PrometheusClient",
@@ -29,6 +30,11 @@ __all__ = [
     "PrometheusUnreachableError",
     "Sample",
 ]
+
+
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""The largest answer read from Prometheus; an instant query for one series is a few
+hundred bytes, and a larger answer is refused as no answer rather than held in memory."""
 
 
 class PrometheusError(FourNinesError):
@@ -55,9 +61,36 @@ class Sample:
     value: float
 
 
+def _head(content: bytes | bytearray) -> str:
+    return repr(content[:200].decode("utf-8", "replace"))
+
+
 def _value(raw: Any) -> float:
     # Prometheus sends values as strings, NaN and infinities included ("NaN", "+Inf").
     return float(raw[1])
+
+
+def _check_url(url: object) -> None:
+    # httpx would refuse a malformed URL only at the first request, with an InvalidURL
+    # that is no httpx.HTTPError: checked here, it is a configuration error up front.
+    problem = ""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        problem = "not an http:// or https:// URL"
+    else:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            problem = str(exc)
+        else:
+            if not parsed.host:
+                problem = "no host"
+            elif parsed.port is not None and not 0 < parsed.port <= 65535:
+                problem = f"port {parsed.port} is out of range"
+            elif parsed.query or parsed.fragment:
+                problem = "a base URL has no query or fragment"
+    if problem:
+        raise ConfigurationError(f"PrometheusClient.url must be an http:// or https:// URL, "
+                                 f"got {url!r} ({problem})")
 
 
 class PrometheusClient:
@@ -77,9 +110,7 @@ class PrometheusClient:
         headers: Mapping[str, str] | None = None,
         client: httpx.Client | None = None,
     ) -> None:
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigurationError(
-                f"PrometheusClient.url must be an http:// or https:// URL, got {url!r}")
+        _check_url(url)
         if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
                 or not math.isfinite(timeout) or timeout <= 0):
             raise ConfigurationError(f"PrometheusClient.timeout must be > 0, got {timeout!r}")
@@ -100,18 +131,26 @@ class PrometheusClient:
             params["time"] = f"{at:.3f}"
         endpoint = f"{self.url}/api/v1/query"
         try:
-            response = self._client.get(endpoint, params=params)
-        except httpx.HTTPError as exc:
+            with self._client.stream("GET", endpoint, params=params) as response:
+                content = bytearray()
+                for chunk in response.iter_bytes():
+                    content += chunk
+                    if len(content) > MAX_ANSWER_BYTES:
+                        raise PrometheusUnreachableError(
+                            f"{endpoint} answered more than {MAX_ANSWER_BYTES} bytes for "
+                            f"{expr!r}: not the answer to an instant query")
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise PrometheusUnreachableError(
                 f"cannot reach Prometheus at {self.url}: {type(exc).__name__}: {exc}") from exc
         try:
-            body = response.json()
-        except ValueError:
+            # Bounded nesting: a hostile answer must not make json recurse to a crash.
+            body = json_document(content.decode("utf-8"))
+        except (ConfigurationError, UnicodeDecodeError):
             body = None
         if not isinstance(body, dict) or "status" not in body:
             raise PrometheusUnreachableError(
                 f"{endpoint} answered HTTP {response.status_code} without a Prometheus API "
-                f"body (is {self.url} a Prometheus server?): {response.text[:200]!r}")
+                f"body (is {self.url} a Prometheus server?): {_head(content)}")
         if body["status"] != "success":
             error_type = str(body.get("errorType", ""))
             message = (f"Prometheus at {self.url} refused the query {expr!r}: "
@@ -123,7 +162,7 @@ class PrometheusClient:
         if not isinstance(data, dict):
             raise PrometheusUnreachableError(
                 f"{endpoint} answered a malformed body (data is {type(data).__name__}, not "
-                f"an object): {response.text[:200]!r}")
+                f"an object): {_head(content)}")
         kind, result = data.get("resultType"), data.get("result")
         try:
             if kind == "vector":
@@ -135,7 +174,7 @@ class PrometheusClient:
             # A proxy or a half-compatible server: an answer the gate cannot read is no answer.
             raise PrometheusUnreachableError(
                 f"{endpoint} answered a malformed {kind} result for {expr!r} "
-                f"({type(exc).__name__}: {exc}): {response.text[:200]!r}") from exc
+                f"({type(exc).__name__}: {exc}): {_head(content)}") from exc
         raise PrometheusQueryError(
             f"the query {expr!r} returned a {kind}, not an instant vector or scalar; "
             "wrap range selectors in a function such as rate() or increase()",

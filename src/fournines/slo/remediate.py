@@ -278,21 +278,26 @@ def parse_config(data: object, *, source: str = "<config>", base: Path | None = 
 
 
 def load_config(path: str | os.PathLike[str]) -> RemediateConfig:
-    """Read and validate a YAML (or JSON) config file; token files are relative to it."""
+    """Read and validate a YAML (or JSON) config file; token files are relative to it.
+
+    Files larger than 1 MiB or nested deeper than 64 levels are refused before they are
+    parsed (see :mod:`fournines._files`).
+    """
+    from .._files import json_document, read_text, yaml_documents  # noqa: PLC0415
+
     file = Path(path)
     try:
-        text = file.read_text()
-    except OSError as exc:
-        raise ConfigurationError(f"{file}: cannot read: {exc}") from None
-    try:
-        import yaml  # noqa: PLC0415 - the slo extra
-
-        data = yaml.safe_load(text)
-    except ImportError:  # pragma: no cover - depends on the environment
-        data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError and friends
-        raise ConfigurationError(f"{file}: not valid YAML: {exc}") from None
-    return parse_config(data, source=str(file), base=file.parent)
+        text = read_text(file)
+        try:
+            documents = yaml_documents(text)
+        except ImportError:  # pragma: no cover - depends on the environment
+            documents = [json_document(text)]
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{file}: {exc}") from None
+    if len(documents) > 1:
+        raise ConfigurationError(f"{file}: {len(documents)} YAML documents; a config is one")
+    return parse_config(documents[0] if documents else None, source=str(file),
+                        base=file.parent)
 
 
 def _render(template: str, labels: Mapping[str, str]) -> str:

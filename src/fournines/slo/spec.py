@@ -47,6 +47,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._files import read_text, yaml_documents
 from ..asgi.metrics import DEFAULT_BUCKETS, REQUEST_DURATION, REQUESTS_TOTAL
 from .budget import error_budget
 
@@ -257,19 +258,16 @@ def errors_or_zero_query(slo: SLO, window: str) -> str:
 
 
 def load_spec(path: str | os.PathLike[str]) -> SLOSpec:
-    """Read a fournines, Sloth ``prometheus/v1`` or OpenSLO v1 spec file."""
-    import yaml  # noqa: PLC0415 - the slo extra
+    """Read a fournines, Sloth ``prometheus/v1`` or OpenSLO v1 spec file.
 
+    Files larger than 1 MiB or nested deeper than 64 levels are refused before they are
+    parsed (see :mod:`fournines._files`).
+    """
     name = os.fspath(path)
     try:
-        with open(name, encoding="utf-8") as f:
-            documents = [d for d in yaml.safe_load_all(f) if d is not None]
-    except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror or exc}", file=name) from exc
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"not UTF-8 text: {exc}", file=name) from exc
-    except yaml.YAMLError as exc:
-        raise SpecError(f"not valid YAML: {exc}", file=name) from exc
+        documents = yaml_documents(read_text(name))
+    except ConfigurationError as exc:
+        raise SpecError(str(exc), file=name) from None
     if not documents:
         raise SpecError("empty file", file=name)
     return parse_spec(documents if len(documents) > 1 else documents[0], source=name)
