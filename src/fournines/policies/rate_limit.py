@@ -571,11 +571,26 @@ class KeyedLimiter(Decorates):
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         key = self._key
         if key is None:
-            raise ConfigurationError(
-                "KeyedLimiter.key is not set: pass key=lambda *args, **kwargs: ... (the key "
-                "of a call) to use a KeyedLimiter as a policy (call, acall, Pipeline, @)"
-            )
+            raise self._unkeyed()
         return key(*args, **kwargs)
+
+    def _unkeyed(self) -> ConfigurationError:
+        return ConfigurationError(
+            "KeyedLimiter.key is not set: pass key=lambda *args, **kwargs: ... (the key "
+            "of a call) to use a KeyedLimiter as a policy (call, acall, Pipeline, @)"
+        )
+
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """A closure that runs ``fn`` under its key's limiter; refused without ``key``."""
+        if self._key is None:  # every call would raise: say so when decorating
+            raise self._unkeyed()
+        return super().wrap(fn)
+
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """A coroutine function awaiting ``fn`` under its key's limiter; refused without ``key``."""
+        if self._key is None:
+            raise self._unkeyed()
+        return super().awrap(fn)
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` once its key's limiter has a unit (waiting up to its ``max_wait``)."""
