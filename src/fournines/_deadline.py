@@ -9,6 +9,7 @@ can send the remaining budget downstream.
 from __future__ import annotations
 
 import asyncio
+import math
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -102,8 +103,10 @@ def cancelled_by_deadline() -> bool:
 class deadline_after:
     """Context manager (sync and async) that sets a deadline ``seconds`` from entry.
 
-    ``seconds`` is >= 0: 0 is a deadline that has already passed, ``math.inf`` none
-    of its own; a negative or NaN duration raises ``ConfigurationError``.
+    ``seconds`` is >= 0: 0 is a deadline that has already passed; ``math.inf`` sets
+    none of its own (:func:`current_deadline` stays what it was outside, and the
+    scope yields a ``Deadline`` that never expires when there was none); a negative
+    or NaN duration raises ``ConfigurationError``.
     Nested scopes keep the earlier deadline. The scope does not interrupt code by
     itself: fournines policies inside it respect it (retries stop waiting,
     limiters and bulkheads give up, ``Timeout`` cancels async work).
@@ -129,6 +132,12 @@ class deadline_after:
         self._tokens: list[Token[Deadline | None]] = []
 
     def __enter__(self) -> Deadline:
+        if self._seconds == math.inf:
+            # No deadline of its own: the enclosing one (or none) stays current, so code
+            # inside never meets an infinite budget (a header, an int() of milliseconds).
+            outer = _current.get()
+            self._tokens.append(_current.set(outer))
+            return outer if outer is not None else Deadline(math.inf, self._clock)
         deadline, token = push_deadline(self._seconds, self._clock)
         self._tokens.append(token)
         return deadline
