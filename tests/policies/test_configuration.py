@@ -162,6 +162,19 @@ def test_a_pipeline_holding_a_keyed_limiter_without_key_refuses_before_running()
     assert ran == []
 
 
+@pytest.mark.parametrize("instance", [CircuitBreaker("b"), Pipeline(), Timeout(1.0)],
+                         ids=lambda p: type(p).__name__)
+def test_a_policy_instance_in_place_of_a_factory_is_refused(instance: object) -> None:
+    # A policy is callable (it decorates), so calling it as a factory failed with a
+    # TypeError from inside fournines.
+    refused(lambda: KeyedLimiter(instance), "KeyedLimiter.factory")  # type: ignore[arg-type]
+
+
+def test_a_factory_that_needs_arguments_is_refused() -> None:
+    error = refused(lambda: KeyedLimiter(TokenBucket), "KeyedLimiter.factory")  # type: ignore[arg-type]
+    assert "no arguments" in str(error)
+
+
 def test_a_key_that_is_not_callable_is_refused() -> None:
     refused(lambda: KeyedLimiter(lambda: TokenBucket(rate=1), key="ip"),  # type: ignore[arg-type]
             "KeyedLimiter.key")
