@@ -461,6 +461,8 @@ class _RedisLimiter(Decorates, ABC):
                     f"key={self._key_fn!r} is a function of a protected call's arguments, "
                     "which only the policy shells (a Pipeline, a decorator) pass it"
                 )
+        elif type(key) is not str and not isinstance(key, str):
+            raise TypeError(f"{self._owner}.try_acquire/acquire key= must be a str, got {key!r}")
         return key, self._algorithm.argv(cost)
 
     def _redis_up(self) -> bool:
