@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,32 @@ async def test_fallback_awaits_an_async_fn() -> None:
         return "default avatar"
 
     assert await Fallback(fn=default).acall(adown) == "default avatar"
+
+
+def test_an_async_fallback_fn_cannot_decorate_a_sync_function() -> None:
+    # Every fallback would fail (a sync call cannot await fn): refuse it when decorating.
+    async def default(exc: Exception) -> str:
+        return "default avatar"
+
+    with pytest.raises(ConfigurationError, match=r"Fallback\.fn\b"):
+        Fallback(fn=default)(down)
+    with pytest.raises(ConfigurationError, match=r"Fallback\.fn\b"):
+        Pipeline(Fallback(fn=default))(down)
+
+
+def test_an_async_fallback_fn_in_a_sync_call_leaves_no_coroutine_unawaited() -> None:
+    made: list[Coroutine[Any, Any, str]] = []
+
+    async def answer() -> str:
+        return "default avatar"
+
+    def default(exc: Exception) -> Coroutine[Any, Any, str]:
+        made.append(answer())
+        return made[-1]
+
+    with pytest.raises(ConfigurationError, match="use acall"):
+        Fallback(fn=default).call(down)
+    assert made[0].cr_frame is None  # closed, so never "was never awaited"
 
 
 def test_fallback_needs_exactly_one_of_value_and_fn() -> None:

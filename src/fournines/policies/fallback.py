@@ -147,10 +147,22 @@ class Fallback(Decorates):
                 return self._value  # type: ignore[no-any-return]
             answer = self._fn(exc)
             if inspect.isawaitable(answer):
+                if inspect.iscoroutine(answer):
+                    answer.close()  # never awaited: close it rather than leave a warning
                 raise ConfigurationError(
                     f"Fallback {self.name!r}: fn is async; use acall for async calls"
                 ) from exc
             return answer  # type: ignore[no-any-return]
+
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """A closure that calls ``fn`` with the fallback; refused when ``fn=`` is async."""
+        if self._fn is not None and inspect.iscoroutinefunction(self._fn):
+            # A sync call cannot await the fallback: every fallback would fail.
+            raise ConfigurationError(
+                f"Fallback.fn ({self._fn!r}) is a coroutine function, which a sync function "
+                f"cannot await: decorate an async def, or give a sync fn"
+            )
+        return super().wrap(fn)
 
     async def acall(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
