@@ -694,6 +694,9 @@ async def test_sliding_window_settings_are_read_only(shell, prefix):
         ({"reconnect_after": -1}, "reconnect_after"),
         ({"on_redis_error": "maybe"}, "on_redis_error"),
         ({"on_redis_error": "fail_open", "rescue": Gcra(rate=1)}, "rescue"),
+        # instances only divides the default rescue: it can never act otherwise
+        ({"on_redis_error": "fail_closed", "instances": 4}, "instances"),
+        ({"rescue": Gcra(rate=1), "instances": 4}, "instances"),
         ({"rescue": "gcra"}, "rescue"),
         ({"prefix": 1}, "prefix"),
         ({"key": None}, "key"),

@@ -325,6 +325,11 @@ class _RedisLimiter(Decorates, ABC):
                     f"{owner}.rescue must be a local rate limiter or a KeyedLimiter, "
                     f"got {rescue!r}"
                 )
+        if instances != 1 and (rescue is not None or on_redis_error != "local"):
+            raise ConfigurationError(
+                f"{owner}.instances ({instances}) only divides the default rescue limiter "
+                "(on_redis_error='local' without rescue=): here it could never act"
+            )
         self._algorithm = algorithm
         self._prefix = prefix
         self._name = name
