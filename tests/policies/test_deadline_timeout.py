@@ -188,3 +188,13 @@ def test_an_infinite_deadline_keeps_the_enclosing_one(clock: FakeClock) -> None:
             assert inner is outer
             assert current_deadline() is outer
         assert current_deadline() is outer
+
+
+@pytest.mark.parametrize("field", ["at", "clock"])
+def test_a_deadline_cannot_be_moved(clock: FakeClock, field: str) -> None:
+    # Nested scopes share the outer Deadline object: moving it would move theirs too.
+    with deadline_after(2.0, clock=clock) as deadline:
+        before = getattr(deadline, field)
+        with pytest.raises(AttributeError):
+            setattr(deadline, field, before)
+        assert deadline.remaining() == 2.0
