@@ -1,9 +1,9 @@
 """fournines: stability engineering for Python services.
 
 Policies protect calls (:class:`CircuitBreaker`, :class:`Retry`, rate limiters,
-:class:`Bulkhead`, :class:`Timeout`, :class:`Fallback`, :class:`StaleCache`),
-compose in a :class:`Pipeline`, read time from a :class:`Clock`, respect the
-current deadline, and report every decision as an event to listeners.
+:class:`Bulkhead`, :class:`Timeout`, :class:`Fallback`, :class:`StaleCache`,
+:class:`Hedge`), compose in a :class:`Pipeline`, read time from a :class:`Clock`,
+respect the current deadline, and report every decision as an event to listeners.
 """
 
 from typing import TYPE_CHECKING

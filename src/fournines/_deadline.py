@@ -9,6 +9,7 @@ can send the remaining budget downstream.
 from __future__ import annotations
 
 import asyncio
+import math
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
@@ -22,16 +23,28 @@ __all__ = ["Deadline", "cancelled_by_deadline", "current_deadline", "deadline_af
 class Deadline:
     """An instant on ``clock``'s monotonic timeline by which work must finish.
 
-    Treat it as immutable. (A plain slotted class rather than a frozen dataclass:
-    one is built per ``Timeout`` call, and a frozen dataclass costs twice as much.)
+    Read-only: nested scopes share one ``Deadline``, so moving it would move
+    theirs. (A plain slotted class with properties rather than a frozen
+    dataclass: one is built per ``Timeout`` call, and a frozen dataclass costs
+    twice as much.)
     """
 
-    __slots__ = ("_cancelled", "at", "clock")
+    __slots__ = ("_at", "_cancelled", "_clock")
 
     def __init__(self, at: float, clock: Clock = system_clock) -> None:
-        self.at = at
-        self.clock = clock
+        self._at = at
+        self._clock = clock
         self._cancelled = False
+
+    @property
+    def at(self) -> float:
+        """The instant, on ``clock.monotonic()``'s timeline."""
+        return self._at
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the instant is on."""
+        return self._clock
 
     def cancel(self, task: asyncio.Task[Any]) -> None:
         """Cancel ``task`` because this deadline passed, and remember that it did.
@@ -46,22 +59,22 @@ class Deadline:
 
     def remaining(self) -> float:
         """Seconds left; negative once the deadline has passed."""
-        return self.at - self.clock.monotonic()
+        return self._at - self._clock.monotonic()
 
     def expired(self) -> bool:
         """Whether the deadline has passed."""
-        return self.clock.monotonic() >= self.at
+        return self._clock.monotonic() >= self._at
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Deadline):
             return NotImplemented
-        return (self.at, self.clock) == (other.at, other.clock)
+        return (self._at, self._clock) == (other._at, other._clock)
 
     def __hash__(self) -> int:
-        return hash((self.at, id(self.clock)))
+        return hash((self._at, id(self._clock)))
 
     def __repr__(self) -> str:
-        return f"Deadline(at={self.at!r}, remaining={self.remaining():.3f})"
+        return f"Deadline(at={self._at!r}, remaining={self.remaining():.3f})"
 
 
 _current: ContextVar[Deadline | None] = ContextVar("fournines_deadline", default=None)
@@ -102,8 +115,10 @@ def cancelled_by_deadline() -> bool:
 class deadline_after:
     """Context manager (sync and async) that sets a deadline ``seconds`` from entry.
 
-    ``seconds`` is >= 0: 0 is a deadline that has already passed, ``math.inf`` none
-    of its own; a negative or NaN duration raises ``ConfigurationError``.
+    ``seconds`` is >= 0: 0 is a deadline that has already passed; ``math.inf`` sets
+    none of its own (:func:`current_deadline` stays what it was outside, and the
+    scope yields a ``Deadline`` that never expires when there was none); a negative
+    or NaN duration raises ``ConfigurationError``.
     Nested scopes keep the earlier deadline. The scope does not interrupt code by
     itself: fournines policies inside it respect it (retries stop waiting,
     limiters and bulkheads give up, ``Timeout`` cancels async work).
@@ -129,6 +144,12 @@ class deadline_after:
         self._tokens: list[Token[Deadline | None]] = []
 
     def __enter__(self) -> Deadline:
+        if self._seconds == math.inf:
+            # No deadline of its own: the enclosing one (or none) stays current, so code
+            # inside never meets an infinite budget (a header, an int() of milliseconds).
+            outer = _current.get()
+            self._tokens.append(_current.set(outer))
+            return outer if outer is not None else Deadline(math.inf, self._clock)
         deadline, token = push_deadline(self._seconds, self._clock)
         self._tokens.append(token)
         return deadline

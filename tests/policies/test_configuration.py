@@ -18,6 +18,7 @@ from fournines import (
     Fallback,
     Gcra,
     KeyedLimiter,
+    Pipeline,
     SlidingWindow,
     StaleCache,
     Timeout,
@@ -140,6 +141,40 @@ def test_a_factory_returning_one_shared_limiter_is_refused() -> None:
     refused(lambda: KeyedLimiter(lambda: shared), "KeyedLimiter.factory")
 
 
+def test_a_keyed_limiter_without_key_cannot_decorate() -> None:
+    # Without key= every call through the decorator would raise: refuse it when decorating.
+    keyed = KeyedLimiter(lambda: TokenBucket(rate=1))
+
+    def load(user_id: int) -> int:
+        return user_id
+
+    async def aload(user_id: int) -> int:
+        return user_id
+
+    refused(lambda: keyed(load), "KeyedLimiter.key")
+    refused(lambda: keyed(aload), "KeyedLimiter.key")
+
+
+def test_a_pipeline_holding_a_keyed_limiter_without_key_refuses_before_running() -> None:
+    ran: list[int] = []
+    refused(lambda: Pipeline(KeyedLimiter(lambda: TokenBucket(rate=1)))(ran.append),
+            "KeyedLimiter.key")
+    assert ran == []
+
+
+@pytest.mark.parametrize("instance", [CircuitBreaker("b"), Pipeline(), Timeout(1.0)],
+                         ids=lambda p: type(p).__name__)
+def test_a_policy_instance_in_place_of_a_factory_is_refused(instance: object) -> None:
+    # A policy is callable (it decorates), so calling it as a factory failed with a
+    # TypeError from inside fournines.
+    refused(lambda: KeyedLimiter(instance), "KeyedLimiter.factory")  # type: ignore[arg-type]
+
+
+def test_a_factory_that_needs_arguments_is_refused() -> None:
+    error = refused(lambda: KeyedLimiter(TokenBucket), "KeyedLimiter.factory")  # type: ignore[arg-type]
+    assert "no arguments" in str(error)
+
+
 def test_a_key_that_is_not_callable_is_refused() -> None:
     refused(lambda: KeyedLimiter(lambda: TokenBucket(rate=1), key="ip"),  # type: ignore[arg-type]
             "KeyedLimiter.key")
@@ -178,6 +213,7 @@ def _all_settings() -> list[tuple[object, str]]:
         *((AimdConfig(), f) for f in ("min_limit", "max_limit")),
         *((Gradient2Config(), f) for f in ("min_limit", "max_limit")),
         *((FixedLimit(3), f) for f in ("limit",)),
+        *((Pipeline(timeout, fallback), f) for f in ("policies",)),
     ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -170,3 +171,30 @@ async def test_timeout_decorates_coroutine_functions() -> None:
 def test_timeout_rejects_non_positive_seconds() -> None:
     with pytest.raises(ConfigurationError, match=r"Timeout\.seconds must be > 0"):
         Timeout(0)
+
+
+def test_an_infinite_deadline_sets_none(clock: FakeClock) -> None:
+    # math.inf means "no deadline of its own": code inside sees none, so nothing below
+    # (an outgoing call's x-request-timeout-ms, a wait) has to handle an infinite budget.
+    with deadline_after(math.inf, clock=clock) as deadline:
+        assert current_deadline() is None
+        assert deadline.remaining() == math.inf
+    assert current_deadline() is None
+
+
+def test_an_infinite_deadline_keeps_the_enclosing_one(clock: FakeClock) -> None:
+    with deadline_after(2.0, clock=clock) as outer:
+        with deadline_after(math.inf, clock=clock) as inner:
+            assert inner is outer
+            assert current_deadline() is outer
+        assert current_deadline() is outer
+
+
+@pytest.mark.parametrize("field", ["at", "clock"])
+def test_a_deadline_cannot_be_moved(clock: FakeClock, field: str) -> None:
+    # Nested scopes share the outer Deadline object: moving it would move theirs too.
+    with deadline_after(2.0, clock=clock) as deadline:
+        before = getattr(deadline, field)
+        with pytest.raises(AttributeError):
+            setattr(deadline, field, before)
+        assert deadline.remaining() == 2.0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,32 @@ async def test_fallback_awaits_an_async_fn() -> None:
         return "default avatar"
 
     assert await Fallback(fn=default).acall(adown) == "default avatar"
+
+
+def test_an_async_fallback_fn_cannot_decorate_a_sync_function() -> None:
+    # Every fallback would fail (a sync call cannot await fn): refuse it when decorating.
+    async def default(exc: Exception) -> str:
+        return "default avatar"
+
+    with pytest.raises(ConfigurationError, match=r"Fallback\.fn\b"):
+        Fallback(fn=default)(down)
+    with pytest.raises(ConfigurationError, match=r"Fallback\.fn\b"):
+        Pipeline(Fallback(fn=default))(down)
+
+
+def test_an_async_fallback_fn_in_a_sync_call_leaves_no_coroutine_unawaited() -> None:
+    made: list[Coroutine[Any, Any, str]] = []
+
+    async def answer() -> str:
+        return "default avatar"
+
+    def default(exc: Exception) -> Coroutine[Any, Any, str]:
+        made.append(answer())
+        return made[-1]
+
+    with pytest.raises(ConfigurationError, match="use acall"):
+        Fallback(fn=default).call(down)
+    assert made[0].cr_frame is None  # closed, so never "was never awaited"
 
 
 def test_fallback_needs_exactly_one_of_value_and_fn() -> None:
@@ -286,3 +313,100 @@ async def test_a_pipeline_with_the_cache_outermost_keeps_two_functions_apart(
     with pytest.raises(Down):
         await pipeline.acall(user_email, 1)
     assert await pipeline.acall(user_name, 1) == "name-1"
+
+
+# -- lambdas and closures: what they capture is part of the default key ------------------
+
+
+def order_status(order: str) -> str:
+    if not ORDERS_UP[0]:
+        raise Down("orders down")
+    return f"{order}: paid"
+
+
+def order_refund(order: str) -> str:
+    if not ORDERS_UP[0]:
+        raise Down("orders down")
+    return f"{order}: refunded"
+
+
+ORDERS_UP = [True]
+
+
+@pytest.fixture
+def orders() -> list[bool]:
+    ORDERS_UP[0] = True
+    return ORDERS_UP
+
+
+def test_lambdas_over_different_arguments_are_told_apart(clock: FakeClock,
+                                                         orders: list[bool]) -> None:
+    # cache.call(lambda: fetch(order)) has no arguments of its own: the captured order is
+    # what tells order 2 from order 1.
+    cache: StaleCache[str] = StaleCache(clock=clock)
+
+    def status(order: str) -> str:  # a request handler: one lambda, built per request
+        return cache.call(lambda: order_status(order))
+
+    status("o-1")
+    orders[0] = False
+    with pytest.raises(Down):
+        status("o-2")
+    assert status("o-1") == "o-1: paid"
+
+
+def test_two_lambdas_without_captures_are_told_apart(clock: FakeClock,
+                                                     orders: list[bool]) -> None:
+    cache: StaleCache[str] = StaleCache(clock=clock)
+    cache.call(lambda: order_status("o-1"))
+    orders[0] = False
+    with pytest.raises(Down):
+        cache.call(lambda: order_refund("o-1"))
+
+
+def test_closures_of_one_factory_over_different_values_are_told_apart(
+    clock: FakeClock,
+) -> None:
+    users = Users()
+
+    def lookup(field: str) -> Callable[[int], str]:
+        def get(user_id: int) -> str:
+            users.check()
+            return f"{field}-{user_id}"
+        return get
+
+    cache: StaleCache[str] = StaleCache(clock=clock)
+    cache.call(lookup("name"), 1)
+    users.up = False
+    with pytest.raises(Down):
+        cache.call(lookup("email"), 1)
+    assert cache.call(lookup("name"), 1) == "name-1"  # a re-created closure: the same key
+
+
+def test_a_decorated_closure_reads_its_captures_at_each_call(clock: FakeClock,
+                                                             orders: list[bool]) -> None:
+    cache: StaleCache[str] = StaleCache(clock=clock)
+    order = "o-1"
+
+    @cache
+    def current() -> str:
+        return order_status(order)
+
+    current()
+    orders[0] = False
+    order = "o-2"
+    with pytest.raises(Down):
+        current()
+
+
+def test_a_closure_over_an_unhashable_value_is_still_served(clock: FakeClock,
+                                                            orders: list[bool]) -> None:
+    cache: StaleCache[str] = StaleCache(clock=clock)
+    query = {"order": "o-1"}
+
+    def fetch() -> str:
+        return order_status(query["order"])
+
+    assert cache.call(fetch) == "o-1: paid"
+    orders[0] = False
+    assert cache.call(fetch) == "o-1: paid"

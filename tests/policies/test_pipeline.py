@@ -121,9 +121,13 @@ def test_fallback_outermost_answers_an_open_breaker(clock: FakeClock) -> None:
 def test_stale_cache_in_a_pipeline_keys_by_the_callers_arguments(clock: FakeClock) -> None:
     breaker = CircuitBreaker(clock=clock)
     pipeline = Pipeline(StaleCache(clock=clock), breaker)
-    assert pipeline.call(lambda order: f"{order} paid", "o-1") == "o-1 paid"
+
+    def status(order: str) -> str:
+        return f"{order} paid"
+
+    assert pipeline.call(status, "o-1") == "o-1 paid"
     breaker.force_open()
-    assert pipeline.call(lambda order: "never", "o-1") == "o-1 paid"
+    assert pipeline.call(status, "o-1") == "o-1 paid"
 
 
 async def test_whole_async_stack_works_together() -> None:

@@ -404,6 +404,14 @@ async def test_a_key_function_must_return_a_str(shell, prefix):
         await shell.call(limiter, lambda user: user, "dave")
 
 
+async def test_an_explicit_key_must_be_a_str(shell, prefix):
+    # try_acquire(key=42) failed deep inside with "can only concatenate str (not int)".
+    limiter = shell.gcra(rate=SLOW, burst=1, prefix=prefix)
+    owner = shell.gcra_class.__name__
+    with pytest.raises(TypeError, match=rf"{owner}\.try_acquire/acquire key= must be a str"):
+        await shell.try_acquire(limiter, key=42)
+
+
 # --- the other shell --------------------------------------------------------------------
 
 
@@ -686,6 +694,9 @@ async def test_sliding_window_settings_are_read_only(shell, prefix):
         ({"reconnect_after": -1}, "reconnect_after"),
         ({"on_redis_error": "maybe"}, "on_redis_error"),
         ({"on_redis_error": "fail_open", "rescue": Gcra(rate=1)}, "rescue"),
+        # instances only divides the default rescue: it can never act otherwise
+        ({"on_redis_error": "fail_closed", "instances": 4}, "instances"),
+        ({"rescue": Gcra(rate=1), "instances": 4}, "instances"),
         ({"rescue": "gcra"}, "rescue"),
         ({"prefix": 1}, "prefix"),
         ({"key": None}, "key"),

@@ -26,6 +26,7 @@ from fournines import (
     CircuitBreaker,
     Fallback,
     Gcra,
+    Hedge,
     KeyedLimiter,
     Pipeline,
     Retry,
@@ -131,6 +132,24 @@ def cached(user_id: int) -> str:
     return f"user-{user_id}"
 
 
+@Hedge(delay=0.05)
+async def hedged(key: str) -> bytes:
+    return key.encode()
+
+
+per_user = KeyedLimiter(lambda: TokenBucket(rate=10), key=lambda user_id: user_id)
+
+
+@per_user
+async def keyed(user_id: int) -> float:
+    return user_id / 2
+
+
+@per_user
+def keyed_sync(user_id: int) -> float:
+    return user_id / 2
+
+
 
 
 async def plain(order_id: str) -> str:
@@ -156,6 +175,11 @@ async def decorated_signatures() -> None:
     assert_type(await timed(1), int)
     assert_type(await nickname(1), str)
     assert_type(cached(1), str)
+    assert_type(await hedged("k"), bytes)
+    assert_type(await Hedge(delay=0.05).acall(hedged, "k"), bytes)
+    assert_type(await keyed(1), float)
+    assert_type(keyed_sync(1), float)
+    assert_type(await per_user.acall(keyed, 1), float)
     # A decorated async def is a coroutine function, so it makes tasks.
     assert_type(await asyncio.create_task(fetch_status("42")), str)
     assert_type(await asyncio.gather(piped("a"), limited(1)), tuple[int, int])

@@ -325,6 +325,11 @@ class _RedisLimiter(Decorates, ABC):
                     f"{owner}.rescue must be a local rate limiter or a KeyedLimiter, "
                     f"got {rescue!r}"
                 )
+        if instances != 1 and (rescue is not None or on_redis_error != "local"):
+            raise ConfigurationError(
+                f"{owner}.instances ({instances}) only divides the default rescue limiter "
+                "(on_redis_error='local' without rescue=): here it could never act"
+            )
         self._algorithm = algorithm
         self._prefix = prefix
         self._name = name
@@ -461,6 +466,8 @@ class _RedisLimiter(Decorates, ABC):
                     f"key={self._key_fn!r} is a function of a protected call's arguments, "
                     "which only the policy shells (a Pipeline, a decorator) pass it"
                 )
+        elif type(key) is not str and not isinstance(key, str):
+            raise TypeError(f"{self._owner}.try_acquire/acquire key= must be a str, got {key!r}")
         return key, self._algorithm.argv(cost)
 
     def _redis_up(self) -> bool:

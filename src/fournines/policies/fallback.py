@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import CellType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from .._clock import Clock, system_clock
@@ -146,10 +147,22 @@ class Fallback(Decorates):
                 return self._value  # type: ignore[no-any-return]
             answer = self._fn(exc)
             if inspect.isawaitable(answer):
+                if inspect.iscoroutine(answer):
+                    answer.close()  # never awaited: close it rather than leave a warning
                 raise ConfigurationError(
                     f"Fallback {self.name!r}: fn is async; use acall for async calls"
                 ) from exc
             return answer  # type: ignore[no-any-return]
+
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """A closure that calls ``fn`` with the fallback; refused when ``fn=`` is async."""
+        if self._fn is not None and inspect.iscoroutinefunction(self._fn):
+            # A sync call cannot await the fallback: every fallback would fail.
+            raise ConfigurationError(
+                f"Fallback.fn ({self._fn!r}) is a coroutine function, which a sync function "
+                f"cannot await: decorate an async def, or give a sync fn"
+            )
+        return super().wrap(fn)
 
     async def acall(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
@@ -171,31 +184,54 @@ class Fallback(Decorates):
 
 
 _Identity = tuple[Hashable, ...]
+_Cells = tuple[CellType, ...] | None
 
 
-def _identity(fn: Callable[..., Any]) -> _Identity:
-    """What tells one function from another in a default cache key.
+def _identity(fn: Callable[..., Any]) -> tuple[_Identity, _Cells]:
+    """What tells one function from another in a default cache key, and its captures.
 
-    The module and qualified name of the user's function: decorators that set
-    ``__wrapped__`` (``functools.wraps``, every fournines policy) are seen through,
-    and a ``functools.partial`` adds its bound arguments. Names, not the function
-    object, so that a key outlives a re-created closure (the same code, the same
-    answers) and does not keep the function alive.
+    The module, qualified name and code of the user's function: decorators that
+    set ``__wrapped__`` (``functools.wraps``, every fournines policy) are seen
+    through, and a ``functools.partial`` adds its bound arguments. Names and
+    code, not the function object, so that a key outlives a re-created closure.
+    The code tells apart functions of one name (every lambda is ``<lambda>``).
+    What a closure captures is not here: it may be rebound between calls, so
+    :func:`_captured` reads the returned cells at each call.
     """
     fn = inspect.unwrap(fn)
     if isinstance(fn, functools.partial):
-        return (*_identity(fn.func), fn.args, tuple(sorted(fn.keywords.items())))
+        ident, cells = _identity(fn.func)
+        return (*ident, fn.args, tuple(sorted(fn.keywords.items()))), cells
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return (getattr(fn, "__module__", None), qualname)
+    ident = (getattr(fn, "__module__", None), qualname, getattr(fn, "__code__", None))
+    return ident, getattr(fn, "__closure__", None) or None
+
+
+def _captured(fn: Callable[..., Any], cells: tuple[CellType, ...]) -> Hashable:
+    """What a closure captures now: ``lambda: fetch(order)`` answers per ``order``.
+
+    A capture that cannot be hashed (a dict, an unset cell) makes the function
+    object itself the key: never another function's answer, at the price of no
+    answer for a re-created closure.
+    """
+    try:
+        values = tuple([cell.cell_contents for cell in cells])
+        hash(values)
+    except (TypeError, ValueError):
+        return fn
+    return values
 
 
 class StaleCache(Decorates, Generic[R]):
     """Serve the last good result for a key, up to ``max_age`` seconds old, on failure.
 
-    The default key is the function (its module and qualified name, seen through
-    decorators) and the call's arguments, so one cache may serve several
-    functions: ``user_email(1)`` never gets ``user_name(1)``'s answer. Bound
-    methods of different instances share a name; tell them apart with ``key``.
+    The default key is the function (its module, qualified name and code, seen
+    through decorators), what it captures (read at each call, so
+    ``cache.call(lambda: fetch(order))`` answers per ``order``) and the call's
+    arguments, so one cache may serve several functions: ``user_email(1)`` never
+    gets ``user_name(1)``'s answer. A closure over something unhashable (a dict)
+    is keyed by the function object instead. Bound methods of different
+    instances share a name; tell them apart with ``key``.
     ``key(*args, **kwargs)`` replaces the whole default key: the function is then
     not part of it, so functions that return the same resource may share answers
     on purpose. At most ``max_keys`` results are kept, least recently refreshed
@@ -235,7 +271,7 @@ class StaleCache(Decorates, Generic[R]):
         self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
         # The identity of the function last passed to call()/acall(), reused while the
         # same function is called again (one entry: throwaway lambdas cannot grow it).
-        self._last: tuple[object, _Identity] = (None, ())
+        self._last: tuple[object, tuple[_Identity, _Cells]] = (None, ((), None))
 
     @property
     def max_age(self) -> float:
@@ -258,13 +294,16 @@ class StaleCache(Decorates, Generic[R]):
     def __repr__(self) -> str:
         return f"StaleCache(name={self._name!r}, max_age={self._max_age!r}, size={len(self)})"
 
-    def _key_of(self, ident: _Identity, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Hashable:
+    def _key_of(self, fn: Callable[..., Any], ident: tuple[_Identity, _Cells],
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         if self._key is not None:
             return self._key(*args, **kwargs)
-        return (ident, args, tuple(sorted(kwargs.items()))) if kwargs else (ident, args)
+        name, cells = ident
+        if cells is not None:
+            name = (*name, _captured(fn, cells))
+        return (name, args, tuple(sorted(kwargs.items()))) if kwargs else (name, args)
 
-    def _identity_of(self, fn: Callable[..., Any]) -> _Identity:
+    def _identity_of(self, fn: Callable[..., Any]) -> tuple[_Identity, _Cells]:
         last_fn, ident = self._last
         if last_fn is not fn:
             ident = _identity(fn)
@@ -308,9 +347,9 @@ class StaleCache(Decorates, Generic[R]):
         _degraded(self._listeners, self._name, error, age)
         return entry[1]
 
-    def _run(self, fn: Callable[..., Any], ident: _Identity, args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> Any:
-        key = self._key_of(ident, args, kwargs)
+    def _run(self, fn: Callable[..., Any], ident: tuple[_Identity, _Cells],
+             args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = self._key_of(fn, ident, args, kwargs)
         try:
             result = fn(*args, **kwargs)
         except Exception as exc:
@@ -320,9 +359,9 @@ class StaleCache(Decorates, Generic[R]):
         self.store(key, result)
         return result
 
-    async def _arun(self, fn: Callable[..., Awaitable[Any]], ident: _Identity,
+    async def _arun(self, fn: Callable[..., Awaitable[Any]], ident: tuple[_Identity, _Cells],
                     args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        key = self._key_of(ident, args, kwargs)
+        key = self._key_of(fn, ident, args, kwargs)
         try:
             result = await fn(*args, **kwargs)
         except Exception as exc:

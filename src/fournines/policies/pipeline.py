@@ -51,7 +51,7 @@ def _awaiting(fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, 
 class Pipeline:
     """Compose policies; the first given is the outermost."""
 
-    __slots__ = ("_last_async", "_last_sync", "policies")
+    __slots__ = ("_last_async", "_last_sync", "_policies")
 
     def __init__(self, *policies: Policy) -> None:
         for i, policy in enumerate(policies):
@@ -60,15 +60,20 @@ class Pipeline:
                 raise ConfigurationError(
                     f"Pipeline.policies[{i}] must have call() and acall(), got {policy!r}"
                 )
-        self.policies = policies
+        self._policies = policies
         # The chain built for the last function called, reused while the same function
         # is called again (the usual case). One entry only, so a stream of throwaway
         # lambdas cannot grow it.
         self._last_sync: tuple[object, Callable[..., Any]] = (None, _never)
         self._last_async: tuple[object, Callable[..., Any]] = (None, _never)
 
+    @property
+    def policies(self) -> tuple[Policy, ...]:
+        """The policies, outermost first (read-only: the chains built from them are reused)."""
+        return self._policies
+
     def __repr__(self) -> str:
-        return f"Pipeline({', '.join(map(repr, self.policies))})"
+        return f"Pipeline({', '.join(map(repr, self._policies))})"
 
     def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
         """``fn`` wrapped in every policy's closure, from the inside out.
@@ -76,18 +81,18 @@ class Pipeline:
         Each closure carries ``fn``'s name, module, docstring and ``__wrapped__``.
         """
         chain = fn
-        for policy in reversed(self.policies):
+        for policy in reversed(self._policies):
             chain = wrap_with(policy, chain)
         return chain
 
     def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         """Coroutine function ``fn`` wrapped in every policy's async closure."""
-        if not self.policies:
+        if not self._policies:
             if inspect.iscoroutinefunction(fn):
                 return fn
             return named_after(_awaiting(fn), fn)
         chain: Callable[P, Awaitable[T]] = fn
-        for policy in reversed(self.policies):
+        for policy in reversed(self._policies):
             chain = awrap_with(policy, chain)
         return chain  # type: ignore[return-value]
 

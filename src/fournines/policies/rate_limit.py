@@ -17,6 +17,7 @@ clock. ``KeyedLimiter`` keeps one limiter per key with bounded memory.
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from abc import ABC, abstractmethod
@@ -455,6 +456,17 @@ class SlidingWindow(_Limiter):
         )
 
 
+def _takes_arguments(factory: Callable[..., Any]) -> bool:
+    """Whether ``factory()`` fails for want of arguments (not a TypeError from its body)."""
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        return True
+    except ValueError:  # no signature to read (some builtins): cannot tell
+        return False
+    return False
+
+
 class KeyedLimiter(Decorates):
     """One limiter per key (client, route, tenant), with bounded memory.
 
@@ -490,7 +502,22 @@ class KeyedLimiter(Decorates):
                 "KeyedLimiter.factory must be a callable returning a new limiter for each "
                 f"key, such as lambda: TokenBucket(...), got {shown}"
             )
-        first, second = factory(), factory()
+        if not isinstance(factory, type) and (callable(getattr(factory, "call", None))
+                                              or callable(getattr(factory, "try_acquire", None))):
+            # A policy decorates when called, so it is callable, but it is no factory.
+            raise ConfigurationError(
+                "KeyedLimiter.factory must be a callable returning a new limiter for each "
+                f"key, such as lambda: TokenBucket(...), got {type(factory).__name__}(...)"
+            )
+        try:
+            first, second = factory(), factory()
+        except TypeError as exc:
+            if _takes_arguments(factory):
+                raise ConfigurationError(
+                    "KeyedLimiter.factory must be callable with no arguments, such as "
+                    f"lambda: TokenBucket(...), got {factory!r} ({exc})"
+                ) from exc
+            raise
         if not isinstance(first, _Limiter):
             raise ConfigurationError(
                 "KeyedLimiter.factory must return a local rate limiter (TokenBucket, Gcra, "
@@ -571,11 +598,26 @@ class KeyedLimiter(Decorates):
     def _key_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable:
         key = self._key
         if key is None:
-            raise ConfigurationError(
-                "KeyedLimiter.key is not set: pass key=lambda *args, **kwargs: ... (the key "
-                "of a call) to use a KeyedLimiter as a policy (call, acall, Pipeline, @)"
-            )
+            raise self._unkeyed()
         return key(*args, **kwargs)
+
+    def _unkeyed(self) -> ConfigurationError:
+        return ConfigurationError(
+            "KeyedLimiter.key is not set: pass key=lambda *args, **kwargs: ... (the key "
+            "of a call) to use a KeyedLimiter as a policy (call, acall, Pipeline, @)"
+        )
+
+    def wrap(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """A closure that runs ``fn`` under its key's limiter; refused without ``key``."""
+        if self._key is None:  # every call would raise: say so when decorating
+            raise self._unkeyed()
+        return super().wrap(fn)
+
+    def awrap(self, fn: Callable[P, Awaitable[T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+        """A coroutine function awaiting ``fn`` under its key's limiter; refused without ``key``."""
+        if self._key is None:
+            raise self._unkeyed()
+        return super().awrap(fn)
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` once its key's limiter has a unit (waiting up to its ``max_wait``)."""
