@@ -115,6 +115,21 @@ def test_a_chaos_proxy_usage_error_prints_the_proxy_usage(
     assert "--port must be between 0 and 65535, got 99999" in err
 
 
+@pytest.mark.parametrize(("argv", "prog"), [
+    (["lab", "--bogus"], "fournines lab"),
+    (["slo", "check", "spec.yml", "--bogus"], "fournines slo check"),
+    (["chaos", "proxy", "--bogus"], "fournines chaos proxy"),
+])
+def test_an_unknown_flag_is_named_with_the_subcommands_usage(
+        argv: list[str], prog: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog} ")
+    assert f"{prog}: error: unrecognized arguments: --bogus" in err
+
+
 def test_chaos_without_a_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["chaos"])

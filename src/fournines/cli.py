@@ -36,7 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for area in (lab_cli, slo_cli, chaos_cli):
         area.register(sub)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the subcommand's own parser, with its usage (not the top-level one)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         status: int = args.run(args, args.command_parser)
     except KeyboardInterrupt:  # Ctrl-C is an answer, not a crash: no traceback
