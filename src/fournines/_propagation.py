@@ -23,6 +23,7 @@ sees at most ``(1 + ratio) x requests + floor`` of the one retrying layer.
 
 from __future__ import annotations
 
+import math
 import re
 from contextvars import ContextVar, Token
 
@@ -115,5 +116,11 @@ def parse_grpc_timeout(value: str | bytes) -> float | None:
 
 
 def format_timeout_ms(seconds: float) -> str:
-    """The ``x-request-timeout-ms`` value for ``seconds`` left (never negative)."""
+    """The ``x-request-timeout-ms`` value for ``seconds`` left (never negative).
+
+    An unbounded budget has no header value: callers send none (``math.inf`` means
+    "no deadline"), so a non-finite one is a programming error, named.
+    """
+    if seconds != seconds or seconds in (math.inf, -math.inf):
+        raise ValueError(f"format_timeout_ms.seconds must be finite, got {seconds!r}")
     return str(max(0, int(seconds * 1000)))

@@ -96,6 +96,12 @@ def test_a_brace_that_is_not_a_whole_segment_is_refused(path: str) -> None:
         AsyncResilientTransport(per_route={("GET", path): ClientPolicy()})
 
 
+@pytest.mark.parametrize("path", ["/a/*/b", "/*/status", "/a*b"])
+def test_a_star_that_does_not_end_the_pattern_is_refused(path: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"per_route key .*'\*' may only end"):
+        AsyncResilientTransport(per_route={("GET", path): ClientPolicy()})
+
+
 async def test_a_template_fallback_serves_each_order_its_own_stale_answer(
         shell: Shell, host_a: str) -> None:
     recorder = RecordingListener()

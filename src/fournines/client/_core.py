@@ -247,6 +247,11 @@ class RouteTable(Generic[V]):
                     f"path, a template like '/payments/{{id}}/status' or a prefix like "
                     f"'/static/*')"
                 )
+            if "*" in pattern[:-1]:
+                raise ConfigurationError(
+                    f"{owner}.{field} key {key!r}: '*' may only end a prefix pattern "
+                    f"('/static/*'); use '{{name}}' for one segment"
+                )
             if pattern.endswith("*"):
                 prefixes.append((method, pattern[:-1], value))
                 continue
