@@ -101,12 +101,13 @@ async def test_a_host_with_a_request_in_flight_is_never_evicted(
 async def test_when_every_kept_host_is_busy_a_new_host_shares_the_overflow_policies(
         shell: Shell, host_a: str, others: list[str]) -> None:
     events = RecordingListener()
-    client, _ = shell.client(config=ONCE, max_hosts=1, clock=FakeClock(),
-                             listeners=[events])
+    client, transport = shell.client(config=ONCE, max_hosts=1, clock=FakeClock(),
+                                     listeners=[events])
     async with client.held(host_a + "/x"):
         await call_all(client, others[:2])
         assert [(e.kind, e.name) for e in events.of(HostEvicted)] == [
             ("overflow", others[0]), ("overflow", others[1])]
+        assert transport.policies_for(others[0]).name == "_other"
     events.clear()
     await call_all(client, others[:1])
 

@@ -618,7 +618,12 @@ class TransportCore:
         policies = registry.get(key)
         if policies is not None:
             if len(registry) > 1:
-                registry.move_to_end(key)
+                try:  # noqa: SIM105 - suppress() would cost a context manager per call
+                    registry.move_to_end(key)
+                except KeyError:
+                    # Evicted by another thread meanwhile (it was idle): this request
+                    # still runs under the policies it found.
+                    pass
             return policies
         with self._registry_lock:
             return self._add(key, origin, method, pattern, config)

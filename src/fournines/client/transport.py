@@ -6,10 +6,13 @@ the transport changes::
     client = httpx.AsyncClient(transport=AsyncResilientTransport())
     client = httpx.Client(transport=ResilientTransport())
 
-Each origin (``scheme://host:port``) gets its own circuit breaker, retry budget
-and optional bulkhead, created on first use from one :class:`ClientPolicy` and
-kept in a bounded LRU registry, so one failing host never opens another host's
-breaker. Per attempt the transport:
+Each origin (``scheme://host:port``), or each group a ``host_key`` names, gets its
+own circuit breaker, retry budget and optional bulkhead, created on first use from
+one :class:`ClientPolicy` and kept in a registry of at most ``max_hosts``, so one
+failing host never opens another host's breaker. Room is made by evicting an idle
+host whose breaker is closed; a host with a request in flight or an open breaker
+stays, and when none can go a new host shares the overflow policies ``_other``
+(each case sends :class:`~fournines.client.HostEvicted`). Per attempt the transport:
 
 1. refuses at once with a :class:`~fournines.DeadlineExceededError` when the
    current deadline is spent (the network is not touched);
