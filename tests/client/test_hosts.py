@@ -6,6 +6,7 @@ goes through the network like any other.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +21,7 @@ from fournines.client import AsyncResilientTransport, ClientPolicy, HostEvicted
 from fournines.instrumentation.prometheus import PrometheusListener
 from fournines.testing import FakeClock, RecordingListener
 
+from .._servers import free_port
 from ._helpers import control, seen
 from ._shells import Shell
 
@@ -188,3 +190,34 @@ async def test_host_key_must_return_a_string(shell: Shell, host_a: str) -> None:
     client, _ = shell.client(host_key=lambda request: 42)
     with pytest.raises(ConfigurationError, match=r"host_key must return a str or None, got 42"):
         await client.get(host_a + "/x")
+
+
+async def test_concurrent_calls_over_more_hosts_than_max_hosts_leave_none_counted_in_flight(
+        shell: Shell, host_a: str, host_b: str, others: list[str]) -> None:
+    events = RecordingListener()
+    client, _ = shell.client(config=ONCE, max_hosts=3, clock=FakeClock(), listeners=[events])
+    # The sync shell's calls run in threads: the counts must survive real concurrency.
+    calls = [client.get(others[i % 6] + "/x") for i in range(60)]
+    assert {r.status_code for r in await asyncio.gather(*calls)} == {200}
+    events.clear()
+    await call_all(client, [host_a, host_b, others[6]])
+
+    # Had any host been left counted busy, a new host would have overflowed instead.
+    assert [e.kind for e in events.of(HostEvicted)] == ["evicted"] * 3
+
+
+async def test_a_host_whose_requests_failed_is_idle_again_once_they_end(
+        shell: Shell, host_a: str, others: list[str]) -> None:
+    events = RecordingListener()
+    policy = ClientPolicy(attempts=2, trip=ConsecutiveFailures(threshold=100))
+    client, _ = shell.client(config=policy, max_hosts=1, clock=FakeClock(), listeners=[events])
+    control(host_a, mode="fail", status=503)
+    assert (await client.get(host_a + "/x")).status_code == 503  # retried, then answered
+    await call_all(client, others[:1])
+    refused = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(httpx.ConnectError):
+        await client.get(refused + "/x")  # retried, then raised
+    await call_all(client, others[1:2])
+
+    assert [(e.kind, e.name) for e in events.of(HostEvicted)] == [
+        ("evicted", host_a), ("evicted", others[0]), ("evicted", refused)]
