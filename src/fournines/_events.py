@@ -26,6 +26,7 @@ __all__ = [
     "Event",
     "FallbackUsed",
     "FaultInjected",
+    "HostEvicted",
     "Listener",
     "MalformedHeader",
     "RetriesExhausted",
@@ -159,6 +160,20 @@ class ClientRequestFinished(Event):
     status_code: int | None
     duration: float
     error_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostEvicted(Event):
+    """A client transport had no room to keep the policies of one more host.
+
+    ``kind`` ``"evicted"``: the policies of host ``name`` (idle, breaker closed) were
+    dropped for a new host's. ``"overflow"``: every kept host looked at was busy or
+    open, so a request to host ``name`` used the shared ``_other`` policies. Either,
+    often, means ``max_hosts`` is too small for the hosts in use (or ``host_key``
+    should group them).
+    """
+
+    kind: str
 
 
 Listener = Callable[[Event], object]

@@ -19,7 +19,12 @@ both catch a spent deadline (:class:`TransportDeadlineExceededError`).
 """
 
 from .._errors import NoEndpointsError
-from .._events import ClientRequestFinished, ClientRequestStarted, EndpointEjected
+from .._events import (
+    ClientRequestFinished,
+    ClientRequestStarted,
+    EndpointEjected,
+    HostEvicted,
+)
 from ._errors import (
     TransportBulkheadFullError,
     TransportCircuitOpenError,
@@ -45,6 +50,7 @@ from .transport import (
     AsyncResilientTransport,
     ClientPolicy,
     FallbackHook,
+    HostKey,
     ResilientTransport,
     parse_retry_after,
 )
@@ -63,6 +69,8 @@ __all__ = [
     "EndpointEjected",
     "EndpointSource",
     "FallbackHook",
+    "HostEvicted",
+    "HostKey",
     "NoEndpointsError",
     "OutlierEjection",
     "P2CBalancer",

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
+import itertools
 import random
+import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from .._events import (
     ClientRequestStarted,
     DeadlineExceeded,
     FallbackUsed,
+    HostEvicted,
     Listener,
     dispatch,
     global_listeners,
@@ -52,6 +55,7 @@ from ..policies.circuit_breaker import (
     CircuitBreaker,
     ConsecutiveFailures,
     FailureRate,
+    State,
 )
 from ..policies.fallback import StaleCache
 from ..policies.retry import RetryPlanner
@@ -302,12 +306,22 @@ def _is_parameter(segment: str) -> bool:
 class _HostPolicies:
     """The policies of one host (or route): created once, reused by every request."""
 
-    __slots__ = ("breaker", "budget", "bulkhead", "config", "latencies", "name", "retry")
+    __slots__ = ("breaker", "budget", "bulkhead", "config", "ends", "failed_at", "label",
+                 "latencies", "name", "retry", "starts")
 
     def __init__(self, name: str, config: ClientPolicy, budget: RetryBudget | None,
-                 clock: Clock, listeners: Sequence[Listener], rng: random.Random) -> None:
+                 clock: Clock, listeners: Sequence[Listener], rng: random.Random,
+                 label: str = "") -> None:
         self.name = name
         self.config = config
+        # The ``host`` label of the client metrics (bounded: see TransportCore._label).
+        self.label = label or name
+        # Requests begun and ended (an answer's body closed): next() on a count is one C
+        # call, so threads of the sync transport never lose one (``+= 1`` could).
+        self.starts = itertools.count()
+        self.ends = itertools.count()
+        # When the transport last counted a failure of this host (evicted after clean ones).
+        self.failed_at = -1e18
         self.breaker = CircuitBreaker(
             name, trip=config.trip, reset_timeout=config.reset_timeout,
             half_open_probes=config.half_open_probes, clock=clock, listeners=listeners,
@@ -331,6 +345,26 @@ class _HostPolicies:
             None if config.hedge_quantile is None else deque(maxlen=_HEDGE_SAMPLES)
         )
 
+    def busy(self) -> bool:
+        """Whether a request to this host is in flight (its body not yet closed).
+
+        Reading a count moves it on by one: both move, so the difference stays. Ends
+        are read first, so a request that ends meanwhile is still counted (never less
+        than the truth: a busy host is never taken for an idle one).
+        """
+        ended = next(self.ends)
+        return next(self.starts) > ended
+
+    def evictable(self, now: float) -> int:
+        """0: keep (busy, open or forced); 1: may go; 2: should go first (no recent failure)."""
+        if self.busy():
+            return 0
+        state = self.breaker.state
+        if state is State.CLOSED:
+            return 1 if now - self.failed_at < self.config.reset_timeout else 2
+        # Half-open and idle: nobody has probed it for a while; kept after clean hosts.
+        return 1 if state is State.HALF_OPEN else 0
+
     def hedge_delay(self) -> float:
         """Seconds to wait for an attempt's headers before sending a hedge."""
         config = self.config
@@ -346,6 +380,18 @@ class _HostPolicies:
 
 _HEDGE_SAMPLES = 100
 _HEDGE_MIN_SAMPLES = 20
+
+# How many of the least recently used hosts a new host may look at to make room.
+_EVICTION_SCAN = 16
+# The name and ``host`` label of what no kept host has: the overflow, unlabelled hosts.
+_OTHER = "_other"
+
+HostKey = Callable[[httpx.Request], str | None]
+"""``host_key(request) -> key``: requests with one key share one set of policies.
+
+Return a service or origin group name (``"payments"``), or ``None`` for the request's
+origin.
+"""
 
 def _origin(url: httpx.URL) -> str:
     port = url.port
@@ -431,10 +477,13 @@ def _method_label(method: str) -> str:
 class _Observation:
     """What is measured of one request: start time, and its span when tracing."""
 
-    __slots__ = ("announced", "host", "span", "start", "token")
+    __slots__ = ("announced", "host", "hp", "span", "start", "token")
 
-    def __init__(self, host: str, start: float, span: Any, token: Any, announced: bool) -> None:
-        self.host = host
+    def __init__(self, hp: _HostPolicies, start: float, span: Any, token: Any,
+                 announced: bool) -> None:
+        # Looked up once per request: a host in the overflow is reported once.
+        self.hp = hp
+        self.host = hp.label
         self.start = start
         self.span = span
         self.token = token
@@ -462,6 +511,7 @@ class TransportCore:
         tracing: bool,
         tracer_provider: Any,
         max_stale_bytes: int,
+        host_key: HostKey | None = None,
     ) -> None:
         owner = self._owner
         if config is not None and not isinstance(config, ClientPolicy):
@@ -502,6 +552,11 @@ class TransportCore:
                     f"got {hook!r}"
                 )
         check_number(owner, "max_hosts", max_hosts, minimum=1, integer=True)
+        if host_key is not None and not callable(host_key):
+            raise ConfigurationError(
+                f"{owner}.host_key must be a callable taking a request and returning a "
+                f"str (or None for the request's origin), got {host_key!r}"
+            )
         check_number(owner, "max_stale_bytes", max_stale_bytes, minimum=0, integer=True)
         self._config = config or ClientPolicy()
         # Keys are matched the way requests are seen: upper-case method, full origin.
@@ -514,6 +569,13 @@ class TransportCore:
         self._max_stale_bytes = max_stale_bytes
         self._rng = rng or random.Random()
         self._registry: OrderedDict[object, _HostPolicies] = OrderedDict()
+        self._host_key = host_key
+        # Taken only when a host is not in the registry: the hit path stays lock-free.
+        self._registry_lock = threading.Lock()
+        # The shared policies of hosts that found every kept host busy or open.
+        self._overflow: dict[object, _HostPolicies] = {}
+        # Host labels handed out; at most max_hosts, then "_other" (see _label).
+        self._labels: set[str] = set()
         self._tracer: ClientTracer | None = None
         if tracing or tracer_provider is not None:
             from ._tracing import ClientTracer  # noqa: PLC0415 - OpenTelemetry is optional
@@ -526,9 +588,28 @@ class TransportCore:
     # -- the registry ----------------------------------------------------------------
 
     def policies_for(self, url: httpx.URL | str, method: str = "GET") -> _HostPolicies:
-        """The policies that protect a request to ``url`` (created on first use)."""
+        """The policies that protect a request to ``url`` (created on first use).
+
+        With ``host_key``, the key is taken from a GET (or ``method``) request to ``url``.
+        """
         url = httpx.URL(url) if isinstance(url, str) else url
-        origin = _origin(url)
+        if self._host_key is not None:
+            return self._policies(httpx.Request(method, url))
+        return self._lookup(_origin(url), url, method)
+
+    def _policies(self, request: httpx.Request) -> _HostPolicies:
+        """The policies of ``request``: its ``host_key`` group, else its origin."""
+        url = request.url
+        group = None
+        if self._host_key is not None:
+            group = self._host_key(request)
+            if group is not None and not isinstance(group, str):
+                raise ConfigurationError(
+                    f"{self._owner}.host_key must return a str or None, got {group!r}"
+                )
+        return self._lookup(_origin(url) if group is None else group, url, request.method)
+
+    def _lookup(self, origin: str, url: httpx.URL, method: str) -> _HostPolicies:
         key: object = origin
         config: ClientPolicy | None = None
         pattern = ""
@@ -542,27 +623,111 @@ class TransportCore:
         policies = registry.get(key)
         if policies is not None:
             if len(registry) > 1:
-                registry.move_to_end(key)
+                try:  # noqa: SIM105 - suppress() would cost a context manager per call
+                    registry.move_to_end(key)
+                except KeyError:
+                    # Evicted by another thread meanwhile (it was idle): this request
+                    # still runs under the policies it found.
+                    pass
             return policies
+        with self._registry_lock:
+            return self._add(key, origin, method, pattern, config)
+
+    def _add(self, key: object, origin: str, method: str, pattern: str,
+             config: ClientPolicy | None) -> _HostPolicies:
+        """Keep new policies for ``key`` (lock held), or share the overflow's.
+
+        Room is made by evicting an idle host whose breaker is closed, one without a
+        recent failure first; a host with a request in flight (its bulkhead and
+        permits live on) or with an open breaker (exactly the state worth keeping)
+        never goes. When none of the least recently used can go, the new host
+        shares the overflow policies (named ``_other``) instead: a flood of new
+        hosts never resets the state of the hosts in use.
+        """
+        registry = self._registry
+        policies = registry.get(key)
+        if policies is not None:
+            return policies
+        pinned = config is None and origin in self._hosts
         if config is None:
             config = self._hosts.get(origin, self._config)
+        if len(registry) >= self._max_hosts and not pinned:
+            victim = self._evict()
+            if victim is None:
+                return self._overflowing(key, origin, method, pattern, config)
+            self._report(victim.name, "evicted")
         name = origin if isinstance(key, str) else f"{method} {origin}{pattern}"
         policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners,
-                                 self._rng)
+                                 self._rng, self._label(origin))
         registry[key] = policies
-        if len(registry) > self._max_hosts:
-            registry.popitem(last=False)
         return policies
+
+    def _evict(self) -> _HostPolicies | None:
+        """Drop (and return) the policies of one evictable host among the oldest, if any.
+
+        Looks at no more than ``_EVICTION_SCAN`` hosts, so a registry full of busy or
+        open hosts costs a new host microseconds, not a walk of every host; those
+        looked at and kept move to the recent end, so the next scan sees others.
+        """
+        registry = self._registry
+        now = self._clock.monotonic()
+        second: object = None
+        for _ in range(min(_EVICTION_SCAN, len(registry))):
+            key = next(iter(registry))
+            rank = registry[key].evictable(now)
+            if rank == 2:
+                return registry.pop(key)
+            if rank == 1 and second is None:
+                second = key
+            registry.move_to_end(key)
+        return None if second is None else registry.pop(second)
+
+    def _overflowing(self, key: object, origin: str, method: str, pattern: str,
+                     config: ClientPolicy) -> _HostPolicies:
+        shared_key = _OTHER if isinstance(key, str) else (_OTHER, method, pattern)
+        policies = self._overflow.get(shared_key)
+        if policies is None:
+            name = _OTHER if isinstance(key, str) else f"{method} {_OTHER}{pattern}"
+            policies = _HostPolicies(name, config, self._budget, self._clock, self._listeners,
+                                     self._rng, _OTHER)
+            self._overflow[shared_key] = policies
+        self._report(origin, "overflow")
+        return policies
+
+    def _report(self, name: str, kind: str) -> None:
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, HostEvicted(policy="client", name=name, kind=kind))
+
+    def _label(self, origin: str) -> str:
+        """The ``host`` label of ``origin``: itself for the first ``max_hosts``, then ``_other``.
+
+        Hosts come and go (evicted, called again); their labels stay, so the series
+        of a metrics backend, and a listener's cache of them, stay bounded however
+        many hosts a hostile or busy caller makes the transport see.
+        """
+        labels = self._labels
+        if origin in labels:
+            return origin
+        if len(labels) < self._max_hosts or origin in self._hosts:
+            labels.add(origin)
+            return origin
+        return _OTHER
 
     # -- one request: admission and outcomes -------------------------------------------
 
-    def _begin(self, request: httpx.Request) -> _Call:
-        """Start a request: fail at once when no time is left, else count it in the budget."""
+    def _begin(self, request: httpx.Request, hp: _HostPolicies | None = None) -> _Call:
+        """Start a request: fail at once when no time is left, else count it in the budget.
+
+        ``hp``: the request's policies when already looked up (by the observation).
+        """
         deadline = current_deadline()
-        hp = self.policies_for(request.url, request.method)
+        if hp is None:
+            hp = self._policies(request)
         if deadline is not None and deadline.remaining() <= 0:
             raise self._expired(hp, deadline)
         cfg = hp.config
+        # In flight from here until the shell calls _ended or the answer's body closes.
+        next(hp.starts)
         hp.budget.deposit()
         idempotent = request.method in IDEMPOTENT_METHODS or "idempotency-key" in request.headers
         # A body from an iterator or generator can be sent once: a retry or a hedge would
@@ -614,6 +779,7 @@ class TransportCore:
         # the deadline ended it, it says nothing about the host.
         if isinstance(error, _FAILURES) and not isinstance(exc, httpx.PoolTimeout):
             permit.failure(error)
+            hp.failed_at = self._clock.monotonic()
         else:
             permit.release()
         call.last = None  # the last outcome is this error, not an older response
@@ -633,9 +799,10 @@ class TransportCore:
         settle when its body is complete: a body cut mid-response is a failure.
         """
         status = response.status_code
+        hp = call.hp
         if status >= 500:
             permit.failure()
-        hp = call.hp
+            hp.failed_at = self._clock.monotonic()
         if status not in hp.config.retry_statuses:
             return None
         if status < 500:
@@ -686,6 +853,11 @@ class TransportCore:
         return planned
 
     @staticmethod
+    def _ended(call: _Call) -> None:
+        """The request is over without an answer whose body is still open."""
+        next(call.hp.ends)
+
+    @staticmethod
     def _abandoned(permit: BreakerPermit, slot: BulkheadPermit | None) -> None:
         """Give back what a cancelled (or interrupted) attempt held.
 
@@ -709,7 +881,7 @@ class TransportCore:
             # Not a half-open probe's: a long body must not hold the only probe.
             if permit.probe:
                 permit.success()
-            _hold(response, slot, permit)
+            _hold(response, slot, permit, call.hp)  # the body ends the request
             return None
         _hold(response, slot, None)
         return planned
@@ -824,7 +996,9 @@ class TransportCore:
         return self._tracer is not None or bool(self._listeners) or bool(global_listeners())
 
     def _observe_start(self, request: httpx.Request) -> _Observation:
-        host = _origin(request.url)
+        # The label of the request's policies: bounded, "_other" for the overflow.
+        hp = self._policies(request)
+        host = hp.label
         announced = bool(self._listeners or global_listeners())
         if announced:
             dispatch(self._listeners, ClientRequestStarted(
@@ -837,7 +1011,7 @@ class TransportCore:
                 span, token = tracer.start(request)
             except Exception:
                 tracer.failed("start")
-        return _Observation(host, self._clock.monotonic(), span, token, announced)
+        return _Observation(hp, self._clock.monotonic(), span, token, announced)
 
     def _observe_end(self, obs: _Observation, request: httpx.Request,
                      response: httpx.Response | None, error: BaseException | None) -> None:
@@ -864,13 +1038,15 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     failure although its headers were fine; a complete or closed body a success.
     """
 
-    __slots__ = ("_outcome", "_permit", "_stream")
+    __slots__ = ("_hp", "_outcome", "_permit", "_stream")
 
     def __init__(self, stream: Any, permit: BulkheadPermit | None,
-                 outcome: BreakerPermit | None = None) -> None:
+                 outcome: BreakerPermit | None = None, hp: _HostPolicies | None = None) -> None:
         self._stream = stream
         self._permit = permit
         self._outcome = outcome
+        # With ``hp``, closing the body ends the request (its host may be evicted after).
+        self._hp = hp
 
     def _cut(self, exc: BaseException) -> None:
         if self._outcome is not None:
@@ -881,6 +1057,10 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             self._outcome.success()  # ignored when the body already failed
         if self._permit is not None:
             self._permit.release()
+        hp = self._hp
+        if hp is not None:
+            self._hp = None  # closed twice, counted once
+            next(hp.ends)
 
     def __iter__(self) -> Iterator[bytes]:
         try:
@@ -951,8 +1131,11 @@ def resumed(response: httpx.Response, head: list[bytes], rest: Any) -> httpx.Res
 
 
 def _hold(response: httpx.Response, slot: BulkheadPermit | None,
-          outcome: BreakerPermit | None) -> None:
-    """Keep the bulkhead slot (and leave ``outcome`` unsettled) until the body is closed."""
+          outcome: BreakerPermit | None, hp: _HostPolicies | None = None) -> None:
+    """Keep the bulkhead slot (and leave ``outcome`` unsettled) until the body is closed.
+
+    With ``hp``, the request to that host ends when the body is closed too.
+    """
     if response.is_closed:
         # A response built with its content (a mock, a cache) was read and closed
         # at construction: nobody will close its stream again.
@@ -960,8 +1143,10 @@ def _hold(response: httpx.Response, slot: BulkheadPermit | None,
             outcome.success()
         if slot is not None:
             slot.release()
-    elif slot is not None or outcome is not None:
-        response.stream = ReleasingStream(response.stream, slot, outcome)
+        if hp is not None:
+            next(hp.ends)
+    elif slot is not None or outcome is not None or hp is not None:
+        response.stream = ReleasingStream(response.stream, slot, outcome, hp)
 
 
 # Headers that say who is asking: a cached answer is only ever served to the same ones.

@@ -6,10 +6,13 @@ the transport changes::
     client = httpx.AsyncClient(transport=AsyncResilientTransport())
     client = httpx.Client(transport=ResilientTransport())
 
-Each origin (``scheme://host:port``) gets its own circuit breaker, retry budget
-and optional bulkhead, created on first use from one :class:`ClientPolicy` and
-kept in a bounded LRU registry, so one failing host never opens another host's
-breaker. Per attempt the transport:
+Each origin (``scheme://host:port``), or each group a ``host_key`` names, gets its
+own circuit breaker, retry budget and optional bulkhead, created on first use from
+one :class:`ClientPolicy` and kept in a registry of at most ``max_hosts``, so one
+failing host never opens another host's breaker. Room is made by evicting an idle
+host whose breaker is closed; a host with a request in flight or an open breaker
+stays, and when none can go a new host shares the overflow policies ``_other``
+(each case sends :class:`~fournines.client.HostEvicted`). Per attempt the transport:
 
 1. refuses at once with a :class:`~fournines.DeadlineExceededError` when the
    current deadline is spent (the network is not touched);
@@ -92,10 +95,12 @@ from ._core import (
     ClientPolicy,
     FallbackHook,
     Fallbacks,
+    HostKey,
     TransportCore,
     _attempt_timeout,
     _Call,
     _hold,
+    _HostPolicies,
     copy_request,
     parse_retry_after,
     resumed,
@@ -109,6 +114,7 @@ __all__ = [
     "AsyncResilientTransport",
     "ClientPolicy",
     "FallbackHook",
+    "HostKey",
     "ResilientTransport",
     "parse_retry_after",
 ]
@@ -135,7 +141,15 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
         :class:`~fournines.StaleCache`.
     :param listeners: receive the events of every policy (named by host).
     :param clock: where time comes from.
-    :param max_hosts: hosts whose policies are kept (least recently used go first).
+    :param max_hosts: hosts whose policies are kept. To make room, the least recently
+        used idle host whose breaker is closed goes (one without a recent failure
+        first); a host with a request in flight or an open breaker is never evicted.
+        When none can go, a new host shares the overflow policies named ``_other``
+        (:class:`~fournines.client.HostEvicted` says which happened). The ``host`` metric
+        label names the first ``max_hosts`` hosts seen, later ones ``_other``.
+    :param host_key: ``host_key(request) -> str | None``: requests with one key share
+        one set of policies (a service or origin group: ``"payments"`` for every
+        payments replica); ``None`` keys by the request's origin.
     :param rng: the random source of backoff jitter.
     :param tracing: one OpenTelemetry client span per request (needs OpenTelemetry).
     :param tracer_provider: where spans go (implies ``tracing``; default: the global one).
@@ -159,11 +173,13 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
         tracing: bool = False,
         tracer_provider: Any = None,
         max_stale_bytes: int = _MAX_STALE_BYTES,
+        host_key: HostKey | None = None,
     ) -> None:
         TransportCore.__init__(
             self, config=config, per_route=per_route, budget=budget, fallbacks=fallbacks,
             listeners=listeners, clock=clock, max_hosts=max_hosts, rng=rng, tracing=tracing,
             tracer_provider=tracer_provider, max_stale_bytes=max_stale_bytes,
+            host_key=host_key,
         )
         self._transport = transport if transport is not None else httpx.AsyncHTTPTransport()
 
@@ -176,21 +192,22 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             return await self._answer(request)
         obs = self._observe_start(request)
         try:
-            response = await self._answer(request)
+            response = await self._answer(request, obs.hp)
         except BaseException as exc:
             self._observe_end(obs, request, None, exc)
             raise
         self._observe_end(obs, request, response, None)
         return response
 
-    async def _answer(self, request: httpx.Request) -> httpx.Response:
+    async def _answer(self, request: httpx.Request,
+                      hp: _HostPolicies | None = None) -> httpx.Response:
         """The protected call, or its route's fallback when it failed."""
         found = self._hook(request) if self._fallbacks else None
         if found is None:
-            return await self._protected(request)
+            return await self._protected(request, hp)
         pattern, hook = found
         try:
-            response = await self._protected(request)
+            response = await self._protected(request, hp)
         except Exception as exc:
             return self._instead_of_error(pattern, hook, request, exc)
         if self._keeps(hook, response):
@@ -224,48 +241,54 @@ class AsyncResilientTransport(TransportCore, httpx.AsyncBaseTransport):
             await response.aclose()
         return answer
 
-    async def _protected(self, request: httpx.Request) -> httpx.Response:
+    async def _protected(self, request: httpx.Request,
+                         hp: _HostPolicies | None = None) -> httpx.Response:
         try:
-            call = self._begin(request)
-            inner = self._transport
-            while True:
-                permit = self._admit(call, request)
-                if permit is None:
-                    assert call.last is not None
-                    return call.last
-                planned: float | None
-                slot = None
-                if call.hp.bulkhead is not None:
+            call = self._begin(request, hp)
+            try:
+                inner = self._transport
+                while True:
+                    permit = self._admit(call, request)
+                    if permit is None:
+                        assert call.last is not None
+                        self._ended(call)
+                        return call.last
+                    planned: float | None
+                    slot = None
+                    if call.hp.bulkhead is not None:
+                        try:
+                            slot = await call.hp.bulkhead.aacquire()
+                        except BaseException:
+                            permit.release()
+                            raise
                     try:
-                        slot = await call.hp.bulkhead.aacquire()
+                        if call.hedge:
+                            response = await self._hedged(call, request, permit, slot)
+                        else:
+                            response = await inner.handle_async_request(request)
+                    except Exception as exc:
+                        planned = self._failed(call, exc, permit, slot)
                     except BaseException:
-                        permit.release()
+                        self._abandoned(permit, slot)
                         raise
-                try:
-                    if call.hedge:
-                        response = await self._hedged(call, request, permit, slot)
                     else:
-                        response = await inner.handle_async_request(request)
-                except Exception as exc:
-                    planned = self._failed(call, exc, permit, slot)
-                except BaseException:
-                    self._abandoned(permit, slot)
-                    raise
-                else:
-                    planned = self._answered(call, response, permit, slot)
-                    if planned is None:
-                        return response
-                    # Read and close what we discard, so its connection goes back to the pool.
-                    try:
-                        await response.aread()
-                        call.last = response
-                    except Exception:
-                        call.last = None  # its body was cut: nothing left to answer with
-                    finally:
-                        await response.aclose()
-                call.delay = planned
-                await self._clock.asleep(planned)
-                call.attempt += 1
+                        planned = self._answered(call, response, permit, slot)
+                        if planned is None:
+                            return response
+                        # Read and close what we discard, so its connection goes back to the pool.
+                        try:
+                            await response.aread()
+                            call.last = response
+                        except Exception:
+                            call.last = None  # its body was cut: nothing left to answer with
+                        finally:
+                            await response.aclose()
+                    call.delay = planned
+                    await self._clock.asleep(planned)
+                    call.attempt += 1
+            except BaseException:
+                self._ended(call)
+                raise
         except EDGE_ERRORS as exc:
             raise at_the_edge(exc, request)  # noqa: B904 - the cause is set on it
 
@@ -443,11 +466,13 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
         tracing: bool = False,
         tracer_provider: Any = None,
         max_stale_bytes: int = _MAX_STALE_BYTES,
+        host_key: HostKey | None = None,
     ) -> None:
         TransportCore.__init__(
             self, config=config, per_route=per_route, budget=budget, fallbacks=fallbacks,
             listeners=listeners, clock=clock, max_hosts=max_hosts, rng=rng, tracing=tracing,
             tracer_provider=tracer_provider, max_stale_bytes=max_stale_bytes,
+            host_key=host_key,
         )
         self._transport = transport if transport is not None else httpx.HTTPTransport()
 
@@ -460,21 +485,21 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
             return self._answer(request)
         obs = self._observe_start(request)
         try:
-            response = self._answer(request)
+            response = self._answer(request, obs.hp)
         except BaseException as exc:
             self._observe_end(obs, request, None, exc)
             raise
         self._observe_end(obs, request, response, None)
         return response
 
-    def _answer(self, request: httpx.Request) -> httpx.Response:
+    def _answer(self, request: httpx.Request, hp: _HostPolicies | None = None) -> httpx.Response:
         """The protected call, or its route's fallback when it failed."""
         found = self._hook(request) if self._fallbacks else None
         if found is None:
-            return self._protected(request)
+            return self._protected(request, hp)
         pattern, hook = found
         try:
-            response = self._protected(request)
+            response = self._protected(request, hp)
         except Exception as exc:
             return self._instead_of_error(pattern, hook, request, exc)
         if self._keeps(hook, response):
@@ -505,44 +530,50 @@ class ResilientTransport(TransportCore, httpx.BaseTransport):
             response.close()
         return answer
 
-    def _protected(self, request: httpx.Request) -> httpx.Response:
+    def _protected(self, request: httpx.Request,
+                   hp: _HostPolicies | None = None) -> httpx.Response:
         try:
-            call = self._begin(request)
-            inner = self._transport
-            while True:
-                permit = self._admit(call, request)
-                if permit is None:
-                    assert call.last is not None
-                    return call.last
-                planned: float | None
-                slot = None
-                if call.hp.bulkhead is not None:
+            call = self._begin(request, hp)
+            try:
+                inner = self._transport
+                while True:
+                    permit = self._admit(call, request)
+                    if permit is None:
+                        assert call.last is not None
+                        self._ended(call)
+                        return call.last
+                    planned: float | None
+                    slot = None
+                    if call.hp.bulkhead is not None:
+                        try:
+                            slot = call.hp.bulkhead.acquire()
+                        except BaseException:
+                            permit.release()
+                            raise
                     try:
-                        slot = call.hp.bulkhead.acquire()
+                        response = inner.handle_request(request)
+                    except Exception as exc:
+                        planned = self._failed(call, exc, permit, slot)
                     except BaseException:
-                        permit.release()
+                        self._abandoned(permit, slot)
                         raise
-                try:
-                    response = inner.handle_request(request)
-                except Exception as exc:
-                    planned = self._failed(call, exc, permit, slot)
-                except BaseException:
-                    self._abandoned(permit, slot)
-                    raise
-                else:
-                    planned = self._answered(call, response, permit, slot)
-                    if planned is None:
-                        return response
-                    try:
-                        response.read()
-                        call.last = response
-                    except Exception:
-                        call.last = None
-                    finally:
-                        response.close()
-                call.delay = planned
-                self._clock.sleep(planned)
-                call.attempt += 1
+                    else:
+                        planned = self._answered(call, response, permit, slot)
+                        if planned is None:
+                            return response
+                        try:
+                            response.read()
+                            call.last = response
+                        except Exception:
+                            call.last = None
+                        finally:
+                            response.close()
+                    call.delay = planned
+                    self._clock.sleep(planned)
+                    call.attempt += 1
+            except BaseException:
+                self._ended(call)
+                raise
         except EDGE_ERRORS as exc:
             raise at_the_edge(exc, request)  # noqa: B904 - the cause is set on it
 

@@ -18,12 +18,14 @@ name                                                   type       labels
 ``fournines_malformed_headers_total``                  counter    name, header
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
+``http_client_host_evictions_total``                   counter    kind (evicted, overflow)
 =====================================================  =========  ==========================
 
 The ``http_client_*`` metrics are the client golden metrics of the resilient
 httpx transports (from ``ClientRequestStarted`` / ``ClientRequestFinished``):
 one observation per request, retries and hedges included, timed until the
-response headers (or the error); ``status_class`` is ``2xx`` ... ``5xx``, or
+response headers (or the error); ``host`` names at most ``max_hosts`` hosts (later
+ones, and the overflow, are ``_other``); ``status_class`` is ``2xx`` ... ``5xx``, or
 ``error`` when no response came. Hedges (``RetryScheduled`` with policy
 ``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
 
@@ -44,6 +46,7 @@ from .._events import (
     EndpointEjected,
     Event,
     FallbackUsed,
+    HostEvicted,
     MalformedHeader,
     RetriesExhausted,
     RetryScheduled,
@@ -105,6 +108,10 @@ class PrometheusListener:
         self.client_in_flight = prom.Gauge("http_client_requests_in_flight",
                                            "Outgoing HTTP requests in progress.", ["host"],
                                            registry=reg)
+        self.host_evictions = prom.Counter(
+            "http_client_host_evictions",
+            "Hosts whose client policies were evicted, or that shared the overflow's "
+            "(thrashing: max_hosts too small).", ["kind"], registry=reg)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() costs several microseconds (validation, a lock, a dict of tuples);
@@ -149,3 +156,5 @@ class PrometheusListener:
             self.ejections.labels(event.name, event.endpoint).inc()
         elif isinstance(event, MalformedHeader):
             self._child(self.malformed, event.name, event.header).inc()
+        elif isinstance(event, HostEvicted):
+            self._child(self.host_evictions, event.kind).inc()
