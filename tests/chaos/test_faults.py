@@ -459,3 +459,31 @@ def test_faults_added_through_the_api_follow_the_middleware_seed() -> None:
     assert first == again
     assert first != other
     assert 50 < first.count(500) < 150
+
+
+@pytest.mark.parametrize(("fault", "setting"), [
+    (ErrorFault(rate=1.0), "rate"),
+    (ErrorFault(), "status"),
+    (ErrorFault(), "error"),
+    (ErrorFault(), "enabled"),
+    (ErrorFault(), "name"),
+    (ErrorFault(), "target"),
+    (ErrorFault(duration=5.0), "duration"),
+    (LatencyFault(latency=0.1), "latency"),
+    (LatencyFault(jitter=0.1), "jitter"),
+    (LatencyFault(), "correlation"),
+    (CrashFault(exit_code=3), "exit_code"),
+])
+def test_a_faults_settings_are_read_only(fault: Any, setting: str) -> None:
+    before = getattr(fault, setting)
+    with pytest.raises(AttributeError):
+        setattr(fault, setting, "x")
+    assert getattr(fault, setting) == before
+
+
+def test_enable_and_disable_are_the_switch() -> None:
+    fault = ErrorFault(enabled=False)
+    fault.enable()
+    assert fault.enabled
+    fault.disable()
+    assert not fault.enabled

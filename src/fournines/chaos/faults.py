@@ -158,25 +158,25 @@ class Fault(Decorates, ABC):
     kind: ClassVar[str] = "fault"
 
     __slots__ = (
+        "_clock",
+        "_correlation",
+        "_created_at",
+        "_duration",
+        "_enabled",
         "_expires_at",
         "_header",
         "_last",
         "_listeners",
+        "_name",
         "_random",
+        "_rate",
+        "_rng",
+        "_seed",
         "_selected",
+        "_target",
         "_targeted",
         "calls",
-        "clock",
-        "correlation",
-        "created_at",
-        "duration",
-        "enabled",
         "injected",
-        "name",
-        "rate",
-        "rng",
-        "seed",
-        "target",
     )
 
     def __init__(
@@ -204,26 +204,78 @@ class Fault(Decorates, ABC):
             raise ConfigurationError(f"{owner}.enabled must be a bool, got {enabled!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ConfigurationError(f"{owner}.seed must be an int or None, got {seed!r}")
-        self.target = FaultTarget(route=route, header=header, instances=instances,
+        self._target = FaultTarget(route=route, header=header, instances=instances,
                                   instance=instance)
-        self.rate = float(rate)
-        self.correlation = float(correlation)
-        self.enabled = enabled
-        self.duration = None if duration is None else float(duration)
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self._random = self.rng.random
-        self.clock = clock
-        self.name = name or self.kind
+        self._rate = float(rate)
+        self._correlation = float(correlation)
+        self._enabled = enabled
+        self._duration = None if duration is None else float(duration)
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._random = self._rng.random
+        self._clock = clock
+        self._name = name or self.kind
         self._listeners = tuple(listeners)
-        self._selected = self.target.selects_instance()
+        self._selected = self._target.selects_instance()
         self._header = None if header is None else header.lower().encode("latin-1")
         self._targeted = route is not None or header is not None
-        self.created_at = clock.monotonic()
-        self._expires_at = None if duration is None else self.created_at + float(duration)
+        self._created_at = clock.monotonic()
+        self._expires_at = None if duration is None else self._created_at + float(duration)
         self._last = False
         self.calls = 0
         self.injected = 0
+
+    # -- settings (read-only: build a new fault to change one) ---------------------------
+
+    @property
+    def rate(self) -> float:
+        """The share of targeted calls that get the fault, 0 to 1."""
+        return self._rate
+
+    @property
+    def correlation(self) -> float:
+        """How much each roll follows the previous one (tc-netem's correlation)."""
+        return self._correlation
+
+    @property
+    def enabled(self) -> bool:
+        """The switch: :meth:`enable` and :meth:`disable` turn it."""
+        return self._enabled
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds after creation at which the fault turns itself off."""
+        return self._duration
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of :attr:`rng` (``None``: unseeded)."""
+        return self._seed
+
+    @property
+    def rng(self) -> random.Random:
+        """The fault's own random source (rolls, jitter, distributions)."""
+        return self._rng
+
+    @property
+    def target(self) -> FaultTarget:
+        """Which calls the fault applies to."""
+        return self._target
+
+    @property
+    def clock(self) -> Clock:
+        """Where the fault reads time and sleeps."""
+        return self._clock
+
+    @property
+    def name(self) -> str:
+        """Shown in events, metrics and the admin API."""
+        return self._name
+
+    @property
+    def created_at(self) -> float:
+        """When the fault was made, on its clock."""
+        return self._created_at
 
     # -- state ---------------------------------------------------------------------------
 
@@ -232,31 +284,31 @@ class Fault(Decorates, ABC):
         """Seconds until the fault turns itself off (``None``: no duration)."""
         if self._expires_at is None:
             return None
-        return max(0.0, self._expires_at - self.clock.monotonic())
+        return max(0.0, self._expires_at - self._clock.monotonic())
 
     @property
     def expired(self) -> bool:
         """Whether the fault's duration has passed."""
-        return self._expires_at is not None and self.clock.monotonic() >= self._expires_at
+        return self._expires_at is not None and self._clock.monotonic() >= self._expires_at
 
     @property
     def active(self) -> bool:
         """Enabled, not expired and this instance is targeted."""
-        return self.enabled and self._selected and not self.expired
+        return self._enabled and self._selected and not self.expired
 
     def enable(self) -> None:
         """Turn the fault on (a fault past its duration stays off)."""
-        self.enabled = True
+        self._enabled = True
 
     def disable(self) -> None:
         """Turn the fault off."""
-        self.enabled = False
+        self._enabled = False
 
     # -- the decision --------------------------------------------------------------------
 
     def matches(self, path: str | None, headers: Headers | None) -> bool:
         """Whether a call with this request ``path`` and ``headers`` is targeted."""
-        target = self.target
+        target = self._target
         if target.route is not None and (path is None or not path.startswith(target.route)):
             return False
         if self._header is not None:
@@ -271,11 +323,11 @@ class Fault(Decorates, ABC):
 
         Without ``path``/``headers`` the current ASGI request is used, if any.
         """
-        if not self.enabled or not self._selected:
+        if not self._enabled or not self._selected:
             return False
         expires = self._expires_at
-        if expires is not None and self.clock.monotonic() >= expires:
-            self.enabled = False
+        if expires is not None and self._clock.monotonic() >= expires:
+            self._enabled = False
             return False
         if self._targeted:
             if path is None and headers is None:
@@ -286,11 +338,11 @@ class Fault(Decorates, ABC):
             if not self.matches(path, headers):
                 return False
         self.calls += 1
-        rate = self.rate
-        if self.correlation:
+        rate = self._rate
+        if self._correlation:
             # Two-state Markov chain with stationary probability ``rate`` and lag-1
             # autocorrelation ``correlation`` (module docstring).
-            c = self.correlation
+            c = self._correlation
             rate = rate + c * (1.0 - rate) if self._last else rate * (1.0 - c)
         fired = self._random() < rate
         self._last = fired
@@ -303,7 +355,7 @@ class Fault(Decorates, ABC):
         if has_listeners(self._listeners):
             request = _request.get()
             dispatch(self._listeners, FaultInjected(
-                policy="fault", name=self.name, kind=self.kind, delay=delay,
+                policy="fault", name=self._name, kind=self.kind, delay=delay,
                 route=None if request is None else request[0],
             ))
 
@@ -319,7 +371,7 @@ class Fault(Decorates, ABC):
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Call ``fn``, injecting the fault first when the dice say so."""
-        if self.enabled and self.roll():
+        if self._enabled and self.roll():
             self.inject()
         return fn(*args, **kwargs)
 
@@ -327,7 +379,7 @@ class Fault(Decorates, ABC):
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await ``fn``, injecting the fault first when the dice say so."""
-        if self.enabled and self.roll():
+        if self._enabled and self.roll():
             await self.ainject()
         return await fn(*args, **kwargs)
 
@@ -335,14 +387,14 @@ class Fault(Decorates, ABC):
 
     def describe(self) -> dict[str, Any]:
         """The fault as JSON-ready data (what the admin API shows)."""
-        target = self.target
+        target = self._target
         data: dict[str, Any] = {
             "kind": self.kind,
-            "name": self.name,
-            "rate": self.rate,
-            "enabled": self.enabled,
-            "correlation": self.correlation,
-            "duration": self.duration,
+            "name": self._name,
+            "rate": self._rate,
+            "enabled": self._enabled,
+            "correlation": self._correlation,
+            "duration": self._duration,
             "remaining": self.remaining,
             "route": target.route,
             "header": target.header,
@@ -357,7 +409,7 @@ class Fault(Decorates, ABC):
         return {}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, rate={self.rate!r})"
+        return f"{type(self).__name__}(name={self._name!r}, rate={self._rate!r})"
 
 
 class LatencyFault(Fault):
@@ -373,7 +425,7 @@ class LatencyFault(Fault):
 
     kind: ClassVar[str] = "latency"
 
-    __slots__ = ("_u", "distribution", "jitter", "latency")
+    __slots__ = ("_distribution", "_jitter", "_latency", "_u")
 
     def __init__(
         self,
@@ -394,20 +446,35 @@ class LatencyFault(Fault):
                 "LatencyFault.jitter must be 0 when a distribution is given"
             )
         super().__init__(**options)
-        self.latency = float(latency)
-        self.jitter = float(jitter)
-        self.distribution = distribution
+        self._latency = float(latency)
+        self._jitter = float(jitter)
+        self._distribution = distribution
         self._u = 0.5
+
+    @property
+    def latency(self) -> float:
+        """The base delay in seconds."""
+        return self._latency
+
+    @property
+    def jitter(self) -> float:
+        """Plus or minus this many seconds, uniformly."""
+        return self._jitter
+
+    @property
+    def distribution(self) -> Callable[[random.Random], float] | None:
+        """Extra delay drawn from the fault's rng, if given."""
+        return self._distribution
 
     def delay(self) -> float:
         """The next delay in seconds (draws from the fault's RNG)."""
-        if self.distribution is not None:
-            return max(0.0, self.latency + float(self.distribution(self.rng)))
-        if not self.jitter:
-            return self.latency
-        u = (1.0 - self.correlation) * self.rng.random() + self.correlation * self._u
+        if self._distribution is not None:
+            return max(0.0, self._latency + float(self._distribution(self._rng)))
+        if not self._jitter:
+            return self._latency
+        u = (1.0 - self._correlation) * self._rng.random() + self._correlation * self._u
         self._u = u
-        return max(0.0, self.latency + self.jitter * (2.0 * u - 1.0))
+        return max(0.0, self._latency + self._jitter * (2.0 * u - 1.0))
 
     def _bounded_delay(self) -> float:
         # A fault with a duration harms nothing after it: the seed's automatic recovery
@@ -420,17 +487,17 @@ class LatencyFault(Fault):
         """Sleep for the next delay on the clock (never past the fault's duration)."""
         seconds = self._bounded_delay()
         self.notify(delay=seconds)
-        self.clock.sleep(seconds)
+        self._clock.sleep(seconds)
 
     async def ainject(self) -> None:
         """Suspend for the next delay on the clock (never past the fault's duration)."""
         seconds = self._bounded_delay()
         self.notify(delay=seconds)
-        await self.clock.asleep(seconds)
+        await self._clock.asleep(seconds)
 
     def _describe_kind(self) -> dict[str, Any]:
-        return {"latency": self.latency, "jitter": self.jitter,
-                "distribution": None if self.distribution is None else repr(self.distribution)}
+        return {"latency": self._latency, "jitter": self._jitter,
+                "distribution": None if self._distribution is None else repr(self._distribution)}
 
 
 class ErrorFault(Fault):
@@ -444,7 +511,7 @@ class ErrorFault(Fault):
 
     kind: ClassVar[str] = "error"
 
-    __slots__ = ("error", "status")
+    __slots__ = ("_error", "_status")
 
     def __init__(
         self,
@@ -459,14 +526,24 @@ class ErrorFault(Fault):
             )
         check_number("ErrorFault", "status", status, minimum=400, maximum=599, integer=True)
         super().__init__(**options)
-        self.error = error
-        self.status = int(status)
+        self._error = error
+        self._status = int(status)
+
+    @property
+    def error(self) -> Callable[[], BaseException] | None:
+        """What makes the exception to raise (``None``: InjectedFaultError)."""
+        return self._error
+
+    @property
+    def status(self) -> int:
+        """The HTTP status answered when the fault fires on a request."""
+        return self._status
 
     def make_error(self) -> BaseException:
         """A fresh exception to raise (a new one each time: tracebacks don't pile up)."""
-        if self.error is None:
-            return InjectedFaultError(f"injected fault {self.name!r}")
-        return self.error()
+        if self._error is None:
+            return InjectedFaultError(f"injected fault {self._name!r}")
+        return self._error()
 
     def inject(self) -> NoReturn:
         """Raise the error."""
@@ -478,9 +555,9 @@ class ErrorFault(Fault):
         self.inject()
 
     def _describe_kind(self) -> dict[str, Any]:
-        return {"status": self.status,
-                "error": None if self.error is None else getattr(
-                    self.error, "__qualname__", repr(self.error))}
+        return {"status": self._status,
+                "error": None if self._error is None else getattr(
+                    self._error, "__qualname__", repr(self._error))}
 
 
 class CrashFault(Fault):
@@ -494,24 +571,29 @@ class CrashFault(Fault):
 
     kind: ClassVar[str] = "crash"
 
-    __slots__ = ("exit_code",)
+    __slots__ = ("_exit_code",)
 
     def __init__(self, *, exit_code: int | None = None, **options: Any) -> None:
         check_number("CrashFault", "exit_code", exit_code, minimum=0, maximum=255,
                      integer=True, optional=True)
         super().__init__(**options)
-        self.exit_code = exit_code
+        self._exit_code = exit_code
+
+    @property
+    def exit_code(self) -> int | None:
+        """``os._exit`` status (``None``: SIGKILL)."""
+        return self._exit_code
 
     def inject(self) -> NoReturn:
         """Crash the process."""
         self.notify()
-        if self.exit_code is None:
+        if self._exit_code is None:
             os.kill(os.getpid(), signal.SIGKILL)
-        os._exit(70 if self.exit_code is None else self.exit_code)
+        os._exit(70 if self._exit_code is None else self._exit_code)
 
     async def ainject(self) -> NoReturn:
         """Crash the process."""
         self.inject()
 
     def _describe_kind(self) -> dict[str, Any]:
-        return {"exit_code": self.exit_code}
+        return {"exit_code": self._exit_code}
