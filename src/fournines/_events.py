@@ -27,6 +27,7 @@ __all__ = [
     "FallbackUsed",
     "FaultInjected",
     "Listener",
+    "LoopLagUnrelieved",
     "MalformedHeader",
     "RetriesExhausted",
     "RetryScheduled",
@@ -116,6 +117,19 @@ class MalformedHeader(Event):
     """
 
     header: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopLagUnrelieved(Event):
+    """The event loop lagged ``lag`` seconds while only ``in_flight`` requests ran.
+
+    The ASGI load shedder sends it for each lag measurement above its
+    ``max_loop_lag`` taken below its ``lag_floor``: lag it does not shed for,
+    since the service is not what causes it (a busy host, other processes).
+    """
+
+    lag: float
+    in_flight: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

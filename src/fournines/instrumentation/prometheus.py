@@ -16,6 +16,7 @@ name                                                   type       labels
 ``fournines_client_hedges_total``                      counter    name (host)
 ``fournines_endpoint_ejections_total``                 counter    name, endpoint
 ``fournines_malformed_headers_total``                  counter    name, header
+``fournines_loop_lag_unrelieved_total``                counter    name (shedder)
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 =====================================================  =========  ==========================
@@ -24,7 +25,12 @@ The ``http_client_*`` metrics are the client golden metrics of the resilient
 httpx transports (from ``ClientRequestStarted`` / ``ClientRequestFinished``):
 one observation per request, retries and hedges included, timed until the
 response headers (or the error); ``status_class`` is ``2xx`` ... ``5xx``, or
-``error`` when no response came. Hedges (``RetryScheduled`` with policy
+``error`` when no response came. ``fournines_loop_lag_unrelieved_total`` counts
+the event-loop lag measurements a load shedder saw above its ``max_loop_lag``
+with fewer requests in flight than its ``lag_floor`` (lag it did not shed for:
+the service is not its cause); a 408 for a request body that did not arrive in
+time is ``fournines_rejections_total{policy="load_shedder",reason="body_timeout"}``.
+Hedges (``RetryScheduled`` with policy
 ``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
 
 ``prometheus_client`` is an optional dependency: ``pip install fournines[prometheus]``.
@@ -44,6 +50,7 @@ from .._events import (
     EndpointEjected,
     Event,
     FallbackUsed,
+    LoopLagUnrelieved,
     MalformedHeader,
     RetriesExhausted,
     RetryScheduled,
@@ -98,6 +105,10 @@ class PrometheusListener:
         self.malformed = prom.Counter(f"{p}_malformed_headers",
                                       "Request headers ignored because their value was "
                                       "malformed.", ["name", "header"], registry=reg)
+        self.lag_unrelieved = prom.Counter(
+            f"{p}_loop_lag_unrelieved",
+            "Event-loop lag measurements above a load shedder's max_loop_lag taken "
+            "below its lag_floor (not shed for).", ["name"], registry=reg)
         self.client_duration = prom.Histogram(
             "http_client_request_duration_seconds",
             "Outgoing HTTP request duration in seconds (retries and hedges included).",
@@ -149,3 +160,5 @@ class PrometheusListener:
             self.ejections.labels(event.name, event.endpoint).inc()
         elif isinstance(event, MalformedHeader):
             self._child(self.malformed, event.name, event.header).inc()
+        elif isinstance(event, LoopLagUnrelieved):
+            self._child(self.lag_unrelieved, event.name).inc()
