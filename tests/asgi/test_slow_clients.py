@@ -191,7 +191,9 @@ async def test_a_request_without_a_body_gets_the_servers_own_receive_and_send() 
     client = Client()
     await shedder(http_scope("POST", [(b"content-length", b"0")]), client.receive, client.send)
     await shedder(http_scope(), client.receive, client.send)
-    assert seen == [(client.receive, client.send)] * 2
+    # GET and HEAD bodies are not read by apps: not watched, no header scan.
+    await shedder(http_scope("GET", [(b"content-length", b"10")]), client.receive, client.send)
+    assert seen == [(client.receive, client.send)] * 3
 
 
 async def test_a_chunked_body_is_watched_too() -> None:

@@ -68,7 +68,8 @@ is the answer), and the timeout is counted in :attr:`body_timeouts` and sent as
 a ``CallRejected`` event with ``reason="body_timeout"``
 (``fournines_rejections_total{policy="load_shedder",reason="body_timeout"}``).
 Only requests that announce a body (``Content-Length`` other than 0, or
-``Transfer-Encoding``) are watched; the others cost nothing more. The timeout
+``Transfer-Encoding``) are watched, and not ``GET`` or ``HEAD`` ones (whose
+bodies apps do not read); the others cost nothing more. The timeout
 needs asyncio (under another event loop the waiting is still not counted, but
 not timed). Headers are read by the server before the app is called, so they
 never count here; see :func:`fournines.asgi.server.serve` for their limits.
@@ -116,6 +117,10 @@ _BODY = problem(503, "Service Unavailable",
 _TIMEOUT_BODY = problem(408, "Request Timeout",
                         "the request body did not arrive in time")
 _TIMEOUT_HEADERS = ((b"connection", b"close"),)
+# Apps do not read GET and HEAD bodies (RFC 9110 gives them no meaning), and a body
+# never read is never waited for: those requests skip the header scan, the most
+# common ones on the admitted path.
+_UNREAD_BODIES = frozenset({"GET", "HEAD"})
 
 
 class RequestBodyTimeout(Exception):
@@ -330,7 +335,8 @@ class LoadShedder:
             return
         if self._sampler_loop is not running_loop() and self._max_lag is not None:
             self._start_sampler()
-        body = _Body(self, receive, send) if _announces_body(scope) else None
+        body = (_Body(self, receive, send)
+                if scope.get("method") not in _UNREAD_BODIES and _announces_body(scope) else None)
         if body is not None:
             receive, send = body.receive, body.send
         now = self._now
