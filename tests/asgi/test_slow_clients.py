@@ -407,3 +407,21 @@ def test_slow_client_settings_are_read_only() -> None:
     assert (shedder.lag_floor, shedder.body_timeout, shedder.min_body_rate) == (2, 3.0, 10.0)
     with pytest.raises(AttributeError):
         shedder.lag_floor = 5  # type: ignore[misc]
+
+
+async def test_a_body_timeout_is_a_408_in_the_golden_metrics_not_a_500() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from fournines.asgi import protect
+
+    registry = CollectorRegistry()
+    app = protect(reads_body, registry=registry, body_timeout=0.05, loop_lag_check=False)
+    client = Client()
+    await app(upload_scope(), client.receive, client.send)
+    statuses = {sample.labels["status"] for metric in registry.collect()
+                if metric.name == "http_requests" for sample in metric.samples}
+    rejected = registry.get_sample_value(
+        "fournines_rejections_total",
+        {"policy": "load_shedder", "name": "load_shedder", "reason": "body_timeout"})
+    await app.app.aclose()
+    assert (client.status, statuses, rejected) == (408, {"408"}, 1.0)
