@@ -7,6 +7,7 @@ under ``serve()`` in its own process on a free loopback port.
   byte a second. Before the fix they counted as in flight, the limit never moved
   (no request finished), and every other request got 503. Now normal requests
   are served, and the slow ones end with 408 when their body timeout runs out.
+- Slow headers: connections that send a partial head hold no permit.
 - A busy host: the server shares one CPU with busy-loop processes at a higher
   priority, so its event loop lags; one sequential client, one request in
   flight at a time, is never shed, and the lag is reported as unrelieved.
@@ -84,6 +85,27 @@ def test_slow_bodies_leave_normal_requests_unshed_and_end_with_408(
     assert stats["body_timeouts"] == SLOW_CONNECTIONS
     assert stats["shed_overload"] + stats["shed_loop_lag"] == 0
     assert stats["waiting_during_normal"] > 0  # the slow ones were still there
+
+
+def test_connections_sending_headers_slowly_hold_no_capacity(slow_app: ServedModule) -> None:
+    # uvicorn reads the head before calling the app: such connections cost a socket
+    # each (no time limit for headers, see serve()), never a permit.
+    async def scenario() -> tuple[Counter[int], dict[str, int]]:
+        connections = []
+        for _ in range(SLOW_CONNECTIONS):
+            _, writer = await asyncio.open_connection("127.0.0.1", slow_app.port)
+            writer.write(b"POST /upload HTTP/1.1\r\nhost: test\r\nx-slow: ")
+            connections.append(writer)
+        async with httpx.AsyncClient(base_url=slow_app.url, timeout=10.0) as client:
+            normal = Counter([(await client.get("/work")).status_code for _ in range(30)])
+            stats = await _stats(client)
+        for writer in connections:
+            writer.close()
+        return normal, stats
+
+    normal, stats = asyncio.run(scenario())
+    assert normal == {200: 30}
+    assert (stats["in_flight"], stats["waiting_for_body"]) == (0, 0)
 
 
 @pytest.fixture
