@@ -55,9 +55,11 @@ async def _stats(client: httpx.AsyncClient) -> dict[str, int]:
     return dict(response.json())
 
 
-@pytest.fixture
-def slow_app() -> Iterator[ServedModule]:
-    with ServedModule(APP, env={"BODY_TIMEOUT": str(BODY_TIMEOUT)}) as server:
+@pytest.fixture(params=["httptools", "h11"])
+def slow_app(request: pytest.FixtureRequest) -> Iterator[ServedModule]:
+    """The app under each of uvicorn's HTTP/1.1 implementations."""
+    env = {"BODY_TIMEOUT": str(BODY_TIMEOUT), "HTTP": request.param}
+    with ServedModule(APP, env=env) as server:
         yield server
 
 

@@ -279,7 +279,8 @@ class LoadShedder:
         self.waiting_for_body = 0
         """Admitted requests whose app waits in ``receive()`` for body bytes now."""
         self.body_timeouts = 0
-        """Requests answered 408 because their body did not arrive in time."""
+        """Requests whose body did not arrive in time (answered 408 unless the app had
+        begun its response)."""
         self.lag_unrelieved = 0
         """Lag measurements above ``max_loop_lag`` taken below ``lag_floor`` (not shed)."""
         self.admitted = 0

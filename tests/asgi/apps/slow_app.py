@@ -9,7 +9,7 @@ Paths:
 - the probes and ``/metrics`` of ``protect()``.
 
 Environment: ``PORT`` (required); ``BODY_TIMEOUT`` and ``LAG_FLOOR``, when set,
-are passed to ``protect()``.
+are passed to ``protect()``; ``HTTP`` (``h11`` or ``httptools``) to ``serve()``.
 """
 
 from __future__ import annotations
@@ -68,4 +68,4 @@ app = _StatsFirst(protect(_app, service="slow-app", metrics=False, loop_lag_chec
 if __name__ == "__main__":
     # No drain delay: no load balancer to wait for, and tests stop it often.
     serve(app, port=int(os.environ["PORT"]), access_log=False,
-          shutdown=GracefulShutdown(drain_delay=0.0))
+          shutdown=GracefulShutdown(drain_delay=0.0), http=os.environ.get("HTTP", "auto"))
