@@ -28,6 +28,7 @@ __all__ = [
     "FaultInjected",
     "HostEvicted",
     "Listener",
+    "LoopLagUnrelieved",
     "MalformedHeader",
     "RetriesExhausted",
     "RetryScheduled",
@@ -117,6 +118,19 @@ class MalformedHeader(Event):
     """
 
     header: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoopLagUnrelieved(Event):
+    """The event loop lagged ``lag`` seconds while only ``in_flight`` requests ran.
+
+    The ASGI load shedder sends it for each lag measurement above its
+    ``max_loop_lag`` taken below its ``lag_floor``: lag it does not shed for,
+    since the service is not what causes it (a busy host, other processes).
+    """
+
+    lag: float
+    in_flight: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

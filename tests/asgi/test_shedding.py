@@ -185,7 +185,7 @@ async def test_loop_lag_sheds_non_critical_requests_below_the_limit() -> None:
     async def ok(scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, b"ok")
 
-    shedder = shedder_of(ok, limit=100)
+    shedder = shedder_of(ok, limit=100, lag_floor=0)
     shedder.observe_loop_lag(0.5)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shedder),
                                  base_url="http://test") as client:
@@ -197,7 +197,7 @@ async def test_loop_lag_sheds_non_critical_requests_below_the_limit() -> None:
 
 
 async def test_loop_lag_withdraws_the_critical_headroom(gate: Gate) -> None:
-    shedder = shedder_of(gate, limit=2)
+    shedder = shedder_of(gate, limit=2, lag_floor=2)
     held = Held(shedder, gate)
     await held.hold(2, headers=CRITICAL)
     shedder.observe_loop_lag(0.5)
@@ -210,7 +210,8 @@ async def test_a_blocked_event_loop_is_measured_and_sheds() -> None:
     async def ok(scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, b"ok")
 
-    shedder = LoadShedder(ok, limit=FixedLimit(100), max_loop_lag=0.1, lag_interval=0.2)
+    shedder = LoadShedder(ok, limit=FixedLimit(100), max_loop_lag=0.1, lag_interval=0.2,
+                          lag_floor=0)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=shedder),
                                  base_url="http://test") as client:
         first = await client.get("/work")  # starts the sampler
@@ -240,7 +241,7 @@ async def test_a_lag_below_the_threshold_sheds_nothing() -> None:
 async def test_shedding_sends_call_rejected_events(
     gate: Gate, recorder: RecordingListener
 ) -> None:
-    shedder = shedder_of(gate, limit=1, listeners=[recorder], name="api")
+    shedder = shedder_of(gate, limit=1, listeners=[recorder], name="api", lag_floor=1)
     held = Held(shedder, gate)
     await held.hold(1)
     await held.get()

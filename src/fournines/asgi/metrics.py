@@ -58,6 +58,7 @@ from ._loop import current_task, running_loop
 from ._state import ServiceState
 from ._types import ASGIApp, Message, Receive, Scope, Send, header, respond
 from .routes import UNMATCHED, RouteOf, RouteTemplates
+from .shedding import RequestBodyTimeout
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -332,6 +333,11 @@ class MetricsMiddleware:
         start = _now()
         try:
             await self.app(scope, receive, send_status)
+        except RequestBodyTimeout:
+            # The shedder outside answered 408 past this middleware: the client was
+            # slow, not the service broken (a 500 would burn the error budget).
+            status = 408
+            raise
         finally:
             duration = _now() - start
             self._own_in_flight -= 1

@@ -10,7 +10,10 @@ The middleware it stacks, outermost first, and why in that order:
    overload, clients that ignore ``Retry-After`` send several shed requests
    per served one, so each must cost as little as possible (bench/asgi_overload.py).
    Probes and ``/metrics`` are never shed; sheds are counted as
-   ``fournines_rejections_total{policy="load_shedder"}``;
+   ``fournines_rejections_total{policy="load_shedder"}``. It also times request
+   bodies (``408`` when one does not arrive within ``body_timeout``), and does not
+   count a request waiting for its body as in flight: slow clients cannot use up
+   its capacity;
 3. :class:`~fournines.asgi.health.HealthMiddleware` — answers ``/livez``,
    ``/readyz``, ``/startupz``, ``/healthz``;
 4. :class:`~fournines.asgi.metrics.MetricsMiddleware` — serves ``/metrics``
@@ -68,6 +71,8 @@ def protect(
     shedding: bool = True,
     concurrency_limit: ConcurrencyLimit | None = None,
     max_loop_lag: float | None = 0.1,
+    lag_floor: int = 4,
+    body_timeout: float | None = 10.0,
     critical_paths: Sequence[str] = (),
     rate_limit: Callable[[], RateLimiter] | Sequence[RateLimitRule] | None = None,
     rate_limit_key: str = "ip",
@@ -88,7 +93,11 @@ def protect(
     :param max_timeout: the longest deadline a request may ask for, in seconds.
     :param shedding: shed load adaptively (``concurrency_limit``: the algorithm,
         Gradient2 by default; ``max_loop_lag``: the event-loop lag that sheds
-        non-critical requests; ``critical_paths``: path prefixes shed last).
+        non-critical requests, but never while fewer than ``lag_floor`` requests
+        are in flight; ``body_timeout``: seconds a request body may take to
+        arrive before ``408``, see :class:`~fournines.asgi.shedding.LoadShedder`,
+        whose in-flight count leaves out requests waiting for their body;
+        ``critical_paths``: path prefixes shed last).
     :param rate_limit: a factory of local limiters (one per client, keyed by
         ``rate_limit_key``), or a list of
         :class:`~fournines.asgi.limits.RateLimitRule`.
@@ -135,6 +144,7 @@ def protect(
                              version=version, service_id=service)
     if shedding:
         inner = LoadShedder(inner, limit=concurrency_limit, max_loop_lag=max_loop_lag,
+                            lag_floor=lag_floor, body_timeout=body_timeout,
                             critical_paths=critical_paths)
     return LifecycleMiddleware(inner, state=state, instance_header=instance_header)
 

@@ -28,6 +28,16 @@ for requests from those peers only, uvicorn takes the client from
 scheme from ``X-Forwarded-Proto``. Nothing is trusted by default, where plain
 uvicorn trusts every local peer (127.0.0.1, ::1): any local process could then
 pick its own client address, and so a fresh rate-limit bucket per request.
+
+Slow clients: request bodies are timed by the shedder (``protect(body_timeout=)``,
+408). Request headers are read by uvicorn before the app is called, so they hold
+no shedder capacity, and their limits are uvicorn's (0.55): with ``http="h11"``
+a request head above ``h11_max_incomplete_event_size`` (h11's 16 KiB by default)
+gets 400; httptools, uvicorn's choice when installed, sets no size limit. Neither
+limits the time a request's headers take: ``timeout_keep_alive`` (5 s) closes
+idle connections between requests only. ``serve()`` leaves these as uvicorn has
+them (pass ``http="h11"`` for the size limit); put a proxy that bounds header
+time in front of a service open to the internet.
 """
 
 from __future__ import annotations

@@ -16,11 +16,15 @@ The admission rule, for a request that arrives with ``n`` requests in flight
 and the limit at ``L``:
 
 - a non-critical request is admitted while ``n < L``, and shed
-  (``reason="overload"``) otherwise; while the event loop lags it is shed
-  whatever ``n`` is (``reason="loop_lag"``);
+  (``reason="overload"``) otherwise; while the event loop lags and
+  ``n >= lag_floor`` it is shed whatever the limit says (``reason="loop_lag"``);
 - a critical request is admitted while ``n < ceil(L * critical_headroom)``
   (1.5 by default: critical traffic keeps half the limit again in reserve);
-  while the event loop lags, only while ``n < L``.
+  while the event loop lags and ``n >= lag_floor``, only while ``n < L``.
+
+``n`` counts the requests the service is working on: a request whose app is
+waiting in ``receive()`` for body bytes that the client has not sent yet is not
+counted while it waits (see "Slow clients" below).
 
 Requests to ``never_shed_paths`` (health probes and metrics, by default) are
 never shed and not counted: a probe that fails under load would make the
@@ -38,6 +42,37 @@ wakes. While the last measurement exceeds ``max_loop_lag``, non-critical
 requests are shed, whatever the limit says: latency is already rising for
 everyone, and new work would only add to it. The task starts with the first
 request, on the server's event loop, and costs nothing per request.
+
+Lag alone never sheds while fewer than ``lag_floor`` requests (4 by default)
+are in flight: then the lag comes from outside the service (other processes on
+a busy host, a stop of the whole machine), and refusing the few requests there
+are would relieve nothing. Each lag measurement above ``max_loop_lag`` taken
+while in-flight work is below the floor is counted in :attr:`lag_unrelieved`
+and sent as a :class:`~fournines.LoopLagUnrelieved` event (at most one per
+``lag_interval``, from the sampler: nothing on the request path), which the
+Prometheus listener counts as ``fournines_loop_lag_unrelieved_total``.
+
+Slow clients: time spent waiting on the client is not service time. While the
+app waits in ``receive()`` for request body bytes, the request leaves
+:attr:`in_flight` (it is counted in :attr:`waiting_for_body`), and the waiting
+is taken out of the duration the limit algorithm learns from. So connections
+that trickle their bodies cannot fill the concurrency limit and turn every
+other request away. Each body also has a read timeout: the app may wait at most
+``body_timeout`` seconds (10 by default) in all for the body, plus one second
+per ``min_body_rate`` bytes received (64 KiB/s by default, so a large upload at
+a fair rate is never cut). When that runs out the client gets ``408 Request
+Timeout`` (an ``application/problem+json`` body, ``Connection: close``) unless
+the app has begun its response, the app's ``receive()`` raises
+:class:`RequestBodyTimeout` (any later response of the app is dropped: the 408
+is the answer), and the timeout is counted in :attr:`body_timeouts` and sent as
+a ``CallRejected`` event with ``reason="body_timeout"``
+(``fournines_rejections_total{policy="load_shedder",reason="body_timeout"}``).
+Only requests that announce a body (``Content-Length`` other than 0, or
+``Transfer-Encoding``) are watched, and not ``GET`` or ``HEAD`` ones (whose
+bodies apps do not read); the others cost nothing more. The timeout
+needs asyncio (under another event loop the waiting is still not counted, but
+not timed). Headers are read by the server before the app is called, so they
+never count here; see :func:`fournines.asgi.server.serve` for their limits.
 
 Every completed request's duration feeds the limit algorithm (``dropped`` is
 true when the app raised ``TimeoutError``, which includes
@@ -58,18 +93,42 @@ from collections.abc import Callable, Collection, Sequence
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, LoadShedError, check_number, new_rejection
-from .._events import CallRejected, Listener, dispatch, global_listeners
+from .._events import CallRejected, Listener, LoopLagUnrelieved, dispatch, global_listeners
 from ..policies.adaptive import ConcurrencyLimit, Gradient2Limit
 from ._loop import current_task, running_loop
-from ._types import PROBLEM_CONTENT_TYPE, ASGIApp, Receive, Scope, Send, problem, respond
+from ._types import (
+    PROBLEM_CONTENT_TYPE,
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    problem,
+    respond,
+)
 
-__all__ = ["DEFAULT_NEVER_SHED_PATHS", "LoadShedder"]
+__all__ = ["DEFAULT_NEVER_SHED_PATHS", "LoadShedder", "RequestBodyTimeout"]
 
 DEFAULT_NEVER_SHED_PATHS = ("/livez", "/readyz", "/startupz", "/healthz", "/metrics")
 """Paths a :class:`LoadShedder` admits whatever the load: health probes and metrics."""
 
 _BODY = problem(503, "Service Unavailable",
                 "the service is overloaded: retry after the Retry-After seconds")
+_TIMEOUT_BODY = problem(408, "Request Timeout",
+                        "the request body did not arrive in time")
+_TIMEOUT_HEADERS = ((b"connection", b"close"),)
+# Apps do not read GET and HEAD bodies (RFC 9110 gives them no meaning), and a body
+# never read is never waited for: those requests skip the header scan, the most
+# common ones on the admitted path.
+_UNREAD_BODIES = frozenset({"GET", "HEAD"})
+
+
+class RequestBodyTimeout(Exception):
+    """Raised by ``receive()`` when the request body did not arrive within its timeout.
+
+    The client has already been answered ``408``; the app should stop working on
+    the request (letting it propagate is right: the shedder catches it).
+    """
 
 
 class LoadShedder:
@@ -82,7 +141,10 @@ class LoadShedder:
       ``Gradient2Limit()``. Give each shedder its own.
     - ``max_loop_lag``: seconds of event-loop lag above which non-critical
       requests are shed (``None``: do not measure lag); ``lag_interval``: how
-      often the lag is measured.
+      often the lag is measured; ``lag_floor``: the in-flight count below which
+      lag alone never sheds.
+    - ``body_timeout``: seconds the app may wait for a request body in all
+      (``None``: no timeout), plus one second per ``min_body_rate`` bytes received.
     - ``critical_header``, ``critical_values``, ``critical_paths``, ``priority``:
       what makes a request critical; ``critical_headroom`` (>= 1): how far
       above the limit critical requests are still admitted.
@@ -91,20 +153,24 @@ class LoadShedder:
     - ``clock``: measures request durations; ``listeners`` receive the events.
 
     Counters: :attr:`shed` (all), :attr:`shed_overload`,
-    :attr:`shed_loop_lag`, :attr:`admitted`; live values: :attr:`limit`,
-    :attr:`in_flight`, :attr:`loop_lag`, :attr:`lagging`.
+    :attr:`shed_loop_lag`, :attr:`admitted`, :attr:`body_timeouts`,
+    :attr:`lag_unrelieved`; live values: :attr:`limit`, :attr:`in_flight`,
+    :attr:`waiting_for_body`, :attr:`loop_lag`, :attr:`lagging`.
     """
 
     __slots__ = (
         "_admit",
+        "_body_timeout",
         "_critical_admit",
         "_critical_header",
         "_critical_paths",
         "_critical_values",
         "_headers",
+        "_lag_floor",
         "_lag_interval",
         "_listeners",
         "_max_lag",
+        "_min_body_rate",
         "_never",
         "_now",
         "_priority",
@@ -113,14 +179,17 @@ class LoadShedder:
         "admitted",
         "algorithm",
         "app",
+        "body_timeouts",
         "critical_headroom",
         "in_flight",
+        "lag_unrelieved",
         "lagging",
         "loop_lag",
         "name",
         "retry_after",
         "shed_loop_lag",
         "shed_overload",
+        "waiting_for_body",
     )
 
     def __init__(
@@ -130,6 +199,9 @@ class LoadShedder:
         limit: ConcurrencyLimit | None = None,
         max_loop_lag: float | None = 0.1,
         lag_interval: float = 0.05,
+        lag_floor: int = 4,
+        body_timeout: float | None = 10.0,
+        min_body_rate: float = 65536.0,
         critical_header: str | None = "x-priority",
         critical_values: Collection[str] = ("critical",),
         critical_paths: Collection[str] = (),
@@ -151,6 +223,10 @@ class LoadShedder:
         check_number(owner, "max_loop_lag", max_loop_lag, minimum=0, exclusive_minimum=True,
                      optional=True)
         check_number(owner, "lag_interval", lag_interval, minimum=0, exclusive_minimum=True)
+        check_number(owner, "lag_floor", lag_floor, minimum=0, integer=True)
+        check_number(owner, "body_timeout", body_timeout, minimum=0, exclusive_minimum=True,
+                     optional=True)
+        check_number(owner, "min_body_rate", min_body_rate, minimum=0, exclusive_minimum=True)
         check_number(owner, "critical_headroom", critical_headroom, minimum=1)
         check_number(owner, "retry_after", retry_after, minimum=0)
         if priority is not None and not callable(priority):
@@ -179,6 +255,9 @@ class LoadShedder:
         self.retry_after = float(retry_after)
         self._max_lag = max_loop_lag
         self._lag_interval = float(lag_interval)
+        self._lag_floor = lag_floor
+        self._body_timeout = None if body_timeout is None else float(body_timeout)
+        self._min_body_rate = float(min_body_rate)
         self._critical_header = (
             None if critical_header is None else critical_header.lower().encode("latin-1")
         )
@@ -195,7 +274,15 @@ class LoadShedder:
         self._critical_admit = 0
         self._limit_changed(limit.limit)
         self.in_flight = 0
-        """Requests being served now (never-shed paths excluded)."""
+        """Requests being served now (never-shed paths and those waiting for their body
+        excluded)."""
+        self.waiting_for_body = 0
+        """Admitted requests whose app waits in ``receive()`` for body bytes now."""
+        self.body_timeouts = 0
+        """Requests whose body did not arrive in time (answered 408 unless the app had
+        begun its response)."""
+        self.lag_unrelieved = 0
+        """Lag measurements above ``max_loop_lag`` taken below ``lag_floor`` (not shed)."""
         self.admitted = 0
         """Requests admitted so far (never-shed paths excluded)."""
         self.shed_overload = 0
@@ -221,6 +308,21 @@ class LoadShedder:
         self._admit = limit
         self._critical_admit = max(limit, math.ceil(limit * self.critical_headroom))
 
+    @property
+    def lag_floor(self) -> int:
+        """The in-flight count below which event-loop lag alone never sheds."""
+        return self._lag_floor
+
+    @property
+    def body_timeout(self) -> float | None:
+        """Seconds the app may wait for a request body (plus ``min_body_rate`` credit)."""
+        return self._body_timeout
+
+    @property
+    def min_body_rate(self) -> float:
+        """Bytes per second of body that earn one more second of ``body_timeout``."""
+        return self._min_body_rate
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Admit the request and time it, or answer 503 at once."""
         if scope["type"] != "http" or scope["path"] in self._never:
@@ -234,18 +336,32 @@ class LoadShedder:
             return
         if self._sampler_loop is not running_loop() and self._max_lag is not None:
             self._start_sampler()
+        body = (_Body(self, receive, send)
+                if scope.get("method") not in _UNREAD_BODIES and _announces_body(scope) else None)
+        if body is not None:
+            receive, send = body.receive, body.send
         now = self._now
         start = now()
         try:
             await self.app(scope, receive, send)
+        except RequestBodyTimeout:
+            # Answered 408 already (or the response had begun); not an outcome of the
+            # service's capacity.
+            self.release(permit, 0.0, dropped=None)
+            if body is None or not body.timed_out:
+                raise
+            return
         except TimeoutError:
-            self.release(permit, now() - start, dropped=True)
+            self.release(permit, _service_time(now() - start, body), dropped=True)
             raise
         except BaseException:
             # A failing or cancelled request says nothing about capacity.
             self.release(permit, 0.0, dropped=None)
             raise
-        self.release(permit, now() - start, dropped=False)
+        if body is not None and body.timed_out:
+            self.release(permit, 0.0, dropped=None)
+        else:
+            self.release(permit, _service_time(now() - start, body), dropped=False)
 
     def try_acquire(self, scope: Scope) -> int:
         """Admit the request ``scope`` describes, or raise :class:`~fournines.LoadShedError`.
@@ -257,8 +373,9 @@ class LoadShedder:
         to :meth:`release` when the work ends.
         """
         inflight = self.in_flight
-        if (inflight >= self._admit or self.lagging) and self._refuse(scope, inflight):
-            reason = "loop_lag" if self.lagging else "overload"
+        if (inflight >= self._admit or (self.lagging and inflight >= self._lag_floor)) \
+                and self._refuse(scope, inflight):
+            reason = "loop_lag" if self.lagging and inflight >= self._lag_floor else "overload"
             if reason == "overload":
                 self.shed_overload += 1
             else:
@@ -290,7 +407,8 @@ class LoadShedder:
     def _refuse(self, scope: Scope, inflight: int) -> bool:
         """Whether to shed a request that arrives above the limit or while lagging."""
         if self._is_critical(scope):
-            return inflight >= (self._admit if self.lagging else self._critical_admit)
+            lag = self.lagging and inflight >= self._lag_floor
+            return inflight >= (self._admit if lag else self._critical_admit)
         return True
 
     def _is_critical(self, scope: Scope) -> bool:
@@ -316,7 +434,20 @@ class LoadShedder:
     def observe_loop_lag(self, lag: float) -> None:
         """Record one event-loop lag measurement, in seconds (the sampler calls this)."""
         self.loop_lag = lag if lag > 0.0 else 0.0
-        self.lagging = self._max_lag is not None and lag > self._max_lag
+        self.lagging = lagging = self._max_lag is not None and lag > self._max_lag
+        if lagging and self.in_flight < self._lag_floor:
+            # Lag the service does not cause: shedding its few requests would not help.
+            self.lag_unrelieved += 1
+            if self._listeners or global_listeners():
+                dispatch(self._listeners, LoopLagUnrelieved(
+                    policy="load_shedder", name=self.name, lag=lag, in_flight=self.in_flight,
+                ))
+
+    def _body_timed_out(self) -> None:
+        self.body_timeouts += 1
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, CallRejected(
+                policy="load_shedder", name=self.name, reason="body_timeout"))
 
     def _start_sampler(self) -> None:
         # Called when the running loop is not the sampler's: the first request, or a
@@ -359,3 +490,92 @@ class LoadShedder:
     def __repr__(self) -> str:
         return (f"LoadShedder(name={self.name!r}, limit={self._admit}, "
                 f"in_flight={self.in_flight}, shed={self.shed}, algorithm={self.algorithm!r})")
+
+
+def _announces_body(scope: Scope) -> bool:
+    """Whether the request says a body follows (HTTP/1.1: RFC 9112 section 6.3)."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            return bool(value != b"0")
+        if key == b"transfer-encoding":
+            return True
+    return False
+
+
+def _service_time(duration: float, body: _Body | None) -> float:
+    """``duration`` without the time spent waiting for the client's body."""
+    if body is None:
+        return duration
+    service = duration - body.waited
+    return service if service > 0.0 else 0.0
+
+
+class _Body:
+    """The ``receive`` and ``send`` of one request whose body is still to come.
+
+    While the app waits for body bytes the request leaves the shedder's in-flight
+    count, and the waits are timed against the body's allowance. Once the body is
+    complete (or the client gone), ``receive`` passes straight through, so an app
+    waiting for ``http.disconnect`` (a streaming response) is neither uncounted nor
+    timed.
+    """
+
+    __slots__ = ("_receive", "_send", "_shedder", "done", "received", "started",
+                 "timed_out", "waited")
+
+    def __init__(self, shedder: LoadShedder, receive: Receive, send: Send) -> None:
+        self._shedder = shedder
+        self._receive = receive
+        self._send = send
+        self.done = False
+        self.started = False
+        self.timed_out = False
+        self.received = 0
+        self.waited = 0.0
+
+    async def receive(self) -> Message:
+        if self.done:
+            return await self._receive()
+        if self.timed_out:
+            raise RequestBodyTimeout("the request body did not arrive in time")
+        shedder = self._shedder
+        timeout = shedder._body_timeout
+        now = shedder._now
+        start = now()
+        shedder.in_flight -= 1
+        shedder.waiting_for_body += 1
+        try:
+            if timeout is None or running_loop() is None:
+                message = await self._receive()
+            else:
+                allowance = timeout + self.received / shedder._min_body_rate - self.waited
+                try:
+                    async with asyncio.timeout(allowance if allowance > 0.0 else 0.0):
+                        message = await self._receive()
+                except TimeoutError:
+                    self.timed_out = True
+        finally:
+            shedder.in_flight += 1
+            shedder.waiting_for_body -= 1
+            self.waited += now() - start
+        if self.timed_out:
+            shedder._body_timed_out()
+            if not self.started:
+                self.started = True
+                await respond(self._send, 408, _TIMEOUT_BODY,
+                              content_type=PROBLEM_CONTENT_TYPE, headers=_TIMEOUT_HEADERS)
+            raise RequestBodyTimeout("the request body did not arrive in time")
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.done = True
+        else:
+            self.done = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.timed_out:
+            return  # the 408 was the answer
+        if not self.started and message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

@@ -16,6 +16,7 @@ name                                                   type       labels
 ``fournines_client_hedges_total``                      counter    name (host)
 ``fournines_endpoint_ejections_total``                 counter    name, endpoint
 ``fournines_malformed_headers_total``                  counter    name, header
+``fournines_loop_lag_unrelieved_total``                counter    name (shedder)
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 ``http_client_host_evictions_total``                   counter    kind (evicted, overflow)
@@ -26,7 +27,12 @@ httpx transports (from ``ClientRequestStarted`` / ``ClientRequestFinished``):
 one observation per request, retries and hedges included, timed until the
 response headers (or the error); ``host`` names at most ``max_hosts`` hosts (later
 ones, and the overflow, are ``_other``); ``status_class`` is ``2xx`` ... ``5xx``, or
-``error`` when no response came. Hedges (``RetryScheduled`` with policy
+``error`` when no response came. ``fournines_loop_lag_unrelieved_total`` counts
+the event-loop lag measurements a load shedder saw above its ``max_loop_lag``
+with fewer requests in flight than its ``lag_floor`` (lag it did not shed for:
+the service is not its cause); a 408 for a request body that did not arrive in
+time is ``fournines_rejections_total{policy="load_shedder",reason="body_timeout"}``.
+Hedges (``RetryScheduled`` with policy
 ``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
 
 ``prometheus_client`` is an optional dependency: ``pip install fournines[prometheus]``.
@@ -47,6 +53,7 @@ from .._events import (
     Event,
     FallbackUsed,
     HostEvicted,
+    LoopLagUnrelieved,
     MalformedHeader,
     RetriesExhausted,
     RetryScheduled,
@@ -101,6 +108,10 @@ class PrometheusListener:
         self.malformed = prom.Counter(f"{p}_malformed_headers",
                                       "Request headers ignored because their value was "
                                       "malformed.", ["name", "header"], registry=reg)
+        self.lag_unrelieved = prom.Counter(
+            f"{p}_loop_lag_unrelieved",
+            "Event-loop lag measurements above a load shedder's max_loop_lag taken "
+            "below its lag_floor (not shed for).", ["name"], registry=reg)
         self.client_duration = prom.Histogram(
             "http_client_request_duration_seconds",
             "Outgoing HTTP request duration in seconds (retries and hedges included).",
@@ -158,3 +169,5 @@ class PrometheusListener:
             self._child(self.malformed, event.name, event.header).inc()
         elif isinstance(event, HostEvicted):
             self._child(self.host_evictions, event.kind).inc()
+        elif isinstance(event, LoopLagUnrelieved):
+            self._child(self.lag_unrelieved, event.name).inc()
