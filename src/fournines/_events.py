@@ -27,6 +27,7 @@ __all__ = [
     "FallbackUsed",
     "FaultInjected",
     "HostEvicted",
+    "KeysEvicted",
     "Listener",
     "LoopLagUnrelieved",
     "MalformedHeader",
@@ -188,6 +189,22 @@ class HostEvicted(Event):
     """
 
     kind: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysEvicted(Event):
+    """A ``KeyedLimiter`` (``name``) forgot ``count`` keys, or refused a new one.
+
+    ``kind`` ``"idle"``: keys untouched for ``capacity / rate`` seconds (full
+    buckets, so forgetting them changes no decision). ``"pressure"``: at
+    ``max_keys``, a full bucket was dropped early to make room. ``"refused"``: at
+    ``max_keys`` with no full bucket found, a call for a new key was refused as
+    rate limited (active keys are never dropped). Many ``"refused"`` mean a
+    flood of new keys, or a ``max_keys`` too small for the keys in use.
+    """
+
+    kind: str
+    count: int = 1
 
 
 Listener = Callable[[Event], object]

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ConfigurationError, RateLimitedError, check_number
-from ..policies.rate_limit import Gcra, KeyedLimiter, TokenBucket, _Limiter
+from ..policies.rate_limit import Gcra, KeyedLimiter, TokenBucket, _KeySlot, _Limiter
 from ._types import (
     PROBLEM_CONTENT_TYPE,
     ASGIApp,
@@ -193,7 +193,7 @@ def _capacity(limiter: object) -> float | None:
 
 def _remaining(limiter: object) -> tuple[int, int] | None:
     """(available units, seconds until full) of a local bucket or GCRA, else None."""
-    if isinstance(limiter, TokenBucket):
+    if isinstance(limiter, TokenBucket | _KeySlot):  # _KeySlot: a KeyedLimiter's key
         tokens = limiter.tokens
         return math.floor(tokens), math.ceil((limiter.capacity - tokens) / limiter.rate)
     if isinstance(limiter, Gcra):

@@ -17,6 +17,7 @@ name                                                   type       labels
 ``fournines_endpoint_ejections_total``                 counter    name, endpoint
 ``fournines_malformed_headers_total``                  counter    name, header
 ``fournines_loop_lag_unrelieved_total``                counter    name (shedder)
+``fournines_keyed_limiter_evictions_total``            counter    name, kind (see below)
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 ``http_client_host_evictions_total``                   counter    kind (evicted, overflow)
@@ -32,6 +33,10 @@ the event-loop lag measurements a load shedder saw above its ``max_loop_lag``
 with fewer requests in flight than its ``lag_floor`` (lag it did not shed for:
 the service is not its cause); a 408 for a request body that did not arrive in
 time is ``fournines_rejections_total{policy="load_shedder",reason="body_timeout"}``.
+``fournines_keyed_limiter_evictions_total`` counts the keys a ``KeyedLimiter``
+forgot (``kind="idle"``: full buckets, by time; ``"pressure"``: full buckets
+dropped early at ``max_keys``) and the new keys it refused at ``max_keys``
+(``"refused"``; also ``fournines_rejections_total{reason="max_keys"}``).
 Hedges (``RetryScheduled`` with policy
 ``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
 
@@ -53,6 +58,7 @@ from .._events import (
     Event,
     FallbackUsed,
     HostEvicted,
+    KeysEvicted,
     LoopLagUnrelieved,
     MalformedHeader,
     RetriesExhausted,
@@ -112,6 +118,11 @@ class PrometheusListener:
             f"{p}_loop_lag_unrelieved",
             "Event-loop lag measurements above a load shedder's max_loop_lag taken "
             "below its lag_floor (not shed for).", ["name"], registry=reg)
+        self.key_evictions = prom.Counter(
+            f"{p}_keyed_limiter_evictions",
+            "Keys a KeyedLimiter forgot (idle: full buckets; pressure: full, dropped early "
+            "at max_keys) or new keys it refused at max_keys.", ["name", "kind"],
+            registry=reg)
         self.client_duration = prom.Histogram(
             "http_client_request_duration_seconds",
             "Outgoing HTTP request duration in seconds (retries and hedges included).",
@@ -171,3 +182,5 @@ class PrometheusListener:
             self._child(self.host_evictions, event.kind).inc()
         elif isinstance(event, LoopLagUnrelieved):
             self._child(self.lag_unrelieved, event.name).inc()
+        elif isinstance(event, KeysEvicted):
+            self._child(self.key_evictions, event.name, event.kind).inc(event.count)

@@ -12,7 +12,8 @@ All limiters share one contract:
   reject at once).
 
 Every limiter is thread-safe (one lock per decision) and reads time from its
-clock. ``KeyedLimiter`` keeps one limiter per key with bounded memory.
+clock. ``KeyedLimiter`` keeps one limiter (or, for token buckets and GCRA, one
+float) per key with bounded memory.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 from .._clock import Clock, system_clock
 from .._deadline import current_deadline
 from .._errors import ConfigurationError, RateLimitedError, check_number, new_rejection
-from .._events import CallRejected, Listener, dispatch, global_listeners
+from .._events import CallRejected, KeysEvicted, Listener, dispatch, global_listeners
 from ._shell import Decorates
 
 __all__ = ["Gcra", "KeyedLimiter", "RateLimiter", "SlidingWindow", "TokenBucket"]
@@ -102,11 +103,11 @@ class _Limiter(Decorates, ABC):
                 "it could never be granted"
             )
 
-    def _reject(self, wait: float) -> RateLimitedError:
+    def _reject(self, wait: float, reason: str = "rate_limited") -> RateLimitedError:
         if self._listeners or global_listeners():
             dispatch(
                 self._listeners,
-                CallRejected(policy=self._kind, name=self._name, reason="rate_limited",
+                CallRejected(policy=self._kind, name=self._name, reason=reason,
                              retry_after=wait),
             )
         return new_rejection(RateLimitedError, self._name, wait)
@@ -467,16 +468,79 @@ def _takes_arguments(factory: Callable[..., Any]) -> bool:
     return False
 
 
+# How many stored states a new key may look at, at max_keys, for a full one to drop.
+_SWEEP = 8
+
+
+class _KeySlot(_Limiter):
+    """The limiter of one key of a table-backed ``KeyedLimiter``: a view on its state.
+
+    Built by ``KeyedLimiter.limiter(key)``; it holds no state of its own, so any
+    number of them (and calls through the ``KeyedLimiter`` itself) agree.
+    """
+
+    __slots__ = ("_key_id", "_keyed")
+
+    def __init__(self, keyed: KeyedLimiter, key: Hashable, template: _Limiter) -> None:
+        # No super().__init__: every setting is the template's, already checked.
+        self._keyed = keyed
+        self._key_id = key
+        self._name = template._name
+        self._max_wait = template._max_wait
+        self._clock = template._clock
+        self._now = template._now
+        self._listeners = template._listeners
+        self._lock = template._lock
+
+    def _take(self, cost: int) -> float:
+        return self._keyed._take_key(self._key_id, cost)
+
+    @property
+    def rate(self) -> float:
+        """Units per second in the long run (the template's)."""
+        return 1.0 / self._keyed._interval
+
+    @property
+    def capacity(self) -> float:
+        """The largest burst (a TokenBucket's ``capacity``, a Gcra's ``burst``)."""
+        return self._keyed._tolerance / self._keyed._interval
+
+    @property
+    def tokens(self) -> float:
+        """Units available now."""
+        return self._keyed._available(self._key_id)
+
+    def __repr__(self) -> str:
+        return f"KeyedLimiter.limiter({self._key_id!r}) of {self._keyed!r}"
+
+
 class KeyedLimiter(Decorates):
     """One limiter per key (client, route, tenant), with bounded memory.
 
     ``factory`` builds the limiter for a new key (``lambda: TokenBucket(rate=10)``).
     It is called twice at construction, to check what it returns: a local
     limiter, and a new one each time (a factory that returns one shared limiter
-    would give every key the same bucket). At most ``max_keys`` are kept; the
-    least recently used is forgotten first. A forgotten key starts afresh,
-    which is harmless for idle keys (an idle bucket is a full bucket), and the
-    bound keeps a flood of distinct keys from exhausting memory.
+    would give every key the same bucket).
+
+    For a ``TokenBucket`` or ``Gcra`` factory the first limiter it returns is
+    only the template of settings: each key keeps a single float in a table
+    (its GCRA theoretical arrival time; a token bucket of ``capacity`` tokens
+    refilled at ``rate`` admits exactly what a GCRA of ``rate`` with tolerance
+    ``capacity / rate`` does, ITU-T I.371 / ATM Forum TM 4.0), about 130 bytes
+    per key with its key string. A key idle for ``capacity / rate`` seconds is
+    full, so it is the same as an absent key and is forgotten: keys live in two
+    generations swapped every ``capacity / rate`` seconds, and the older one is
+    dropped whole (each key touched since moves to the newer one). At
+    ``max_keys`` a new key takes the place of a full one found in a bounded
+    sweep (``_SWEEP`` stored keys); when none is full, the new key's call is
+    refused with ``RateLimitedError`` (reason ``"max_keys"``) and no active
+    key's state is ever dropped: a flood of new keys cannot reset the bucket
+    of a key in use. Forgotten and refused keys are counted in
+    :attr:`evictions` and sent as :class:`~fournines.KeysEvicted` events.
+
+    Other factories (``SlidingWindow``, custom limiters) keep one limiter per
+    key, at most ``max_keys``, the least recently used forgotten first (a
+    forgotten key starts afresh).
 
     ``key`` makes it a policy: ``key(*args, **kwargs)`` returns the key of a call,
     and ``call``/``acall`` (and so a ``Pipeline`` or ``@keyed``) take one unit
@@ -484,7 +548,23 @@ class KeyedLimiter(Decorates):
     only the explicit methods (``try_acquire(key)``, ...) work.
     """
 
-    __slots__ = ("_factory", "_key", "_limiters", "_lock", "_max_keys", "_name")
+    __slots__ = (
+        "_counts",
+        "_expire_at",
+        "_factory",
+        "_interval",
+        "_key",
+        "_limiters",
+        "_listeners",
+        "_lock",
+        "_max_keys",
+        "_name",
+        "_now",
+        "_old",
+        "_template",
+        "_tolerance",
+        "_young",
+    )
 
     def __init__(
         self,
@@ -538,6 +618,27 @@ class KeyedLimiter(Decorates):
         self._name = name
         self._limiters: OrderedDict[Hashable, _Limiter] = OrderedDict()
         self._lock = threading.Lock()
+        self._counts = {"idle": 0, "pressure": 0, "refused": 0}
+        self._young: dict[Hashable, float] = {}
+        self._old: dict[Hashable, float] = {}
+        template: _Limiter | None = first if type(first) in (TokenBucket, Gcra) else None
+        self._template = template
+        if isinstance(template, TokenBucket):
+            self._interval = 1.0 / template._rate
+            self._tolerance = template._capacity * self._interval
+        elif isinstance(template, Gcra):
+            self._interval = template._interval
+            self._tolerance = template._tolerance
+        else:
+            self._interval = self._tolerance = 0.0
+        if template is not None:
+            self._now = template._now
+            self._listeners = template._listeners
+            self._expire_at = self._now() + self._tolerance
+        else:
+            self._now = system_clock.monotonic
+            self._listeners = ()
+            self._expire_at = math.inf
 
     @property
     def factory(self) -> Callable[[], _Limiter]:
@@ -559,11 +660,127 @@ class KeyedLimiter(Decorates):
         """Shown in reprs and by the ASGI limits."""
         return self._name
 
+    @property
+    def evictions(self) -> dict[str, int]:
+        """Keys forgotten or refused so far, by kind.
+
+        ``idle``: full, forgotten by time; ``pressure``: full, dropped early at
+        ``max_keys``; ``refused``: new keys refused at ``max_keys``.
+        """
+        self._lock.acquire()
+        try:
+            return dict(self._counts)
+        finally:
+            self._lock.release()
+
     def __repr__(self) -> str:
-        return f"KeyedLimiter(name={self._name!r}, keys={len(self._limiters)})"
+        return f"KeyedLimiter(name={self._name!r}, keys={len(self)})"
+
+    def _count(self, kind: str, count: int) -> None:
+        self._counts[kind] += count
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, KeysEvicted(policy="keyed_limiter", name=self._name,
+                                                  kind=kind, count=count))
+
+    def _rotate(self, now: float) -> None:
+        # Every stored state was written at most ``tolerance`` before it is full
+        # (an admission leaves the backlog within the tolerance; a rejection writes
+        # nothing), and ``old`` holds only states written before it was sealed, at
+        # least ``tolerance`` ago: all of them are full, so dropping them is exact.
+        dropped = len(self._old)
+        if now >= self._expire_at + self._tolerance:
+            # No call for two generations: the young ones are full as well.
+            dropped += len(self._young)
+            self._old = {}
+        else:
+            self._old = self._young
+        self._young = {}
+        self._expire_at = now + self._tolerance
+        if dropped:
+            self._count("idle", dropped)
+
+    def _make_room(self, now: float) -> float:
+        """Drop one full state (0.0), or return when the soonest one seen is full."""
+        soonest = math.inf
+        for _ in range(_SWEEP):
+            old = self._old
+            if not old:
+                if not self._young:
+                    break
+                # Sealing the young generation early is safe: nothing older is held.
+                old = self._old = self._young
+                self._young = {}
+                self._expire_at = now + self._tolerance
+            # popitem (the newest entry) is O(1); scanning from the front of a dict
+            # that only shrinks is not (CPython skips the deleted slots one by one).
+            stored, tat = old.popitem()
+            if tat <= now:
+                self._count("pressure", 1)
+                return 0.0
+            # Still active: kept, in the young generation, so the next sweep moves on.
+            self._young[stored] = tat
+            soonest = min(soonest, tat - now)
+        return soonest if soonest < math.inf else self._interval
+
+    def _take_key(self, key: Hashable, cost: int) -> float:
+        """GCRA for ``key`` on the table: 0.0 (taken) or the seconds to wait."""
+        template = self._template
+        assert template is not None
+        if cost != 1:
+            template._check_cost(cost, self._tolerance / self._interval)
+        refused = 0.0
+        self._lock.acquire()
+        try:
+            now = self._now()
+            if now >= self._expire_at:
+                self._rotate(now)
+            young = self._young
+            tat = young.get(key)
+            if tat is None:
+                tat = self._old.pop(key, None)
+                if tat is None:
+                    if len(young) + len(self._old) >= self._max_keys:
+                        refused = self._make_room(now)
+                        young = self._young
+                    tat = now
+                else:
+                    young[key] = tat  # touched: it moves to the young generation
+            if not refused:
+                # As Gcra._take: compare the backlog with the room left.
+                if tat < now:
+                    tat = now
+                room = self._tolerance - cost * self._interval
+                backlog = tat - now
+                if backlog <= room:
+                    young[key] = tat + cost * self._interval
+                    return 0.0
+        finally:
+            self._lock.release()
+        if refused:
+            self._count("refused", 1)
+            raise template._reject(refused, "max_keys")
+        return backlog - room + _MARGIN
+
+    def _available(self, key: Hashable) -> float:
+        self._lock.acquire()
+        try:
+            tat = self._young.get(key)
+            if tat is None:
+                tat = self._old.get(key)
+            backlog = 0.0 if tat is None else max(0.0, tat - self._now())
+            return (self._tolerance - backlog) / self._interval
+        finally:
+            self._lock.release()
 
     def limiter(self, key: Hashable) -> _Limiter:
-        """The limiter for ``key``, created on first use."""
+        """The limiter for ``key``, created on first use.
+
+        With a TokenBucket or Gcra factory it is a view on the key's stored state
+        (a new object each time, all of them agreeing).
+        """
+        template = self._template
+        if template is not None:
+            return _KeySlot(self, key, template)
         self._lock.acquire()
         try:
             limiters = self._limiters
@@ -579,11 +796,19 @@ class KeyedLimiter(Decorates):
             self._lock.release()
 
     def __len__(self) -> int:
+        if self._template is not None:
+            return len(self._young) + len(self._old)
         return len(self._limiters)
 
     def try_acquire(self, key: Hashable, cost: int = 1) -> None:
         """Take ``cost`` units from ``key``'s limiter now, or raise ``RateLimitedError``."""
-        self.limiter(key).try_acquire(cost)
+        template = self._template
+        if template is None:
+            self.limiter(key).try_acquire(cost)
+            return
+        wait = self._take_key(key, cost)
+        if wait:
+            raise template._reject(wait)
 
     def acquire(self, key: Hashable, cost: int = 1, *, max_wait: float | None = None) -> None:
         """Wait up to ``max_wait`` for ``cost`` units of ``key``'s limiter."""
@@ -621,10 +846,22 @@ class KeyedLimiter(Decorates):
 
     def call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` once its key's limiter has a unit (waiting up to its ``max_wait``)."""
-        return self.limiter(self._key_of(args, kwargs)).call(fn, *args, **kwargs)
+        key = self._key_of(args, kwargs)
+        template = self._template
+        if template is None:
+            return self.limiter(key).call(fn, *args, **kwargs)
+        if self._take_key(key, 1):
+            _KeySlot(self, key, template).acquire(1)
+        return fn(*args, **kwargs)
 
     async def acall(
         self, fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Await ``fn`` once its key's limiter has a unit (waiting up to its ``max_wait``)."""
-        return await self.limiter(self._key_of(args, kwargs)).acall(fn, *args, **kwargs)
+        key = self._key_of(args, kwargs)
+        template = self._template
+        if template is None:
+            return await self.limiter(key).acall(fn, *args, **kwargs)
+        if self._take_key(key, 1):
+            await _KeySlot(self, key, template).aacquire(1)
+        return await fn(*args, **kwargs)
