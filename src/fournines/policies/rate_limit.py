@@ -806,6 +806,21 @@ class KeyedLimiter(Decorates):
         if template is None:
             self.limiter(key).try_acquire(cost)
             return
+        if cost != 1:
+            template._check_cost(cost, self._tolerance / self._interval)
+        # Inlined _take_key for its common case (a kept key with room): the hot path.
+        with self._lock:
+            now = self._now()
+            if now < self._expire_at:
+                young = self._young
+                tat = young.get(key)
+                if tat is not None:
+                    if tat < now:
+                        tat = now
+                    step = cost * self._interval
+                    if tat - now <= self._tolerance - step:
+                        young[key] = tat + step
+                        return
         wait = self._take_key(key, cost)
         if wait:
             raise template._reject(wait)
