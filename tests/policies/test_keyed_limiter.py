@@ -176,3 +176,17 @@ def test_same_decisions_as_independent_per_key_limiters(
         assert (got is None) == (expected is None)
         if got is not None:
             assert got == pytest.approx(expected)
+
+
+def test_a_listener_may_use_the_limiter_it_hears_from(clock: FakeClock) -> None:
+    seen: list[dict[str, int]] = []
+
+    def listener(event: Event) -> None:
+        if isinstance(event, KeysEvicted):
+            seen.append(keyed.evictions)  # takes the limiter's lock: must not deadlock
+
+    keyed = KeyedLimiter(lambda: Gcra(rate=1, clock=clock, listeners=[listener]), max_keys=1)
+    keyed.try_acquire("a")
+    clock.advance(1.0)
+    keyed.try_acquire("b")  # "a" is full: dropped to make room
+    assert seen == [{"idle": 0, "pressure": 1, "refused": 0}]

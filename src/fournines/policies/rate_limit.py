@@ -561,6 +561,7 @@ class KeyedLimiter(Decorates):
         "_name",
         "_now",
         "_old",
+        "_pending",
         "_template",
         "_tolerance",
         "_young",
@@ -619,6 +620,7 @@ class KeyedLimiter(Decorates):
         self._limiters: OrderedDict[Hashable, _Limiter] = OrderedDict()
         self._lock = threading.Lock()
         self._counts = {"idle": 0, "pressure": 0, "refused": 0}
+        self._pending: list[KeysEvicted] = []
         self._young: dict[Hashable, float] = {}
         self._old: dict[Hashable, float] = {}
         template: _Limiter | None = first if type(first) in (TokenBucket, Gcra) else None
@@ -677,10 +679,12 @@ class KeyedLimiter(Decorates):
         return f"KeyedLimiter(name={self._name!r}, keys={len(self)})"
 
     def _count(self, kind: str, count: int) -> None:
+        # Under the lock; the event is sent by _take_key once the lock is released, so a
+        # listener may use this limiter.
         self._counts[kind] += count
         if self._listeners or global_listeners():
-            dispatch(self._listeners, KeysEvicted(policy="keyed_limiter", name=self._name,
-                                                  kind=kind, count=count))
+            self._pending.append(KeysEvicted(policy="keyed_limiter", name=self._name,
+                                             kind=kind, count=count))
 
     def _rotate(self, now: float) -> None:
         # Every stored state was written at most ``tolerance`` before it is full
@@ -729,6 +733,7 @@ class KeyedLimiter(Decorates):
         if cost != 1:
             template._check_cost(cost, self._tolerance / self._interval)
         refused = 0.0
+        pending: list[KeysEvicted] = []
         self._lock.acquire()
         try:
             now = self._now()
@@ -742,6 +747,8 @@ class KeyedLimiter(Decorates):
                     if len(young) + len(self._old) >= self._max_keys:
                         refused = self._make_room(now)
                         young = self._young
+                        if refused:
+                            self._count("refused", 1)
                     tat = now
                 else:
                     young[key] = tat  # touched: it moves to the young generation
@@ -755,9 +762,12 @@ class KeyedLimiter(Decorates):
                     young[key] = tat + cost * self._interval
                     return 0.0
         finally:
+            if self._pending:
+                pending, self._pending = self._pending, []
             self._lock.release()
+            for event in pending:
+                dispatch(self._listeners, event)
         if refused:
-            self._count("refused", 1)
             raise template._reject(refused, "max_keys")
         return backlog - room + _MARGIN
 
