@@ -12,7 +12,9 @@ of cache; each key a new equal string, built in that order), admitted every time
 path every KeyedLimiter took before (a TokenBucket subclass, so not a table),
 at 1e4 and 1e5 only (at 1e6 it needs about 376 MB).
 
-``dict`` is the floor: a plain dict's get and store in the same order.
+``dict`` is the floor: a plain dict's get and store in the same order; ``Gcra``
+one unkeyed ``Gcra.try_acquire()``: together, what this machine charges for any
+keyed limiter in Python.
 
 Run: ``.venv/bin/python bench/keyed_limiter.py`` (about 40 s).
 """
@@ -101,10 +103,24 @@ def dict_floor(n: int) -> float:
     return best
 
 
+def single_gcra() -> float:
+    """ns of ``try_acquire()`` on one Gcra: what one limiter costs with no key at all."""
+    gcra = fournines.Gcra(rate=1e9, burst=10**9)
+    take = gcra.try_acquire
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter_ns()
+        for _ in range(1_000_000):
+            take()
+        best = min(best, (time.perf_counter_ns() - start) / 1_000_000)
+    return best
+
+
 def main() -> None:
     print(f"fournines {fournines.__version__}  load average {os.getloadavg()[0]:.1f} "
           f"(at start), {os.cpu_count()} CPUs")
     print(f"{'keys':>9}  {'path':<8}  {'bytes/key':>9}  {'ns/call':>8}  target")
+    print(f"{1:>9,}  {'Gcra':<8}  {'':>9}  {single_gcra():>8.0f}  (one unkeyed Gcra.try_acquire)")
     misses = 0
     for n in (10**4, 10**5, 10**6):
         per_key, ns = measure(_table, n)
