@@ -190,3 +190,11 @@ def test_a_listener_may_use_the_limiter_it_hears_from(clock: FakeClock) -> None:
     clock.advance(1.0)
     keyed.try_acquire("b")  # "a" is full: dropped to make room
     assert seen == [{"idle": 0, "pressure": 1, "refused": 0}]
+
+
+@pytest.mark.parametrize("rate", [2.1, 4.6, 5.5, 8.4, 11.0])  # where 3 / rate * rate < 3
+def test_a_cost_of_the_whole_burst_is_granted_to_a_full_key(clock: FakeClock, rate: float) -> None:
+    keyed = KeyedLimiter(lambda: Gcra(rate=rate, burst=3, clock=clock))
+    keyed.try_acquire("a", 3)
+    with pytest.raises(RateLimitedError):
+        keyed.try_acquire("a")

@@ -503,7 +503,7 @@ class _KeySlot(_Limiter):
     @property
     def capacity(self) -> float:
         """The largest burst (a TokenBucket's ``capacity``, a Gcra's ``burst``)."""
-        return self._keyed._tolerance / self._keyed._interval
+        return self._keyed._largest
 
     @property
     def tokens(self) -> float:
@@ -554,6 +554,7 @@ class KeyedLimiter(Decorates):
         "_factory",
         "_interval",
         "_key",
+        "_largest",
         "_limiters",
         "_listeners",
         "_lock",
@@ -625,14 +626,17 @@ class KeyedLimiter(Decorates):
         self._old: dict[Hashable, float] = {}
         template: _Limiter | None = first if type(first) in (TokenBucket, Gcra) else None
         self._template = template
+        # The largest cost, kept as given: tolerance / interval may round below it.
         if isinstance(template, TokenBucket):
+            self._largest = template._capacity
             self._interval = 1.0 / template._rate
             self._tolerance = template._capacity * self._interval
         elif isinstance(template, Gcra):
+            self._largest = float(template._burst)
             self._interval = template._interval
             self._tolerance = template._tolerance
         else:
-            self._interval = self._tolerance = 0.0
+            self._largest = self._interval = self._tolerance = 0.0
         if template is not None:
             self._now = template._now
             self._listeners = template._listeners
@@ -731,7 +735,7 @@ class KeyedLimiter(Decorates):
         template = self._template
         assert template is not None
         if cost != 1:
-            template._check_cost(cost, self._tolerance / self._interval)
+            template._check_cost(cost, self._largest)
         refused = 0.0
         pending: list[KeysEvicted] = []
         self._lock.acquire()
@@ -817,7 +821,7 @@ class KeyedLimiter(Decorates):
             self.limiter(key).try_acquire(cost)
             return
         if cost != 1:
-            template._check_cost(cost, self._tolerance / self._interval)
+            template._check_cost(cost, self._largest)
         # Inlined _take_key for its common case (a kept key with room): the hot path.
         with self._lock:
             now = self._now()
