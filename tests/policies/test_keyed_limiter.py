@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -198,3 +199,24 @@ def test_a_cost_of_the_whole_burst_is_granted_to_a_full_key(clock: FakeClock, ra
     keyed.try_acquire("a", 3)
     with pytest.raises(RateLimitedError):
         keyed.try_acquire("a")
+
+
+def test_concurrent_threads_on_one_key_take_exactly_its_burst() -> None:
+    clock = FakeClock()  # frozen: no refill while the threads run
+    keyed = KeyedLimiter(lambda: TokenBucket(rate=1, capacity=500, clock=clock))
+    granted: list[int] = []
+
+    def worker() -> None:
+        taken = 0
+        for _ in range(200):
+            with contextlib.suppress(RateLimitedError):
+                keyed.try_acquire("shared")
+                taken += 1
+        granted.append(taken)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(granted) == 500
