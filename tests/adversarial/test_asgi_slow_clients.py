@@ -133,6 +133,6 @@ def busy_host() -> Iterator[ServedModule]:
 def test_a_sequential_client_on_a_busy_host_is_never_shed(busy_host: ServedModule) -> None:
     with httpx.Client(base_url=busy_host.url, timeout=30.0) as client:
         statuses = Counter(client.get("/work").status_code for _ in range(40))
-        stats = client.get("/stats").json()
     assert statuses == {200: 40}
-    assert stats["lag_unrelieved"] > 0  # the lag was there, and not shed for
+    # Whether the hogs cause lag above max_loop_lag depends on the host; the counter is
+    # specified with synthetic lag in tests/asgi/test_slow_clients.py.
