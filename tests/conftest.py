@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 
 from fournines.testing import FakeClock, RecordingListener
 
-from ._servers import RedisServer
+from ._servers import EtcdCluster, EtcdServer, RedisServer
 
 settings.register_profile(
     "fournines", deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -45,3 +45,25 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A private single-node etcd of this test alone (it may kill, pause and restart it)."""
+    server = EtcdServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A private three-member etcd cluster on loopback."""
+    cluster = EtcdCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
