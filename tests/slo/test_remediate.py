@@ -280,9 +280,8 @@ class AlertingPrometheus(PrometheusServer):
         return self
 
 
-@pytest.fixture
-def receiver(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
-    """``fournines remediate`` as its own process: (webhook URL, marker file, audit log)."""
+def start_receiver(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, Path, Path]:
+    """``fournines remediate`` as its own process, listening: (process, port, marker, audit)."""
     marker, audit = tmp_path / "ran", tmp_path / "audit.jsonl"
     port = free_port()
     config = config_data(marker, listen=f"127.0.0.1:{port}", audit_log=str(audit),
@@ -293,19 +292,37 @@ def receiver(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "fournines", "remediate", "--config",
                              str(path)], env=env, stderr=subprocess.PIPE)
-    try:
-        def up() -> bool:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
-            except httpx.HTTPError:
-                return False
 
+    def up() -> bool:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+        except httpx.HTTPError:
+            return False
+
+    try:
         wait_until(up, 20, "fournines remediate to listen")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, port, marker, audit
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """``fournines remediate`` as its own process: (webhook URL, marker file, audit log)."""
+    proc, port, marker, audit = start_receiver(tmp_path)
+    try:
         yield f"http://127.0.0.1:{port}/alerts", marker, audit
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_remediate_interrupted_by_ctrl_c_exits_130(tmp_path: Path) -> None:
+    proc, _, _, _ = start_receiver(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) == 130
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:

@@ -260,7 +260,10 @@ def _run_remediate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
               file=sys.stderr)
         return _EXIT_FAILED
 
+    stopped_by: list[int] = []
+
     def stop(signum: int, frame: object) -> None:
+        stopped_by.append(signum)
         # shutdown() waits for serve_forever to return: call it off the main thread.
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -273,4 +276,6 @@ def _run_remediate(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     finally:
         server.server_close()
         remediator.close()
-    return 0
+    # SIGTERM is how a supervisor stops a daemon (done: 0); Ctrl-C is an interruption (130),
+    # the exit convention every fournines command keeps.
+    return 130 if stopped_by and stopped_by[0] == signal.SIGINT else 0
