@@ -380,6 +380,47 @@ def test_toxics_through_the_toxiproxy_api_of_the_fault_proxy(
         proxy.wait(10)
 
 
+def test_toxic_actions_send_the_proxy_token_of_a_token_protected_fault_proxy(
+    clean: list[dict[str, Any]]
+) -> None:
+    from chaoslib.exceptions import ActivityFailed
+
+    api_port, listen_port = free_port(), free_port()
+    token = "proxy-token-0123456789"
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "fournines", "chaos", "proxy", "--port", str(api_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
+             "FOURNINES_CHAOS_PROXY_TOKEN": token},
+    )
+    api = f"http://127.0.0.1:{api_port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        end = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(api + "/version", timeout=0.5)
+                break
+            except httpx.HTTPError:
+                assert proxy.poll() is None and time.monotonic() < end, "proxy did not start"
+                time.sleep(0.05)
+        upstream = clean[2]["url"].removeprefix("http://")
+        httpx.post(api + "/proxies", headers=auth, json={
+            "name": "payments", "upstream": upstream, "listen": f"127.0.0.1:{listen_port}",
+        }).raise_for_status()
+        with pytest.raises(ActivityFailed, match="401"):
+            actions.add_toxic("payments", "latency", {"latency": 10}, toxiproxy_url=api)
+        actions.add_toxic("payments", "latency", {"latency": 10}, toxiproxy_url=api,
+                          secrets={"proxy_token": token})
+        assert actions.remove_toxic("payments", "latency_downstream", toxiproxy_url=api,
+                                    token=token)
+        down = actions.set_proxy_enabled("payments", False, toxiproxy_url=api, token=token)
+        assert down["enabled"] is False
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+
+
 def test_partition_and_heal_cut_and_restore_one_port(clean: list[dict[str, Any]]) -> None:
     from fournines.chaos import network
 

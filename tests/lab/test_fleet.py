@@ -154,3 +154,16 @@ async def test_the_protected_gateway_keeps_its_own_error_budget(tmp_path: Path) 
     sample = Sample(at=0.0)
     parse_metrics(metrics, "gateway", sample)
     assert sample.budget_remaining == {"gateway/page-availability": 1.0}
+
+
+async def test_the_lab_fault_proxy_api_answers_only_the_lab(tmp_path: Path) -> None:
+    proxy = FaultProxy(tmp_path)
+    await proxy.start()
+    try:
+        async with httpx.AsyncClient(base_url=proxy.api, timeout=5) as stranger:
+            refused = await stranger.post("/proxies", json={
+                "name": "x", "upstream": "127.0.0.1:9", "listen": "127.0.0.1:0"})
+        assert refused.status_code == 401
+        await proxy.reset()  # the lab's own client carries the token
+    finally:
+        await proxy.stop()

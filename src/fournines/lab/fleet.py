@@ -156,7 +156,11 @@ class FaultProxy:
         self.log = workdir / "fault-proxy.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.api = f"http://127.0.0.1:{self.port}"
-        self._client = httpx.AsyncClient(base_url=self.api, timeout=5.0)
+        # The proxy's API can reroute and cut every service: even on loopback it answers
+        # only the lab, which holds this run's token.
+        self._token = secrets.token_urlsafe(24)
+        self._client = httpx.AsyncClient(base_url=self.api, timeout=5.0,
+                                         headers={"Authorization": f"Bearer {self._token}"})
 
     async def start(self) -> None:
         """Start ``python -m fournines chaos proxy`` and wait until its API answers."""
@@ -164,7 +168,9 @@ class FaultProxy:
                    "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         env={**os.environ,
+                                              "FOURNINES_CHAOS_PROXY_TOKEN": self._token})
         await _wait_http(self.api + "/version", self.proc, self.log, "the fault proxy")
 
     async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> None:

@@ -38,6 +38,16 @@ def admin_headers(token: str | None, secrets: Mapping[str, Any] | None) -> dict[
     return {"Authorization": f"Bearer {token}"}
 
 
+def proxy_headers(token: str | None, secrets: Mapping[str, Any] | None) -> dict[str, str]:
+    """The ``Authorization`` header for a fault proxy API, if a token is given.
+
+    From ``token`` or the secret ``proxy_token``; none at all for Toxiproxy itself, which
+    has no authentication, so an experiment written for Toxiproxy runs unchanged.
+    """
+    token = token or (secrets or {}).get("proxy_token")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def check_response(response: httpx.Response, *expected: int) -> None:
     """Raise a failure naming the request unless its status is one of ``expected``."""
     if response.status_code not in expected:

@@ -13,7 +13,14 @@ from urllib.parse import quote
 
 import httpx
 
-from ._common import DEFAULT_PREFIX, admin_headers, check_response, fail, select_instances
+from ._common import (
+    DEFAULT_PREFIX,
+    admin_headers,
+    check_response,
+    fail,
+    proxy_headers,
+    select_instances,
+)
 
 __all__ = [
     "add_toxic",
@@ -194,6 +201,8 @@ def add_toxic(
     toxicity: float = 1.0,
     toxiproxy_url: str = "http://127.0.0.1:8474",
     timeout: float = 10.0,
+    token: str | None = None,
+    secrets: Secrets = None,
 ) -> dict[str, Any]:
     """Add a toxic to a Toxiproxy proxy (Toxiproxy or ``fournines chaos proxy``).
 
@@ -201,13 +210,16 @@ def add_toxic(
     ``timeout``, ``reset_peer``, ``slicer``, ``limit_data``) with its
     ``attributes`` (e.g. ``{"latency": 100, "jitter": 10}`` in milliseconds);
     ``name`` defaults to Toxiproxy's ``<type>_<stream>``. Returns the toxic.
+    A ``fournines chaos proxy`` started with a token needs ``token`` (or the secret
+    ``proxy_token``); Toxiproxy needs none.
     """
     body: dict[str, Any] = {"type": type, "stream": stream, "toxicity": toxicity,
                             "attributes": attributes or {}}
     if name is not None:
         body["name"] = name
     try:
-        response = httpx.post(_toxics_url(toxiproxy_url, proxy), json=body, timeout=timeout)
+        response = httpx.post(_toxics_url(toxiproxy_url, proxy), json=body, timeout=timeout,
+                              headers=proxy_headers(token, secrets))
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach Toxiproxy at {toxiproxy_url}: {exc}") from exc
     check_response(response, 200, 201)
@@ -221,14 +233,17 @@ def remove_toxic(
     toxiproxy_url: str = "http://127.0.0.1:8474",
     missing_ok: bool = True,
     timeout: float = 10.0,
+    token: str | None = None,
+    secrets: Secrets = None,
 ) -> bool:
     """Remove the toxic ``name`` from a Toxiproxy proxy; whether it was there.
 
-    A missing toxic (or proxy) is not an error unless ``missing_ok`` is false.
+    A missing toxic (or proxy) is not an error unless ``missing_ok`` is false;
+    ``token`` as for :func:`add_toxic`.
     """
     url = f"{_toxics_url(toxiproxy_url, proxy)}/{quote(name, safe='')}"
     try:
-        response = httpx.delete(url, timeout=timeout)
+        response = httpx.delete(url, timeout=timeout, headers=proxy_headers(token, secrets))
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach Toxiproxy at {toxiproxy_url}: {exc}") from exc
     if response.status_code == 404 and missing_ok:
@@ -242,11 +257,17 @@ def set_proxy_enabled(
     enabled: bool,
     toxiproxy_url: str = "http://127.0.0.1:8474",
     timeout: float = 10.0,
+    token: str | None = None,
+    secrets: Secrets = None,
 ) -> dict[str, Any]:
-    """Take a Toxiproxy proxy down (``enabled=false``: refuses and drops connections) or up."""
+    """Take a Toxiproxy proxy down (``enabled=false``: refuses and drops connections) or up.
+
+    ``token`` as for :func:`add_toxic`.
+    """
     url = f"{toxiproxy_url.rstrip('/')}/proxies/{quote(proxy, safe='')}"
     try:
-        response = httpx.post(url, json={"enabled": bool(enabled)}, timeout=timeout)
+        response = httpx.post(url, json={"enabled": bool(enabled)}, timeout=timeout,
+                              headers=proxy_headers(token, secrets))
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach Toxiproxy at {toxiproxy_url}: {exc}") from exc
     check_response(response, 200)
