@@ -59,10 +59,16 @@ class StateChanged(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRejected(Event):
-    """A policy refused a call; ``reason`` is e.g. ``"open"``, ``"rate_limited"``."""
+    """A policy refused a call; ``reason`` is e.g. ``"open"``, ``"rate_limited"``.
+
+    ``count`` is how many refusals the event stands for: 1, except where a policy
+    refuses so often that it reports in batches (the load shedder sends at most one
+    event per reason every 0.1 s, with the refusals since the last one).
+    """
 
     reason: str
     retry_after: float | None = None
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,18 +30,19 @@ uvicorn trusts every local peer (127.0.0.1, ::1): any local process could then
 pick its own client address, and so a fresh rate-limit bucket per request.
 
 Slow clients: request bodies are timed by the shedder (``protect(body_timeout=)``,
-408). Request headers are read by uvicorn before the app is called, so they hold
-no shedder capacity, and their limits are uvicorn's (0.55): with ``http="h11"``
-a request head above ``h11_max_incomplete_event_size`` (h11's 16 KiB by default)
-gets 400; httptools, uvicorn's choice when installed, sets no size limit. Neither
-limits the time a request's headers take: ``timeout_keep_alive`` (5 s) closes
-idle connections between requests only. ``serve()`` leaves these as uvicorn has
-them (pass ``http="h11"`` for the size limit); put a proxy that bounds header
-time in front of a service open to the internet.
+408). Request heads are read by the server before the app is called, so they hold
+no shedder capacity. With httptools installed, ``serve()`` runs
+:class:`~fournines.asgi.protocol.ShedHttpToolsProtocol`, which closes a
+connection whose request head has not arrived within ``header_timeout`` seconds
+(408) and refuses heads above 64 KiB (431). uvicorn alone limits neither the time
+a head takes (``timeout_keep_alive`` closes idle connections between requests
+only) nor, under httptools, its size; with ``http="h11"`` a head above
+``h11_max_incomplete_event_size`` (16 KiB) gets 400 and its time is not limited.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -54,9 +55,10 @@ from typing import Any, cast
 import uvicorn
 
 from .._clock import system_clock
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, check_number
 from ._state import ServiceState
 from ._types import ASGIApp
+from .protocol import ShedHttpToolsProtocol
 from .shutdown import GracefulShutdown, LifecycleMiddleware
 
 __all__ = ["DrainingServer", "find_state", "serve"]
@@ -73,6 +75,7 @@ _REFUSED_OPTIONS = {
     "reload": "use plain uvicorn --reload for development",
 }
 _FORWARDED_ALLOW_IPS_ENV = "FORWARDED_ALLOW_IPS"
+_DEFAULT_HEADER_TIMEOUT = 10.0
 _MAX_APP_DEPTH = 32
 
 
@@ -179,6 +182,7 @@ def serve(
     shutdown: GracefulShutdown | None = None,
     log_level: str | int | None = "info",
     forwarded_allow_ips: str | Sequence[str] | None = None,
+    header_timeout: float | None = 10.0,
     **uvicorn_options: Any,
 ) -> None:
     """Serve ``app`` with uvicorn until SIGTERM/SIGINT, then drain gracefully.
@@ -194,7 +198,13 @@ def serve(
     networks (``"10.0.0.0/8"``), a list or one comma-separated string, ``"*"``
     for every peer (only when nothing but proxies can reach the port); default
     ``FORWARDED_ALLOW_IPS`` from the environment, else none: the client address
-    is the TCP peer's, whatever headers it sends. Other keyword arguments go to
+    is the TCP peer's, whatever headers it sends. ``header_timeout``: seconds a
+    connection may take to send a complete request head before ``408`` (``None``:
+    no limit). Unless ``http=`` is given, the server runs
+    :class:`~fournines.asgi.protocol.ShedHttpToolsProtocol` when httptools is
+    installed (uvicorn's own choice then): it sheds on arrival, before a scope
+    exists, and applies ``header_timeout``; otherwise uvicorn's h11 protocol, and
+    the shedder decides in its middleware. Other keyword arguments go to
     ``uvicorn.Config`` (``proxy_headers`` is set from ``forwarded_allow_ips``:
     ``proxy_headers=True`` alone is refused, since it would trust loopback).
 
@@ -207,6 +217,7 @@ def serve(
         if name in uvicorn_options:
             raise ConfigurationError(f"serve() does not take {name!r}: {advice}")
     proxies = _trusted_proxies(forwarded_allow_ips, uvicorn_options.pop("proxy_headers", None))
+    _choose_protocol(uvicorn_options, header_timeout)
     shutdown = shutdown if shutdown is not None else GracefulShutdown()
     if state is None:
         state = find_state(app)
@@ -231,6 +242,28 @@ def serve(
     code = server.exit_code
     if code:
         raise SystemExit(code)
+
+
+def _choose_protocol(options: dict[str, Any], header_timeout: float | None) -> None:
+    """Run fournines' protocol unless the caller chose one (see :func:`serve`)."""
+    check_number("serve", "header_timeout", header_timeout, minimum=0, exclusive_minimum=True,
+                 optional=True)
+    if "http" in options:
+        chosen = options["http"]
+        if not (isinstance(chosen, type) and issubclass(chosen, ShedHttpToolsProtocol)):
+            if header_timeout != _DEFAULT_HEADER_TIMEOUT:
+                raise ConfigurationError(
+                    f"serve.header_timeout {header_timeout!r} needs fournines' protocol; "
+                    f"http={chosen!r} does not apply it (leave http= out)")
+            return
+        protocol = chosen
+    else:
+        if importlib.util.find_spec("httptools") is None:
+            return  # uvicorn runs h11; the shedder decides in its middleware
+        protocol = ShedHttpToolsProtocol
+    if protocol.header_timeout != header_timeout:
+        protocol = type(protocol.__name__, (protocol,), {"header_timeout": header_timeout})
+    options["http"] = protocol
 
 
 def find_state(app: object) -> ServiceState | None:

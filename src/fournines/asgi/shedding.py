@@ -90,6 +90,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, LoadShedError, check_number, new_rejection
@@ -107,7 +108,7 @@ from ._types import (
     respond,
 )
 
-__all__ = ["DEFAULT_NEVER_SHED_PATHS", "LoadShedder", "RequestBodyTimeout"]
+__all__ = ["DEFAULT_NEVER_SHED_PATHS", "TICKET", "LoadShedder", "RequestBodyTimeout", "Ticket"]
 
 DEFAULT_NEVER_SHED_PATHS = ("/livez", "/readyz", "/startupz", "/healthz", "/metrics")
 """Paths a :class:`LoadShedder` admits whatever the load: health probes and metrics."""
@@ -121,6 +122,17 @@ _TIMEOUT_HEADERS = ((b"connection", b"close"),)
 # never read is never waited for: those requests skip the header scan, the most
 # common ones on the admitted path.
 _UNREAD_BODIES = frozenset({"GET", "HEAD"})
+
+
+TICKET = "fournines.shedder_ticket"
+"""The ``scope["extensions"]`` key of a request admitted on arrival (see
+:meth:`LoadShedder.arrive`)."""
+
+Ticket = tuple[Any, ...]
+"""What :meth:`LoadShedder.arrive` hands the protocol: ``(shedder, permit, arrival)``,
+or ``()`` when it does not decide."""
+
+_REPORT_INTERVAL = 0.1
 
 
 class RequestBodyTimeout(Exception):
@@ -165,6 +177,7 @@ class LoadShedder:
         "_critical_header",
         "_critical_paths",
         "_critical_values",
+        "_first_above",
         "_headers",
         "_lag_floor",
         "_lag_interval",
@@ -174,13 +187,20 @@ class LoadShedder:
         "_never",
         "_now",
         "_priority",
+        "_queue_interval",
+        "_queue_target",
+        "_reported_at",
+        "_responses",
         "_sampler",
         "_sampler_loop",
+        "_unreported",
         "admitted",
         "algorithm",
         "app",
         "body_timeouts",
         "critical_headroom",
+        "dropping",
+        "header_timeouts",
         "in_flight",
         "lag_unrelieved",
         "lagging",
@@ -189,6 +209,7 @@ class LoadShedder:
         "retry_after",
         "shed_loop_lag",
         "shed_overload",
+        "shed_queue_delay",
         "waiting_for_body",
     )
 
@@ -200,6 +221,8 @@ class LoadShedder:
         max_loop_lag: float | None = 0.1,
         lag_interval: float = 0.05,
         lag_floor: int = 4,
+        queue_target: float | None = 0.005,
+        queue_interval: float = 0.1,
         body_timeout: float | None = 10.0,
         min_body_rate: float = 65536.0,
         critical_header: str | None = "x-priority",
@@ -224,6 +247,15 @@ class LoadShedder:
                      optional=True)
         check_number(owner, "lag_interval", lag_interval, minimum=0, exclusive_minimum=True)
         check_number(owner, "lag_floor", lag_floor, minimum=0, integer=True)
+        check_number(owner, "queue_target", queue_target, minimum=0, exclusive_minimum=True,
+                     optional=True)
+        check_number(owner, "queue_interval", queue_interval, minimum=0,
+                     exclusive_minimum=True)
+        if queue_target is not None and queue_target >= queue_interval:
+            raise ConfigurationError(
+                f"{owner}.queue_target ({queue_target!r}) must be shorter than queue_interval "
+                f"({queue_interval!r}): the target is the wait allowed in overload, the "
+                "interval the wait allowed otherwise")
         check_number(owner, "body_timeout", body_timeout, minimum=0, exclusive_minimum=True,
                      optional=True)
         check_number(owner, "min_body_rate", min_body_rate, minimum=0, exclusive_minimum=True)
@@ -256,6 +288,12 @@ class LoadShedder:
         self._max_lag = max_loop_lag
         self._lag_interval = float(lag_interval)
         self._lag_floor = lag_floor
+        self._queue_target = None if queue_target is None else float(queue_target)
+        self._queue_interval = float(queue_interval)
+        self._first_above = 0.0
+        self._unreported: dict[str, int] = {}
+        self._reported_at: dict[str, float] = {}
+        self._responses: tuple[object, bytes] | None = None
         self._body_timeout = None if body_timeout is None else float(body_timeout)
         self._min_body_rate = float(min_body_rate)
         self._critical_header = (
@@ -281,6 +319,9 @@ class LoadShedder:
         self.body_timeouts = 0
         """Requests whose body did not arrive in time (answered 408 unless the app had
         begun its response)."""
+        self.header_timeouts = 0
+        """Connections closed with 408 because a request head did not arrive in time (counted
+        by :class:`fournines.asgi.protocol.ShedHttpToolsProtocol`)."""
         self.lag_unrelieved = 0
         """Lag measurements above ``max_loop_lag`` taken below ``lag_floor`` (not shed)."""
         self.admitted = 0
@@ -289,6 +330,11 @@ class LoadShedder:
         """Requests shed because the concurrency limit was reached."""
         self.shed_loop_lag = 0
         """Requests shed because the event loop lagged."""
+        self.shed_queue_delay = 0
+        """Requests shed at their start because they had waited too long to start."""
+        self.dropping = False
+        """Whether requests have waited longer than ``queue_target`` to start for at least
+        ``queue_interval`` (a standing queue: overload)."""
         self.loop_lag = 0.0
         """The last event-loop lag measured, in seconds."""
         self.lagging = False
@@ -302,7 +348,7 @@ class LoadShedder:
     @property
     def shed(self) -> int:
         """Requests shed so far, for any reason."""
-        return self.shed_overload + self.shed_loop_lag
+        return self.shed_overload + self.shed_loop_lag + self.shed_queue_delay
 
     def _limit_changed(self, limit: int) -> None:
         self._admit = limit
@@ -328,20 +374,33 @@ class LoadShedder:
         if scope["type"] != "http" or scope["path"] in self._never:
             await self.app(scope, receive, send)
             return
-        try:
-            permit = self.try_acquire(scope)
-        except LoadShedError:
-            await respond(send, 503, _BODY, content_type=PROBLEM_CONTENT_TYPE,
-                          headers=self._headers)
-            return
+        now = self._now
+        extensions = scope.get("extensions")
+        ticket = extensions.get(TICKET) if extensions else None
+        if ticket is not None and ticket[0] is self:
+            # Admitted by the server's protocol on arrival (fournines.asgi.protocol):
+            # the time it took to get here is its queueing delay.
+            permit = ticket[1]
+            start = ticket[2]
+            if self._queue_target is not None and self.late(now() - start, scope):
+                self.release(permit, 0.0, dropped=None)
+                await respond(send, 503, _BODY, content_type=PROBLEM_CONTENT_TYPE,
+                              headers=self._headers)
+                return
+        else:
+            try:
+                permit = self.try_acquire(scope)
+            except LoadShedError:
+                await respond(send, 503, _BODY, content_type=PROBLEM_CONTENT_TYPE,
+                              headers=self._headers)
+                return
+            start = now()
         if self._sampler_loop is not running_loop() and self._max_lag is not None:
             self._start_sampler()
         body = (_Body(self, receive, send)
                 if scope.get("method") not in _UNREAD_BODIES and _announces_body(scope) else None)
         if body is not None:
             receive, send = body.receive, body.send
-        now = self._now
-        start = now()
         try:
             await self.app(scope, receive, send)
         except RequestBodyTimeout:
@@ -362,32 +421,26 @@ class LoadShedder:
             self.release(permit, 0.0, dropped=None)
         else:
             self.release(permit, _service_time(now() - start, body), dropped=False)
+        if self._unreported:
+            self.report()
 
     def try_acquire(self, scope: Scope) -> int:
         """Admit the request ``scope`` describes, or raise :class:`~fournines.LoadShedError`.
 
         The sans-I/O decision (the middleware is its shell; a message consumer can use
-        it the same way): it counts the shed and sends the ``CallRejected`` event
+        it the same way): it counts the shed (see :meth:`report` for its events)
         before raising. The permit it returns is the number of requests in flight
         with this one, a plain int so that admission allocates nothing; give it back
         to :meth:`release` when the work ends.
         """
         inflight = self.in_flight
-        if (inflight >= self._admit or (self.lagging and inflight >= self._lag_floor)) \
-                and self._refuse(scope, inflight):
-            reason = "loop_lag" if self.lagging and inflight >= self._lag_floor else "overload"
-            if reason == "overload":
-                self.shed_overload += 1
-            else:
-                self.shed_loop_lag += 1
-            if self._listeners or global_listeners():
-                dispatch(self._listeners, CallRejected(
-                    policy="load_shedder", name=self.name, reason=reason,
-                    retry_after=self.retry_after,
-                ))
-            # __new__ alone: no Python __init__ on a path that runs thousands of times
-            # a second under overload (see fournines._errors).
-            raise new_rejection(LoadShedError, self.name, self.retry_after)
+        if inflight >= self._admit or (self.lagging and inflight >= self._lag_floor):
+            reason = self._refusal(inflight, self._is_critical(scope))
+            if reason is not None:
+                self._count_shed(reason)
+                # __new__ alone: no Python __init__ on a path that runs thousands of
+                # times a second under overload (see fournines._errors).
+                raise new_rejection(LoadShedError, self.name, self.retry_after)
         inflight += 1
         self.in_flight = inflight
         self.admitted += 1
@@ -404,25 +457,148 @@ class LoadShedder:
         if dropped is not None:
             self._sample(duration, permit, dropped)
 
-    def _refuse(self, scope: Scope, inflight: int) -> bool:
-        """Whether to shed a request that arrives above the limit or while lagging."""
-        if self._is_critical(scope):
-            lag = self.lagging and inflight >= self._lag_floor
-            return inflight >= (self._admit if lag else self._critical_admit)
-        return True
+    def arrive(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Ticket | None:
+        """Decide on a request as it arrives, before an ASGI scope exists.
+
+        The hook of a server's protocol (:mod:`fournines.asgi.protocol`): ``path``
+        and ``headers`` (lower-case names, as in a scope) are all it looks at.
+        Returns ``None`` when the request is shed (counted; answer it with
+        :meth:`shed_response`), an empty tuple when it cannot be decided here (a
+        never-shed path, or a ``priority`` function that needs the scope: the
+        middleware decides as usual), or a ticket: the request is admitted (it is
+        in flight from now on), and the ticket goes into the request's scope as
+        ``scope["extensions"][TICKET]`` so that the middleware takes it over,
+        measures how long the request waited to start and times it from its
+        arrival. A ticket must reach the middleware: its permit is released there.
+        """
+        if self._priority is not None or path in self._never:
+            return ()
+        inflight = self.in_flight
+        if inflight >= self._admit or (self.lagging and inflight >= self._lag_floor):
+            reason = self._refusal(inflight, self._is_critical_head(path, headers))
+            if reason is not None:
+                self._count_shed(reason)
+                return None
+        inflight += 1
+        self.in_flight = inflight
+        self.admitted += 1
+        return (self, inflight, self._now())
+
+    def late(self, waited: float, scope: Scope) -> bool:
+        """Whether a request that waited ``waited`` seconds to start is shed (and count it).
+
+        Controlled delay on the queueing delay (CoDel, RFC 8289, as Facebook applies
+        it to request queues in "Fail at Scale", 2015): while requests keep waiting
+        longer than ``queue_target`` for ``queue_interval`` on end (a standing
+        queue), a request that waited longer than ``queue_target`` is shed at its
+        start; otherwise only one that waited longer than ``queue_interval``.
+        Critical requests are held to ``queue_interval`` only. The caller releases
+        the permit of a shed request (with no sample).
+        """
+        target = self._queue_target
+        if target is None:
+            return False
+        if waited <= target:
+            self._first_above = 0.0
+            self.dropping = False
+            return False
+        now = self._now()
+        first_above = self._first_above
+        if first_above == 0.0:
+            self._first_above = now + self._queue_interval
+        elif now >= first_above:
+            self.dropping = True
+        allowed = target if self.dropping else self._queue_interval
+        if waited > allowed and (waited > self._queue_interval or not self._is_critical(scope)):
+            self._count_shed("queue_delay")
+            return True
+        return False
+
+    def shed_response(self, default_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+        """The whole HTTP/1.1 503 answer of a request shed on arrival, as bytes.
+
+        ``default_headers`` (the server's ``date`` and ``server`` headers) go first.
+        Built once per distinct ``default_headers`` object (a server replaces its
+        list when the date changes), so a shed costs one dictionary-free lookup.
+        """
+        cached = self._responses
+        if cached is not None and cached[0] is default_headers:
+            return cached[1]
+        lines = [b"HTTP/1.1 503 Service Unavailable"]
+        lines += [name + b": " + value for name, value in default_headers]
+        lines += [b"content-type: " + PROBLEM_CONTENT_TYPE,
+                  b"content-length: " + str(len(_BODY)).encode()]
+        lines += [name + b": " + value for name, value in self._headers]
+        answer = b"\r\n".join(lines) + b"\r\n\r\n" + _BODY
+        self._responses = (default_headers, answer)
+        return answer
+
+    def report(self) -> None:
+        """Send the ``CallRejected`` events of the sheds not yet reported.
+
+        Sheds are counted at once (:attr:`shed` and the per-reason counters) but
+        reported in batches: the first shed of each reason is sent at once, then at
+        most one event per reason every 0.1 s, whose ``count`` is the sheds since
+        the last one. Under overload that is a few events a second where there are
+        thousands of sheds. The middleware reports what is left when a request ends
+        and the lag sampler on its tick; call this before reading a listener's
+        totals in a test.
+        """
+        unreported = self._unreported
+        if not unreported:
+            return
+        self._unreported = {}
+        now = self._now()
+        for reason, count in unreported.items():
+            self._reported_at[reason] = now
+            self._send_rejected(reason, count)
+
+    def _count_shed(self, reason: str) -> None:
+        if reason == "overload":
+            self.shed_overload += 1
+        elif reason == "loop_lag":
+            self.shed_loop_lag += 1
+        else:
+            self.shed_queue_delay += 1
+        if not (self._listeners or global_listeners()):
+            return
+        unreported = self._unreported
+        unreported[reason] = count = unreported.get(reason, 0) + 1
+        now = self._now()
+        last = self._reported_at.get(reason)
+        if last is None or now - last >= _REPORT_INTERVAL or now < last:
+            del unreported[reason]
+            self._reported_at[reason] = now
+            self._send_rejected(reason, count)
+
+    def _send_rejected(self, reason: str, count: int) -> None:
+        dispatch(self._listeners, CallRejected(
+            policy="load_shedder", name=self.name, reason=reason,
+            retry_after=self.retry_after, count=count,
+        ))
+
+    def _refusal(self, inflight: int, critical: bool) -> str | None:
+        """Why a request arriving above the limit or while lagging is shed (None: it is not)."""
+        lag = self.lagging and inflight >= self._lag_floor
+        if critical and inflight < (self._admit if lag else self._critical_admit):
+            return None
+        return "loop_lag" if lag else "overload"
 
     def _is_critical(self, scope: Scope) -> bool:
-        if self._critical_paths and scope["path"].startswith(self._critical_paths):
+        if self._is_critical_head(scope["path"], scope["headers"]):
+            return True
+        priority = self._priority
+        return priority is not None and bool(priority(scope))
+
+    def _is_critical_head(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        if self._critical_paths and path.startswith(self._critical_paths):
             return True
         name = self._critical_header
         if name is not None:
-            for key, value in scope["headers"]:
+            for key, value in headers:
                 if key == name:
-                    if value.lower() in self._critical_values:
-                        return True
-                    break
-        priority = self._priority
-        return priority is not None and bool(priority(scope))
+                    return value.lower() in self._critical_values
+        return False
 
     def _sample(self, rtt: float, inflight: int, dropped: bool) -> None:
         algorithm = self.algorithm
@@ -449,6 +625,13 @@ class LoadShedder:
             dispatch(self._listeners, CallRejected(
                 policy="load_shedder", name=self.name, reason="body_timeout"))
 
+    def header_timed_out(self) -> None:
+        """Count a request head that did not arrive in time (the server's protocol calls this)."""
+        self.header_timeouts += 1
+        if self._listeners or global_listeners():
+            dispatch(self._listeners, CallRejected(
+                policy="load_shedder", name=self.name, reason="header_timeout"))
+
     def _start_sampler(self) -> None:
         # Called when the running loop is not the sampler's: the first request, or a
         # new loop after an old one was closed without cancelling our task (whose
@@ -470,6 +653,8 @@ class LoadShedder:
                 start = loop.time()
                 await asyncio.sleep(interval)
                 self.observe_loop_lag(loop.time() - start - interval)
+                if self._unreported:
+                    self.report()
         finally:
             # The loop is closing (or aclose() was called): forget the signal, and let
             # the next request on a new loop start a new sampler.
@@ -479,7 +664,8 @@ class LoadShedder:
                 self._sampler_loop = None
 
     async def aclose(self) -> None:
-        """Stop the lag sampler (it restarts with the next request)."""
+        """Report the sheds not yet reported and stop the lag sampler (it restarts)."""
+        self.report()
         task = self._sampler
         if task is not None:
             task.cancel()

@@ -45,7 +45,8 @@ class LoggingListener:
             return logging.WARNING, f"{who}: {event.old} -> {event.new}"
         if isinstance(event, CallRejected):
             after = "" if event.retry_after is None else f", retry after {event.retry_after:.3f}s"
-            return logging.DEBUG, f"{who}: rejected ({event.reason}{after})"
+            times = "" if event.count == 1 else f" {event.count} calls"
+            return logging.DEBUG, f"{who}: rejected{times} ({event.reason}{after})"
         if isinstance(event, RetryScheduled):
             return (logging.INFO, f"{who}: attempt {event.attempt} failed "
                     f"({event.error!r}); retrying in {event.delay:.3f}s")

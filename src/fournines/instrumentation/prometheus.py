@@ -147,7 +147,7 @@ class PrometheusListener:
     def __call__(self, event: Event) -> None:
         """Count ``event``."""
         if isinstance(event, CallRejected):
-            self._child(self.rejections, event.policy, event.name, event.reason).inc()
+            self._child(self.rejections, event.policy, event.name, event.reason).inc(event.count)
         elif isinstance(event, StateChanged):
             self.transitions.labels(event.name, event.old, event.new).inc()
             for state in _STATES:
