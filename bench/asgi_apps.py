@@ -60,14 +60,15 @@ def build(variant: str) -> Any:
         app = Starlette(routes=[Route("/orders/{order_id}", order)])
     if variant in ("bare", "overload_bare"):
         return app
-    if variant in ("fournines", "fournines_traced", "overload_fournines"):
+    if variant in ("fournines", "fournines_traced", "overload_fournines",
+                   "overload_fournines_asgi"):
         from fournines import TokenBucket
         from fournines.asgi import protect
 
         kwargs: dict[str, Any] = {}
         if variant == "fournines_traced":
             kwargs["tracer_provider"] = _noop_tracer_provider()
-        if variant != "overload_fournines":
+        if not variant.startswith("overload_fournines"):
             kwargs["rate_limit"] = lambda: TokenBucket(rate=1e9, capacity=1e9)
         return protect(app, service="bench", **kwargs)
     if variant in ("exporter", "usual"):

@@ -47,7 +47,7 @@ def main() -> None:
         capacity = asyncio.run(run_load("/work", port=server.port, connections=16,
                                         duration=5)).rate(200)
     print(f"capacity (16 connections, unprotected): {capacity:.0f} req/s", flush=True)
-    for variant in ("overload_bare", "overload_fournines"):
+    for variant in ("overload_bare", "overload_fournines_asgi", "overload_fournines"):
         with Server(variant, path="/work") as server:
             asyncio.run(run_load("/work", port=server.port, connections=8, duration=1))
             results[variant] = asyncio.run(run_load(
