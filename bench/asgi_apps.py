@@ -53,7 +53,31 @@ def _noop_tracer_provider() -> Any:
     return provider
 
 
+async def hello(scope: Any, receive: Any, send: Any) -> None:
+    """The cheapest ASGI app: the floor a rejection's cost is compared with."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+async def hang(request: Request) -> PlainTextResponse:
+    # Holds the one slot of a FixedLimit(1) so that every other request is shed.
+    await asyncio.sleep(3600)
+    return PlainTextResponse("late")
+
+
 def build(variant: str) -> Any:
+    if variant == "hello":
+        return hello
+    if variant.startswith("reject_fournines"):
+        from fournines.asgi import protect
+        from fournines.policies.adaptive import FixedLimit
+
+        inner = Starlette(routes=[Route("/work", hang), Route("/ready", work)])
+        return protect(inner, service="bench", concurrency_limit=FixedLimit(1),
+                       queue_target=None)
     if variant.startswith("overload"):
         app: Any = Starlette(routes=[Route("/work", work)])
     else:

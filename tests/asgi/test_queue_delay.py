@@ -207,3 +207,22 @@ def test_shed_response_is_a_complete_503_with_retry_after(clock: FakeClock) -> N
 def test_a_target_not_shorter_than_the_interval_is_refused(clock: FakeClock) -> None:
     with pytest.raises(ConfigurationError, match="queue_target"):
         shedder(clock, queue_target=0.2, queue_interval=0.1)
+
+
+
+def test_protect_passes_its_queue_target_to_the_shedder() -> None:
+    from fournines.asgi import protect
+
+    with pytest.raises(ConfigurationError, match="queue_target"):
+        protect(ok, queue_target=0.2, queue_interval=0.1, metrics=False)
+
+
+def test_a_refused_protect_leaves_no_metrics_behind() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from fournines.asgi import protect
+
+    registry = CollectorRegistry()
+    with pytest.raises(ConfigurationError, match="queue_target"):
+        protect(ok, queue_target=0.2, queue_interval=0.1, registry=registry)
+    assert protect(ok, queue_target=None, registry=registry).state.service == "service"

@@ -72,6 +72,8 @@ def protect(
     concurrency_limit: ConcurrencyLimit | None = None,
     max_loop_lag: float | None = 0.1,
     lag_floor: int = 4,
+    queue_target: float | None = 0.005,
+    queue_interval: float = 0.1,
     body_timeout: float | None = 10.0,
     critical_paths: Sequence[str] = (),
     rate_limit: Callable[[], RateLimiter] | Sequence[RateLimitRule] | None = None,
@@ -94,7 +96,11 @@ def protect(
     :param shedding: shed load adaptively (``concurrency_limit``: the algorithm,
         Gradient2 by default; ``max_loop_lag``: the event-loop lag that sheds
         non-critical requests, but never while fewer than ``lag_floor`` requests
-        are in flight; ``body_timeout``: seconds a request body may take to
+        are in flight; ``queue_target`` and ``queue_interval``: CoDel on each
+        request's queueing delay, the time from its arrival to its handler's
+        start: once requests have waited longer than ``queue_target`` for a whole
+        ``queue_interval``, those that waited longer than ``queue_target`` are
+        shed, ``None`` turns it off; ``body_timeout``: seconds a request body may take to
         arrive before ``408``, see :class:`~fournines.asgi.shedding.LoadShedder`,
         whose in-flight count leaves out requests waiting for their body;
         ``critical_paths``: path prefixes shed last).
@@ -134,19 +140,26 @@ def protect(
         from .tracing import TracingMiddleware  # noqa: PLC0415 - needs the otel extra
 
         inner = TracingMiddleware(inner, tracer_provider=tracer_provider)
+    # The outer layers validate their options before the metrics register theirs, so a
+    # refused option leaves nothing behind in the registry and a corrected call succeeds.
+    all_checks = [*checks, event_loop_lag_check()] if loop_lag_check else list(checks)
+    health = HealthMiddleware(None, checks=all_checks, state=state, cache_ttl=health_cache_ttl,
+                              version=version, service_id=service)
+    shedder = (
+        LoadShedder(health, limit=concurrency_limit, max_loop_lag=max_loop_lag,
+                    lag_floor=lag_floor, queue_target=queue_target,
+                    queue_interval=queue_interval, body_timeout=body_timeout,
+                    critical_paths=critical_paths)
+        if shedding else None
+    )
     if metrics:
         from .metrics import MetricsMiddleware  # noqa: PLC0415 - needs prometheus_client
 
         inner = MetricsMiddleware(inner, registry=registry, state=state,
                                   resilience_events=resilience_events)
-    all_checks = [*checks, event_loop_lag_check()] if loop_lag_check else list(checks)
-    inner = HealthMiddleware(inner, checks=all_checks, state=state, cache_ttl=health_cache_ttl,
-                             version=version, service_id=service)
-    if shedding:
-        inner = LoadShedder(inner, limit=concurrency_limit, max_loop_lag=max_loop_lag,
-                            lag_floor=lag_floor, body_timeout=body_timeout,
-                            critical_paths=critical_paths)
-    return LifecycleMiddleware(inner, state=state, instance_header=instance_header)
+    health.app = inner
+    outer: ASGIApp = health if shedder is None else shedder
+    return LifecycleMiddleware(outer, state=state, instance_header=instance_header)
 
 
 def _check_options(*, rate_limit: object, rate_limit_key: object, shedding: bool,
