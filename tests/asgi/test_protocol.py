@@ -243,6 +243,26 @@ async def test_a_request_head_above_the_size_limit_gets_431(gate: Gate) -> None:
         assert gate.calls == 0
 
 
+async def test_a_request_head_sent_in_many_reads_is_held_to_the_size_limit(gate: Gate) -> None:
+    async for served in run(gate):
+        reader, writer = await served.connect()
+        writer.write(b"GET /work HTTP/1.1\r\nhost: t\r\n")
+        await writer.drain()
+        status = 0
+        for _ in range(100):
+            try:
+                writer.write(b"x-big: " + b"a" * 2000 + b"\r\n")
+                await writer.drain()
+            except ConnectionError:
+                break
+            await asyncio.sleep(0.002)  # one read each
+            if reader.at_eof() or len(reader._buffer) > 0:  # type: ignore[attr-defined]
+                break
+        status, _, _ = await response(reader)
+        assert status == 431
+        assert gate.calls == 0
+
+
 def test_find_shedder_follows_the_middleware_chain() -> None:
     app = protect(Gate(), metrics=False)
     shedder = find_shedder(app)

@@ -55,6 +55,7 @@ from .shedding import TICKET, LoadShedder
 __all__ = ["ShedHttpToolsProtocol", "find_shedder"]
 
 _MAX_APP_DEPTH = 32
+_LINGER = 1.0  # seconds a connection answered 408/431 drains the client's bytes
 _TIMEOUT_BODY = problem(408, "Request Timeout", "the request head did not arrive in time")
 _TOO_LARGE_BODY = problem(431, "Request Header Fields Too Large",
                          "the request head is larger than the server accepts")
@@ -118,6 +119,7 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # until the first request head is complete
         self._head_size = 0
+        self._discarding = False  # answered and closing: the rest is dropped
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Accept the connection; its first request head must come within the timeout."""
@@ -130,10 +132,21 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Parse ``data``; time a request head that is still incomplete after it."""
+        """Parse ``data``; time and size a request head that is still incomplete after it."""
+        if self._discarding:
+            return
         super().data_received(data)
-        if self._in_head and self._head_timer is None and not self.transport.is_closing():
-            self._arm_head_timer()
+        if self._in_head and not self.transport.is_closing():
+            # Counted per read, not per header callback, so that a head that comes whole
+            # (nearly all of them) pays nothing; a head may overshoot the limit by at
+            # most one read.
+            self._head_size += len(data)
+            if self._head_size > self.max_head_size:
+                # httptools sets no limit of its own: without this, one request head
+                # may grow until memory runs out.
+                self._answer_and_close(_TOO_LARGE_HEAD, _TOO_LARGE_BODY)
+            elif self._head_timer is None:
+                self._arm_head_timer()
 
     def on_message_begin(self) -> None:
         """A request starts: its head is now being read."""
@@ -141,29 +154,11 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0
         super().on_message_begin()
 
-    def on_url(self, url: bytes) -> None:
-        """Collect the request target, within :attr:`max_head_size`."""
-        super().on_url(url)
-        self._count_head(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect one header, within :attr:`max_head_size`."""
-        super().on_header(name, value)
-        self._count_head(len(name) + len(value) + 4)
-
-    def _count_head(self, size: int) -> None:
-        size += self._head_size
-        self._head_size = size
-        if size > self.max_head_size and not self.transport.is_closing():
-            # httptools sets no limit of its own: without this, one request head may
-            # grow until memory runs out.
-            self._answer_and_close(_TOO_LARGE_HEAD, _TOO_LARGE_BODY)
-
     def on_headers_complete(self) -> None:
         """Shed the request on arrival, or pass it on with its ticket."""
         self._in_head = False
         self._cancel_head_timer()
-        if self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
             return  # answered 431 already: the rest of this read is not a request
         shedder = self._shedder
         cycle = self.cycle
@@ -224,5 +219,15 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
         lines = [head]
         lines += [name + b": " + value + b"\r\n" for name, value in
                   self.server_state.default_headers]
-        self.transport.write(b"".join(lines) + b"\r\n" + body)
-        self.transport.close()
+        transport = self.transport
+        transport.write(b"".join(lines) + b"\r\n" + body)
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        # A close with the client's bytes still unread makes the kernel send a reset,
+        # and the client loses the answer: end our side, read and drop what still
+        # comes for a moment (a lingering close), then close.
+        transport.write_eof()
+        self._discarding = True
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(_LINGER, transport.close)
