@@ -94,6 +94,10 @@ def build(variant: str) -> Any:
             kwargs["tracer_provider"] = _noop_tracer_provider()
         if not variant.startswith("overload_fournines"):
             kwargs["rate_limit"] = lambda: TokenBucket(rate=1e9, capacity=1e9)
+        elif os.environ.get("BENCH_MAX_LOOP_LAG"):
+            # For trying the shedder's settings; the reported runs use the defaults.
+            lag = os.environ["BENCH_MAX_LOOP_LAG"]
+            kwargs["max_loop_lag"] = None if lag == "none" else float(lag)
         return protect(app, service="bench", **kwargs)
     if variant in ("exporter", "usual"):
         from starlette_exporter import PrometheusMiddleware, handle_metrics

@@ -350,7 +350,7 @@ async def test_lag_seen_below_the_floor_is_counted_and_sent_as_unrelieved(
     shedder = shedder_of(gate, limit=100, lag_floor=2, clock=clock, listeners=[recorder],
                          name="api")
     shedder.observe_loop_lag(0.5)   # nothing in flight: unrelieved
-    shedder.observe_loop_lag(0.05)  # no lag
+    shedder.observe_loop_lag(0.01)  # no lag
     held = await hold(shedder, 2)
     shedder.observe_loop_lag(0.5)   # at the floor: the shedder acts on it
     gate.release.set()

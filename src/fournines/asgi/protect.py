@@ -70,7 +70,7 @@ def protect(
     max_timeout: float | None = 30.0,
     shedding: bool = True,
     concurrency_limit: ConcurrencyLimit | None = None,
-    max_loop_lag: float | None = 0.1,
+    max_loop_lag: float | None = 0.025,
     lag_floor: int = 4,
     queue_target: float | None = 0.005,
     queue_interval: float = 0.1,

@@ -89,6 +89,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -133,6 +134,7 @@ Ticket = tuple[Any, ...]
 or ``()`` when it does not decide."""
 
 _REPORT_INTERVAL = 0.1
+_UNCAPPED = sys.maxsize  # no lag cap: the algorithm's limit alone decides
 
 
 class RequestBodyTimeout(Exception):
@@ -151,10 +153,14 @@ class LoadShedder:
     - ``limit``: the algorithm (anything with ``limit`` and ``on_sample``,
       see :mod:`fournines.policies.adaptive`); by default a
       ``Gradient2Limit()``. Give each shedder its own.
-    - ``max_loop_lag``: seconds of event-loop lag above which non-critical
-      requests are shed (``None``: do not measure lag); ``lag_interval``: how
-      often the lag is measured; ``lag_floor``: the in-flight count below which
-      lag alone never sheds.
+    - ``max_loop_lag``: seconds of event-loop lag above which the shedder caps
+      the requests in flight (``None``: do not measure lag): each measurement
+      above it lowers the cap to three quarters of what was in flight, each one
+      below raises it by an eighth until the algorithm's limit rules again
+      (:attr:`lag_cap`); non-critical requests at the cap are shed, critical ones
+      lose their headroom. ``lag_interval``: how often the lag is measured;
+      ``lag_floor``: the cap never goes below it (lag with fewer requests in
+      flight comes from elsewhere, and is counted as unrelieved).
     - ``body_timeout``: seconds the app may wait for a request body in all
       (``None``: no timeout), plus one second per ``min_body_rate`` bytes received.
     - ``critical_header``, ``critical_values``, ``critical_paths``, ``priority``:
@@ -178,7 +184,9 @@ class LoadShedder:
         "_critical_paths",
         "_critical_values",
         "_first_above",
+        "_gate",
         "_headers",
+        "_lag_cap",
         "_lag_floor",
         "_lag_interval",
         "_listeners",
@@ -218,7 +226,7 @@ class LoadShedder:
         app: ASGIApp,
         *,
         limit: ConcurrencyLimit | None = None,
-        max_loop_lag: float | None = 0.1,
+        max_loop_lag: float | None = 0.025,
         lag_interval: float = 0.05,
         lag_floor: int = 4,
         queue_target: float | None = 0.005,
@@ -310,6 +318,8 @@ class LoadShedder:
         self._sampler_loop: asyncio.AbstractEventLoop | None = None
         self._admit = 0
         self._critical_admit = 0
+        self._lag_cap = _UNCAPPED
+        self._gate = 0
         self._limit_changed(limit.limit)
         self.in_flight = 0
         """Requests being served now (never-shed paths and those waiting for their body
@@ -350,9 +360,15 @@ class LoadShedder:
         """Requests shed so far, for any reason."""
         return self.shed_overload + self.shed_loop_lag + self.shed_queue_delay
 
+    @property
+    def lag_cap(self) -> int | None:
+        """The in-flight cap that event-loop lag has set (``None``: no cap now)."""
+        return None if self._lag_cap == _UNCAPPED else self._lag_cap
+
     def _limit_changed(self, limit: int) -> None:
         self._admit = limit
         self._critical_admit = max(limit, math.ceil(limit * self.critical_headroom))
+        self._gate = min(limit, self._lag_cap)
 
     @property
     def lag_floor(self) -> int:
@@ -434,7 +450,7 @@ class LoadShedder:
         to :meth:`release` when the work ends.
         """
         inflight = self.in_flight
-        if inflight >= self._admit or (self.lagging and inflight >= self._lag_floor):
+        if inflight >= self._gate:
             reason = self._refusal(inflight, self._is_critical(scope))
             if reason is not None:
                 self._count_shed(reason)
@@ -474,7 +490,7 @@ class LoadShedder:
         if self._priority is not None or path in self._never:
             return ()
         inflight = self.in_flight
-        if inflight >= self._admit or (self.lagging and inflight >= self._lag_floor):
+        if inflight >= self._gate:
             reason = self._refusal(inflight, self._is_critical_head(path, headers))
             if reason is not None:
                 self._count_shed(reason)
@@ -578,8 +594,8 @@ class LoadShedder:
         ))
 
     def _refusal(self, inflight: int, critical: bool) -> str | None:
-        """Why a request arriving above the limit or while lagging is shed (None: it is not)."""
-        lag = self.lagging and inflight >= self._lag_floor
+        """Why a request arriving at the limit or the lag cap is shed (None: it is not)."""
+        lag = self._lag_cap <= self._admit
         if critical and inflight < (self._admit if lag else self._critical_admit):
             return None
         return "loop_lag" if lag else "overload"
@@ -611,7 +627,24 @@ class LoadShedder:
         """Record one event-loop lag measurement, in seconds (the sampler calls this)."""
         self.loop_lag = lag if lag > 0.0 else 0.0
         self.lagging = lagging = self._max_lag is not None and lag > self._max_lag
-        if lagging and self.in_flight < self._lag_floor:
+        inflight = self.in_flight
+        cap = self._lag_cap
+        if lagging:
+            # A loop that runs late answers everything late, refusals included, and
+            # the lateness is the admitted work's CPU: lower the cap on what is
+            # admitted below what was in flight (multiplicative decrease), never
+            # below the floor. Each sample acts, so the cap follows the lag within
+            # a few lag_intervals instead of shedding everything while it lasts.
+            cap = max(self._lag_floor, min(cap, inflight) * 3 // 4)
+        elif cap != _UNCAPPED:
+            # Additive-multiplicative increase back to the algorithm's limit.
+            cap += max(1, cap // 8)
+            if cap >= self._admit:
+                cap = _UNCAPPED
+        if cap != self._lag_cap:
+            self._lag_cap = cap
+            self._gate = min(self._admit, cap)
+        if lagging and inflight < self._lag_floor:
             # Lag the service does not cause: shedding its few requests would not help.
             self.lag_unrelieved += 1
             if self._listeners or global_listeners():
@@ -641,6 +674,8 @@ class LoadShedder:
             return
         self._sampler_loop = loop
         self.lagging = False
+        self._lag_cap = _UNCAPPED
+        self._gate = self._admit
         self.loop_lag = 0.0
         self._sampler = loop.create_task(self._sample_lag(),
                                          name=f"fournines-{self.name}-loop-lag")
@@ -659,6 +694,8 @@ class LoadShedder:
             # The loop is closing (or aclose() was called): forget the signal, and let
             # the next request on a new loop start a new sampler.
             self.lagging = False
+            self._lag_cap = _UNCAPPED
+            self._gate = self._admit
             if self._sampler is current_task():
                 self._sampler = None
                 self._sampler_loop = None
