@@ -28,6 +28,7 @@ PAGES = {
     "fournines.testing": "testing",
     "fournines.asgi": "asgi",
     "fournines.policies.adaptive": "asgi",
+    "fournines.asgi.protocol": "asgi",
     "fournines.client": "client",
     "fournines.slo": "slo",
     "fournines.chaos": "chaos",
