@@ -307,10 +307,9 @@ def sample_size_to_prove(target: float = 0.9999, confidence: float = 0.95,
         return _lower(n - failures, n, alpha) >= target
 
     # The bound grows with n at a fixed failure count: double, then bisect.
-    if failures == 0:  # start next to the closed form's answer
-        low = max(0, math.floor(math.log(alpha) / math.log(target)) - 2)
-    else:
-        low = failures
+    # With 0 failures, start next to the closed form's answer.
+    low = (max(0, math.floor(math.log(alpha) / math.log(target)) - 2) if failures == 0
+           else failures)
     high = max(low + 1, 2 * low)
     while not proves(high):
         low, high = high, 2 * high
