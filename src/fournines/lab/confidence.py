@@ -51,7 +51,7 @@ WILSON = "Wilson score"
 NEWCOMBE = "Newcombe hybrid score (method 10)"
 """The method name of :func:`newcombe_difference`'s intervals."""
 
-Outcome = Literal["held", "not proven", "missed"]
+VerdictOutcome = Literal["held", "not proven", "missed"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,7 +102,7 @@ class Verdict:
     ``lower`` and ``upper`` are the one-sided Clopper-Pearson bounds.
     """
 
-    outcome: Outcome
+    outcome: VerdictOutcome
     target: float
     successes: int
     n: int
@@ -337,7 +337,7 @@ def judge(successes: int, n: int, target: float, confidence: float = 0.95) -> Ve
     lower, upper = _lower(successes, n, alpha), _upper(successes, n, alpha)
     estimate = successes / n
     needed = None
-    outcome: Outcome
+    outcome: VerdictOutcome
     if lower >= target:
         outcome = "held"
     elif estimate >= target and upper >= target:
