@@ -53,7 +53,10 @@ def test_the_protected_variant_serves_more_than_the_unprotected_one(lab: LabRun)
     variants = lab.report["variants"]
     assert variants["protected"]["availability"] > variants["unprotected"]["availability"]
     assert variants["protected"]["failed"] < variants["unprotected"]["failed"]
-    assert lab.report["targets"]["protected beats unprotected"]["met"] is True
+    assert lab.report["targets"][
+        "protected beats unprotected (95 % interval of the difference above 0)"]["met"] is True
+    comparison = lab.report["comparison"]
+    assert 0 < comparison["lower"] < comparison["difference"] < comparison["upper"]
 
 
 def test_both_variants_got_the_same_load_and_the_same_faults(lab: LabRun) -> None:
@@ -69,7 +72,8 @@ def test_both_variants_got_the_same_load_and_the_same_faults(lab: LabRun) -> Non
 def test_the_json_report_has_every_part_of_the_issue(lab: LabRun) -> None:
     report = lab.report
     assert {"scenario", "seed", "rate", "capacity", "objective", "faults", "variants",
-            "targets", "timings", "fault_log", "request_log", "missed_scrapes"} <= set(report)
+            "targets", "timings", "fault_log", "request_log", "missed_scrapes", "statistics",
+            "comparison"} <= set(report)
     assert report["objective"] == 0.9999
     assert report["capacity"]["measured"] > 0
     # the protected gateway's own BudgetTracker, read from its /metrics
@@ -79,7 +83,10 @@ def test_the_json_report_has_every_part_of_the_issue(lab: LabRun) -> None:
         assert {"requests", "full", "degraded", "failed", "availability_full",
                 "availability", "latency_seconds", "breaker_openings", "retries", "sheds",
                 "error_budget_consumed", "verdict", "failures_by_phase",
-                "series"} <= set(summary)
+                "series", "availability_interval", "availability_full_interval",
+                "interval_method", "objective_verdict", "meets_objective"} <= set(summary)
+        interval = summary["availability_interval"]
+        assert interval["lower"] <= summary["availability"] <= interval["upper"]
         assert set(summary["latency_seconds"]) == {"p50", "p95", "p99", "max",
                                                    "worst_second_p99", "p99_by_phase"}
         assert len(summary["series"]["availability"]) == 7
@@ -132,5 +139,11 @@ def test_the_terminal_shows_the_table_and_the_verdicts(lab: LabRun) -> None:
                   "sheds", "error budget consumed", "verdict"):
         assert label in out
     assert "99.99 %" in out
+    assert "Clopper-Pearson exact" in out
+    assert "unprotected: +" in out  # the comparison line
+    # a 7 s run is far too short to prove four nines, whatever it served
+    assert "99.99 % held" not in out
+    assert lab.report["variants"]["protected"]["objective_verdict"]["outcome"] in (
+        "not proven", "missed")
     assert "HTML report:" in out
     print(f"shortened lab: {lab.seconds:.1f} s wall time")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from fournines.lab.load import Outcome
 from fournines.lab.metrics import Sample
 from fournines.lab.report import (
+    comparison_line,
     plot_svg,
     render_html,
     render_summary_svg,
@@ -55,7 +58,9 @@ def test_the_html_report_needs_no_network_and_has_every_plot() -> None:
 
 def test_the_html_report_says_which_variant_missed_and_why() -> None:
     page = render_html(result())
-    assert "99.99 % MISSED" in page and "99.99 % HELD" in page
+    assert "99.99 % missed" in page
+    assert "99.99 % not proven at this sample size (need 29,956 requests with 0 failures)" in page
+    assert "99.99 % held" not in page
     assert "HTTP 502 (order 502)" in page  # where the unprotected failures came from
     assert "payment_errors (20% x 500)" in page
 
@@ -87,7 +92,9 @@ def test_the_terminal_table_has_every_column_of_the_issue() -> None:
                   "p50 / p95 / p99", "p99 of the worst second", "breaker openings",
                   "retries", "sheds", "error budget consumed", "verdict"):
         assert label in text
-    assert "target protected availability >= 99.99 %: met" in text
+    # 40 requests without a failure prove 92.784 %, not 99.99 %
+    assert ("target protected availability >= 99.99 % (one-sided 95 % lower bound): NOT met "
+            "(92.784 %)") in text
     assert "target protected p99 < 1 s in every second: met" in text
     assert "unprotected: where the 10 failures came from" in text
 
@@ -126,3 +133,74 @@ def test_the_json_keeps_every_request_and_every_fault_parameter(tmp_path: Path) 
                                  "at": 1, "duration": 1, "end": 2, "rate": 0.2, "status": 500,
                                  "latency": 2.0, "jitter": 0.0, "mode": "timeout",
                                  "factor": 3.0}
+
+
+def big_result(failures: int) -> LabResult:
+    """30,000 requests per variant: protected with ``failures`` failures, unprotected at 60 %."""
+    scenario = Scenario(duration=30, faults=())
+    good = [Outcome(at=i / 1000, status=502 if i < failures else 200, latency=0.02,
+                    degraded=False, send_lag=0.0) for i in range(30_000)]
+    bad = [Outcome(at=i / 1000, status=502 if i % 5 < 2 else 200, latency=0.3, degraded=False,
+                   send_lag=0.0) for i in range(30_000)]
+    return LabResult(
+        scenario=scenario, seed=7, rate=1000.0, capacity=66.0, capacity_model=66.7,
+        summaries={"unprotected": summarize("unprotected", bad, [], (), 30),
+                   "protected": summarize("protected", good, [], (), 30)})
+
+
+def test_every_availability_is_shown_with_its_95_percent_interval() -> None:
+    lab = result()
+    page = render_html(lab)
+    out = io.StringIO()
+    render_table(lab, Console(file=out, width=200))
+    text = out.getvalue()
+    # 40 of 40: Clopper-Pearson [91.190 %, 100 %]; 30 of 40: [58.803 %, 87.309 %]
+    for shown in (text, page):
+        assert "100.000 % [91.190, 100.000]" in shown
+        assert "75.000 % [58.803, 87.309]" in shown
+        assert "Clopper-Pearson exact" in shown
+
+
+def test_four_nines_are_held_only_when_the_lower_bound_proves_them() -> None:
+    lab = big_result(failures=0)
+    page = render_html(lab)
+    assert "99.99 % held" in page
+    assert lab.summaries["protected"].meets_objective
+    assert lab.targets()[
+        "protected availability >= 99.99 % (one-sided 95 % lower bound)"]["met"] is True
+
+
+def test_a_failure_in_thirty_thousand_requests_is_not_proven_with_the_size_needed() -> None:
+    page = render_html(big_result(failures=1))
+    assert "99.99 % not proven at this sample size (need 47,437 requests with 1 failure)" in page
+
+
+def test_the_comparison_line_gives_the_difference_and_its_interval() -> None:
+    lab = big_result(failures=0)
+    difference = lab.comparison
+    assert difference is not None
+    assert difference.estimate == pytest.approx(0.4)
+    assert difference.lower < 0.4 < difference.upper
+    line = comparison_line(difference)
+    assert line.startswith("protected \u2212 unprotected: +40.000 pts [+39.")
+    assert "Newcombe hybrid score" in line
+    out = io.StringIO()
+    render_table(lab, Console(file=out, width=200))
+    assert line in out.getvalue()
+    assert html.escape(line) in render_html(lab)
+
+
+def test_the_json_has_the_intervals_the_method_the_verdict_and_the_comparison(
+        tmp_path: Path) -> None:
+    path = tmp_path / "lab.json"
+    write_json(result(), path)
+    data = json.loads(path.read_text())
+    assert data["statistics"]["interval_method"] == "Clopper-Pearson exact"
+    protected = data["variants"]["protected"]
+    assert protected["availability_interval"]["lower"] == pytest.approx(0.91190, abs=1e-5)
+    assert protected["objective_verdict"]["outcome"] == "not proven"
+    assert protected["objective_verdict"]["requests_needed"] == 29_956
+    assert protected["meets_objective"] is False
+    assert data["comparison"]["difference"] == pytest.approx(0.25)
+    assert data["comparison"]["lower"] < 0.25 < data["comparison"]["upper"]
+    assert data["comparison"]["method"] == "Newcombe hybrid score (method 10)"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from fournines.lab.confidence import clopper_pearson
 from fournines.lab.load import Outcome
 from fournines.lab.metrics import Sample, parse_metrics
 from fournines.lab.scenario import Fault
@@ -112,7 +113,7 @@ def test_a_summary_counts_full_degraded_and_failed_and_says_where_failures_came_
     assert summary.availability == 0.5
     assert summary.availability_full == 0.25
     assert not summary.meets_objective
-    assert "MISSED" in summary.verdict
+    assert summary.verdict == "99.99 % missed, p99 < 1 s"
     assert summary.failures_by_phase == {
         "partition (timeout)": {"timeout": 1, "HTTP 502 (order 502)": 1}}
     assert summary.degraded_by_source == {"payment-status": 1}
@@ -143,3 +144,47 @@ def test_p99_is_also_judged_second_by_second_because_the_target_says_throughout(
     assert summary.p99 < 1.0
     assert summary.worst_second_p99 == 1.5
     assert summary.p99_by_phase == {"steady": summary.p99}
+
+
+def test_each_availability_carries_its_exact_interval() -> None:
+    outcomes = [outcome(i / 100, degraded=i % 4 == 0) for i in range(100)]
+    summary = summarize("protected", outcomes, [], [], duration=1)
+    assert summary.availability_interval == clopper_pearson(100, 100)
+    assert summary.availability_full_interval == clopper_pearson(75, 100)
+    assert summary.availability_interval.method == "Clopper-Pearson exact"
+
+
+def test_no_failure_in_a_short_run_is_not_proven_and_does_not_meet_the_objective() -> None:
+    summary = summarize("protected", [outcome(i / 100) for i in range(100)], [], [],
+                        duration=1)
+    assert summary.availability == 1.0
+    assert summary.objective.outcome == "not proven"
+    assert not summary.meets_objective
+    assert summary.verdict == ("99.99 % not proven at this sample size (need 29,956 requests "
+                               "with 0 failures), p99 < 1 s")
+    assert summary.to_json()["objective_verdict"]["requests_needed"] == 29_956
+
+
+def test_no_failure_in_29956_requests_holds_four_nines() -> None:
+    summary = summarize("protected", [outcome(i / 1000) for i in range(29_956)], [], [],
+                        duration=30)
+    assert summary.meets_objective
+    assert summary.verdict == "99.99 % held, p99 < 1 s"
+
+
+def test_the_json_names_the_interval_method_and_what_the_verdict_is_judged_on() -> None:
+    data = summarize("protected", [outcome(0.1), outcome(0.2, status=502)], [], [],
+                     duration=1).to_json()
+    assert data["interval_method"] == "Clopper-Pearson exact"
+    assert data["availability_interval"]["lower"] == clopper_pearson(1, 2).lower
+    assert data["availability_interval"]["upper"] == clopper_pearson(1, 2).upper
+    assert data["objective_verdict"]["outcome"] == "missed"
+    assert data["objective_verdict"]["judged_on"].startswith("one-sided 95 % lower bound")
+    assert data["meets_objective"] is False
+
+
+def test_a_variant_without_requests_proves_nothing() -> None:
+    summary = summarize("protected", [], [], [], duration=1)
+    assert (summary.availability_interval.lower, summary.availability_interval.upper) == (
+        0.0, 1.0)
+    assert summary.objective.outcome == "missed"

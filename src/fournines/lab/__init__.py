@@ -3,12 +3,26 @@
 ``fournines lab`` (or :func:`run_lab` with a :class:`Scenario`) starts a gateway,
 an order, a payment and a profile service as uvicorn processes on loopback,
 drives open-loop load through them while a fault schedule plays, and reports
-whether the 99.99 % objective held for each variant.
+whether the 99.99 % objective held for each variant: with exact 95 %
+confidence intervals, and "held" only when the one-sided lower bound proves it
+(:mod:`fournines.lab.confidence`, pure arithmetic, usable alone).
 """
 
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
+from .confidence import (
+    Difference,
+    Interval,
+    Verdict,
+    clopper_pearson,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    judge,
+    newcombe_difference,
+    sample_size_to_prove,
+    wilson,
+)
 from .scenario import Fault, PaymentModel, Scenario, default_scenario, load_scenario
 
 # The runner imports httpx (the `lab` extra), and this package is imported by
@@ -26,13 +40,23 @@ if TYPE_CHECKING:  # the real types for a user's type checker; never imported at
     from .runner import LabResult, run_lab
 
 __all__ = [
+    "Difference",
     "Fault",
+    "Interval",
     "LabError",
     "LabResult",
     "PaymentModel",
     "Scenario",
+    "Verdict",
+    "clopper_pearson",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
     "default_scenario",
+    "judge",
     "load_scenario",
+    "newcombe_difference",
     "run_and_report",
     "run_lab",
+    "sample_size_to_prove",
+    "wilson",
 ]

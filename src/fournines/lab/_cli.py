@@ -12,7 +12,9 @@ def register(sub: Any) -> None:
     lab = sub.add_parser(
         "lab", help="run the four-nines lab: a real fleet under real faults, measured",
         description="Run the same load and faults against an unprotected and a protected "
-                    "fleet of real services, and report whether 99.99 % held.")
+                    "fleet of real services, and report whether 99.99 % held: every "
+                    "availability with its exact 95 % confidence interval, \"held\" only "
+                    "when the one-sided lower bound proves it.")
     lab.add_argument("--duration", type=float, default=None,
                      help="seconds of load per variant (default: the scenario's, 60); "
                           "fault times scale with it")

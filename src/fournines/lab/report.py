@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .confidence import Difference, Interval
 from .runner import LabResult
 from .stats import OBJECTIVE, VariantSummary
 
-__all__ = ["plot_svg", "render_html", "render_summary_svg", "render_table", "write_json"]
+__all__ = ["comparison_line", "plot_svg", "render_html", "render_summary_svg", "render_table",
+           "write_json"]
 
 COLORS = {"unprotected": "#d1495b", "protected": "#2e86ab"}
 FAULT_FILL = "#f4a259"
@@ -26,6 +28,51 @@ LEFT, RIGHT, TOP, BOTTOM = 64, 16, 24, 34
 
 def _pct(value: float) -> str:
     return f"{value * 100:.3f} %"
+
+
+# Bounds are rounded outward (the lower one down, the upper one up) so that the printed
+# interval is never narrower than the computed one: a lower bound of 99.98996 % must not
+# read as 99.990 %, the very number it falls short of.
+def _down(value: float) -> str:
+    return f"{math.floor(value * 100_000) / 1000:.3f}"
+
+
+def _up(value: float) -> str:
+    return f"{math.ceil(value * 100_000) / 1000:.3f}"
+
+
+def _with_interval(value: float, interval: Interval) -> str:
+    """``99.990 % [99.877, 100.000]``: the value and its 95 % interval, in percent."""
+    return f"{_pct(value)} [{_down(interval.lower)}, {_up(interval.upper)}]"
+
+
+def _points(value: float, digits: int = 3) -> str:
+    return f"{value * 100:+.{digits}f}"
+
+
+def comparison_line(difference: Difference | None) -> str:
+    """``protected - unprotected: +x.xxx pts [lo, hi]`` (percentage points, 95 %).
+
+    The minus is the sign U+2212, as in print.
+    """
+    if difference is None:
+        return ""
+    lower = math.floor(difference.lower * 100_000) / 100_000
+    upper = math.ceil(difference.upper * 100_000) / 100_000
+    return (f"protected \u2212 unprotected: {_points(difference.estimate)} pts "
+            f"[{_points(lower)}, {_points(upper)}] "
+            f"({difference.confidence * 100:g} % interval, {difference.method})")
+
+
+STATISTICS_NOTE = (
+    "[lo, hi]: 95 % confidence interval (Clopper-Pearson exact); the 99.99 % objective "
+    "is judged on the one-sided 95 % lower bound: \"held\" only when that bound is at or "
+    "above 99.99 %.")
+"""The note under the table: what the brackets are and what the verdict rests on."""
+
+
+def _lower_bound(summary: VariantSummary) -> str:
+    return f"{_down(summary.objective.lower)} %"
 
 
 def _ms(value: float) -> str:
@@ -43,8 +90,11 @@ def render_table(result: LabResult, console: Any) -> None:
         table.add_column(variant, justify="right")
     rows: list[tuple[str, Callable[[VariantSummary], str]]] = [
         ("requests", lambda s: f"{s.requests}"),
-        ("availability (full)", lambda s: _pct(s.availability_full)),
-        ("availability (full + degraded)", lambda s: _pct(s.availability)),
+        ("availability (full) [95 % CI]",
+         lambda s: _with_interval(s.availability_full, s.availability_full_interval)),
+        ("availability (full + degraded) [95 % CI]",
+         lambda s: _with_interval(s.availability, s.availability_interval)),
+        ("one-sided 95 % lower bound", _lower_bound),
         ("failed", lambda s: f"{s.failed}"),
         ("degraded answers by fallback", _sources),
         ("p50 / p95 / p99", lambda s: f"{_ms(s.p50)} / {_ms(s.p95)} / {_ms(s.p99)}"),
@@ -53,11 +103,14 @@ def render_table(result: LabResult, console: Any) -> None:
         ("retries", lambda s: f"{s.retries}"),
         ("sheds", lambda s: f"{s.sheds}"),
         ("error budget consumed (99.99 %)", lambda s: f"{s.budget_consumed * 100:.0f} %"),
-        ("verdict", lambda s: ("[green]" if s.meets_objective else "[red]") + s.verdict),
+        ("verdict", lambda s: _STYLE[s.objective.outcome] + s.verdict),
     ]
     for label, value in rows:
         table.add_row(label, *(value(s) for s in result.summaries.values()))
     console.print(table)
+    console.print(STATISTICS_NOTE, highlight=False, markup=False)
+    if result.comparison is not None:
+        console.print(comparison_line(result.comparison), highlight=False)
     console.print(
         f"capacity: payment measured at {result.capacity:.0f} req/s "
         f"(model {result.scenario.payment.concurrency} workers x "
@@ -77,7 +130,7 @@ def render_table(result: LabResult, console: Any) -> None:
                           "the 99.99 % budget is left (its view: only requests that reached it)")
     for name, target in result.targets().items():
         mark = "[green]met[/]" if target["met"] else "[red]NOT met[/]"
-        console.print(f"  target {name}: {mark} ({_target_value(name, target['value'])})")
+        console.print(f"  target {name}: {mark} ({_target_value(name, target)})")
     for summary in result.summaries.values():
         if summary.failures_by_phase:
             console.print(f"[bold]{summary.variant}[/]: where the {summary.failed} failures "
@@ -92,6 +145,9 @@ def render_table(result: LabResult, console: Any) -> None:
                       f"{entry['action']}: {entry['error']}")
 
 
+_STYLE = {"held": "[green]", "not proven": "[yellow]", "missed": "[red]"}
+
+
 def _sources(summary: VariantSummary) -> str:
     return ", ".join(f"{k} {v}" for k, v in summary.degraded_by_source.items()) or "none"
 
@@ -104,11 +160,17 @@ def _burst(result: LabResult) -> str:
                      f"{f.duration:.1f} s" for f in bursts)
 
 
-def _target_value(name: str, value: float) -> str:
+def _target_value(name: str, target: dict[str, Any]) -> str:
+    value = target["value"]
     if "p99" in name:
         return _ms(value)
     if "beats" in name:
-        return f"{value * 100:+.3f} points"
+        return (f"{_points(value)} points [{_points(math.floor(target['lower'] * 1e5) / 1e5)}, "
+                f"{_points(math.ceil(target['upper'] * 1e5) / 1e5)}]")
+    if "lower bound" in name:
+        return f"{_down(value)} %"
+    if "upper bound" in name:
+        return f"{_up(value)} %"
     return _pct(value)
 
 
@@ -299,8 +361,11 @@ def render_html(result: LabResult) -> str:
     head_cells = "".join(f"<th>{esc(v)}</th>" for v in summaries)
     rows: list[tuple[str, Callable[[VariantSummary], str]]] = [
         ("requests", lambda s: str(s.requests)),
-        ("availability (full)", lambda s: _pct(s.availability_full)),
-        ("availability (full + degraded)", lambda s: _pct(s.availability)),
+        ("availability (full) [95 % CI]",
+         lambda s: _with_interval(s.availability_full, s.availability_full_interval)),
+        ("availability (full + degraded) [95 % CI]",
+         lambda s: _with_interval(s.availability, s.availability_interval)),
+        ("one-sided 95 % lower bound", _lower_bound),
         ("served degraded", lambda s: str(s.degraded)),
         ("degraded answers by fallback", _sources),
         ("failed", lambda s: str(s.failed)),
@@ -322,7 +387,7 @@ def render_html(result: LabResult) -> str:
         + "</tr>" for label, fn in rows)
     targets = "\n".join(
         f'<li class="{"ok" if t["met"] else "bad"}">{esc(name)}: '
-        f'{"met" if t["met"] else "NOT met"} ({esc(_target_value(name, t["value"]))})</li>'
+        f'{"met" if t["met"] else "NOT met"} ({esc(_target_value(name, t))})</li>'
         for name, t in result.targets().items())
     failures = []
     for summary in summaries.values():
@@ -353,6 +418,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1em; }}
 th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 th:first-child {{ text-align: left; }}
 td.ok, li.ok {{ color: #1b7f3b; }} td.bad, li.bad {{ color: #b00020; font-weight: bold; }}
+td.warn {{ color: #9a6700; font-weight: bold; }}
 figure {{ margin: 1em 0; }}
 .note {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
@@ -370,6 +436,11 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 <table><tr><th></th>{head_cells}</tr>
 {body_rows}
 </table>
+<p class="note">{esc(STATISTICS_NOTE)} Zero failures in n requests prove an availability of
+0.05<sup>1/n</sup> at most: 29,956 requests without a failure are the fewest that prove
+99.99 %.</p>
+{f'<p id="comparison"><b>{esc(comparison_line(result.comparison))}</b></p>'
+ if result.comparison is not None else ""}
 <h2>Targets</h2><ul>{targets}</ul>
 <h2>Fault schedule</h2>
 <table><tr><th>from</th><th>to</th><th>fault</th></tr>{fault_rows}</table>
@@ -386,8 +457,9 @@ intended send time.</p>
 
 
 def _cls(label: str, summary: VariantSummary) -> str:
-    if label == "verdict" or label.startswith("availability (full +"):
-        return "ok" if summary.meets_objective else "bad"
+    if label in ("verdict", "one-sided 95 % lower bound") or label.startswith(
+            "availability (full +"):
+        return {"held": "ok", "not proven": "warn"}.get(summary.objective.outcome, "bad")
     return ""
 
 

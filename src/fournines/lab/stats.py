@@ -2,6 +2,9 @@
 
 Pure functions over the load generator's outcomes and the metric samples, so
 the report's numbers can be checked by hand (and are, in ``tests/lab``).
+Every availability carries its exact 95 % confidence interval, and the
+objective is judged on the one-sided 95 % lower bound (see
+:mod:`fournines.lab.confidence`): a run too short to prove four nines says so.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .confidence import CLOPPER_PEARSON, Interval, Verdict, clopper_pearson, judge
 from .load import Outcome
 from .metrics import Sample
 from .scenario import Fault
 
 __all__ = [
+    "CONFIDENCE",
     "OBJECTIVE",
     "VariantSummary",
     "budget_consumed",
@@ -28,6 +33,9 @@ __all__ = [
 
 OBJECTIVE = 0.9999
 """The availability objective the lab holds the fleet to: four nines."""
+
+CONFIDENCE = 0.95
+"""The confidence of every interval the lab reports, and of its verdicts (one-sided)."""
 
 P99_TARGET = 1.0
 """The protected variant's p99 latency target, seconds."""
@@ -82,7 +90,13 @@ def _failure_kind(outcome: Outcome) -> str:
 
 @dataclass(slots=True)
 class VariantSummary:
-    """Everything the report says about one variant."""
+    """Everything the report says about one variant.
+
+    ``availability_interval`` and ``availability_full_interval`` are the exact
+    two-sided 95 % intervals of the two availabilities; ``objective`` is the
+    verdict on :data:`OBJECTIVE`, judged on the one-sided 95 % lower bound of
+    ``availability``; ``meets_objective`` is true only when it is proven.
+    """
 
     variant: str
     requests: int
@@ -102,18 +116,28 @@ class VariantSummary:
     sheds: int
     fallbacks: int
     budget_consumed: float
-    meets_objective: bool
+    availability_interval: Interval
+    availability_full_interval: Interval
+    objective: Verdict
     failures_by_phase: dict[str, dict[str, int]] = field(default_factory=dict)
     degraded_by_source: dict[str, int] = field(default_factory=dict)
     p99_by_phase: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
+    def meets_objective(self) -> bool:
+        """Whether four nines are proven: the one-sided 95 % lower bound reaches them."""
+        return self.objective.held
+
+    @property
     def verdict(self) -> str:
-        """One line: did four nines hold, and was p99 under its target."""
-        nines = "99.99 % HELD" if self.meets_objective else "99.99 % MISSED"
+        """One line: did four nines hold (proven, not proven, missed), and p99 under 1 s.
+
+        ``99.99 % held`` only when proven; else ``99.99 % not proven at this
+        sample size (need N requests with 0 failures)`` or ``99.99 % missed``.
+        """
         p99 = "p99 < 1 s" if self.p99 < P99_TARGET else "p99 >= 1 s"
-        return f"{nines}, {p99}"
+        return f"{self.objective.text}, {p99}"
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the per-second series included)."""
@@ -121,6 +145,9 @@ class VariantSummary:
             "variant": self.variant, "requests": self.requests, "full": self.full,
             "degraded": self.degraded, "failed": self.failed,
             "availability_full": self.availability_full, "availability": self.availability,
+            "interval_method": CLOPPER_PEARSON, "confidence": CONFIDENCE,
+            "availability_interval": _interval_json(self.availability_interval),
+            "availability_full_interval": _interval_json(self.availability_full_interval),
             "latency_seconds": {"p50": self.p50, "p95": self.p95, "p99": self.p99,
                                 "max": self.max_latency,
                                 "worst_second_p99": self.worst_second_p99,
@@ -130,9 +157,24 @@ class VariantSummary:
             "sheds": self.sheds, "fallbacks": self.fallbacks,
             "error_budget_consumed": self.budget_consumed,
             "meets_objective": self.meets_objective, "verdict": self.verdict,
+            "objective_verdict": _verdict_json(self.objective),
             "failures_by_phase": self.failures_by_phase,
             "degraded_by_source": self.degraded_by_source, "series": self.series,
         }
+
+
+def _interval_json(interval: Interval) -> dict[str, Any]:
+    return {"lower": interval.lower, "upper": interval.upper, "estimate": interval.estimate,
+            "confidence": interval.confidence, "method": interval.method}
+
+
+def _verdict_json(verdict: Verdict) -> dict[str, Any]:
+    return {"outcome": verdict.outcome, "text": verdict.text, "target": verdict.target,
+            "judged_on": f"one-sided {verdict.confidence * 100:g} % lower bound "
+                         f"({CLOPPER_PEARSON})",
+            "lower_bound": verdict.lower, "upper_bound": verdict.upper,
+            "estimate": verdict.estimate, "confidence": verdict.confidence,
+            "requests_needed": verdict.needed}
 
 
 def _deltas(samples: Sequence[Sample], attr: str, seconds: int) -> list[float]:
@@ -239,9 +281,27 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
         sheds=round(sum(series["sheds"])),
         fallbacks=round(sum(series["fallbacks"])),
         budget_consumed=budget_consumed(n, failed),
-        meets_objective=n > 0 and availability >= OBJECTIVE,
+        availability_interval=_interval(len(ok), n),
+        availability_full_interval=_interval(full, n),
+        objective=_judge(len(ok), n),
         failures_by_phase={k: dict(v) for k, v in by_phase.items()},
         degraded_by_source=dict(sources.most_common()),
         p99_by_phase={k: percentile(v, 99) for k, v in latencies_by_phase.items()},
         series=series,
     )
+
+
+def _interval(successes: int, n: int) -> Interval:
+    """The exact 95 % interval; a run with no request proves nothing ([0, 1])."""
+    if n == 0:
+        return Interval(successes=0, n=0, estimate=0.0, lower=0.0, upper=1.0,
+                        confidence=CONFIDENCE, method=CLOPPER_PEARSON)
+    return clopper_pearson(successes, n, CONFIDENCE)
+
+
+def _judge(successes: int, n: int) -> Verdict:
+    """The verdict on four nines; with no request, missed (nothing was served)."""
+    if n == 0:
+        return Verdict(outcome="missed", target=OBJECTIVE, successes=0, n=0, estimate=0.0,
+                       lower=0.0, upper=1.0, confidence=CONFIDENCE)
+    return judge(successes, n, OBJECTIVE, CONFIDENCE)
