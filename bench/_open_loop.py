@@ -15,7 +15,8 @@ Usage (bench/asgi_overload.py runs it): python bench/_open_loop.py --port P --pa
   --phases 2700:30,450:5 --out result.json
 
 The result is JSON: ``start_monotonic`` (time.monotonic() of the first arrival, to
-align the server's CPU samples), and per request [phase, intended time, status, latency, send lag];
+align the server's CPU samples), and per request [phase, intended time, status, latency, send lag, new
+connection (1) or kept-alive (0)];
 status 0 = no answer by the end (timeout), -1 = connection error, -2 = dropped.
 """
 
@@ -84,7 +85,7 @@ async def _run(host: str, port: int, path: str, phases: list[tuple[float, float]
     async def one(phase: int, intended: float, start: float) -> None:
         nonlocal opened
         lag = loop.time() - intended
-        record = [phase, intended - start, 0, 0.0, lag]
+        record = [phase, intended - start, 0, 0.0, lag, 0]
         records.append(record)
         conn = None
         while idle:
@@ -99,6 +100,7 @@ async def _run(host: str, port: int, path: str, phases: list[tuple[float, float]
                     record[2] = -2
                     return
                 opened += 1
+                record[5] = 1
                 _, conn = await loop.create_connection(_Connection, host, port)
             conn.waiter = loop.create_future()
             assert conn.transport is not None
