@@ -319,9 +319,7 @@ class EtcdRegistry:
     async def _stop(self, reg: _Registration) -> None:
         task, reg.task = reg.task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel(task)
 
     async def _keep(self, reg: _Registration) -> None:
         failures, previous = 0, 0.0
@@ -463,7 +461,6 @@ class EtcdEndpoints:
         self._changed = asyncio.Event()
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._saved: tuple[Instance, ...] | None = None
         self._listed = False
         self._root = prefix
 
@@ -514,9 +511,7 @@ class EtcdEndpoints:
         """Stop following etcd (the last known endpoints stay readable)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await _cancel(task)
         self._in_sync = False
         await self._connection.close()
 
@@ -580,7 +575,7 @@ class EtcdEndpoints:
                 records[kv.key] = instance
         self._records = records
         self._revision = listing.header.revision
-        await self._publish()
+        await self._publish(listed=True)
         self._synced()
         self._listed = True
         self._first.set()
@@ -654,9 +649,12 @@ class EtcdEndpoints:
         dispatch(self._listeners, DiscoveryInterrupted(
             policy="discovery", name=self._service, reason=reason, error=exc))
 
-    async def _publish(self) -> None:
+    async def _publish(self, *, listed: bool = False) -> None:
         instances = tuple(sorted(self._records.values(), key=lambda i: i.id))
         if instances == self._instances:
+            if listed:
+                # A listing confirms the view: the snapshot's time says so.
+                await self._save()
             return
         old = self._urls
         self._instances = instances
@@ -670,14 +668,17 @@ class EtcdEndpoints:
                 count=len(urls)))
         event, self._changed = self._changed, asyncio.Event()
         event.set()
-        if self._snapshot is not None and instances != self._saved:
-            data = self._snapshot_text()
-            try:
-                await asyncio.to_thread(_write_atomically, self._snapshot, data)
-                self._saved = instances
-            except OSError as exc:
-                _log.warning("fournines: could not write the discovery snapshot %s: %s",
-                             self._snapshot, exc)
+        await self._save()
+
+    async def _save(self) -> None:
+        if self._snapshot is None:
+            return
+        data = self._snapshot_text()
+        try:
+            await asyncio.to_thread(_write_atomically, self._snapshot, data)
+        except OSError as exc:
+            _log.warning("fournines: could not write the discovery snapshot %s: %s",
+                         self._snapshot, exc)
 
     def _snapshot_text(self) -> str:
         return json.dumps({
@@ -702,10 +703,20 @@ class EtcdEndpoints:
             return
         self._records = {i.key(self._root).encode(): i for i in instances}
         self._instances = instances
-        self._saved = instances
         self._urls = addresses(instances)
         age = max(0.0, self._clock.time() - saved_at)
         self._confirmed_at = self._clock.monotonic() - age
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    # aetcd swallows a CancelledError that lands while it shuts a watch stream down
+    # (it awaits its own cancelled handler): cancel again until the task has ended.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        _log.error("fournines: %s ended with an error", task.get_name(),
+                   exc_info=task.exception())
 
 
 def _is_compacted(exc: BaseException) -> bool:
