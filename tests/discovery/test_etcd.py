@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from fournines import Backoff
 from fournines.discovery import (
+    DiscoveryInterrupted,
+    DiscoveryResumed,
     EndpointsChanged,
     EtcdEndpoints,
     EtcdRegistry,
@@ -267,3 +270,21 @@ async def test_the_etcd_registry_watch_yields_each_changed_set(
     await registry.register(payment(2))
     await asyncio.wait_for(task, 10)
     assert seen[-1] == ("p1", "p2")
+
+
+async def test_an_outage_is_reported_once_however_many_reconnections_fail(
+    etcd_server: EtcdServer, registry: EtcdRegistry,
+) -> None:
+    seen = RecordingListener()
+    await registry.register(payment(1))
+    async with EtcdEndpoints(etcd_server.url, "payment", listeners=[seen],
+                             backoff=Backoff(initial=0.05, cap=0.1)) as watcher:
+        etcd_server.kill()
+        await eventually(lambda: not watcher.in_sync)
+        await asyncio.sleep(1)  # several failed reconnections
+        etcd_server.start()
+        await eventually(lambda: watcher.in_sync)
+
+    assert len(seen.of(DiscoveryInterrupted)) == 1
+    assert len(seen.of(DiscoveryResumed)) == 1
+    assert seen.of(DiscoveryResumed)[0].stale > 0

@@ -462,6 +462,7 @@ class EtcdEndpoints:
         self._first = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listed = False
+        self._reported = False
         self._root = prefix
 
     def endpoints(self) -> Sequence[str]:
@@ -636,18 +637,21 @@ class EtcdEndpoints:
         was = self._in_sync
         stale = self.stale_seconds
         self._in_sync = True
+        self._reported = False
         self._confirmed_at = self._clock.monotonic()
         if not was and stale != math.inf and stale > 0:
             dispatch(self._listeners, DiscoveryResumed(
                 policy="discovery", name=self._service, stale=stale))
 
     def _interrupted(self, reason: str, exc: BaseException) -> None:
-        if self._in_sync:
+        # One event (and one warning) per loss of sight, not one per failed reconnection.
+        if self._in_sync or not self._reported:
             self._in_sync = False
+            self._reported = True
             _log.warning("fournines: discovery of %r lost its watch (%s: %r); serving the "
                          "last %d known endpoints", self._service, reason, exc, len(self._urls))
-        dispatch(self._listeners, DiscoveryInterrupted(
-            policy="discovery", name=self._service, reason=reason, error=exc))
+            dispatch(self._listeners, DiscoveryInterrupted(
+                policy="discovery", name=self._service, reason=reason, error=exc))
 
     async def _publish(self, *, listed: bool = False) -> None:
         instances = tuple(sorted(self._records.values(), key=lambda i: i.id))
