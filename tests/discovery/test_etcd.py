@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -288,3 +290,36 @@ async def test_an_outage_is_reported_once_however_many_reconnections_fail(
     assert len(seen.of(DiscoveryInterrupted)) == 1
     assert len(seen.of(DiscoveryResumed)) == 1
     assert seen.of(DiscoveryResumed)[0].stale > 0
+
+
+REGISTER_AND_HANG = """
+import asyncio, sys
+from fournines.discovery import EtcdRegistry, Instance
+
+async def main() -> None:
+    registry = EtcdRegistry(sys.argv[1], ttl=2)
+    await registry.register(Instance(service="payment", id="p9", address="http://127.0.0.1:8009"))
+    print("registered", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_sigkilled_instance_leaves_every_watcher_within_its_ttl(
+    etcd_server: EtcdServer, discovery: EtcdEndpoints, tmp_path: Path,
+) -> None:
+    script = tmp_path / "instance.py"
+    script.write_text(REGISTER_AND_HANG)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), etcd_server.url, env=env, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 20) == b"registered\n"
+        await eventually(lambda: discovery.endpoints() == ("http://127.0.0.1:8009",))
+    finally:
+        proc.kill()
+        await proc.wait()
+
+    await eventually(lambda: discovery.endpoints() == ())
