@@ -72,8 +72,13 @@ _log = logging.getLogger("fournines.discovery")
 
 T = TypeVar("T")
 
-_DEFAULT_BACKOFF = Backoff(initial=0.1, cap=5.0, jitter="full")
-"""Reconnects: a blink is retried within 100 ms, an outage at most every 5 s."""
+_REGISTRY_BACKOFF = Backoff(initial=0.1, cap=5.0, jitter="full")
+"""Registration attempts: a blink is retried within 100 ms, an outage at most every 5 s
+(and every ``ttl / 3`` while the lease may still be alive)."""
+
+_DISCOVERY_BACKOFF = Backoff(initial=0.1, cap=1.0, jitter="full")
+"""Reconnections of a watcher: at most a second apart, so that once etcd is back a new
+instance is seen within about a second (full jitter spreads the clients' attempts)."""
 
 SNAPSHOT_FORMAT = 1
 
@@ -168,8 +173,9 @@ class EtcdRegistry:
         lease TTL; rounded up to whole seconds). Keepalives go every ``ttl / 3``.
     :param prefix: the key prefix (see :data:`~fournines.discovery.DEFAULT_PREFIX`).
     :param timeout: seconds each call to etcd may take.
-    :param backoff: the wait between attempts after a failure (jittered; while
-        the lease may still be alive, never longer than ``ttl / 3``).
+    :param backoff: the wait between attempts after a failure (jittered, 0.1 s
+        doubling up to 5 s; while the lease may still be alive, never longer than
+        ``ttl / 3``).
     :param listeners: receive ``RegistrationChanged`` events.
     :param clock: where time and sleeps come from.
     :param rng: random source of the jitter.
@@ -201,7 +207,7 @@ class EtcdRegistry:
         self._interval = self._ttl / 3
         self._prefix = prefix
         self._timeout = timeout
-        self._backoff = backoff or _DEFAULT_BACKOFF
+        self._backoff = backoff or _REGISTRY_BACKOFF
         self._listeners = tuple(listeners)
         self._clock = clock
         self._rng = rng or random.Random()
@@ -277,7 +283,7 @@ class EtcdRegistry:
         Runs its own :class:`EtcdEndpoints` (same URLs, prefix and timeout).
         """
         source = EtcdEndpoints(self._urls, service, prefix=self._prefix, timeout=self._timeout,
-                               backoff=self._backoff, clock=self._clock)
+                               clock=self._clock)
         async with source:
             async for instances in source.changes():
                 yield instances
@@ -388,6 +394,7 @@ class EtcdRegistry:
         if not reg.registered:
             return
         reg.registered = False
+        # Lost again and again with "key changed": another process registers the same id.
         _log.warning("fournines: registration of %s lost (%s); registering again",
                      reg.key.decode(), reason)
         dispatch(self._listeners, RegistrationChanged(
@@ -406,7 +413,8 @@ class EtcdEndpoints:
     :param service: the service whose instances are followed.
     :param prefix: the key prefix (see :data:`~fournines.discovery.DEFAULT_PREFIX`).
     :param timeout: seconds each call to etcd may take.
-    :param backoff: the wait between reconnection attempts (jittered).
+    :param backoff: the wait between reconnection attempts (jittered, 0.1 s
+        doubling up to 1 s).
     :param snapshot: a file to keep the last known instances in (written
         atomically after each change, read at start when etcd cannot be).
     :param probe_interval: seconds without events after which the watch's
@@ -445,7 +453,7 @@ class EtcdEndpoints:
         self._prefix = service_prefix(service, prefix)
         self._prefix_bytes = self._prefix.encode()
         self._timeout = timeout
-        self._backoff = backoff or _DEFAULT_BACKOFF
+        self._backoff = backoff or _DISCOVERY_BACKOFF
         self._snapshot = None if snapshot is None else Path(snapshot)
         self._probe_interval = float(probe_interval)
         self._listeners = tuple(listeners)
