@@ -145,7 +145,7 @@ async def test_while_etcd_is_down_discovery_keeps_the_last_known_endpoints(
 
     etcd_server.kill()
     await eventually(lambda: not discovery.in_sync)
-    await asyncio.sleep(TTL * 1.5)
+    await asyncio.sleep(TTL)
 
     assert discovery.endpoints() is known
     assert discovery.stale_seconds > 0
@@ -325,3 +325,32 @@ async def test_a_sigkilled_instance_leaves_every_watcher_within_its_ttl(
         await proc.wait()
 
     await eventually(lambda: discovery.endpoints() == ())
+
+
+async def test_an_instance_registered_while_etcd_is_down_is_registered_once_it_is_back(
+    etcd_server: EtcdServer, recorder: RecordingListener,
+) -> None:
+    etcd_server.kill()
+    async with EtcdRegistry(etcd_server.url, ttl=TTL, timeout=0.5,
+                            listeners=[recorder]) as registry:
+        assert not await registry.register(payment(1))
+        assert not registry.is_registered
+
+        etcd_server.start()
+
+        await eventually(lambda: registry.is_registered)
+    assert kinds(recorder)[0] == "registered"
+
+
+async def test_discovery_started_while_etcd_is_down_finds_the_instances_once_it_is_back(
+    etcd_server: EtcdServer, registry: EtcdRegistry,
+) -> None:
+    await registry.register(payment(1))
+    etcd_server.kill()
+    async with EtcdEndpoints(etcd_server.url, "payment", timeout=0.5) as watcher:
+        assert watcher.endpoints() == ()
+        assert watcher.stale_seconds == float("inf")
+
+        etcd_server.start()
+
+        await eventually(lambda: watcher.endpoints() == ("http://127.0.0.1:8001",))
