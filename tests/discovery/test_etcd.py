@@ -354,3 +354,17 @@ async def test_discovery_started_while_etcd_is_down_finds_the_instances_once_it_
         etcd_server.start()
 
         await eventually(lambda: watcher.endpoints() == ("http://127.0.0.1:8001",))
+
+
+async def test_registering_an_instance_again_updates_its_record_without_removing_it(
+    registry: EtcdRegistry, etcd_server: EtcdServer,
+) -> None:
+    seen = RecordingListener()
+    await registry.register(payment(1))
+    async with EtcdEndpoints(etcd_server.url, "payment", listeners=[seen]) as watcher:
+        await registry.register(Instance(service="payment", id="p1",
+                                         address="http://127.0.0.1:8001", version="2"))
+        await eventually(lambda: watcher.instances[0].version == "2")
+
+    assert [e.removed for e in seen.of(EndpointsChanged)] == [()]
+    assert registry.is_registered

@@ -246,6 +246,10 @@ class EtcdRegistry:
         if old is not None:
             await self._stop(old)
         reg = _Registration(instance, self._prefix)
+        if old is not None:
+            # Keep the lease: revoking it would delete the key, and watchers would see
+            # the instance leave and come back for a mere update of its record.
+            reg.lease = old.lease
         self._registrations[key] = reg
         reg.task = asyncio.create_task(self._keep(reg), name=f"fournines-keepalive-{instance.id}")
         await reg.attempted.wait()
