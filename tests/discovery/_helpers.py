@@ -10,6 +10,9 @@ from typing import Any
 
 import aetcd
 
+from fournines.discovery import Instance, RegistrationChanged
+from fournines.testing import RecordingListener
+
 
 async def eventually(condition: Callable[[], object], timeout: float = 20.0,
                      what: str = "the condition") -> None:
@@ -91,3 +94,14 @@ class Relay:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
+
+
+def payment(n: int, **kwargs: Any) -> Instance:
+    """Instance ``p<n>`` of service ``payment`` at ``http://127.0.0.1:<8000 + n>``."""
+    return Instance(service="payment", id=f"p{n}", address=f"http://127.0.0.1:{8000 + n}",
+                    **kwargs)
+
+
+def kinds(recorder: RecordingListener) -> list[str]:
+    """The kinds of the ``RegistrationChanged`` events recorded, in order."""
+    return [e.kind for e in recorder.of(RegistrationChanged)]
