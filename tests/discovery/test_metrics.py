@@ -64,3 +64,18 @@ def test_discovery_resuming_is_logged_with_its_stale_time() -> None:
 
     assert level == logging.INFO
     assert text == "discovery 'payment': in sync again after 2.5s"
+
+
+def test_the_stale_gauge_grows_while_discovery_is_interrupted_and_returns_to_zero() -> None:
+    registry = CollectorRegistry()
+    listener = PrometheusListener(registry)
+
+    listener(DiscoveryInterrupted(policy="discovery", name="payment", reason="disconnected"))
+    interrupted = registry.get_sample_value("fournines_discovery_stale_seconds",
+                                            {"service": "payment"})
+    listener(DiscoveryResumed(policy="discovery", name="payment", stale=1.0))
+    resumed = registry.get_sample_value("fournines_discovery_stale_seconds",
+                                        {"service": "payment"})
+
+    assert interrupted is not None and interrupted >= 0
+    assert resumed == 0.0

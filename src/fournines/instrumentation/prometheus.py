@@ -22,6 +22,7 @@ name                                                   type       labels
 ``fournines_registry_reregistrations_total``           counter    service, reason
 ``fournines_discovery_endpoints``                      gauge      service
 ``fournines_discovery_interruptions_total``            counter    service, reason
+``fournines_discovery_stale_seconds``                  gauge      service
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 ``http_client_host_evictions_total``                   counter    kind (evicted, overflow)
@@ -46,14 +47,17 @@ in the store and 0 once it lost it (or deregistered it); each ``re-registered`` 
 loss counts in ``fournines_registry_reregistrations_total`` under the loss's reason.
 ``fournines_discovery_endpoints`` is the number of endpoints discovery serves for a
 service, and ``fournines_discovery_interruptions_total`` counts its losses of sight
-(``compacted``, ``disconnected``). Hedges (``RetryScheduled`` with policy
-``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
+(``compacted``, ``disconnected``); ``fournines_discovery_stale_seconds`` is, at each
+scrape, how long a service's discovery has been out of sync (0 while it watches).
+Hedges (``RetryScheduled`` with policy ``"hedge"``) are counted in
+``fournines_client_hedges_total``, not as retries.
 
 ``prometheus_client`` is an optional dependency: ``pip install fournines[prometheus]``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .._errors import ConfigurationError
@@ -64,6 +68,7 @@ from .._events import (
     ClientRequestStarted,
     DeadlineExceeded,
     DiscoveryInterrupted,
+    DiscoveryResumed,
     EndpointEjected,
     EndpointsChanged,
     Event,
@@ -150,6 +155,8 @@ class PrometheusListener:
             f"{p}_discovery_interruptions",
             "Times discovery lost its watch (the last known endpoints stay in use).",
             ["service", "reason"], registry=reg)
+        self.stale = _StaleCollector(f"{p}_discovery_stale_seconds")
+        reg.register(self.stale)
         self.client_duration = prom.Histogram(
             "http_client_request_duration_seconds",
             "Outgoing HTTP request duration in seconds (retries and hedges included).",
@@ -220,3 +227,28 @@ class PrometheusListener:
             self.discovered.labels(event.name).set(event.count)
         elif isinstance(event, DiscoveryInterrupted):
             self.interruptions.labels(event.name, event.reason).inc()
+            self.stale.since.setdefault(event.name, time.monotonic())
+        elif isinstance(event, DiscoveryResumed):
+            self.stale.since.pop(event.name, None)
+            self.stale.services.add(event.name)
+
+
+class _StaleCollector:
+    """``<prefix>_discovery_stale_seconds``: computed at scrape time from the events seen."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: dict[str, float] = {}  # service -> monotonic time it lost its watch
+        self.services: set[str] = set()
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - optional
+
+        family = GaugeMetricFamily(
+            self.name, "Seconds a service's discovery has been out of sync with its store "
+            "(serving its last known endpoints); 0 while it watches.", labels=["service"])
+        now = time.monotonic()
+        for service in sorted(self.services | set(self.since)):
+            since = self.since.get(service)
+            family.add_metric([service], 0.0 if since is None else now - since)
+        yield family
