@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from fournines.client import EndpointSource
 from fournines.discovery import (
     EndpointsChanged,
     EtcdEndpoints,
@@ -33,6 +34,7 @@ async def test_a_registered_instance_is_visible_to_discovery(
     assert registry.is_registered
     assert kinds(recorder) == ["registered"]
     assert discovery.instances == (payment(1),)
+    assert isinstance(discovery, EndpointSource)
 
 
 async def test_the_record_is_the_documented_json_under_the_documented_key(
