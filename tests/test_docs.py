@@ -30,6 +30,7 @@ PAGES = {
     "fournines.policies.adaptive": "asgi",
     "fournines.asgi.protocol": "asgi",
     "fournines.client": "client",
+    "fournines.discovery": "discovery",
     "fournines.slo": "slo",
     "fournines.chaos": "chaos",
     "fournines.chaos.ctk.actions": "chaos",

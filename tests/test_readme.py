@@ -12,7 +12,8 @@ says what a block needs:
 
 Blocks that call servers read their addresses from the environment with a
 default a reader would use; here they point at servers this module starts on
-loopback (``PAYMENTS_URL``, ``ORDERS_ENDPOINTS``, ``REDIS_URL``, ``TOXIPROXY_PORT``).
+loopback (``PAYMENTS_URL``, ``ORDERS_ENDPOINTS``, ``REDIS_URL``, ``TOXIPROXY_PORT``,
+``ETCD_URL``).
 
 ``python -m tests.test_readme --write DIR`` writes the blocks that run to DIR, one
 module each, for ``mypy --strict`` (the Makefile's ``lint`` target).
@@ -111,7 +112,7 @@ import pytest  # noqa: E402  (the --write mode above runs without pytest)
 
 from fournines.chaos.network import capabilities  # noqa: E402
 
-from ._servers import RedisServer, free_port  # noqa: E402
+from ._servers import EtcdServer, RedisServer, free_port  # noqa: E402
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -159,8 +160,20 @@ def chaos_proxy() -> Iterator[int]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def readme_etcd() -> Iterator[EtcdServer]:
+    """A private etcd for the README's discovery block."""
+    server = EtcdServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
 @pytest.fixture
-def env(http_servers: list[str], redis_server: RedisServer, chaos_proxy: int) -> dict[str, str]:
+def env(http_servers: list[str], redis_server: RedisServer, chaos_proxy: int,
+        readme_etcd: EtcdServer) -> dict[str, str]:
     return {
         **os.environ,
         "PAYMENTS_URL": http_servers[0],
@@ -168,6 +181,7 @@ def env(http_servers: list[str], redis_server: RedisServer, chaos_proxy: int) ->
         "REDIS_URL": redis_server.url,
         "DATABASE_URL": "postgresql://127.0.0.1:5432/postgres",
         "TOXIPROXY_PORT": str(chaos_proxy),
+        "ETCD_URL": readme_etcd.url,
         "CHAOS_TOKEN": "readme-token-0123456789",
         "PYTHONUNBUFFERED": "1",
     }

@@ -22,7 +22,10 @@ __all__ = [
     "ClientRequestFinished",
     "ClientRequestStarted",
     "DeadlineExceeded",
+    "DiscoveryInterrupted",
+    "DiscoveryResumed",
     "EndpointEjected",
+    "EndpointsChanged",
     "Event",
     "FallbackUsed",
     "FaultInjected",
@@ -31,6 +34,7 @@ __all__ = [
     "Listener",
     "LoopLagUnrelieved",
     "MalformedHeader",
+    "RegistrationChanged",
     "RetriesExhausted",
     "RetryScheduled",
     "StateChanged",
@@ -211,6 +215,55 @@ class KeysEvicted(Event):
 
     kind: str
     count: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegistrationChanged(Event):
+    """A service registry's hold on instance ``instance`` of service ``name`` changed.
+
+    ``kind``: ``"registered"`` (the first time), ``"lost"`` (the record is gone or
+    can no longer be kept alive: ``reason`` says why), ``"re-registered"`` (it is
+    back after a loss; ``reason`` is the loss's) and ``"deregistered"`` (on purpose).
+    Reasons: ``"lease expired"``, ``"key deleted"``, ``"key changed"``,
+    ``"unreachable"`` (no keepalive succeeded for a whole TTL).
+    """
+
+    kind: str
+    instance: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointsChanged(Event):
+    """Discovery's view of service ``name`` changed: endpoints ``added`` and ``removed``.
+
+    ``count`` is the number of endpoints after the change. Only real changes are
+    sent: a re-listing that finds what was already known sends nothing.
+    """
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryInterrupted(Event):
+    """Discovery of service ``name`` lost its watch; the last known endpoints stay in use.
+
+    ``reason``: ``"compacted"`` (the watch fell behind a compaction; re-listed at
+    once) or ``"disconnected"`` (the store is unreachable or the stream broke;
+    re-listed after a jittered backoff). ``error`` is what was raised.
+    """
+
+    reason: str
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscoveryResumed(Event):
+    """Discovery of service ``name`` is in sync again, ``stale`` seconds after it lost its watch."""
+
+    stale: float
 
 
 Listener = Callable[[Event], object]

@@ -8,9 +8,13 @@ from .._events import (
     BudgetExhausted,
     CallRejected,
     DeadlineExceeded,
+    DiscoveryInterrupted,
+    DiscoveryResumed,
+    EndpointsChanged,
     Event,
     FallbackUsed,
     FaultInjected,
+    RegistrationChanged,
     RetriesExhausted,
     RetryScheduled,
     StateChanged,
@@ -64,4 +68,16 @@ class LoggingListener:
             delay = "" if event.delay is None else f" of {event.delay:.3f}s"
             where = "" if event.route is None else f" on {event.route}"
             return logging.INFO, f"{who}: injected {event.kind} fault{delay}{where}"
+        if isinstance(event, RegistrationChanged):
+            level = logging.WARNING if event.kind == "lost" else logging.INFO
+            why = "" if event.reason is None else f" ({event.reason})"
+            return level, f"{who}: instance {event.instance!r} {event.kind}{why}"
+        if isinstance(event, EndpointsChanged):
+            return (logging.INFO, f"{who}: {event.count} endpoint(s); added "
+                    f"{list(event.added)}, removed {list(event.removed)}")
+        if isinstance(event, DiscoveryInterrupted):
+            return (logging.WARNING, f"{who}: watch lost ({event.reason}: {event.error!r}); "
+                    "serving the last known endpoints")
+        if isinstance(event, DiscoveryResumed):
+            return logging.INFO, f"{who}: in sync again after {event.stale:.1f}s"
         return logging.DEBUG, f"{who}: {event!r}"

@@ -18,6 +18,11 @@ name                                                   type       labels
 ``fournines_malformed_headers_total``                  counter    name, header
 ``fournines_loop_lag_unrelieved_total``                counter    name (shedder)
 ``fournines_keyed_limiter_evictions_total``            counter    name, kind (see below)
+``fournines_registry_registered``                      gauge      service, instance (1 = in)
+``fournines_registry_reregistrations_total``           counter    service, reason
+``fournines_discovery_endpoints``                      gauge      service
+``fournines_discovery_interruptions_total``            counter    service, reason
+``fournines_discovery_stale_seconds``                  gauge      service
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 ``http_client_host_evictions_total``                   counter    kind (evicted, overflow)
@@ -37,14 +42,22 @@ time is ``fournines_rejections_total{policy="load_shedder",reason="body_timeout"
 forgot (``kind="idle"``: full buckets, by time; ``"pressure"``: full buckets
 dropped early at ``max_keys``) and the new keys it refused at ``max_keys``
 (``"refused"``; also ``fournines_rejections_total{reason="max_keys"}``).
-Hedges (``RetryScheduled`` with policy
-``"hedge"``) are counted in ``fournines_client_hedges_total``, not as retries.
+``fournines_registry_registered`` is 1 while a registry holds an instance's record
+in the store and 0 once it lost it (or deregistered it); each ``re-registered`` after a
+loss counts in ``fournines_registry_reregistrations_total`` under the loss's reason.
+``fournines_discovery_endpoints`` is the number of endpoints discovery serves for a
+service, and ``fournines_discovery_interruptions_total`` counts its losses of sight
+(``compacted``, ``disconnected``); ``fournines_discovery_stale_seconds`` is, at each
+scrape, how long a service's discovery has been out of sync (0 while it watches).
+Hedges (``RetryScheduled`` with policy ``"hedge"``) are counted in
+``fournines_client_hedges_total``, not as retries.
 
 ``prometheus_client`` is an optional dependency: ``pip install fournines[prometheus]``.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .._errors import ConfigurationError
@@ -54,13 +67,17 @@ from .._events import (
     ClientRequestFinished,
     ClientRequestStarted,
     DeadlineExceeded,
+    DiscoveryInterrupted,
+    DiscoveryResumed,
     EndpointEjected,
+    EndpointsChanged,
     Event,
     FallbackUsed,
     HostEvicted,
     KeysEvicted,
     LoopLagUnrelieved,
     MalformedHeader,
+    RegistrationChanged,
     RetriesExhausted,
     RetryScheduled,
     StateChanged,
@@ -123,6 +140,23 @@ class PrometheusListener:
             "Keys a KeyedLimiter forgot (idle: full buckets; pressure: full, dropped early "
             "at max_keys) or new keys it refused at max_keys.", ["name", "kind"],
             registry=reg)
+        self.registered = prom.Gauge(
+            f"{p}_registry_registered",
+            "Whether a service registry holds the instance's record (1) or lost it (0).",
+            ["service", "instance"], registry=reg)
+        self.reregistrations = prom.Counter(
+            f"{p}_registry_reregistrations",
+            "Instances registered again after their record was lost.", ["service", "reason"],
+            registry=reg)
+        self.discovered = prom.Gauge(f"{p}_discovery_endpoints",
+                                     "Endpoints discovery serves for a service.", ["service"],
+                                     registry=reg)
+        self.interruptions = prom.Counter(
+            f"{p}_discovery_interruptions",
+            "Times discovery lost its watch (the last known endpoints stay in use).",
+            ["service", "reason"], registry=reg)
+        self.stale = _StaleCollector(f"{p}_discovery_stale_seconds")
+        reg.register(self.stale)
         self.client_duration = prom.Histogram(
             "http_client_request_duration_seconds",
             "Outgoing HTTP request duration in seconds (retries and hedges included).",
@@ -184,3 +218,37 @@ class PrometheusListener:
             self._child(self.lag_unrelieved, event.name).inc()
         elif isinstance(event, KeysEvicted):
             self._child(self.key_evictions, event.name, event.kind).inc(event.count)
+        elif isinstance(event, RegistrationChanged):
+            held = event.kind in ("registered", "re-registered")
+            self.registered.labels(event.name, event.instance).set(1 if held else 0)
+            if event.kind == "re-registered":
+                self.reregistrations.labels(event.name, event.reason or "unknown").inc()
+        elif isinstance(event, EndpointsChanged):
+            self.discovered.labels(event.name).set(event.count)
+        elif isinstance(event, DiscoveryInterrupted):
+            self.interruptions.labels(event.name, event.reason).inc()
+            self.stale.since.setdefault(event.name, time.monotonic())
+        elif isinstance(event, DiscoveryResumed):
+            self.stale.since.pop(event.name, None)
+            self.stale.services.add(event.name)
+
+
+class _StaleCollector:
+    """``<prefix>_discovery_stale_seconds``: computed at scrape time from the events seen."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.since: dict[str, float] = {}  # service -> monotonic time it lost its watch
+        self.services: set[str] = set()
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415 - optional
+
+        family = GaugeMetricFamily(
+            self.name, "Seconds a service's discovery has been out of sync with its store "
+            "(serving its last known endpoints); 0 while it watches.", labels=["service"])
+        now = time.monotonic()
+        for service in sorted(self.services | set(self.since)):
+            since = self.since.get(service)
+            family.add_metric([service], 0.0 if since is None else now - since)
+        yield family

@@ -1,0 +1,45 @@
+"""Service registry and discovery: instances register, clients find the live ones.
+
+An instance announces itself to a :class:`ServiceRegistry` when it is ready
+and withdraws first thing on drain; clients follow a service's instances
+through an endpoint source that feeds the client balancer::
+
+    registry = EtcdRegistry("http://127.0.0.1:2379", ttl=10)
+    await registry.register(Instance(service="payment", address="http://10.0.0.5:8000"))
+
+    payments = EtcdEndpoints("http://127.0.0.1:2379", "payment", snapshot="payment.json")
+    await payments.start()
+    client = httpx.AsyncClient(transport=AsyncBalancingTransport(payments))
+
+:class:`StaticRegistry` is the in-memory registry for development and tests;
+:class:`EtcdRegistry` and :class:`EtcdEndpoints` are the etcd backend (the
+``etcd`` extra). Key layout and value format: :mod:`fournines.discovery.registry`.
+"""
+
+from .._events import DiscoveryInterrupted, DiscoveryResumed, EndpointsChanged, RegistrationChanged
+from .etcd import EtcdEndpoints, EtcdRegistry
+from .registry import (
+    DEFAULT_PREFIX,
+    Instance,
+    ServiceRegistry,
+    StaticRegistry,
+    default_instance_id,
+    instance_key,
+    service_prefix,
+)
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DiscoveryInterrupted",
+    "DiscoveryResumed",
+    "EndpointsChanged",
+    "EtcdEndpoints",
+    "EtcdRegistry",
+    "Instance",
+    "RegistrationChanged",
+    "ServiceRegistry",
+    "StaticRegistry",
+    "default_instance_id",
+    "instance_key",
+    "service_prefix",
+]
