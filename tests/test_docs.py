@@ -29,6 +29,7 @@ PAGES = {
     "fournines.asgi": "asgi",
     "fournines.policies.adaptive": "asgi",
     "fournines.client": "client",
+    "fournines.data": "data",
     "fournines.slo": "slo",
     "fournines.chaos": "chaos",
     "fournines.chaos.ctk.actions": "chaos",

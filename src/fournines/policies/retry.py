@@ -108,6 +108,8 @@ class RetryPlanner:
     :param budget: a :class:`RetryBudget` to withdraw each retry from (the caller
         deposits once per logical request, e.g. with :meth:`begin`).
     :param name: the ``name`` of the events sent.
+    :param policy: the ``policy`` of the events sent (``"retry"``; transaction
+        retry sends ``"transaction"``, so its retries are told apart from others').
     :param clock: where ``now`` comes from (for ``timeout``).
     :param listeners: receive ``RetryScheduled`` / ``RetriesExhausted``.
     :param rng: random source of the jitter.
@@ -124,7 +126,7 @@ class RetryPlanner:
     """
 
     __slots__ = ("_attempts", "_backoff", "_budget", "_clock", "_listeners", "_max_retry_after",
-                 "_name", "_now", "_rng", "_timeout")
+                 "_name", "_now", "_policy", "_rng", "_timeout")
 
     def __init__(
         self,
@@ -135,6 +137,7 @@ class RetryPlanner:
         max_retry_after: float | None = None,
         budget: RetryBudget | None = None,
         name: str = "retry",
+        policy: str = "retry",
         clock: Clock = system_clock,
         listeners: Sequence[Listener] = (),
         rng: random.Random | None = None,
@@ -147,6 +150,7 @@ class RetryPlanner:
                                  else float(max_retry_after))
         self._budget = budget
         self._name = name
+        self._policy = policy
         self._clock = clock
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
@@ -230,12 +234,12 @@ class RetryPlanner:
             reason = decision.reason
             if reason is not None:
                 dispatch(self._listeners, RetriesExhausted(
-                    policy="retry", name=self._name, attempts=attempt, reason=reason,
+                    policy=self._policy, name=self._name, attempts=attempt, reason=reason,
                     error=error,
                 ))
             else:
                 dispatch(self._listeners, RetryScheduled(
-                    policy="retry", name=self._name, attempt=attempt, delay=decision.delay,
+                    policy=self._policy, name=self._name, attempt=attempt, delay=decision.delay,
                     error=error,
                 ))
         return decision

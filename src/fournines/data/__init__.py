@@ -1,0 +1,38 @@
+"""The data pillar: database transactions that survive conflicts.
+
+:func:`transaction` (asyncpg, psycopg async) and :func:`transaction_sync`
+(psycopg) run a function in a transaction and retry the whole transaction on
+serialization failures, deadlocks and connections lost before COMMIT; the
+current deadline becomes the transaction's statement and lock timeouts;
+:func:`transactional` is the decorator form. A COMMIT whose outcome is unknown
+raises :class:`CommitOutcomeUnknownError` unless the work is ``idempotent``.
+
+Needs the ``data`` extra (``pip install 'fournines[data]'``) or the driver in use;
+importing this package imports no driver.
+"""
+
+from .._errors import CommitOutcomeUnknownError
+from ._core import (
+    DEFAULT_BACKOFF,
+    Isolation,
+    TransactionDecision,
+    TransactionRetry,
+    Verdict,
+    classify,
+    sqlstate,
+)
+from .transaction import transaction, transaction_sync, transactional
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "CommitOutcomeUnknownError",
+    "Isolation",
+    "TransactionDecision",
+    "TransactionRetry",
+    "Verdict",
+    "classify",
+    "sqlstate",
+    "transaction",
+    "transaction_sync",
+    "transactional",
+]
