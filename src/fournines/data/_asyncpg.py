@@ -65,7 +65,7 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                     raise
                 decision = core.after_failure(
                     exc, attempt=attempt, previous=delay, start=start, committing=committing,
-                    lost=conn.is_closed(), reconnect=pool is not None, timeout_ms=ms)
+                    lost=_lost(conn), reconnect=pool is not None, timeout_ms=ms)
                 if decision.error is exc:
                     raise
                 if decision.error is not None:
@@ -76,6 +76,14 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                 await pool.release(conn)
         await core.clock.asleep(delay)
         attempt += 1
+
+
+def _lost(conn: Any) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        # A pooled connection that died has already detached from its proxy.
+        return True
 
 
 async def _rollback(tx: Any) -> None:
