@@ -22,26 +22,7 @@ from fournines import (
 from fournines.data import CommitOutcomeUnknownError, sqlstate, transaction, transactional
 from fournines.testing import RecordingListener
 
-# How long the row lock of the deadline test is held at most: far beyond its 0.3 s deadline.
-HOLD = 10.0
-
-SCHEMA = """
-DROP TABLE IF EXISTS ledger, accounts, payments;
-CREATE TABLE ledger (id text PRIMARY KEY, seen int);
-CREATE TABLE accounts (id int PRIMARY KEY, balance int NOT NULL);
-INSERT INTO accounts VALUES (1, 0), (2, 0);
-CREATE TABLE payments (id text PRIMARY KEY, slow bool NOT NULL);
-CREATE OR REPLACE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF NEW.slow THEN PERFORM pg_sleep(30); END IF;
-  RETURN NEW;
-END $$;
-CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON payments
-  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
-"""
-
-CONFLICT = ("DO $$ BEGIN RAISE EXCEPTION 'made up conflict' "
-            "USING ERRCODE = 'serialization_failure'; END $$")
+from ._shared import CONFLICT, HOLD, SCHEMA, SLEEPING_IN_COMMIT
 
 
 @pytest.fixture
@@ -172,13 +153,7 @@ async def kill_during_commit(admin: asyncpg.Connection) -> None:
     """Terminate the backend that waits in COMMIT on the deferred trigger's pg_sleep."""
     async with asyncio.timeout(10):
         while True:
-            pid = await admin.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event = 'PgSleep' AND query = 'COMMIT;'")
-            if pid is None:
-                pid = await admin.fetchval(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event = 'PgSleep' AND query ILIKE 'COMMIT%'")
+            pid = await admin.fetchval(SLEEPING_IN_COMMIT)
             if pid is not None:
                 assert await admin.fetchval("SELECT pg_terminate_backend($1, 5000)", pid)
                 return
