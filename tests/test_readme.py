@@ -166,7 +166,7 @@ def env(http_servers: list[str], redis_server: RedisServer, chaos_proxy: int) ->
         "PAYMENTS_URL": http_servers[0],
         "ORDERS_ENDPOINTS": ",".join(http_servers),
         "REDIS_URL": redis_server.url,
-        "DATABASE_URL": "postgresql://127.0.0.1:5432/postgres",
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
         "TOXIPROXY_PORT": str(chaos_proxy),
         "CHAOS_TOKEN": "readme-token-0123456789",
         "PYTHONUNBUFFERED": "1",

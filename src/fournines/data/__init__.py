@@ -21,7 +21,7 @@ from ._core import (
     classify,
     sqlstate,
 )
-from .transaction import transaction, transaction_sync, transactional
+from .transactions import transaction, transaction_sync, transactional
 
 __all__ = [
     "DEFAULT_BACKOFF",
