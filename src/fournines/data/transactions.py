@@ -1,10 +1,14 @@
 """Transaction retry: run a function in a transaction, and run it again when the database says so.
 
 One shape for every driver: :func:`transaction` for asyncio (an asyncpg ``Pool`` or
-``Connection``, a psycopg ``AsyncConnectionPool`` or ``AsyncConnection``: the
-driver is told by the type) and :func:`transaction_sync` for a psycopg
-``ConnectionPool`` or ``Connection``; :func:`transactional` is the decorator form
-of both. ``fn`` receives the connection and does its work; it must not commit.
+``Connection``, a psycopg ``AsyncConnectionPool`` or ``AsyncConnection``, a
+SQLAlchemy ``AsyncEngine`` or ``async_sessionmaker``: the driver is told by the
+type) and :func:`transaction_sync` for blocking code (a psycopg ``ConnectionPool``
+or ``Connection``, a SQLAlchemy ``Engine`` or ``sessionmaker``);
+:func:`transactional` is the decorator form of both. ``fn`` receives the
+connection (the session, for a session maker) and does its work; it must not
+commit. SQLAlchemy's deadline timeouts and read-only mode are PostgreSQL's;
+other dialects get the retry and the isolation level only.
 
 The whole transaction is retried, never a statement, when:
 
@@ -53,9 +57,10 @@ __all__ = ["transaction", "transaction_sync", "transactional"]
 T = TypeVar("T")
 P = ParamSpec("P")
 
-_ASYNC_TARGETS = ("an asyncpg Pool or Connection, or a psycopg AsyncConnectionPool or "
-                  "AsyncConnection")
-_SYNC_TARGETS = "a psycopg ConnectionPool or Connection"
+_ASYNC_TARGETS = ("an asyncpg Pool or Connection, a psycopg AsyncConnectionPool or "
+                  "AsyncConnection, or a SQLAlchemy AsyncEngine or async_sessionmaker")
+_SYNC_TARGETS = ("a psycopg ConnectionPool or Connection, or a SQLAlchemy Engine or "
+                 "sessionmaker")
 
 
 def _is_coroutine_function(fn: object) -> bool:
@@ -77,6 +82,12 @@ def _driver(target: object) -> str | None:
             return "psycopg"
         if _psycopg.is_psycopg_sync(target):
             return "psycopg_sync"
+    if module == "sqlalchemy":
+        from . import _sqlalchemy  # noqa: PLC0415 - drivers load on use
+        if _sqlalchemy.is_sqlalchemy_async(target):
+            return "sqlalchemy"
+        if _sqlalchemy.is_sqlalchemy_sync(target):
+            return "sqlalchemy_sync"
     return None
 
 
@@ -86,21 +97,23 @@ def _check_async(owner: str, target: object, fn: object) -> str:
         raise ConfigurationError(
             f"{owner}.fn must be a coroutine function (async def fn(conn)), got {fn!r}{hint}")
     driver = _driver(target)
-    if driver is None or driver == "psycopg_sync":
+    if driver is None or driver.endswith("_sync"):
         hint = " (use transaction_sync for it)" if driver else ""
         raise ConfigurationError(
             f"{owner}.pool must be {_ASYNC_TARGETS}, got {type(target).__name__}{hint}")
     return driver
 
 
-def _check_sync(owner: str, target: object, fn: object) -> None:
+def _check_sync(owner: str, target: object, fn: object) -> str:
     if not callable(fn) or _is_coroutine_function(fn):
         hint = " (use transaction for a coroutine function)" if callable(fn) else ""
         raise ConfigurationError(
             f"{owner}.fn must be a plain function (def fn(conn)), got {fn!r}{hint}")
-    if _driver(target) != "psycopg_sync":
+    driver = _driver(target)
+    if driver is None or not driver.endswith("_sync"):
         raise ConfigurationError(
             f"{owner}.pool must be {_SYNC_TARGETS}, got {type(target).__name__}")
+    return driver
 
 
 async def _arun(core: TransactionRetry, driver: str, target: Any,
@@ -108,8 +121,19 @@ async def _arun(core: TransactionRetry, driver: str, target: Any,
     if driver == "asyncpg":
         from . import _asyncpg  # noqa: PLC0415 - drivers load on use
         return await _asyncpg.run(core, target, fn)
-    from . import _psycopg  # noqa: PLC0415 - drivers load on use
+    if driver == "sqlalchemy":
+        from . import _sqlalchemy  # noqa: PLC0415
+        return await _sqlalchemy.run(core, target, fn)
+    from . import _psycopg  # noqa: PLC0415
     return await _psycopg.run(core, target, fn)
+
+
+def _run_sync(core: TransactionRetry, driver: str, target: Any, fn: Callable[[Any], T]) -> T:
+    if driver == "sqlalchemy_sync":
+        from . import _sqlalchemy  # noqa: PLC0415 - drivers load on use
+        return _sqlalchemy.run_sync(core, target, fn)
+    from . import _psycopg  # noqa: PLC0415
+    return _psycopg.run_sync(core, target, fn)
 
 
 async def transaction(
@@ -129,9 +153,11 @@ async def transaction(
 ) -> T:
     """Run ``await fn(conn)`` in a transaction; retry the whole of it on conflicts.
 
-    :param pool: an asyncpg ``Pool`` or ``Connection``, or a psycopg
-        ``AsyncConnectionPool`` or ``AsyncConnection`` (idle: not in a transaction).
-        With a pool each attempt takes a connection of its own, so a lost
+    :param pool: an asyncpg ``Pool`` or ``Connection``, a psycopg
+        ``AsyncConnectionPool`` or ``AsyncConnection`` (idle: not in a transaction),
+        or a SQLAlchemy ``AsyncEngine`` (``fn`` gets an ``AsyncConnection``) or
+        ``async_sessionmaker`` (``fn`` gets an ``AsyncSession``, flushed before
+        COMMIT). With a pool each attempt takes a connection of its own, so a lost
         connection is retried on another; a single connection cannot be.
     :param fn: ``async def fn(conn)``: the transaction's work; its result is returned.
     :param isolation: ``"serializable"``, ``"repeatable_read"``, ``"read_committed"``,
@@ -177,15 +203,15 @@ def transaction_sync(
     """Run ``fn(conn)`` in a transaction; retry the whole of it on conflicts (blocking).
 
     The same as :func:`transaction`, for a psycopg ``ConnectionPool`` or
-    ``Connection`` and a plain function ``def fn(conn)``; retries sleep on ``clock``.
+    ``Connection``, or a SQLAlchemy ``Engine`` or ``sessionmaker``, and a plain
+    function ``def fn(conn)``; retries sleep on ``clock``.
     """
     core = TransactionRetry(isolation=isolation, readonly=readonly, attempts=attempts,
                             backoff=backoff, budget=budget, idempotent=idempotent,
                             listeners=listeners, clock=clock, name=name, rng=rng,
                             owner="transaction_sync")
-    _check_sync("transaction_sync", pool, fn)
-    from . import _psycopg  # noqa: PLC0415 - drivers load on use
-    return _psycopg.run_sync(core, pool, fn)
+    driver = _check_sync("transaction_sync", pool, fn)
+    return _run_sync(core, driver, pool, fn)
 
 
 def transactional(
@@ -246,9 +272,8 @@ def transactional(
         @functools.wraps(fn)
         def run_sync(*args: P.args, **kwargs: P.kwargs) -> T:
             target = getter() if getter is not None else pool
-            _check_sync(owner, target, fn)
-            from . import _psycopg  # noqa: PLC0415 - drivers load on use
-            return _psycopg.run_sync(core, target, lambda conn: fn(conn, *args, **kwargs))
+            driver = _check_sync(owner, target, fn)
+            return _run_sync(core, driver, target, lambda conn: fn(conn, *args, **kwargs))
 
         return run_sync
 
