@@ -16,7 +16,13 @@ from fournines import (
     RetryScheduled,
     deadline_after,
 )
-from fournines.data import CommitOutcomeUnknownError, TransactionRetry, classify, sqlstate
+from fournines.data import (
+    CommitOutcomeUnknownError,
+    TransactionRetry,
+    classify,
+    sqlstate,
+    transaction,
+)
 from fournines.testing import FakeClock, RecordingListener
 
 
@@ -271,3 +277,21 @@ def test_psycopg_begin_sql_is_nothing_when_nothing_is_set(
 def test_a_bad_setting_is_a_configuration_error_naming_it(setting: str, value: object) -> None:
     with pytest.raises(ConfigurationError, match=rf"transaction\.{setting}"):
         TransactionRetry(**{setting: value})  # type: ignore[arg-type]
+
+
+async def test_a_setting_cached_from_an_earlier_call_is_still_checked_by_type() -> None:
+    async def work(conn: object) -> None:
+        raise AssertionError("not run")
+
+    with pytest.raises(ConfigurationError, match=r"transaction\.pool"):
+        await transaction("not a pool", work, readonly=True)
+    with pytest.raises(ConfigurationError, match=r"transaction\.readonly"):
+        await transaction("not a pool", work, readonly=1)  # type: ignore[arg-type]
+
+
+async def test_an_unhashable_listener_is_accepted() -> None:
+    async def work(conn: object) -> None:
+        raise AssertionError("not run")
+
+    with pytest.raises(ConfigurationError, match=r"transaction\.pool"):
+        await transaction("not a pool", work, listeners=[[].append])  # type: ignore[list-item]

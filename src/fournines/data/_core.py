@@ -58,6 +58,12 @@ _TIMED_OUT = frozenset({"57014", "55P03"})
 # class 08 is "connection exception".
 _LOST = frozenset({"57P01", "57P02", "57P03"})
 
+_LEVELS = get_args(Isolation)
+
+# One jitter source for every transaction without an rng of its own: seeding a new
+# random.Random() costs more than the rest of a call's setup (bench/transaction_overhead.py).
+_RNG = random.Random()
+
 _SQL_ISOLATION: dict[str, str] = {
     "read_uncommitted": "READ UNCOMMITTED",
     "read_committed": "READ COMMITTED",
@@ -178,8 +184,8 @@ class TransactionRetry:
         owner: str = "transaction",
     ) -> None:
         check_number(owner, "attempts", attempts, minimum=1, integer=True)
-        if isolation is not None and isolation not in get_args(Isolation):
-            allowed = ", ".join(repr(level) for level in get_args(Isolation))
+        if isolation is not None and isolation not in _LEVELS:
+            allowed = ", ".join(repr(level) for level in _LEVELS)
             raise ConfigurationError(
                 f"{owner}.isolation must be None or one of {allowed}, got {isolation!r}")
         for flag, value in (("readonly", readonly), ("idempotent", idempotent)):
@@ -199,7 +205,7 @@ class TransactionRetry:
         self._name = name
         self._planner = RetryPlanner(
             attempts=attempts, backoff=backoff or DEFAULT_BACKOFF, budget=budget, name=name,
-            policy="transaction", clock=self._clock, listeners=self._listeners, rng=rng,
+            policy="transaction", clock=self._clock, listeners=self._listeners, rng=rng or _RNG,
         )
 
     @property

@@ -69,26 +69,73 @@ def _is_coroutine_function(fn: object) -> bool:
         getattr(fn, "__call__", None))  # noqa: B004
 
 
-def _driver(target: object) -> str | None:
-    # Read the module of the type first: the driver is imported only if the target is
-    # one of its objects, so fournines.data needs no driver to import.
+# What each target type is, found once per type: detection imports the driver's shell
+# only when a target is one of its objects, so fournines.data needs no driver to import.
+_KINDS: dict[type, str | None] = {}
+_ASYNC_RUNS: dict[str, Callable[[TransactionRetry, Any, Any], Awaitable[Any]]] = {}
+_SYNC_RUNS: dict[str, Callable[[TransactionRetry, Any, Any], Any]] = {}
+
+
+def _detect(target: object) -> str | None:
     module = type(target).__module__.partition(".")[0]
     if module == "asyncpg":
         from . import _asyncpg  # noqa: PLC0415 - drivers load on use
+        _ASYNC_RUNS["asyncpg"] = _asyncpg.run
         return "asyncpg" if _asyncpg.is_asyncpg(target) else None
     if module in ("psycopg", "psycopg_pool"):
-        from . import _psycopg  # noqa: PLC0415 - drivers load on use
+        from . import _psycopg  # noqa: PLC0415
+        _ASYNC_RUNS["psycopg"], _SYNC_RUNS["psycopg_sync"] = _psycopg.run, _psycopg.run_sync
         if _psycopg.is_psycopg_async(target):
             return "psycopg"
         if _psycopg.is_psycopg_sync(target):
             return "psycopg_sync"
     if module == "sqlalchemy":
-        from . import _sqlalchemy  # noqa: PLC0415 - drivers load on use
+        from . import _sqlalchemy  # noqa: PLC0415
+        _ASYNC_RUNS["sqlalchemy"] = _sqlalchemy.run
+        _SYNC_RUNS["sqlalchemy_sync"] = _sqlalchemy.run_sync
         if _sqlalchemy.is_sqlalchemy_async(target):
             return "sqlalchemy"
         if _sqlalchemy.is_sqlalchemy_sync(target):
             return "sqlalchemy_sync"
     return None
+
+
+def _driver(target: object) -> str | None:
+    kind = type(target)
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        found = _KINDS[kind] = _detect(target)
+        return found
+
+
+# The settings of recent calls, checked and built once: a call of transaction() then
+# costs a dict lookup, not a validation and a planner (bench/transaction_overhead.py).
+_CORES: dict[tuple[Any, ...], TransactionRetry] = {}
+_MAX_CORES = 256
+
+
+def _core(owner: str, isolation: Any, readonly: Any, attempts: Any, backoff: Any, budget: Any,
+          idempotent: Any, listeners: Sequence[Listener], clock: Any, name: Any,
+          rng: Any) -> TransactionRetry:
+    # Types are in the key: 1 == True == 1.0, but only some of them are valid settings.
+    key: tuple[Any, ...] = (owner, isolation, type(readonly), readonly, type(attempts),
+                            attempts, backoff, budget, type(idempotent), idempotent,
+                            tuple(listeners), clock, name, rng)
+    try:
+        core = _CORES.get(key)
+    except TypeError:  # an unhashable listener or setting: build it each time
+        core, key = None, ()
+    if core is None:
+        core = TransactionRetry(isolation=isolation, readonly=readonly, attempts=attempts,
+                                backoff=backoff, budget=budget, idempotent=idempotent,
+                                listeners=listeners, clock=clock, name=name, rng=rng,
+                                owner=owner)
+        if key:
+            if len(_CORES) >= _MAX_CORES:
+                _CORES.clear()
+            _CORES[key] = core
+    return core
 
 
 def _check_async(owner: str, target: object, fn: object) -> str:
@@ -118,22 +165,13 @@ def _check_sync(owner: str, target: object, fn: object) -> str:
 
 async def _arun(core: TransactionRetry, driver: str, target: Any,
                 fn: Callable[[Any], Awaitable[T]]) -> T:
-    if driver == "asyncpg":
-        from . import _asyncpg  # noqa: PLC0415 - drivers load on use
-        return await _asyncpg.run(core, target, fn)
-    if driver == "sqlalchemy":
-        from . import _sqlalchemy  # noqa: PLC0415
-        return await _sqlalchemy.run(core, target, fn)
-    from . import _psycopg  # noqa: PLC0415
-    return await _psycopg.run(core, target, fn)
+    result: T = await _ASYNC_RUNS[driver](core, target, fn)
+    return result
 
 
 def _run_sync(core: TransactionRetry, driver: str, target: Any, fn: Callable[[Any], T]) -> T:
-    if driver == "sqlalchemy_sync":
-        from . import _sqlalchemy  # noqa: PLC0415 - drivers load on use
-        return _sqlalchemy.run_sync(core, target, fn)
-    from . import _psycopg  # noqa: PLC0415
-    return _psycopg.run_sync(core, target, fn)
+    result: T = _SYNC_RUNS[driver](core, target, fn)
+    return result
 
 
 async def transaction(
@@ -178,9 +216,8 @@ async def transaction(
 
     Bad arguments never leave a transaction half open: they are checked first.
     """
-    core = TransactionRetry(isolation=isolation, readonly=readonly, attempts=attempts,
-                            backoff=backoff, budget=budget, idempotent=idempotent,
-                            listeners=listeners, clock=clock, name=name, rng=rng)
+    core = _core("transaction", isolation, readonly, attempts, backoff, budget, idempotent,
+                 listeners, clock, name, rng)
     driver = _check_async("transaction", pool, fn)
     return await _arun(core, driver, pool, fn)
 
@@ -206,10 +243,8 @@ def transaction_sync(
     ``Connection``, or a SQLAlchemy ``Engine`` or ``sessionmaker``, and a plain
     function ``def fn(conn)``; retries sleep on ``clock``.
     """
-    core = TransactionRetry(isolation=isolation, readonly=readonly, attempts=attempts,
-                            backoff=backoff, budget=budget, idempotent=idempotent,
-                            listeners=listeners, clock=clock, name=name, rng=rng,
-                            owner="transaction_sync")
+    core = _core("transaction_sync", isolation, readonly, attempts, backoff, budget,
+                 idempotent, listeners, clock, name, rng)
     driver = _check_sync("transaction_sync", pool, fn)
     return _run_sync(core, driver, pool, fn)
 
