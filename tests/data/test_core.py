@@ -12,6 +12,7 @@ from fournines import (
     DeadlineExceeded,
     DeadlineExceededError,
     RetriesExhausted,
+    Retry,
     RetryBudget,
     RetryScheduled,
     deadline_after,
@@ -295,3 +296,17 @@ async def test_an_unhashable_listener_is_accepted() -> None:
 
     with pytest.raises(ConfigurationError, match=r"transaction\.pool"):
         await transaction("not a pool", work, listeners=[[].append])  # type: ignore[list-item]
+
+
+def test_a_plain_retry_around_a_transaction_does_not_retry_an_unknown_commit() -> None:
+    calls = 0
+
+    def commit() -> None:
+        nonlocal calls
+        calls += 1
+        raise CommitOutcomeUnknownError("lost during COMMIT")
+
+    with pytest.raises(CommitOutcomeUnknownError):
+        Retry(attempts=3, backoff=Backoff(initial=0, cap=0)).call(commit)
+
+    assert calls == 1

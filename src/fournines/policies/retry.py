@@ -40,7 +40,12 @@ from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 from .._clock import Clock, system_clock, testing_state
 from .._deadline import Deadline, current_deadline
-from .._errors import ConfigurationError, RejectedError, check_number
+from .._errors import (
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    RejectedError,
+    check_number,
+)
 from .._events import Listener, RetriesExhausted, RetryScheduled, dispatch, global_listeners
 from ._classify import ExceptionFilter, exception_predicate
 from ._shell import Decorates
@@ -276,7 +281,9 @@ class RetryPlanner:
 
 
 def _not_rejected(exc: BaseException) -> bool:
-    return not isinstance(exc, RejectedError)
+    # A COMMIT whose outcome is unknown is never retried by default either: a retry
+    # around transaction retry would apply a payment twice that it carefully did not.
+    return not isinstance(exc, RejectedError | CommitOutcomeUnknownError)
 
 
 class Retry(Decorates):
@@ -289,7 +296,9 @@ class Retry(Decorates):
     :param on: which exceptions are retried: a type, a tuple, or a predicate.
         ``None`` (the default): every ``Exception`` except fournines' rejections
         (:class:`~fournines.RejectedError`: an open breaker, a full bulkhead, a
-        rate limiter); name them (``on=RateLimitedError``) to retry them too.
+        rate limiter) and :class:`~fournines.data.CommitOutcomeUnknownError` (work
+        that may have been applied already); name them (``on=RateLimitedError``) to
+        retry them too.
     :param on_result: a predicate over the result; true means "retry".
     :param budget: a :class:`RetryBudget`, possibly shared with other retries.
     :param max_retry_after: the longest ``retry_after`` hint waited for; a longer
