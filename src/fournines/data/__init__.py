@@ -6,6 +6,7 @@ serialization failures, deadlocks and connections lost before COMMIT; the
 current deadline becomes the transaction's statement and lock timeouts;
 :func:`transactional` is the decorator form. A COMMIT whose outcome is unknown
 raises :class:`CommitOutcomeUnknownError` unless the work is ``idempotent``.
+:func:`pool_check` is a readiness check on the pool the service uses.
 
 Needs the ``data`` extra (``pip install 'fournines[data]'``) or the driver in use;
 importing this package imports no driver.
@@ -21,6 +22,7 @@ from ._core import (
     classify,
     sqlstate,
 )
+from .checks import pool_check
 from .transactions import transaction, transaction_sync, transactional
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "TransactionRetry",
     "Verdict",
     "classify",
+    "pool_check",
     "sqlstate",
     "transaction",
     "transaction_sync",
