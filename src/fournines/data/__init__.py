@@ -6,7 +6,8 @@ serialization failures, deadlocks and connections lost before COMMIT; the
 current deadline becomes the transaction's statement and lock timeouts;
 :func:`transactional` is the decorator form. A COMMIT whose outcome is unknown
 raises :class:`CommitOutcomeUnknownError` unless the work is ``idempotent``.
-:func:`pool_check` is a readiness check on the pool the service uses.
+:func:`pool_check` is a readiness check on the pool the service uses, and
+:class:`PoolMetrics` reports its size, use and waits to Prometheus.
 
 Needs the ``data`` extra (``pip install 'fournines[data]'``) or the driver in use;
 importing this package imports no driver.
@@ -23,12 +24,14 @@ from ._core import (
     sqlstate,
 )
 from .checks import pool_check
+from .metrics import PoolMetrics
 from .transactions import transaction, transaction_sync, transactional
 
 __all__ = [
     "DEFAULT_BACKOFF",
     "CommitOutcomeUnknownError",
     "Isolation",
+    "PoolMetrics",
     "TransactionDecision",
     "TransactionRetry",
     "Verdict",
