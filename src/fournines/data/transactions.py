@@ -30,7 +30,10 @@ read from the request), each attempt begins with ``SET LOCAL statement_timeout``
 and ``SET LOCAL lock_timeout`` set to the time left, so a transaction blocked on
 a lock ends near its deadline with :class:`~fournines.DeadlineExceededError`
 (chained from the driver's ``query_canceled`` / ``lock_not_available``), and the
-wait for a pooled connection is bounded by it too.
+wait for a pooled connection is bounded by it too (asyncpg and psycopg pools;
+SQLAlchemy's wait is its engine's ``pool_timeout``). Taking a connection that
+cannot be had (the database is down) is not retried here: its error is raised
+as it is, for the breaker and retry around the call.
 
 Events (``policy="transaction"``): ``RetryScheduled`` before each retry,
 ``RetriesExhausted`` when retrying stops (``reason`` ``"outcome_unknown"`` for an
