@@ -328,3 +328,23 @@ async def test_an_unsupported_pool_is_refused() -> None:
 
     with pytest.raises(ConfigurationError, match=r"transaction\.pool.*asyncpg"):
         await transaction("postgresql://localhost", work)
+
+
+async def test_a_connection_that_fails_to_go_back_after_commit_leaves_the_commit_done(
+    admin: asyncpg.Connection, database: str
+) -> None:
+    await admin.execute(SCHEMA)
+
+    async def failing_reset(conn: Any) -> None:
+        raise ConnectionResetError("the server went away after COMMIT")
+
+    async def insert(conn: Any) -> str:
+        await conn.execute("INSERT INTO ledger VALUES ('after', 1)")
+        return "committed"
+
+    # The pool runs reset= as each connection comes back: here it fails after COMMIT.
+    async with asyncpg.create_pool(database, min_size=1, max_size=1,
+                                   reset=failing_reset) as pool:
+        assert await transaction(pool, insert) == "committed"
+
+    assert await admin.fetchval("SELECT count(*) FROM ledger") == 1

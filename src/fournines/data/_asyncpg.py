@@ -73,9 +73,17 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                 delay = decision.delay
         finally:
             if pool is not None:
-                await pool.release(conn)
+                await _release(pool, conn)
         await core.clock.asleep(delay)
         attempt += 1
+
+
+async def _release(pool: Any, conn: Any) -> None:
+    # The outcome is decided before the connection goes back: a reset that fails (the
+    # server went away right after COMMIT) must not turn a committed transaction into an
+    # error. asyncpg terminates such a connection and frees its slot by itself.
+    with contextlib.suppress(Exception):
+        await pool.release(conn)
 
 
 def _lost(conn: Any) -> bool:

@@ -91,7 +91,9 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                 delay = decision.delay
         finally:
             if pool is not None:
-                await pool.putconn(conn)
+                # Decided already: giving the connection back must not change the outcome.
+                with contextlib.suppress(Exception):
+                    await pool.putconn(conn)
         await core.clock.asleep(delay)
         attempt += 1
 
@@ -140,7 +142,8 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
                 delay = decision.delay
         finally:
             if pool is not None:
-                pool.putconn(conn)
+                with contextlib.suppress(Exception):
+                    pool.putconn(conn)
         core.clock.sleep(delay)
         attempt += 1
 
