@@ -1,7 +1,8 @@
 """The data pillar: database transactions that survive conflicts.
 
-:func:`transaction` (asyncpg, psycopg async) and :func:`transaction_sync`
-(psycopg) run a function in a transaction and retry the whole transaction on
+:func:`transaction` (asyncpg, psycopg async, SQLAlchemy ``AsyncEngine`` and
+``async_sessionmaker``) and :func:`transaction_sync` (psycopg, SQLAlchemy
+``Engine`` and ``sessionmaker``) run a function in a transaction and retry the whole transaction on
 serialization failures, deadlocks and connections lost before COMMIT; the
 current deadline becomes the transaction's statement and lock timeouts;
 :func:`transactional` is the decorator form. A COMMIT whose outcome is unknown
