@@ -31,6 +31,7 @@ PAGES = {
     "fournines.asgi.protocol": "asgi",
     "fournines.client": "client",
     "fournines.discovery": "discovery",
+    "fournines.data": "data",
     "fournines.slo": "slo",
     "fournines.chaos": "chaos",
     "fournines.chaos.ctk.actions": "chaos",

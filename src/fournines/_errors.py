@@ -25,6 +25,8 @@ that subpackage (shown in brackets)::
     ├── PrometheusError                 Prometheus gave no answer to use [slo]
     │   ├── PrometheusUnreachableError  network error, timeout, 5xx, not Prometheus
     │   └── PrometheusQueryError        Prometheus refused the query (error_type)
+    ├── CommitOutcomeUnknownError       the connection was lost during COMMIT: applied
+    │                                   or not, nobody knows; not retried [data]
     ├── InjectedFaultError              what an ErrorFault raises by default [chaos]
     ├── NetworkFaultError               a network command failed (also a RuntimeError) [chaos]
     ├── CheckFailed                     a health probe failed with a public output [asgi]
@@ -140,6 +142,22 @@ class DeadlineExceededError(FourNinesError, TimeoutError):
 
 class ConfigurationError(FourNinesError, ValueError):
     """A setting is invalid; the message names the field and what is allowed."""
+
+
+class CommitOutcomeUnknownError(FourNinesError):
+    """The connection to the database was lost while COMMIT was in flight.
+
+    The transaction may have been applied or not, and nothing on this side can
+    tell: retrying could apply it twice (a payment charged twice), so transaction
+    retry stops here. The driver's error is the ``__cause__``. Work that is safe
+    to apply twice is retried instead when passed ``idempotent=True``.
+    ``attempts`` is how many attempts were made, this one included.
+    """
+
+    def __init__(self, message: str, *, name: str = "", attempts: int = 1) -> None:
+        super().__init__(message)
+        self.name = name
+        self.attempts = attempts
 
 
 def check_number(

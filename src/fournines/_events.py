@@ -91,7 +91,9 @@ class RetriesExhausted(Event):
     Reasons: ``"attempts"`` (the limit), ``"timeout"`` (the retry's own time
     limit), ``"deadline"`` (the next wait would pass the current deadline),
     ``"budget"`` (the retry budget is empty), ``"retry_after"`` (the failure's
-    ``retry_after`` hint is longer than the retry may wait).
+    ``retry_after`` hint is longer than the retry may wait), and for transaction
+    retry (``policy="transaction"``) ``"outcome_unknown"`` (the connection was lost
+    during COMMIT of work not marked idempotent).
     """
 
     attempts: int

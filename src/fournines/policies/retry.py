@@ -40,7 +40,12 @@ from typing import Any, Literal, ParamSpec, TypeVar, get_args
 
 from .._clock import Clock, system_clock, testing_state
 from .._deadline import Deadline, current_deadline
-from .._errors import ConfigurationError, RejectedError, check_number
+from .._errors import (
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    RejectedError,
+    check_number,
+)
 from .._events import Listener, RetriesExhausted, RetryScheduled, dispatch, global_listeners
 from ._classify import ExceptionFilter, exception_predicate
 from ._shell import Decorates
@@ -108,6 +113,8 @@ class RetryPlanner:
     :param budget: a :class:`RetryBudget` to withdraw each retry from (the caller
         deposits once per logical request, e.g. with :meth:`begin`).
     :param name: the ``name`` of the events sent.
+    :param policy: the ``policy`` of the events sent (``"retry"``; transaction
+        retry sends ``"transaction"``, so its retries are told apart from others').
     :param clock: where ``now`` comes from (for ``timeout``).
     :param listeners: receive ``RetryScheduled`` / ``RetriesExhausted``.
     :param rng: random source of the jitter.
@@ -124,7 +131,7 @@ class RetryPlanner:
     """
 
     __slots__ = ("_attempts", "_backoff", "_budget", "_clock", "_listeners", "_max_retry_after",
-                 "_name", "_now", "_rng", "_timeout")
+                 "_name", "_now", "_policy", "_rng", "_timeout")
 
     def __init__(
         self,
@@ -135,6 +142,7 @@ class RetryPlanner:
         max_retry_after: float | None = None,
         budget: RetryBudget | None = None,
         name: str = "retry",
+        policy: str = "retry",
         clock: Clock = system_clock,
         listeners: Sequence[Listener] = (),
         rng: random.Random | None = None,
@@ -147,6 +155,7 @@ class RetryPlanner:
                                  else float(max_retry_after))
         self._budget = budget
         self._name = name
+        self._policy = policy
         self._clock = clock
         self._now = clock.monotonic
         self._listeners = tuple(listeners)
@@ -230,12 +239,12 @@ class RetryPlanner:
             reason = decision.reason
             if reason is not None:
                 dispatch(self._listeners, RetriesExhausted(
-                    policy="retry", name=self._name, attempts=attempt, reason=reason,
+                    policy=self._policy, name=self._name, attempts=attempt, reason=reason,
                     error=error,
                 ))
             else:
                 dispatch(self._listeners, RetryScheduled(
-                    policy="retry", name=self._name, attempt=attempt, delay=decision.delay,
+                    policy=self._policy, name=self._name, attempt=attempt, delay=decision.delay,
                     error=error,
                 ))
         return decision
@@ -272,7 +281,9 @@ class RetryPlanner:
 
 
 def _not_rejected(exc: BaseException) -> bool:
-    return not isinstance(exc, RejectedError)
+    # A COMMIT whose outcome is unknown is never retried by default either: a retry
+    # around transaction retry would apply a payment twice that it carefully did not.
+    return not isinstance(exc, RejectedError | CommitOutcomeUnknownError)
 
 
 class Retry(Decorates):
@@ -285,7 +296,9 @@ class Retry(Decorates):
     :param on: which exceptions are retried: a type, a tuple, or a predicate.
         ``None`` (the default): every ``Exception`` except fournines' rejections
         (:class:`~fournines.RejectedError`: an open breaker, a full bulkhead, a
-        rate limiter); name them (``on=RateLimitedError``) to retry them too.
+        rate limiter) and :class:`~fournines.data.CommitOutcomeUnknownError` (work
+        that may have been applied already); name them (``on=RateLimitedError``) to
+        retry them too.
     :param on_result: a predicate over the result; true means "retry".
     :param budget: a :class:`RetryBudget`, possibly shared with other retries.
     :param max_retry_after: the longest ``retry_after`` hint waited for; a longer

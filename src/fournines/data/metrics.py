@@ -1,0 +1,148 @@
+"""Connection pool metrics for Prometheus, read from each pool's public API at scrape time.
+
+:class:`PoolMetrics` is a ``prometheus_client`` collector: add the pools a service
+uses (``metrics.add(pool, name="orders")``) and every scrape reports, per pool
+(the ``pool`` label):
+
+=================================================  =======  ===============================
+name                                               type     from
+=================================================  =======  ===============================
+``fournines_db_pool_connections``                  gauge    open connections (all kinds)
+``fournines_db_pool_in_use``                       gauge    checked out (all kinds)
+``fournines_db_pool_idle``                         gauge    ready to hand out (all kinds)
+``fournines_db_pool_max``                          gauge    the most it opens (asyncpg, psycopg)
+``fournines_db_pool_waiting``                      gauge    requests waiting (psycopg)
+``fournines_db_pool_acquires_total``               counter  connections requested (psycopg)
+``fournines_db_pool_acquire_wait_seconds_total``   counter  time spent waiting (psycopg)
+=================================================  =======  ===============================
+
+Sources: asyncpg's ``Pool.get_size()`` / ``get_idle_size()`` / ``get_max_size()``,
+psycopg_pool's ``get_stats()``, SQLAlchemy's ``QueuePool.checkedin()`` /
+``checkedout()``. A pool that cannot tell a number leaves that metric out rather
+than guessing it from private attributes; the mean wait for a connection is
+``rate(..._acquire_wait_seconds_total) / rate(..._acquires_total)``.
+Reading is cheap and happens only when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .._errors import ConfigurationError
+
+__all__ = ["PoolMetrics"]
+
+_GAUGES = {
+    "connections": "Open connections of the pool.",
+    "in_use": "Connections of the pool checked out.",
+    "idle": "Connections of the pool ready to hand out.",
+    "max": "The most connections the pool opens.",
+    "waiting": "Requests waiting for a connection of the pool.",
+}
+_COUNTERS = {
+    "acquires": "Connections requested from the pool.",
+    "acquire_wait_seconds": "Seconds requests waited for a connection of the pool.",
+}
+
+
+def _kind(pool: object) -> str | None:
+    module = type(pool).__module__.partition(".")[0]
+    if module == "asyncpg" and callable(getattr(pool, "get_idle_size", None)):
+        return "asyncpg"
+    if module == "psycopg_pool" and callable(getattr(pool, "get_stats", None)):
+        return "psycopg"
+    if module == "sqlalchemy":
+        from sqlalchemy import Engine  # noqa: PLC0415 - drivers load on use
+        from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: PLC0415
+
+        if isinstance(pool, Engine | AsyncEngine):
+            return "sqlalchemy"
+    return None
+
+
+def _read_pool(pool: Any) -> dict[str, float]:
+    """The numbers ``pool`` tells through its public API (names as the metrics', no prefix)."""
+    kind = _kind(pool)
+    if kind == "asyncpg":
+        size, idle = pool.get_size(), pool.get_idle_size()
+        return {"connections": size, "in_use": size - idle, "idle": idle,
+                "max": pool.get_max_size()}
+    if kind == "psycopg":
+        stats = pool.get_stats()
+        size, idle = stats.get("pool_size", 0), stats.get("pool_available", 0)
+        return {"connections": size, "in_use": size - idle, "idle": idle,
+                "max": stats.get("pool_max", 0), "waiting": stats.get("requests_waiting", 0),
+                "acquires": stats.get("requests_num", 0),
+                "acquire_wait_seconds": stats.get("requests_wait_ms", 0) / 1000}
+    if kind == "sqlalchemy":
+        queue = pool.pool  # the engine's pool (AsyncEngine proxies it too)
+        idle, in_use = queue.checkedin(), queue.checkedout()
+        return {"connections": idle + in_use, "in_use": in_use, "idle": idle}
+    raise ConfigurationError(
+        "PoolMetrics.add.pool must be an asyncpg Pool, a psycopg_pool pool or a SQLAlchemy "
+        f"Engine or AsyncEngine, got {type(pool).__name__}")
+
+
+class PoolMetrics:
+    """A ``prometheus_client`` collector of connection pools (see the table above).
+
+    :param registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
+    :param prefix: the metric names' prefix.
+    """
+
+    def __init__(self, registry: Any = None, *, prefix: str = "fournines") -> None:
+        try:
+            import prometheus_client as prom  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:
+            raise ConfigurationError(
+                "PoolMetrics needs prometheus_client: pip install 'fournines[prometheus]'"
+            ) from exc
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError(f"PoolMetrics.prefix must be a non-empty str, got {prefix!r}")
+        self._prefix = f"{prefix}_db_pool"
+        self._pools: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        (registry if registry is not None else prom.REGISTRY).register(self)
+
+    def add(self, pool: Any, *, name: str) -> None:
+        """Report ``pool`` under the label ``pool=name`` (replacing one of that name)."""
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"PoolMetrics.add.name must be a non-empty str, got {name!r}")
+        _read_pool(pool)  # refuses an unsupported pool now, not at the first scrape
+        with self._lock:
+            self._pools[name] = pool
+
+    def remove(self, name: str) -> None:
+        """Stop reporting the pool added as ``name`` (a pool closed for good)."""
+        with self._lock:
+            self._pools.pop(name, None)
+
+    def collect(self) -> Iterator[Any]:
+        """The metrics of every pool, read now (called by ``prometheus_client``)."""
+        from prometheus_client.core import (  # noqa: PLC0415
+            CounterMetricFamily,
+            GaugeMetricFamily,
+        )
+
+        with self._lock:
+            pools = list(self._pools.items())
+        families: dict[str, Any] = {
+            **{key: GaugeMetricFamily(f"{self._prefix}_{key}", text, labels=["pool"])
+               for key, text in _GAUGES.items()},
+            **{key: CounterMetricFamily(f"{self._prefix}_{key}", text, labels=["pool"])
+               for key, text in _COUNTERS.items()},
+        }
+        for name, pool in pools:
+            try:
+                values = _read_pool(pool)
+            except Exception:  # a pool closed under us: no numbers this scrape
+                continue
+            for key, value in values.items():
+                families[key].add_metric([name], value)
+        yield from families.values()
+
+    def describe(self) -> Iterator[Any]:
+        """No fixed description: the metrics are read at each scrape."""
+        return iter(())
