@@ -263,6 +263,42 @@ async def test_a_request_head_sent_in_many_reads_is_held_to_the_size_limit(gate:
         assert gate.calls == 0
 
 
+def protected(gate: Gate) -> Any:
+    return protect(gate, metrics=False, concurrency_limit=FixedLimit(1), max_loop_lag=None,
+                   queue_target=None)
+
+
+async def test_a_request_shed_on_arrival_carries_the_instance_header(gate: Gate) -> None:
+    app = protected(gate)
+    app.state.mark_ready()
+    async for served in run(app):
+        held = await hold_one(served, gate)
+        reader, writer = await served.connect()
+        status, headers, _ = await request(reader, writer)
+        gate.release.set()
+        held.close()
+        writer.close()
+        assert status == 503
+        assert headers[b"x-instance-id"] == app.state.instance.encode()
+        assert find_shedder(app).shed_overload == 1  # type: ignore[union-attr]
+
+
+async def test_while_draining_a_shed_request_is_answered_by_the_middleware_with_a_close(
+    gate: Gate,
+) -> None:
+    app = protected(gate)
+    app.state.mark_ready()
+    async for served in run(app):
+        held = await hold_one(served, gate)
+        app.state.mark_draining()
+        reader, writer = await served.connect()
+        status, headers, _ = await request(reader, writer)
+        gate.release.set()
+        held.close()
+        writer.close()
+        assert (status, headers.get(b"connection")) == (503, b"close")
+
+
 def test_find_shedder_follows_the_middleware_chain() -> None:
     app = protect(Gate(), metrics=False)
     shedder = find_shedder(app)

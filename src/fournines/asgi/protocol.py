@@ -19,10 +19,13 @@ waited to start (the queueing delay the shedder's CoDel rule decides on) and doe
 not count it twice. The protocol leaves the decision to the middleware, as
 without it, for pipelined requests (answers must keep their order), upgrades,
 HTTP/1.0, absolute-form targets, a server run with ``limit_concurrency``, and
-when the shedder has a ``priority`` function (which needs the scope). Shed
-requests do not reach the middleware that :func:`~fournines.asgi.protect` puts
-outside the shedder (``x-instance-id``); they are counted by the shedder
-(``fournines_rejections_total{policy="load_shedder"}``) as before.
+when the shedder has a ``priority`` function (which needs the scope), and while
+the service is not ready (starting or draining: the lifecycle middleware that
+:func:`~fournines.asgi.protect` puts outside the shedder then has work to do, such
+as ``connection: close`` while draining). Shed requests do not reach that
+middleware, so the protocol adds its headers (``x-instance-id``) itself; they are
+counted by the shedder (``fournines_rejections_total{policy="load_shedder"}``) as
+before.
 
 Request-head timeout. uvicorn limits neither how long a connection may stay
 silent before its first request nor how long a request's headers may take to
@@ -49,12 +52,15 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from ._state import Phase
 from ._types import PROBLEM_CONTENT_TYPE, problem
 from .shedding import TICKET, LoadShedder
+from .shutdown import LifecycleMiddleware
 
 __all__ = ["ShedHttpToolsProtocol", "find_shedder"]
 
 _MAX_APP_DEPTH = 32
+_READY = Phase.READY
 _LINGER = 1.0  # seconds a connection answered 408/431 drains the client's bytes
 _TIMEOUT_BODY = problem(408, "Request Timeout", "the request head did not arrive in time")
 _TOO_LARGE_BODY = problem(431, "Request Header Fields Too Large",
@@ -73,13 +79,21 @@ _TOO_LARGE_HEAD = _status_head(b"431 Request Header Fields Too Large", _TOO_LARG
 
 def find_shedder(app: object) -> LoadShedder | None:
     """The :class:`LoadShedder` in ``app``'s middleware chain (following ``.app``), if any."""
+    return _find_shedder(app)[0]
+
+
+def _find_shedder(app: object) -> tuple[LoadShedder | None, LifecycleMiddleware | None]:
+    """The shedder in ``app``'s chain and the lifecycle middleware outside it, if any."""
+    lifecycle = None
     for _ in range(_MAX_APP_DEPTH):
         if isinstance(app, LoadShedder):
-            return app
+            return app, lifecycle
+        if isinstance(app, LifecycleMiddleware) and lifecycle is None:
+            lifecycle = app
         app = getattr(app, "app", None)
         if app is None:
-            return None
-    return None
+            break
+    return None, None
 
 
 class _Answered:
@@ -115,7 +129,13 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self._shedder = find_shedder(self.app)
+        self._shedder, lifecycle = _find_shedder(self.app)
+        # Answered here, a shed request never reaches the lifecycle middleware: the
+        # protocol adds its headers, and leaves the request to the middleware while the
+        # service is not ready (starting: the first request marks it ready; draining:
+        # answers close the connection).
+        self._state = None if lifecycle is None else lifecycle.state
+        self._extra_headers = () if lifecycle is None else lifecycle.response_headers
         self._head_timer: asyncio.TimerHandle | None = None
         self._in_head = True  # until the first request head is complete
         self._head_size = 0
@@ -171,7 +191,8 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
                 or parser.should_upgrade()
                 or parser.get_http_version() != "1.1"
                 or not parser.should_keep_alive()
-                or self.flow.write_paused):
+                or self.flow.write_paused
+                or (self._state is not None and self._state.phase is not _READY)):
             super().on_headers_complete()
             return
         end = url.find(b"?")
@@ -180,7 +201,8 @@ class ShedHttpToolsProtocol(HttpToolsProtocol):
             path = urllib.parse.unquote(path)
         ticket = shedder.arrive(self.root_path + path, self.headers)
         if ticket is None:
-            self.transport.write(shedder.shed_response(self.server_state.default_headers))
+            self.transport.write(shedder.shed_response(self.server_state.default_headers,
+                                                       self._extra_headers))
             self.cycle = _ANSWERED
             self.on_response_complete()
             return

@@ -301,7 +301,7 @@ class LoadShedder:
         self._first_above = 0.0
         self._unreported: dict[str, int] = {}
         self._reported_at: dict[str, float] = {}
-        self._responses: tuple[object, bytes] | None = None
+        self._responses: tuple[object, object, bytes] | None = None
         self._body_timeout = None if body_timeout is None else float(body_timeout)
         self._min_body_rate = float(min_body_rate)
         self._critical_header = (
@@ -530,23 +530,28 @@ class LoadShedder:
             return True
         return False
 
-    def shed_response(self, default_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+    def shed_response(self, default_headers: Sequence[tuple[bytes, bytes]] = (),
+                      extra_headers: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
         """The whole HTTP/1.1 503 answer of a request shed on arrival, as bytes.
 
-        ``default_headers`` (the server's ``date`` and ``server`` headers) go first.
-        Built once per distinct ``default_headers`` object (a server replaces its
-        list when the date changes), so a shed costs one dictionary-free lookup.
+        ``default_headers`` (the server's ``date`` and ``server`` headers) go first,
+        ``extra_headers`` (e.g. ``x-instance-id`` from
+        :attr:`LifecycleMiddleware.response_headers
+        <fournines.asgi.LifecycleMiddleware.response_headers>`) after them. Built once
+        per distinct pair of objects (a server replaces its list when the date
+        changes), so a shed costs two identity tests.
         """
         cached = self._responses
-        if cached is not None and cached[0] is default_headers:
-            return cached[1]
+        if cached is not None and cached[0] is default_headers and cached[1] is extra_headers:
+            return cached[2]
         lines = [b"HTTP/1.1 503 Service Unavailable"]
         lines += [name + b": " + value for name, value in default_headers]
+        lines += [name + b": " + value for name, value in extra_headers]
         lines += [b"content-type: " + PROBLEM_CONTENT_TYPE,
                   b"content-length: " + str(len(_BODY)).encode()]
         lines += [name + b": " + value for name, value in self._headers]
         answer = b"\r\n".join(lines) + b"\r\n\r\n" + _BODY
-        self._responses = (default_headers, answer)
+        self._responses = (default_headers, extra_headers, answer)
         return answer
 
     def report(self) -> None:

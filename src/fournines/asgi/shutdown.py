@@ -113,6 +113,15 @@ class LifecycleMiddleware:
         )
         self._lifespan_seen = False
 
+    @property
+    def response_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers added to every HTTP response while the service is ready.
+
+        A server protocol that answers a request itself, before the app
+        (:mod:`fournines.asgi.protocol`), adds these to keep its answers alike.
+        """
+        return self._extra_headers
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app for one connection scope."""
         scope_type = scope["type"]
