@@ -535,9 +535,8 @@ class LoadShedder:
         """The whole HTTP/1.1 503 answer of a request shed on arrival, as bytes.
 
         ``default_headers`` (the server's ``date`` and ``server`` headers) go first,
-        ``extra_headers`` (e.g. ``x-instance-id`` from
-        :attr:`LifecycleMiddleware.response_headers
-        <fournines.asgi.LifecycleMiddleware.response_headers>`) after them. Built once
+        ``extra_headers`` (e.g. ``x-instance-id``, from the lifecycle middleware's
+        ``response_headers``) after them. Built once
         per distinct pair of objects (a server replaces its list when the date
         changes), so a shed costs two identity tests.
         """
