@@ -29,8 +29,10 @@ def taskset(core: int) -> list[str]:
 class Server:
     """uvicorn (uvloop + httptools, one worker) serving ``bench.asgi_apps:app``."""
 
-    def __init__(self, variant: str, *, core: int = 0, path: str = "/orders/42") -> None:
+    def __init__(self, variant: str, *, core: int = 0, path: str = "/orders/42",
+                 loop: str = "uvloop") -> None:
         self.variant = variant
+        self.loop = loop
         self.port = free_port()
         self.core = core
         self.path = path
@@ -47,7 +49,7 @@ class Server:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         self.proc = subprocess.Popen(
             [*taskset(self.core), sys.executable, "-m", "uvicorn", "bench.asgi_apps:app",
-             "--host", "127.0.0.1", "--port", str(self.port), "--loop", "uvloop",
+             "--host", "127.0.0.1", "--port", str(self.port), "--loop", self.loop,
              "--http", self.http, "--no-access-log", "--log-level", "warning"],
             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         end = time.monotonic() + 20

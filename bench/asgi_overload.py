@@ -27,7 +27,7 @@ and reconnects. Targets (issue 3): with fournines, p99 of successful responses
 under 200 ms, goodput >= 85 % of the capacity measured unprotected, every
 excess request answered 503 quickly (no timeouts).
 
-Usage: .venv/bin/python bench/asgi_overload.py [--seconds 20] [--loads 3,10]
+Usage: .venv/bin/python bench/asgi_overload.py [--seconds 20] [--loads 3,10] [--loop asyncio]
        .venv/bin/python bench/asgi_overload.py --reject-cost [--rate 3000]
        .venv/bin/python bench/asgi_overload.py --closed-loop [--seconds 15] [--connections 256]
 """
@@ -184,7 +184,7 @@ def measure_capacity() -> float:
                                     duration=5)).rate(200)
 
 
-def main_open_loop(seconds: float, loads: list[float]) -> None:
+def main_open_loop(seconds: float, loads: list[float], loop: str) -> None:
     capacity = measure_capacity()
     print(f"capacity (16 connections, closed loop, unprotected): {capacity:.0f} req/s",
           flush=True)
@@ -193,7 +193,7 @@ def main_open_loop(seconds: float, loads: list[float]) -> None:
     for load in loads:
         for variant in ("overload_bare", "overload_fournines_asgi", "overload_fournines"):
             phases = [(capacity / 2, 2.0), (capacity * load, seconds), (capacity / 2, 5.0)]
-            with Server(variant, path="/work") as server:
+            with Server(variant, path="/work", loop=loop) as server:
                 assert server.proc is not None
                 data, cpu = open_loop(server.port, "/work", phases, server.proc.pid)
             row, share, p99_shed, recovery = describe_open(variant, load, capacity, data, cpu)
@@ -296,13 +296,16 @@ def main() -> None:
     parser.add_argument("--loads", default="3,10")
     parser.add_argument("--rate", type=float, default=3000.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"),
+                        help="the servers' event loop (open-loop mode)")
     parser.add_argument("--connections", type=int, default=256)
     args = parser.parse_args()
     if args.reject_cost:
         main_reject_cost(args.rate, args.seconds or 10.0, args.rounds)
         return
     if not args.closed_loop:
-        main_open_loop(args.seconds or 20.0, [float(x) for x in args.loads.split(",")])
+        main_open_loop(args.seconds or 20.0, [float(x) for x in args.loads.split(",")],
+                       args.loop)
         return
     args.seconds = args.seconds or 15.0
     results: dict[str, LoadResult] = {}
