@@ -29,7 +29,8 @@ that subpackage (shown in brackets)::
     ├── NetworkFaultError               a network command failed (also a RuntimeError) [chaos]
     ├── CheckFailed                     a health probe failed with a public output [asgi]
     ├── LabError                        the lab could not run (also a RuntimeError) [lab]
-    └── ServeError                      the supervisor could not serve (also a RuntimeError) [serve]
+    ├── ServeError                      the supervisor could not serve (RuntimeError) [serve]
+    └── ControlError                    no answer on its control socket (RuntimeError) [serve]
 
 The transports' errors are both kinds at once, so ``except CircuitOpenError`` and
 ``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request.

@@ -7,7 +7,9 @@ uvicorn stays the HTTP engine; fournines owns the processes. See
 :mod:`fournines.serve.supervisor` for the whole lifecycle.
 """
 
+from .control import ControlError, reload, status
 from .sockets import bind_sockets, systemd_sockets
 from .supervisor import ServeError, run
 
-__all__ = ["ServeError", "bind_sockets", "run", "systemd_sockets"]
+__all__ = ["ControlError", "ServeError", "bind_sockets", "reload", "run", "status",
+           "systemd_sockets"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -13,7 +14,19 @@ def register(sub: Any) -> None:
         description="Bind the sockets once and run uvicorn workers on them. SIGHUP: rolling "
                     "reload, new workers first (a broken new version is refused and the old "
                     "workers keep serving). SIGTERM/SIGINT: drain every worker and exit 0.")
-    serve.add_argument("app", metavar="MODULE:APP", help="the ASGI app, e.g. myservice.main:app")
+    serve.add_argument("app", metavar="MODULE:APP", nargs="?", default=None,
+                       help="the ASGI app, e.g. myservice.main:app")
+    serve.add_argument("--control", metavar="PATH",
+                       default=os.environ.get("FOURNINES_SERVE_CONTROL") or None,
+                       help="the supervisor's control socket (mode 0600; default "
+                            "$FOURNINES_SERVE_CONTROL): served with MODULE:APP, used by "
+                            "--reload and --status")
+    client = serve.add_mutually_exclusive_group()
+    client.add_argument("--reload", action="store_true",
+                        help="reload the running supervisor on --control and wait: exit 0 "
+                             "when every worker runs the new code, 1 when it was aborted")
+    client.add_argument("--status", action="store_true",
+                        help="print the running supervisor's state (JSON) from --control")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (1)")
     serve.add_argument("--bind", action="append", metavar="ADDRESS", default=None,
                        help="HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N; repeatable "
@@ -47,6 +60,10 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from .._errors import ConfigurationError  # noqa: PLC0415
 
+    if args.reload or args.status:
+        return _client(args, parser)
+    if args.app is None:
+        parser.error("MODULE:APP is required (or --reload / --status)")
     try:
         from ..asgi import GracefulShutdown  # noqa: PLC0415
         from .supervisor import ServeError, run  # noqa: PLC0415
@@ -67,7 +84,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         run(args.app, workers=args.workers, bind=args.bind, factory=args.factory,
             app_dir=args.app_dir, shutdown=shutdown, startup_timeout=args.startup_timeout,
             heartbeat_timeout=args.heartbeat_timeout, max_requests=args.max_requests,
-            max_requests_jitter=args.max_requests_jitter, log_level=args.log_level, **options)
+            max_requests_jitter=args.max_requests_jitter, log_level=args.log_level,
+            control=args.control, **options)
     except ConfigurationError as exc:
         parser.exit(2, f"fournines serve: error: {exc}\n")
     except ServeError as exc:
@@ -75,3 +93,25 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     finally:
         log.removeHandler(handler)
     return 0
+
+
+def _client(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import json  # noqa: PLC0415
+
+    from . import control  # noqa: PLC0415
+
+    if args.app is not None:
+        parser.error("--reload and --status talk to a running supervisor: no MODULE:APP")
+    if args.control is None:
+        parser.error("--reload and --status need --control PATH (or FOURNINES_SERVE_CONTROL)")
+    try:
+        if args.status:
+            print(json.dumps(control.status(args.control), indent=2))
+            return 0
+        answer = control.reload(args.control)
+    except control.ControlError as exc:
+        parser.exit(1, f"fournines serve: error: {exc}\n")
+    if answer.get("ok"):
+        print(answer.get("message", "reloaded"))
+        return 0
+    parser.exit(1, f"fournines serve: error: {answer.get('message', 'reload failed')}\n")

@@ -55,6 +55,7 @@ from typing import Any
 from .._errors import ConfigurationError, FourNinesError, check_number
 from ..asgi import GracefulShutdown
 from ..policies.backoff import Backoff
+from . import control as _control
 from . import sockets as _sockets
 
 __all__ = ["ServeError", "run"]
@@ -101,6 +102,7 @@ class _Worker:
 class _Reload:
     generation: int
     candidate: _Worker | None = None
+    waiters: list[_control.Connection] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -120,6 +122,7 @@ class _Options:
     log_level: str
     forwarded_allow_ips: str | list[str] | None
     header_timeout: float | None
+    control: str | None = None
     uvicorn_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -141,6 +144,7 @@ def run(
     log_level: str = "info",
     forwarded_allow_ips: str | Sequence[str] | None = None,
     header_timeout: float | None = 10.0,
+    control: str | None = None,
     **uvicorn_options: Any,
 ) -> None:
     """Serve the ASGI app ``app`` (``"module:attribute"``) with ``workers`` uvicorn workers.
@@ -154,7 +158,9 @@ def run(
     settings are described in the module docstring; ``log_level``,
     ``forwarded_allow_ips``, ``header_timeout`` and the remaining keyword
     arguments (JSON values only) go to each worker's
-    :func:`fournines.asgi.server.make_server`.
+    :func:`fournines.asgi.server.make_server`. ``control``: the path of a unix
+    socket (mode 0600) for ``fournines serve --reload`` / ``--status`` (see
+    :mod:`fournines.serve.control`).
 
     Blocks until SIGTERM/SIGINT has drained every worker, then returns. Raises
     :class:`~fournines.ConfigurationError` for bad settings, :class:`ServeError`
@@ -167,18 +173,29 @@ def run(
                        max_requests_jitter=max_requests_jitter, log_level=log_level,
                        forwarded_allow_ips=forwarded_allow_ips, header_timeout=header_timeout,
                        uvicorn_options=uvicorn_options)
+    options.control = control
     binds = [bind] if isinstance(bind, str) else list(bind or [])
     try:
         listeners = _sockets.bind_sockets(binds)
     except OSError as exc:
         raise ServeError(f"cannot bind {', '.join(binds) or 'the default address'}: "
                          f"{exc.strerror or exc}") from None
+    control_sock = None
     try:
-        code = _Supervisor(options, listeners).run()
+        if control is not None:
+            try:
+                control_sock = _control.listen(control)
+            except _control.ControlError as exc:
+                raise ServeError(str(exc)) from None
+        code = _Supervisor(options, listeners, control_sock).run()
     finally:
         for sock in listeners:
             with contextlib.suppress(OSError):
                 sock.close()
+        if control_sock is not None:
+            control_sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(str(control))
     if code:
         raise SystemExit(code)
 
@@ -227,9 +244,13 @@ def _options(app: str, *, workers: int, factory: bool, app_dir: str,
 class _Supervisor:
     """The loop: one thread, one selector over the workers' pipes and a signal pipe."""
 
-    def __init__(self, options: _Options, listeners: list[socket.socket]) -> None:
+    def __init__(self, options: _Options, listeners: list[socket.socket],
+                 control: socket.socket | None = None) -> None:
         self.options = options
         self.listeners = listeners
+        self.control = control
+        self.pending_waiters: list[_control.Connection] = []
+        self.last_reload: dict[str, Any] | None = None
         self.workers: list[_Worker] = []
         self.generation = 0
         self.reload: _Reload | None = None
@@ -254,6 +275,8 @@ class _Supervisor:
         wake_r.setblocking(False)
         wake_w.setblocking(False)
         self.selector.register(wake_r, selectors.EVENT_READ, None)
+        if self.control is not None:
+            self.selector.register(self.control, selectors.EVENT_READ, self.control)
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
@@ -268,8 +291,12 @@ class _Supervisor:
                     if key.data is None:
                         with contextlib.suppress(BlockingIOError):
                             wake_r.recv(4096)
-                    else:
+                    elif isinstance(key.data, _Worker):
                         self._read(key.data)
+                    elif isinstance(key.data, _control.Connection):
+                        self._control_request(key.data)
+                    else:
+                        self._control_accept()
                 while self.signals:
                     self._handle_signal(self.signals.popleft())
                 self._step()
@@ -287,6 +314,8 @@ class _Supervisor:
             wake_w.close()
         if self.failure is not None:
             raise ServeError(self.failure)
+        for waiter in self.pending_waiters:
+            waiter.reply({"ok": False, "message": "the supervisor stopped"})
         if self.forced and self.stopping_signal is not None:
             return 128 + self.stopping_signal
         logger.info("All workers stopped; supervisor exiting")
@@ -298,13 +327,7 @@ class _Supervisor:
 
     def _handle_signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
-            if self.stopping_signal is not None:
-                return
-            if self.reload is not None:
-                logger.info("SIGHUP during a reload: another reload follows this one")
-                self.reload_pending = True
-                return
-            self._start_reload()
+            self._request_reload("SIGHUP received", None)
             return
         if self.stopping_signal is None:
             self._stop_all(sig, f"{signal.Signals(sig).name} received: draining every worker")
@@ -317,6 +340,8 @@ class _Supervisor:
 
     def _stop_all(self, sig: int, message: str) -> None:
         self.stopping_signal = sig
+        if self.reload is not None:
+            self.pending_waiters += self.reload.waiters
         self.reload = None
         self.reload_pending = False
         logger.info("%s", message)
@@ -416,8 +441,9 @@ class _Supervisor:
             return
         worker.stopping = True
         drain = self.options.shutdown
-        worker.stop_deadline = (time.monotonic() + drain.drain_delay
-                                + (drain.drain_timeout or 0.0) + _STOP_MARGIN)
+        # No drain_timeout means waiting for in-flight requests however long they take.
+        worker.stop_deadline = (0.0 if drain.drain_timeout is None else time.monotonic()
+                                + drain.drain_delay + drain.drain_timeout + _STOP_MARGIN)
         self._signal(worker, signal.SIGTERM)
 
     def _signal(self, worker: _Worker, sig: int) -> None:
@@ -470,11 +496,10 @@ class _Supervisor:
         reason = worker.error or worker.killed_for or how
         reload = self.reload
         if reload is not None and reload.candidate is worker:
-            self.reload = None
-            logger.error("Reload aborted: the new worker %d failed to start (%s); the old "
-                         "workers keep serving", worker.pid, reason)
-            _notify("READY=1")
-            self._after_reload()
+            message = (f"Reload aborted: the new worker {worker.pid} failed to start "
+                       f"({reason}); the old workers keep serving")
+            logger.error("%s", message)
+            self._finish_reload(ok=False, message=message)
             return
         if worker.replaces is not None:
             logger.error("Recycling worker %d aborted: its replacement %d failed to start (%s)",
@@ -533,12 +558,76 @@ class _Supervisor:
 
     # -- reloads and recycling ---------------------------------------------------
 
-    def _start_reload(self) -> None:
+    def _request_reload(self, why: str, waiter: _control.Connection | None) -> None:
+        if self.stopping_signal is not None:
+            if waiter is not None:
+                waiter.reply({"ok": False, "message": "the supervisor is stopping"})
+            return
+        if self.reload is not None:
+            logger.info("%s during a reload: another reload follows this one", why)
+            self.reload_pending = True
+            if waiter is not None:
+                self.pending_waiters.append(waiter)
+            return
+        self._start_reload(why)
+        if waiter is not None and self.reload is not None:
+            self.reload.waiters.append(waiter)
+
+    def _start_reload(self, why: str) -> None:
         self.generation += 1
-        self.reload = _Reload(generation=self.generation)
-        logger.info("SIGHUP received: rolling reload to generation %d, new workers first",
+        self.reload = _Reload(generation=self.generation, waiters=self.pending_waiters)
+        self.pending_waiters = []
+        logger.info("%s: rolling reload to generation %d, new workers first", why,
                     self.generation)
         _notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+    def _finish_reload(self, *, ok: bool, message: str) -> None:
+        reload = self.reload
+        self.reload = None
+        _notify("READY=1")
+        self.last_reload = {"ok": ok, "generation": self.generation, "message": message}
+        for waiter in reload.waiters if reload is not None else []:
+            self._forget(waiter)
+            waiter.reply(self.last_reload)
+        self._after_reload()
+
+    # -- the control socket ------------------------------------------------------
+
+    def _control_accept(self) -> None:
+        assert self.control is not None
+        try:
+            sock, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        connection = _control.Connection(sock)
+        self.selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _forget(self, connection: _control.Connection) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(connection.sock)
+
+    def _control_request(self, connection: _control.Connection) -> None:
+        request = connection.read()
+        if request is None:
+            return
+        self._forget(connection)
+        command = request.get("command")
+        if command == "status":
+            connection.reply(self._status())
+        elif command == "reload":
+            self._request_reload("Reload requested on the control socket", connection)
+        else:
+            connection.reply({"ok": False, "message": f"unknown command {command!r}"})
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "ok": True, "pid": os.getpid(), "app": self.options.app,
+            "generation": self.generation, "reloading": self.reload is not None,
+            "stopping": self.stopping_signal is not None, "last_reload": self.last_reload,
+            "workers": [{"pid": w.pid, "generation": w.generation, "ready": w.ready,
+                         "stopping": w.stopping, "requests": w.requests}
+                        for w in self.workers],
+        }
 
     def _advance_reload(self) -> None:
         reload = self.reload
@@ -548,11 +637,10 @@ class _Supervisor:
         if not old:
             if any(w.generation < reload.generation for w in self.workers):
                 return  # complete once the old workers have drained and exited
-            self.reload = None
-            logger.info("Reload complete: %d worker(s) of generation %d serving",
-                        len(self._members()), reload.generation)
-            _notify("READY=1")
-            self._after_reload()
+            message = (f"Reload complete: {len(self._members())} worker(s) of generation "
+                       f"{reload.generation} serving")
+            logger.info("%s", message)
+            self._finish_reload(ok=True, message=message)
             return
         if any(not w.ready for w in self._members()):
             return  # a crash replacement is starting: wait for it first
@@ -562,7 +650,7 @@ class _Supervisor:
     def _after_reload(self) -> None:
         if self.reload_pending:
             self.reload_pending = False
-            self._start_reload()
+            self._start_reload("Queued reload")
 
     def _recycle(self, now: float) -> None:
         if self.reload is not None or now < self.recycle_blocked_until:
