@@ -38,6 +38,7 @@ PAGES = {
     "fournines.chaos.ctk.probes": "chaos",
     "fournines.instrumentation": "instrumentation",
     "fournines.lab": "lab",
+    "fournines.serve": "serve",
 }
 
 

@@ -30,7 +30,9 @@ that subpackage (shown in brackets)::
     ├── InjectedFaultError              what an ErrorFault raises by default [chaos]
     ├── NetworkFaultError               a network command failed (also a RuntimeError) [chaos]
     ├── CheckFailed                     a health probe failed with a public output [asgi]
-    └── LabError                        the lab could not run (also a RuntimeError) [lab]
+    ├── LabError                        the lab could not run (also a RuntimeError) [lab]
+    ├── ServeError                      the supervisor could not serve (RuntimeError) [serve]
+    └── ControlError                    no answer on its control socket (RuntimeError) [serve]
 
 The transports' errors are both kinds at once, so ``except CircuitOpenError`` and
 ``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request.

@@ -61,7 +61,7 @@ from ._types import ASGIApp
 from .protocol import ShedHttpToolsProtocol
 from .shutdown import GracefulShutdown, LifecycleMiddleware
 
-__all__ = ["DrainingServer", "find_state", "serve"]
+__all__ = ["DrainingServer", "find_state", "make_server", "serve"]
 
 # uvicorn's own logger: its log config gives it a handler, and the drain is part of
 # the server's story ("Shutting down", "Waiting for connections to close", ...).
@@ -213,6 +213,35 @@ def serve(
     forced exit is ``128 + signal``). Exits 3 if the server cannot start, as
     uvicorn does.
     """
+    server = make_server(app, host=host, port=port, state=state, shutdown=shutdown,
+                         log_level=log_level, forwarded_allow_ips=forwarded_allow_ips,
+                         header_timeout=header_timeout, **uvicorn_options)
+    server.run()
+    code = server.exit_code
+    if code:
+        raise SystemExit(code)
+
+
+def make_server(
+    app: ASGIApp,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    state: ServiceState | None = None,
+    shutdown: GracefulShutdown | None = None,
+    log_level: str | int | None = "info",
+    forwarded_allow_ips: str | Sequence[str] | None = None,
+    header_timeout: float | None = 10.0,
+    server_class: type[DrainingServer] | None = None,
+    **uvicorn_options: Any,
+) -> DrainingServer:
+    """The server :func:`serve` runs, built and checked but not started.
+
+    The arguments are :func:`serve`'s; ``server_class`` is a subclass of
+    :class:`DrainingServer` to build instead. Run it with ``server.run()``, or
+    ``server.run(sockets=[...])`` on sockets bound elsewhere (what
+    :mod:`fournines.serve`'s workers do with the supervisor's sockets).
+    """
     for name, advice in _REFUSED_OPTIONS.items():
         if name in uvicorn_options:
             raise ConfigurationError(f"serve() does not take {name!r}: {advice}")
@@ -237,11 +266,7 @@ def serve(
         forwarded_allow_ips=proxies,
         **uvicorn_options,
     )
-    server = DrainingServer(config, state=state, shutdown=shutdown)
-    server.run()
-    code = server.exit_code
-    if code:
-        raise SystemExit(code)
+    return (server_class or DrainingServer)(config, state=state, shutdown=shutdown)
 
 
 def _choose_protocol(options: dict[str, Any], header_timeout: float | None) -> None:

@@ -1,0 +1,144 @@
+"""One worker process of ``fournines serve``: uvicorn on the supervisor's sockets.
+
+Started by the supervisor as ``python -m fournines.serve._worker SPEC`` (SPEC is
+JSON), so every worker imports the app afresh: a reload runs the code on disk
+now, not what the supervisor once imported (it never imports the app at all).
+
+It talks to the supervisor over the write end of a pipe, one line per message:
+
+- ``ready``: uvicorn's startup (lifespan included) completed and the worker
+  accepts on the sockets;
+- ``beat N``: once a second from uvicorn's tick, N the requests served so far;
+  a blocked event loop sends none, and the supervisor replaces the worker;
+- ``error TEXT``: the app could not be loaded or started (then exit 4).
+
+A write that fails because the supervisor is gone starts the worker's drain:
+an orphan serves its in-flight requests and exits instead of living forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from ..asgi import GracefulShutdown
+from ..asgi.server import DrainingServer, make_server
+
+EXIT_LOAD_FAILED = 4
+# After its listener closes, a worker still serves for this long before uvicorn
+# closes idle connections: a connection the kernel handed over just before the close
+# may not have had its request read yet, and closing it then would fail a request
+# that another worker would have served.
+_ACCEPT_SETTLE = 0.25
+
+
+class _Reporter:
+    """Lines to the supervisor over a non-blocking pipe."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.gone = False
+        os.set_blocking(fd, False)
+
+    def send(self, line: str) -> None:
+        if self.gone:
+            return
+        try:
+            os.write(self.fd, (line.replace("\n", " ") + "\n").encode())
+        except BlockingIOError:
+            pass  # a supervisor that is not reading loses a heartbeat, not the worker
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            self.gone = True
+
+
+class WorkerServer(DrainingServer):
+    """A :class:`DrainingServer` that reports readiness and heartbeats to its supervisor."""
+
+    reporter: _Reporter
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does; then tell the supervisor this worker is ready."""
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            self.reporter.send("ready")
+
+    async def on_tick(self, counter: int) -> bool:
+        """Heartbeat once a second; drain when the supervisor has gone."""
+        if counter % 10 == 0:
+            self.reporter.send(f"beat {self.server_state.total_requests}")
+            if self.reporter.gone and self.exit_signal is None:
+                self.handle_exit(signal.SIGTERM, None)
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Close the listeners, let just-accepted connections be read, then drain."""
+        for server in getattr(self, "servers", []):
+            server.close()
+        if not self.force_exit:
+            await asyncio.sleep(_ACCEPT_SETTLE)
+        await super().shutdown(sockets=sockets)
+
+
+def load_app(target: str, *, factory: bool) -> Any:
+    """The object ``module:attribute`` names (called first if ``factory``)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"app must be 'module:attribute', got {target!r}")
+    module = importlib.import_module(module_name)
+    app: Any = module
+    for part in attribute.split("."):
+        try:
+            app = getattr(app, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if factory:
+        app = app()
+    return app
+
+
+def main(argv: list[str]) -> int:
+    """Run one worker from the JSON spec in ``argv[1]``; returns its exit status."""
+    spec = json.loads(argv[1])
+    reporter = _Reporter(spec["pipe"])
+    # Signals the supervisor sends between spawn and uvicorn's own handlers: a worker
+    # told to stop before it serves just exits.
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(0))
+    app_dir = spec["app_dir"]
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    try:
+        app = load_app(spec["app"], factory=spec["factory"])
+    except Exception as exc:  # any failure of the app's import is reported, in one line
+        reporter.send(f"error cannot load {spec['app']}: {type(exc).__name__}: {exc}")
+        return EXIT_LOAD_FAILED
+    sockets = [socket.socket(fileno=fd) for fd in spec["fds"]]
+    # The supervisor checked the grace period; a worker only applies the two drain times.
+    shutdown = GracefulShutdown(drain_delay=spec["drain_delay"],
+                                drain_timeout=spec["drain_timeout"], grace_period=None)
+    server = make_server(app, shutdown=shutdown, log_level=spec["log_level"],
+                         forwarded_allow_ips=spec["forwarded_allow_ips"],
+                         header_timeout=spec["header_timeout"], server_class=WorkerServer,
+                         **spec["uvicorn_options"])
+    assert isinstance(server, WorkerServer)
+    server.reporter = reporter
+    try:
+        server.run(sockets=sockets)
+    except SystemExit:  # uvicorn exits 3 when the lifespan startup fails
+        if not server.started:
+            reporter.send("error the app's lifespan startup failed (see the log above)")
+            return EXIT_LOAD_FAILED
+        raise
+    return server.exit_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,677 @@
+"""The supervisor: N uvicorn workers on sockets bound once, replaced without downtime.
+
+``run("pkg.app:app", workers=2, bind=["0.0.0.0:8000"])`` binds the sockets, starts
+the workers (fresh interpreters that import the app themselves) and keeps them
+alive until SIGTERM/SIGINT:
+
+- **readiness**: a worker counts once it reports that uvicorn's startup (the
+  lifespan included) completed, over a pipe; never after a sleep;
+- **heartbeat**: a ready worker reports once a second from its event loop; one
+  silent for ``heartbeat_timeout`` is killed (SIGKILL) and replaced;
+- **SIGHUP**: a rolling reload, new first: a replacement starts, and only once it
+  is ready does one old worker get SIGTERM (it drains: readiness fails, it serves
+  ``drain_delay`` more, stops accepting, gives in-flight requests
+  ``drain_timeout``); then the next. A replacement that fails to load, exits or is
+  not ready within ``startup_timeout`` aborts the reload: the old workers keep
+  serving, and the log says why;
+- **crashes**: a worker that exits on its own is restarted after a backoff
+  (:class:`~fournines.policies.backoff.Backoff`, growing with the crashes of the
+  last ``crash_window`` seconds); ``max_crashes`` in that window and the
+  supervisor gives up (:class:`ServeError`);
+- **recycling**: with ``max_requests``, a worker that has served that many (plus
+  up to ``max_requests_jitter``) is replaced new first, like a reload;
+- **SIGTERM / SIGINT**: every worker drains at once; the supervisor exits when
+  they have (``run`` returns). A second signal forces: workers stop waiting for
+  in-flight requests, and ``run`` raises ``SystemExit(128 + signal)``.
+
+With ``NOTIFY_SOCKET`` set (systemd ``Type=notify``) the supervisor sends
+``READY=1`` once the first workers are ready, ``RELOADING=1`` / ``READY=1``
+around a reload and ``STOPPING=1`` at shutdown.
+
+The supervisor's liveness is its own process being alive; a worker's
+``/livez`` and ``/readyz`` are its app's (a probe on the shared port reaches
+any one worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import ConfigurationError, FourNinesError, check_number
+from ..asgi import GracefulShutdown
+from ..policies.backoff import Backoff
+from . import control as _control
+from . import sockets as _sockets
+
+__all__ = ["ServeError", "run"]
+
+logger = logging.getLogger("fournines.serve")
+
+_TICK = 0.1
+# How long past drain_delay + drain_timeout a stopping worker may take (lifespan
+# shutdown, interpreter exit) before it is killed.
+_STOP_MARGIN = 10.0
+
+
+class ServeError(FourNinesError, RuntimeError):
+    """The supervisor could not serve (also a ``RuntimeError``).
+
+    A socket could not be bound, the first workers could not start, or workers
+    crashed too often: the message says which, in one line.
+    """
+
+
+@dataclass(slots=True, eq=False)
+class _Worker:
+    proc: subprocess.Popen[bytes]
+    pipe: int
+    generation: int
+    started: float
+    replaces: _Worker | None = None  # set on a reload/recycle candidate
+    ready: bool = False
+    last_beat: float = 0.0
+    requests: int = 0
+    max_requests: int | None = None
+    stopping: bool = False
+    stop_deadline: float = 0.0
+    killed_for: str | None = None
+    error: str | None = None
+    buffer: bytes = b""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass(slots=True)
+class _Reload:
+    generation: int
+    candidate: _Worker | None = None
+    waiters: list[_control.Connection] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Options:
+    app: str
+    workers: int
+    factory: bool
+    app_dir: str
+    shutdown: GracefulShutdown
+    startup_timeout: float
+    heartbeat_timeout: float
+    restart_backoff: Backoff
+    max_crashes: int
+    crash_window: float
+    max_requests: int | None
+    max_requests_jitter: int
+    log_level: str
+    forwarded_allow_ips: str | list[str] | None
+    header_timeout: float | None
+    control: str | None = None
+    uvicorn_options: dict[str, Any] = field(default_factory=dict)
+
+
+def run(
+    app: str,
+    *,
+    workers: int = 1,
+    bind: str | Sequence[str] | None = None,
+    factory: bool = False,
+    app_dir: str = ".",
+    shutdown: GracefulShutdown | None = None,
+    startup_timeout: float = 30.0,
+    heartbeat_timeout: float = 10.0,
+    restart_backoff: Backoff | None = None,
+    max_crashes: int = 5,
+    crash_window: float = 60.0,
+    max_requests: int | None = None,
+    max_requests_jitter: int = 0,
+    log_level: str = "info",
+    forwarded_allow_ips: str | Sequence[str] | None = None,
+    header_timeout: float | None = 10.0,
+    control: str | None = None,
+    **uvicorn_options: Any,
+) -> None:
+    """Serve the ASGI app ``app`` (``"module:attribute"``) with ``workers`` uvicorn workers.
+
+    ``bind``: one address or a list (``HOST:PORT``, ``unix:PATH``, ``fd://N``; see
+    :mod:`fournines.serve.sockets`); default the systemd-activated sockets, else
+    ``127.0.0.1:8000``. ``factory``: ``app`` names a function that returns the
+    app. ``app_dir``: put first on the workers' ``sys.path`` (the current
+    directory by default, as uvicorn does). ``shutdown``: each worker's drain (see
+    :class:`~fournines.asgi.GracefulShutdown`), also on reloads. The other
+    settings are described in the module docstring; ``log_level``,
+    ``forwarded_allow_ips``, ``header_timeout`` and the remaining keyword
+    arguments (JSON values only) go to each worker's
+    :func:`fournines.asgi.server.make_server`. ``control``: the path of a unix
+    socket (mode 0600) for ``fournines serve --reload`` / ``--status`` (see
+    :mod:`fournines.serve.control`).
+
+    Blocks until SIGTERM/SIGINT has drained every worker, then returns. Raises
+    :class:`~fournines.ConfigurationError` for bad settings, :class:`ServeError`
+    when serving fails, ``SystemExit(128 + signal)`` after a forced stop.
+    """
+    options = _options(app, workers=workers, factory=factory, app_dir=app_dir, shutdown=shutdown,
+                       startup_timeout=startup_timeout, heartbeat_timeout=heartbeat_timeout,
+                       restart_backoff=restart_backoff, max_crashes=max_crashes,
+                       crash_window=crash_window, max_requests=max_requests,
+                       max_requests_jitter=max_requests_jitter, log_level=log_level,
+                       forwarded_allow_ips=forwarded_allow_ips, header_timeout=header_timeout,
+                       uvicorn_options=uvicorn_options)
+    options.control = control
+    binds = [bind] if isinstance(bind, str) else list(bind or [])
+    try:
+        listeners = _sockets.bind_sockets(binds)
+    except OSError as exc:
+        raise ServeError(f"cannot bind {', '.join(binds) or 'the default address'}: "
+                         f"{exc.strerror or exc}") from None
+    control_sock = None
+    try:
+        if control is not None:
+            try:
+                control_sock = _control.listen(control)
+            except _control.ControlError as exc:
+                raise ServeError(str(exc)) from None
+        code = _Supervisor(options, listeners, control_sock).run()
+    finally:
+        for sock in listeners:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if control_sock is not None:
+            control_sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(str(control))
+    if code:
+        raise SystemExit(code)
+
+
+def _options(app: str, *, workers: int, factory: bool, app_dir: str,
+             shutdown: GracefulShutdown | None, startup_timeout: float,
+             heartbeat_timeout: float, restart_backoff: Backoff | None, max_crashes: int,
+             crash_window: float, max_requests: int | None, max_requests_jitter: int,
+             log_level: str, forwarded_allow_ips: str | Sequence[str] | None,
+             header_timeout: float | None, uvicorn_options: dict[str, Any]) -> _Options:
+    module, _, attribute = app.partition(":") if isinstance(app, str) else ("", "", "")
+    if not module or not attribute:
+        raise ConfigurationError(f"serve.run app must be 'module:attribute', got {app!r}")
+    check_number("serve.run", "workers", workers, minimum=1, integer=True)
+    check_number("serve.run", "startup_timeout", startup_timeout, minimum=0,
+                 exclusive_minimum=True)
+    check_number("serve.run", "heartbeat_timeout", heartbeat_timeout, minimum=1)
+    check_number("serve.run", "max_crashes", max_crashes, minimum=1, integer=True)
+    check_number("serve.run", "crash_window", crash_window, minimum=0, exclusive_minimum=True)
+    check_number("serve.run", "max_requests", max_requests, minimum=1, integer=True,
+                 optional=True)
+    check_number("serve.run", "max_requests_jitter", max_requests_jitter, minimum=0,
+                 integer=True)
+    for name in ("workers", "reload", "fd", "uds", "host", "port", "timeout_graceful_shutdown"):
+        if name in uvicorn_options:
+            raise ConfigurationError(f"serve.run does not take {name!r}: the supervisor "
+                                     f"owns the processes, sockets and drain")
+    try:
+        json.dumps(uvicorn_options)
+    except TypeError:
+        raise ConfigurationError("serve.run's uvicorn options must be JSON values (they "
+                                 "travel to the worker processes)") from None
+    proxies = (forwarded_allow_ips if forwarded_allow_ips is None
+               or isinstance(forwarded_allow_ips, str) else list(forwarded_allow_ips))
+    return _Options(
+        app=app, workers=workers, factory=factory, app_dir=str(Path(app_dir).resolve()),
+        shutdown=shutdown if shutdown is not None else GracefulShutdown(),
+        startup_timeout=startup_timeout, heartbeat_timeout=heartbeat_timeout,
+        restart_backoff=restart_backoff or Backoff(initial=0.2, multiplier=2.0, cap=10.0),
+        max_crashes=max_crashes, crash_window=crash_window, max_requests=max_requests,
+        max_requests_jitter=max_requests_jitter, log_level=log_level,
+        forwarded_allow_ips=proxies, header_timeout=header_timeout,
+        uvicorn_options=uvicorn_options)
+
+
+class _Supervisor:
+    """The loop: one thread, one selector over the workers' pipes and a signal pipe."""
+
+    def __init__(self, options: _Options, listeners: list[socket.socket],
+                 control: socket.socket | None = None) -> None:
+        self.options = options
+        self.listeners = listeners
+        self.control = control
+        self.pending_waiters: list[_control.Connection] = []
+        self.last_reload: dict[str, Any] | None = None
+        self.workers: list[_Worker] = []
+        self.generation = 0
+        self.reload: _Reload | None = None
+        self.reload_pending = False
+        self.ever_ready = False
+        self.announced_ready = False
+        self.crashes: deque[float] = deque()
+        self.restart_at: float | None = None
+        self.last_delay = 0.0
+        self.stopping_signal: int | None = None
+        self.forced = False
+        self.failure: str | None = None
+        self.signals: deque[int] = deque()
+        self.selector = selectors.DefaultSelector()
+        self.rng = random.Random()
+        self.recycle_blocked_until = 0.0
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        self.selector.register(wake_r, selectors.EVENT_READ, None)
+        if self.control is not None:
+            self.selector.register(self.control, selectors.EVENT_READ, self.control)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            for sock in self.listeners:
+                logger.info("Listening on %s", _sockets.describe(sock))
+            logger.info("Starting %d worker(s) of %s", self.options.workers, self.options.app)
+            for _ in range(self.options.workers):
+                self._spawn(self.generation)
+            while True:
+                for key, _events in self.selector.select(_TICK):
+                    if key.data is None:
+                        with contextlib.suppress(BlockingIOError):
+                            wake_r.recv(4096)
+                    elif isinstance(key.data, _Worker):
+                        self._read(key.data)
+                    elif isinstance(key.data, _control.Connection):
+                        self._control_request(key.data)
+                    else:
+                        self._control_accept()
+                while self.signals:
+                    self._handle_signal(self.signals.popleft())
+                self._step()
+                if self.stopping_signal is not None and not self.workers:
+                    break
+        finally:
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            for worker in self.workers:  # only after an exception: the loop waits for all
+                with contextlib.suppress(OSError):
+                    worker.proc.kill()
+            self.selector.close()
+            wake_r.close()
+            wake_w.close()
+        if self.failure is not None:
+            raise ServeError(self.failure)
+        for waiter in self.pending_waiters:
+            waiter.reply({"ok": False, "message": "the supervisor stopped"})
+        if self.forced and self.stopping_signal is not None:
+            return 128 + self.stopping_signal
+        logger.info("All workers stopped; supervisor exiting")
+        return 0
+
+    def _on_signal(self, sig: int, frame: object) -> None:
+        # A signal handler only records; the loop acts (logging here could deadlock).
+        self.signals.append(sig)
+
+    def _handle_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            self._request_reload("SIGHUP received", None)
+            return
+        if self.stopping_signal is None:
+            self._stop_all(sig, f"{signal.Signals(sig).name} received: draining every worker")
+            return
+        if not self.forced:
+            self.forced = True
+            logger.warning("Second signal: forcing the workers to stop now")
+            for worker in self.workers:
+                self._signal(worker, signal.SIGTERM)
+
+    def _stop_all(self, sig: int, message: str) -> None:
+        self.stopping_signal = sig
+        if self.reload is not None:
+            self.pending_waiters += self.reload.waiters
+        self.reload = None
+        self.reload_pending = False
+        logger.info("%s", message)
+        _notify("STOPPING=1")
+        for worker in self.workers:
+            self._stop(worker)
+
+    # -- workers -----------------------------------------------------------------
+
+    def _spawn(self, generation: int, replaces: _Worker | None = None) -> _Worker:
+        options = self.options
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        fds = [sock.fileno() for sock in self.listeners]
+        max_requests = None
+        if options.max_requests is not None:
+            max_requests = options.max_requests + self.rng.randint(0, options.max_requests_jitter)
+        spec = {
+            "app": options.app, "factory": options.factory, "app_dir": options.app_dir,
+            "fds": fds, "pipe": write_fd,
+            "drain_delay": options.shutdown.drain_delay,
+            "drain_timeout": options.shutdown.drain_timeout,
+            "log_level": options.log_level, "forwarded_allow_ips": options.forwarded_allow_ips,
+            "header_timeout": options.header_timeout, "uvicorn_options": options.uvicorn_options,
+        }
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "fournines.serve._worker", json.dumps(spec)],
+                pass_fds=(*fds, write_fd),
+                # Its own session: Ctrl-C in a terminal reaches the supervisor only, which
+                # then drains each worker once (a second signal would force them).
+                start_new_session=True)
+        finally:
+            os.close(write_fd)
+        now = time.monotonic()
+        worker = _Worker(proc=proc, pipe=read_fd, generation=generation, started=now,
+                         replaces=replaces, last_beat=now, max_requests=max_requests)
+        self.workers.append(worker)
+        self.selector.register(read_fd, selectors.EVENT_READ, worker)
+        logger.info("Worker %d started (generation %d)", worker.pid, generation)
+        return worker
+
+    def _read(self, worker: _Worker) -> None:
+        try:
+            data = os.read(worker.pipe, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            # The worker closed its end: it is exiting; _reap collects it.
+            self.selector.unregister(worker.pipe)
+            return
+        worker.buffer += data
+        *lines, worker.buffer = worker.buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            kind, _, rest = line.partition(" ")
+            if kind == "ready":
+                worker.last_beat = time.monotonic()
+                self._on_ready(worker)
+            elif kind == "beat":
+                worker.last_beat = time.monotonic()
+                if rest.isdigit():
+                    worker.requests = int(rest)
+            elif kind == "error":
+                worker.error = rest
+
+    def _on_ready(self, worker: _Worker) -> None:
+        worker.ready = True
+        logger.info("Worker %d ready", worker.pid)
+        if worker.stopping:
+            return
+        replaced = worker.replaces
+        worker.replaces = None
+        if replaced is not None and replaced in self.workers and not replaced.stopping:
+            self._stop(replaced)
+        elif len(self._members()) > self.options.workers:
+            oldest = min((w for w in self._members() if w is not worker),
+                         key=lambda w: (w.generation, w.started))
+            self._stop(oldest)
+        if self.reload is not None and self.reload.candidate is worker:
+            self.reload.candidate = None
+        if not self.ever_ready and all(w.ready for w in self._members()):
+            self.ever_ready = True
+        if not self.announced_ready and len([w for w in self._members() if w.ready]) >= \
+                self.options.workers:
+            self.announced_ready = True
+            logger.info("All %d worker(s) ready", self.options.workers)
+            _notify("READY=1")
+
+    def _members(self) -> list[_Worker]:
+        """Workers that count towards ``workers``: not stopping, not a pending candidate."""
+        return [w for w in self.workers if not w.stopping and w.replaces is None
+                and not (self.reload is not None and self.reload.candidate is w)]
+
+    def _stop(self, worker: _Worker) -> None:
+        if worker.stopping:
+            return
+        worker.stopping = True
+        drain = self.options.shutdown
+        # No drain_timeout means waiting for in-flight requests however long they take.
+        worker.stop_deadline = (0.0 if drain.drain_timeout is None else time.monotonic()
+                                + drain.drain_delay + drain.drain_timeout + _STOP_MARGIN)
+        self._signal(worker, signal.SIGTERM)
+
+    def _signal(self, worker: _Worker, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(sig)
+
+    def _kill(self, worker: _Worker, reason: str) -> None:
+        worker.killed_for = reason
+        logger.error("Worker %d %s: killing it", worker.pid, reason)
+        self._signal(worker, signal.SIGKILL)
+
+    # -- one step of the loop ----------------------------------------------------
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        for worker in list(self.workers):
+            if worker.proc.poll() is not None:
+                self._reap(worker, now)
+            elif worker.killed_for is not None:
+                continue
+            elif worker.stopping:
+                if worker.stop_deadline and now > worker.stop_deadline:
+                    self._kill(worker, "did not finish draining in time")
+            elif not worker.ready:
+                if now - worker.started > self.options.startup_timeout:
+                    self._kill(worker, f"was not ready within {self.options.startup_timeout:g}s")
+            elif now - worker.last_beat > self.options.heartbeat_timeout:
+                self._kill(worker, f"sent no heartbeat for {self.options.heartbeat_timeout:g}s "
+                                   "(event loop blocked?)")
+        if self.stopping_signal is not None:
+            return
+        self._fill(now)
+        self._advance_reload()
+        self._recycle(now)
+
+    def _reap(self, worker: _Worker, now: float) -> None:
+        self.workers.remove(worker)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(worker.pipe)
+        self._drain_pipe(worker)
+        os.close(worker.pipe)
+        code = worker.proc.returncode
+        how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        if worker.stopping and worker.killed_for is None:
+            logger.info("Worker %d stopped (%s)", worker.pid, how)
+            return
+        if self.stopping_signal is not None:
+            logger.info("Worker %d exited (%s)", worker.pid, how)
+            return
+        reason = worker.error or worker.killed_for or how
+        reload = self.reload
+        if reload is not None and reload.candidate is worker:
+            message = (f"Reload aborted: the new worker {worker.pid} failed to start "
+                       f"({reason}); the old workers keep serving")
+            logger.error("%s", message)
+            self._finish_reload(ok=False, message=message)
+            return
+        if worker.replaces is not None:
+            logger.error("Recycling worker %d aborted: its replacement %d failed to start (%s)",
+                         worker.replaces.pid, worker.pid, reason)
+            self.recycle_blocked_until = now + self.options.startup_timeout
+            return
+        if not worker.ready and not self.ever_ready:
+            self.failure = f"worker failed to start: {reason}"
+            self._stop_all(signal.SIGTERM, f"Worker {worker.pid} failed to start ({reason}); "
+                                           "stopping")
+            return
+        if worker.stopping:  # killed while draining: it was being replaced anyway
+            return
+        self._crashed(worker, reason, now)
+
+    def _drain_pipe(self, worker: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                data = os.read(worker.pipe, 65536)
+                if not data:
+                    break
+                worker.buffer += data
+        for raw in worker.buffer.split(b"\n"):
+            line = raw.decode(errors="replace")
+            if line.startswith("error "):
+                worker.error = line[len("error "):]
+
+    def _crashed(self, worker: _Worker, reason: str, now: float) -> None:
+        crashes = self.crashes
+        crashes.append(now)
+        while crashes and now - crashes[0] > self.options.crash_window:
+            crashes.popleft()
+        if len(crashes) >= self.options.max_crashes:
+            self.failure = (f"crash loop: {len(crashes)} worker crashes within "
+                            f"{self.options.crash_window:g}s (last: worker {worker.pid}, "
+                            f"{reason}); giving up")
+            self._stop_all(signal.SIGTERM, f"Worker {worker.pid} died ({reason}); "
+                                           f"{self.failure}")
+            return
+        delay = self.options.restart_backoff.delay(len(crashes), self.last_delay, self.rng)
+        self.last_delay = delay
+        at = now + delay
+        self.restart_at = at if self.restart_at is None else min(self.restart_at, at)
+        logger.error("Worker %d died (%s); restarting in %.2fs (%d crash(es) in the last %gs)",
+                     worker.pid, reason, delay, len(crashes), self.options.crash_window)
+
+    def _fill(self, now: float) -> None:
+        missing = self.options.workers - len(self._members())
+        if missing <= 0:
+            return
+        if self.restart_at is not None and now < self.restart_at:
+            return
+        self.restart_at = None
+        for _ in range(missing):
+            self._spawn(self.generation)
+
+    # -- reloads and recycling ---------------------------------------------------
+
+    def _request_reload(self, why: str, waiter: _control.Connection | None) -> None:
+        if self.stopping_signal is not None:
+            if waiter is not None:
+                waiter.reply({"ok": False, "message": "the supervisor is stopping"})
+            return
+        if self.reload is not None:
+            logger.info("%s during a reload: another reload follows this one", why)
+            self.reload_pending = True
+            if waiter is not None:
+                self.pending_waiters.append(waiter)
+            return
+        self._start_reload(why)
+        if waiter is not None and self.reload is not None:
+            self.reload.waiters.append(waiter)
+
+    def _start_reload(self, why: str) -> None:
+        self.generation += 1
+        self.reload = _Reload(generation=self.generation, waiters=self.pending_waiters)
+        self.pending_waiters = []
+        logger.info("%s: rolling reload to generation %d, new workers first", why,
+                    self.generation)
+        _notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+
+    def _finish_reload(self, *, ok: bool, message: str) -> None:
+        reload = self.reload
+        self.reload = None
+        _notify("READY=1")
+        self.last_reload = {"ok": ok, "generation": self.generation, "message": message}
+        for waiter in reload.waiters if reload is not None else []:
+            self._forget(waiter)
+            waiter.reply(self.last_reload)
+        self._after_reload()
+
+    # -- the control socket ------------------------------------------------------
+
+    def _control_accept(self) -> None:
+        assert self.control is not None
+        try:
+            sock, _ = self.control.accept()
+        except BlockingIOError:
+            return
+        connection = _control.Connection(sock)
+        self.selector.register(sock, selectors.EVENT_READ, connection)
+
+    def _forget(self, connection: _control.Connection) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(connection.sock)
+
+    def _control_request(self, connection: _control.Connection) -> None:
+        request = connection.read()
+        if request is None:
+            return
+        self._forget(connection)
+        command = request.get("command")
+        if command == "status":
+            connection.reply(self._status())
+        elif command == "reload":
+            self._request_reload("Reload requested on the control socket", connection)
+        else:
+            connection.reply({"ok": False, "message": f"unknown command {command!r}"})
+
+    def _status(self) -> dict[str, Any]:
+        return {
+            "ok": True, "pid": os.getpid(), "app": self.options.app,
+            "generation": self.generation, "reloading": self.reload is not None,
+            "stopping": self.stopping_signal is not None, "last_reload": self.last_reload,
+            "workers": [{"pid": w.pid, "generation": w.generation, "ready": w.ready,
+                         "stopping": w.stopping, "requests": w.requests}
+                        for w in self.workers],
+        }
+
+    def _advance_reload(self) -> None:
+        reload = self.reload
+        if reload is None or reload.candidate is not None:
+            return
+        old = [w for w in self._members() if w.generation < reload.generation]
+        if not old:
+            if any(w.generation < reload.generation for w in self.workers):
+                return  # complete once the old workers have drained and exited
+            message = (f"Reload complete: {len(self._members())} worker(s) of generation "
+                       f"{reload.generation} serving")
+            logger.info("%s", message)
+            self._finish_reload(ok=True, message=message)
+            return
+        if any(not w.ready for w in self._members()):
+            return  # a crash replacement is starting: wait for it first
+        target = min(old, key=lambda w: w.started)
+        reload.candidate = self._spawn(reload.generation, replaces=target)
+
+    def _after_reload(self) -> None:
+        if self.reload_pending:
+            self.reload_pending = False
+            self._start_reload("Queued reload")
+
+    def _recycle(self, now: float) -> None:
+        if self.reload is not None or now < self.recycle_blocked_until:
+            return
+        if any(w.replaces is not None for w in self.workers):
+            return  # one at a time
+        for worker in self._members():
+            if worker.ready and worker.max_requests is not None \
+                    and worker.requests >= worker.max_requests:
+                logger.info("Worker %d served %d requests (max %d): replacing it, new first",
+                            worker.pid, worker.requests, worker.max_requests)
+                self._spawn(self.generation, replaces=worker)
+                return
+
+
+def _notify(*lines: str) -> None:
+    """Tell systemd (``NOTIFY_SOCKET``) about the service's state; nothing without it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto("\n".join(lines).encode(), address)

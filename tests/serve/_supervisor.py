@@ -1,0 +1,174 @@
+"""A real ``fournines serve`` process on loopback, and a client load that never stops.
+
+``Served(tmp_path, workers=2)`` binds a listening socket in the test process and
+hands it to ``python -m fournines serve --bind fd://N`` (no port race), with the
+app of ``tests/serve/apps/versioned.py`` whose version is read from a file the
+test rewrites. ``Load`` sends requests from threads all the time, over kept-alive
+and over new connections, and records every failure.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = "tests.serve.apps.versioned:app"
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
+    """Poll ``condition`` until true; fail after ``timeout`` (generous: never a timing claim)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+class Served:
+    """One supervisor process with its own socket, log file and version file."""
+
+    def __init__(self, tmp_path: Path, *, workers: int = 2, version: str = "v1",
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.version_file = tmp_path / "version"
+        self.version_file.write_text(version)
+        self.log_path = tmp_path / "serve.log"
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.workers = workers
+        self.args = args
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Served:
+        command = [sys.executable, "-m", "fournines", "serve", APP, "--workers",
+                   str(self.workers), "--bind", f"fd://{self.sock.fileno()}",
+                   "--app-dir", str(ROOT), "--drain-delay", "0.5", "--drain-timeout", "10",
+                   "--no-access-log", *self.args]
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+               "APP_VERSION_FILE": str(self.version_file), **self.env}
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log,
+                                     stderr=subprocess.STDOUT, pass_fds=(self.sock.fileno(),))
+        # The supervisor holds the socket now; the test only connects.
+        self.sock.close()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> Served:
+        wait_for(lambda: self.log().count("Worker ") and "worker(s) ready" in self.log(),
+                 timeout=timeout, what=f"all workers ready; log:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str = "/") -> dict[str, object]:
+        response = httpx.get(self.url + path, timeout=30)
+        response.raise_for_status()
+        result: dict[str, object] = response.json()
+        return result
+
+    def pids_serving(self, samples: int = 40) -> set[int]:
+        return {int(str(self.get()["pid"])) for _ in range(samples)}
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+
+    def __enter__(self) -> Served:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class Load:
+    """Requests sent all the time by threads: kept-alive connections and new ones."""
+
+    def __init__(self, url: str, *, keepalive_threads: int = 2, fresh_threads: int = 1) -> None:
+        self.url = url
+        self.stop_event = threading.Event()
+        self.failures: list[str] = []
+        self.versions: list[str] = []
+        self.count = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._keepalive, daemon=True)
+                        for _ in range(keepalive_threads)]
+        self.threads += [threading.Thread(target=self._fresh, daemon=True)
+                         for _ in range(fresh_threads)]
+
+    def _record(self, response: httpx.Response | None, error: Exception | None) -> None:
+        with self.lock:
+            self.count += 1
+            if error is not None:
+                self.failures.append(repr(error))
+            elif response is not None and response.status_code != 200:
+                self.failures.append(f"status {response.status_code}")
+            elif response is not None:
+                version = str(response.json()["version"])
+                if not self.versions or self.versions[-1] != version:
+                    self.versions.append(version)
+
+    def _keepalive(self) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not self.stop_event.is_set():
+                try:
+                    self._record(client.get(self.url), None)
+                except httpx.HTTPError as exc:
+                    self._record(None, exc)
+                time.sleep(0.005)
+
+    def _fresh(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self._record(httpx.get(self.url, timeout=30), None)
+            except httpx.HTTPError as exc:
+                self._record(None, exc)
+            time.sleep(0.005)
+
+    def served(self) -> int:
+        with self.lock:
+            return self.count
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(60)
