@@ -295,7 +295,19 @@ class Fleet:
                                            {"timeout": 0})
         elif fault.kind == "profile_kill":
             self.services["profile"].kill()
+        elif fault.kind == "capacity_loss":
+            await self._slowdown(fault.factor)
         # overload is in the arrival schedule itself
+
+    async def _slowdown(self, factor: float) -> None:
+        from .services import CAPACITY_PATH  # noqa: PLC0415
+
+        response = await self._http.put(
+            self.services["payment"].url + CAPACITY_PATH, params={"slowdown": factor},
+            headers={"authorization": f"Bearer {self.token}"})
+        if response.status_code != 200:
+            raise LabError(f"payment: PUT {CAPACITY_PATH} answered {response.status_code}: "
+                           f"{response.text[:200]}")
 
     async def end(self, fault: Fault, index: int) -> None:
         """Stop ``fault`` (a killed service is started again and awaited)."""
@@ -317,3 +329,5 @@ class Fleet:
             profile = self.services["profile"]
             profile.spawn()
             await profile.ready()
+        elif fault.kind == "capacity_loss":
+            await self._slowdown(1.0)

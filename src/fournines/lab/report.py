@@ -115,7 +115,7 @@ def render_table(result: LabResult, console: Any) -> None:
         f"capacity: payment measured at {result.capacity:.0f} req/s "
         f"(model {result.scenario.payment.concurrency} workers x "
         f"{result.scenario.payment.service_time * 1000:.0f} ms = {result.capacity_model:.0f}/s); "
-        f"load {result.rate:.0f} req/s, overload bursts {_burst(result)}"
+        f"load {result.rate:.0f} req/s, overloads: {_burst(result)}"
     )
     cpu = [result.timings.get(f"{v}_generator_cpu", 0.0) / max(
         result.timings.get(f"{v}_load", 1.0), 1e-9) for v in result.summaries]
@@ -153,11 +153,13 @@ def _sources(summary: VariantSummary) -> str:
 
 
 def _burst(result: LabResult) -> str:
-    bursts = [f for f in result.scenario.faults if f.kind == "overload"]
-    if not bursts:
-        return "none"
-    return ", ".join(f"{f.factor:g}x = {f.factor * result.capacity:.0f} req/s for "
-                     f"{f.duration:.1f} s" for f in bursts)
+    parts = [f"{f.factor:g}x = {f.factor * result.capacity:.0f} req/s for {f.duration:.1f} s"
+             for f in result.scenario.faults if f.kind == "overload"]
+    # a capacity loss is an overload too: the same arrivals on a third of the capacity
+    parts += [f"capacity lost to 1/{f.factor:g} = {result.capacity / f.factor:.0f} req/s for "
+              f"{f.duration:.1f} s" for f in result.scenario.faults
+              if f.kind == "capacity_loss"]
+    return ", ".join(parts) or "none"
 
 
 def _target_value(name: str, target: dict[str, Any]) -> str:
@@ -431,7 +433,7 @@ in full or degraded (stale or unknown payment status, guest profile); latency is
 intended send time, so a stalled fleet cannot hide its queue.</p>
 <p>Capacity: the payment service was measured at <b>{result.capacity:.0f} requests/s</b>
 (model: {s.payment.concurrency} workers x {s.payment.service_time * 1000:.0f} ms =
-{result.capacity_model:.0f}/s); overload bursts: {esc(_burst(result))}.</p>
+{result.capacity_model:.0f}/s); overloads: {esc(_burst(result))}.</p>
 <h2>Results</h2>
 <table><tr><th></th>{head_cells}</tr>
 {body_rows}

@@ -32,7 +32,7 @@ from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 __all__ = ["LabResult", "Progress", "run_lab", "run_problems"]
 
 VARIANTS = ("unprotected", "protected")
-MAX_AUTO_RATE = 150.0
+MAX_AUTO_RATE = 400.0
 AUTO_RATE_SHARE = 0.6
 LAG_LIMIT = 0.5
 """Seconds after its intended time past which a request left too late to measure the fleet."""
