@@ -15,7 +15,7 @@ from typing import Any
 
 from .confidence import Difference, Interval
 from .runner import LabResult
-from .stats import OBJECTIVE, VariantSummary
+from .stats import BEHIND_LAG, BEHIND_SHARE, OBJECTIVE, VariantSummary
 
 __all__ = ["comparison_line", "plot_svg", "render_html", "render_summary_svg", "render_table",
            "write_json"]
@@ -103,6 +103,8 @@ def render_table(result: LabResult, console: Any) -> None:
         ("retries", lambda s: f"{s.retries}"),
         ("sheds", lambda s: f"{s.sheds}"),
         ("error budget consumed (99.99 %)", lambda s: f"{s.budget_consumed * 100:.0f} %"),
+        (_SEND_LAG_ROW, lambda s: ("[bold red]" if s.generator_behind else "")
+         + s.send_lag_text),
         ("verdict", lambda s: _STYLE[s.objective.outcome] + s.verdict),
     ]
     for label, value in rows:
@@ -119,9 +121,15 @@ def render_table(result: LabResult, console: Any) -> None:
     )
     cpu = [result.timings.get(f"{v}_generator_cpu", 0.0) / max(
         result.timings.get(f"{v}_load", 1.0), 1e-9) for v in result.summaries]
-    lag = max((s.max_send_lag for s in result.summaries.values()), default=0.0)
-    console.print(f"load generator: at most {max(cpu, default=0.0):.0%} of one core, "
-                  f"worst send lag {_ms(lag)}")
+    lags = "; ".join(f"{v} {s.send_lag_text}" for v, s in result.summaries.items())
+    behind = any(s.generator_behind for s in result.summaries.values())
+    console.print(f"load generator: at most {max(cpu, default=0.0):.0%} of one core; "
+                  f"send lag {lags}", style="bold red" if behind else None,
+                  highlight=False, markup=False)
+    if behind:
+        console.print("the load generator fell behind its schedule: the latencies above "
+                      "include its own delay (the machine was busy)", style="bold red",
+                      highlight=False, markup=False)
     for variant, budgets in result.tracker_budget.items():
         for key, remaining in sorted(budgets.items()):
             # The service's own view: it never sees requests that timed out before they
@@ -380,7 +388,7 @@ def render_html(result: LabResult) -> str:
         ("sheds", lambda s: str(s.sheds)),
         ("fallback answers", lambda s: str(s.fallbacks)),
         ("error budget consumed (99.99 %)", lambda s: f"{s.budget_consumed * 100:.0f} %"),
-        ("load generator's worst send lag", lambda s: _ms(s.max_send_lag)),
+        (_SEND_LAG_ROW, lambda s: s.send_lag_text),
         ("verdict", lambda s: s.verdict),
     ]
     body_rows = "\n".join(
@@ -421,6 +429,7 @@ th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 th:first-child {{ text-align: left; }}
 td.ok, li.ok {{ color: #1b7f3b; }} td.bad, li.bad {{ color: #b00020; font-weight: bold; }}
 td.warn {{ color: #9a6700; font-weight: bold; }}
+p.behind {{ color: #b00020; font-weight: bold; }}
 figure {{ margin: 1em 0; }}
 .note {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
@@ -434,7 +443,7 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 <p>Capacity: the payment service was measured at <b>{result.capacity:.0f} requests/s</b>
 (model: {s.payment.concurrency} workers x {s.payment.service_time * 1000:.0f} ms =
 {result.capacity_model:.0f}/s); overloads: {esc(_burst(result))}.</p>
-<h2>Results</h2>
+{_behind_html(result)}<h2>Results</h2>
 <table><tr><th></th>{head_cells}</tr>
 {body_rows}
 </table>
@@ -458,7 +467,23 @@ intended send time.</p>
 """
 
 
+_SEND_LAG_ROW = "load generator's send lag"
+
+
+def _behind_html(result: LabResult) -> str:
+    behind = [v for v, s in result.summaries.items() if s.generator_behind]
+    if not behind:
+        return ""
+    names = html.escape(", ".join(behind))
+    return (f'<p class="behind">The load generator fell behind its schedule ({names}: '
+            f"more than {BEHIND_SHARE:.0%} of the requests left over "
+            f"{BEHIND_LAG * 1000:.0f} ms late): the latencies include its own delay, "
+            "the machine was busy.</p>\n")
+
+
 def _cls(label: str, summary: VariantSummary) -> str:
+    if label == _SEND_LAG_ROW:
+        return "bad" if summary.generator_behind else ""
     if label in ("verdict", "one-sided 95 % lower bound") or label.startswith(
             "availability (full +"):
         return {"held": "ok", "not proven": "warn"}.get(summary.objective.outcome, "bad")
