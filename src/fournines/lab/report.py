@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def render_table(result: LabResult, console: Any) -> None:
     console.print(f"load generator: at most {max(cpu, default=0.0):.0%} of one core; "
                   f"send lag {lags}", style="bold red" if behind else None,
                   highlight=False, markup=False)
+    for variant, cores in result.cpu_cores.items():
+        console.print(f"{variant} CPU during the load: {_cores(cores)}", highlight=False,
+                      markup=False)
     if behind:
         console.print("the load generator fell behind its schedule: the latencies above "
                       "include its own delay (the machine was busy)", style="bold red",
@@ -443,6 +447,7 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 <p>Capacity: the payment service was measured at <b>{result.capacity:.0f} requests/s</b>
 (model: {s.payment.concurrency} workers x {s.payment.service_time * 1000:.0f} ms =
 {result.capacity_model:.0f}/s); overloads: {esc(_burst(result))}.</p>
+{_cpu_html(result)}
 {_behind_html(result)}<h2>Results</h2>
 <table><tr><th></th>{head_cells}</tr>
 {body_rows}
@@ -468,6 +473,20 @@ intended send time.</p>
 
 
 _SEND_LAG_ROW = "load generator's send lag"
+
+
+def _cpu_html(result: LabResult) -> str:
+    if not result.cpu_cores:
+        return ""
+    items = "".join(f"<li>{html.escape(v)}: {html.escape(_cores(c))}</li>"
+                    for v, c in result.cpu_cores.items())
+    return (f"<p>CPU during the load (of the machine's {os.cpu_count()} cores):</p>"
+            f"<ul>{items}</ul>\n")
+
+
+def _cores(cores: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+    return f"{sum(cores.values()):.2f} cores ({parts})"
 
 
 def _behind_html(result: LabResult) -> str:
