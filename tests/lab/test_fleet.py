@@ -167,3 +167,18 @@ async def test_the_lab_fault_proxy_api_answers_only_the_lab(tmp_path: Path) -> N
         await proxy.reset()  # the lab's own client carries the token
     finally:
         await proxy.stop()
+
+
+async def test_capacity_loss_makes_each_payment_hold_its_worker_longer(tmp_path: Path) -> None:
+    loss = Fault(kind="capacity_loss", at=0, duration=5, factor=4)
+    async with fleet("protected", tmp_path) as (lab, _):
+        payment = lab.services["payment"].url
+        async with httpx.AsyncClient(base_url=payment, timeout=10) as direct:
+            await lab.begin(loss, 0)
+            slow = await direct.get("/status/7")
+            await lab.end(loss, 0)
+            refused = await direct.put("/lab/capacity", params={"slowdown": 2})
+    assert slow.status_code == 200
+    # the default model's 30 ms, held 4 times as long
+    assert slow.elapsed.total_seconds() >= 4 * PaymentModel().service_time * 0.95
+    assert refused.status_code == 401  # only the lab, with its token, changes the model

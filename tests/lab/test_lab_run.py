@@ -84,7 +84,10 @@ def test_the_json_report_has_every_part_of_the_issue(lab: LabRun) -> None:
                 "availability", "latency_seconds", "breaker_openings", "retries", "sheds",
                 "error_budget_consumed", "verdict", "failures_by_phase",
                 "series", "availability_interval", "availability_full_interval",
-                "interval_method", "objective_verdict", "meets_objective"} <= set(summary)
+                "interval_method", "objective_verdict", "meets_objective",
+                "send_lag"} <= set(summary)
+        assert set(summary["send_lag"]) == {"p99_seconds", "max_seconds", "late",
+                                            "late_after_seconds", "generator_behind"}
         interval = summary["availability_interval"]
         assert interval["lower"] <= summary["availability"] <= interval["upper"]
         assert set(summary["latency_seconds"]) == {"p50", "p95", "p99", "max",
@@ -102,7 +105,8 @@ def test_every_fault_was_applied_and_undone_without_error(lab: LabRun) -> None:
     assert [e for e in log if "error" in e] == []
     kinds = {(e["variant"], e["fault"].split(" ")[0], e["action"]) for e in log}
     for variant in ("unprotected", "protected"):
-        for kind in ("payment_errors", "payment_latency", "partition", "profile_kill"):
+        for kind in ("payment_errors", "payment_latency", "partition", "profile_kill",
+                     "capacity_loss"):
             assert (variant, kind, "begin") in kinds
             assert (variant, kind, "end") in kinds
 
@@ -136,7 +140,7 @@ def test_prometheus_scraped_the_protected_fleet_and_evaluated_the_slo_rules(
 def test_the_terminal_shows_the_table_and_the_verdicts(lab: LabRun) -> None:
     out = lab.done.stdout
     for label in ("availability (full)", "p50 / p95 / p99", "breaker openings", "retries",
-                  "sheds", "error budget consumed", "verdict"):
+                  "sheds", "error budget consumed", "send lag", "verdict"):
         assert label in out
     assert "99.99 %" in out
     assert "Clopper-Pearson exact" in out

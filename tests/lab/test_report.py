@@ -204,3 +204,24 @@ def test_the_json_has_the_intervals_the_method_the_verdict_and_the_comparison(
     assert data["comparison"]["difference"] == pytest.approx(0.25)
     assert data["comparison"]["lower"] < 0.25 < data["comparison"]["upper"]
     assert data["comparison"]["method"] == "Newcombe hybrid score (method 10)"
+
+
+def test_a_generator_that_fell_behind_says_so_in_red_in_the_terminal_and_the_html() -> None:
+    late = [Outcome(at=i / 10, status=200, latency=0.3, degraded=False,
+                    send_lag=0.25 if i % 10 == 0 else 0.0) for i in range(40)]
+    behind = result()
+    behind.summaries["protected"] = summarize("protected", late, [], FAULTS, 4)
+    console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system="standard")
+    render_table(behind, console)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "FELL BEHIND (4 of 40 requests sent over 100 ms late)" in out
+    assert "\x1b[1;31mload generator:" in out  # bold red
+    page = render_html(behind)
+    assert '<p class="behind">The load generator fell behind its schedule (protected' in page
+    assert '<td class="bad">p99 250 ms, worst 250 ms: FELL BEHIND' in page
+
+
+def test_a_generator_on_schedule_shows_its_send_lag_without_alarm() -> None:
+    page = render_html(result())
+    assert "p99 0 ms, worst 0 ms" in page
+    assert "FELL BEHIND" not in page and 'class="behind"' not in page

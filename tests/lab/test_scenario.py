@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from fournines import ConfigurationError
+from fournines.lab.confidence import sample_size_to_prove
+from fournines.lab.runner import AUTO_RATE_SHARE, MAX_AUTO_RATE
 from fournines.lab.scenario import (
     FAULT_KINDS,
     MAX_RATE,
@@ -21,17 +23,29 @@ from fournines.lab.scenario import (
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "lab"
 
 
-def test_the_default_scenario_has_every_fault_of_the_issue_within_60_seconds() -> None:
+def test_the_default_scenario_has_every_fault_of_the_issue_within_its_75_seconds() -> None:
     scenario = default_scenario()
-    assert scenario.duration == 60
-    assert {f.kind for f in scenario.faults} == set(FAULT_KINDS)
+    assert scenario.duration == 75
+    # the seed's overload is played as lost capacity; a burst of arrivals (`overload`)
+    # is in examples/lab/overload.yaml
+    assert {f.kind for f in scenario.faults} == set(FAULT_KINDS) - {"overload"}
     assert all(f.end <= scenario.duration for f in scenario.faults)
     errors = next(f for f in scenario.faults if f.kind == "payment_errors")
-    assert (errors.rate, errors.duration) == (0.2, 10)
+    assert (errors.rate, errors.duration) == (0.2, 12.5)
     latency = next(f for f in scenario.faults if f.kind == "payment_latency")
-    assert (latency.latency, latency.duration) == (2.0, 10)
-    overload = next(f for f in scenario.faults if f.kind == "overload")
-    assert (overload.factor, overload.duration) == (3, 5)
+    assert (latency.latency, latency.duration) == (2.0, 12.5)
+    loss = next(f for f in scenario.faults if f.kind == "capacity_loss")
+    assert (loss.factor, loss.duration) == (3, 6.25)
+
+
+def test_the_default_scenario_plays_enough_requests_to_prove_four_nines() -> None:
+    scenario = default_scenario()
+    model = scenario.payment.concurrency / scenario.payment.service_time
+    rate = min(MAX_AUTO_RATE, AUTO_RATE_SHARE * model)
+    assert scenario.rate is None  # auto: 60 % of the measured capacity, at most the cap
+    assert rate == MAX_AUTO_RATE
+    assert rate * scenario.duration >= sample_size_to_prove(target=0.9999, confidence=0.95,
+                                                            failures=0)
 
 
 def test_at_least_two_example_scenarios_parse() -> None:
@@ -132,6 +146,8 @@ def test_fault_labels_say_what_the_fault_does() -> None:
         "payment_errors (20% x 500)")
     assert Fault(kind="overload", at=0, duration=1, factor=3).label() == (
         "overload (3x capacity)")
+    assert Fault(kind="capacity_loss", at=0, duration=1, factor=3).label() == (
+        "capacity_loss (1/3 capacity)")
     assert Scenario().faults == ()
 
 

@@ -16,11 +16,11 @@ def register(sub: Any) -> None:
                     "availability with its exact 95 % confidence interval, \"held\" only "
                     "when the one-sided lower bound proves it.")
     lab.add_argument("--duration", type=float, default=None,
-                     help="seconds of load per variant (default: the scenario's, 60); "
+                     help="seconds of load per variant (default: the scenario's, 75); "
                           "fault times scale with it")
     lab.add_argument("--rate", type=float, default=None,
                      help="requests per second (default: the scenario's, or 60 %% of the "
-                          "measured capacity, at most 150)")
+                          "measured capacity, at most 400)")
     lab.add_argument("--seed", type=int, default=7, help="random seed (7)")
     lab.add_argument("--scenario", metavar="FILE", default=None,
                      help="a scenario YAML file (default: the one shipped with fournines)")

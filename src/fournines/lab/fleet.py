@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import shutil
@@ -27,7 +28,15 @@ import httpx
 from .._errors import FourNinesError
 from .scenario import Fault, PaymentModel
 
-__all__ = ["DIE_WITH_PARENT", "FaultProxy", "Fleet", "LabError", "ServiceProcess", "free_port"]
+__all__ = [
+    "DIE_WITH_PARENT",
+    "FaultProxy",
+    "Fleet",
+    "LabError",
+    "ServiceProcess",
+    "free_port",
+    "process_cpu_seconds",
+]
 
 
 class LabError(FourNinesError, RuntimeError):
@@ -97,6 +106,19 @@ def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
         proc.wait()
 
 
+def process_cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` from ``/proc``; NaN where unknown."""
+    if pid is None:
+        return math.nan
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        # after the command name: state is field 3, utime 14 and stime 15 (proc(5))
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return math.nan
+
+
 class ServiceProcess:
     """One lab service in its own uvicorn process."""
 
@@ -136,6 +158,14 @@ class ServiceProcess:
         assert self.proc is not None
         await _wait_http(self.url + "/livez", self.proc, self.log,
                          f"the {self.variant} {self.role} service", timeout)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the process has used so far; NaN where unknown.
+
+        Read from ``/proc/PID/stat`` (Linux): the lab reports each service's share of
+        the machine, to show that the modelled capacity, not the CPU, is the bottleneck.
+        """
+        return process_cpu_seconds(self.proc.pid if self.proc is not None else None)
 
     def kill(self) -> None:
         """SIGKILL: no draining, no goodbye (a crash)."""
@@ -295,7 +325,19 @@ class Fleet:
                                            {"timeout": 0})
         elif fault.kind == "profile_kill":
             self.services["profile"].kill()
+        elif fault.kind == "capacity_loss":
+            await self._slowdown(fault.factor)
         # overload is in the arrival schedule itself
+
+    async def _slowdown(self, factor: float) -> None:
+        from .services import CAPACITY_PATH  # noqa: PLC0415
+
+        response = await self._http.put(
+            self.services["payment"].url + CAPACITY_PATH, params={"slowdown": factor},
+            headers={"authorization": f"Bearer {self.token}"})
+        if response.status_code != 200:
+            raise LabError(f"payment: PUT {CAPACITY_PATH} answered {response.status_code}: "
+                           f"{response.text[:200]}")
 
     async def end(self, fault: Fault, index: int) -> None:
         """Stop ``fault`` (a killed service is started again and awaited)."""
@@ -317,3 +359,5 @@ class Fleet:
             profile = self.services["profile"]
             profile.spawn()
             await profile.ready()
+        elif fault.kind == "capacity_loss":
+            await self._slowdown(1.0)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from .confidence import Difference, Interval
 from .runner import LabResult
-from .stats import OBJECTIVE, VariantSummary
+from .stats import BEHIND_LAG, BEHIND_SHARE, OBJECTIVE, VariantSummary
 
 __all__ = ["comparison_line", "plot_svg", "render_html", "render_summary_svg", "render_table",
            "write_json"]
@@ -103,6 +104,8 @@ def render_table(result: LabResult, console: Any) -> None:
         ("retries", lambda s: f"{s.retries}"),
         ("sheds", lambda s: f"{s.sheds}"),
         ("error budget consumed (99.99 %)", lambda s: f"{s.budget_consumed * 100:.0f} %"),
+        (_SEND_LAG_ROW, lambda s: ("[bold red]" if s.generator_behind else "")
+         + s.send_lag_text),
         ("verdict", lambda s: _STYLE[s.objective.outcome] + s.verdict),
     ]
     for label, value in rows:
@@ -115,13 +118,22 @@ def render_table(result: LabResult, console: Any) -> None:
         f"capacity: payment measured at {result.capacity:.0f} req/s "
         f"(model {result.scenario.payment.concurrency} workers x "
         f"{result.scenario.payment.service_time * 1000:.0f} ms = {result.capacity_model:.0f}/s); "
-        f"load {result.rate:.0f} req/s, overload bursts {_burst(result)}"
+        f"load {result.rate:.0f} req/s, overloads: {_burst(result)}"
     )
     cpu = [result.timings.get(f"{v}_generator_cpu", 0.0) / max(
         result.timings.get(f"{v}_load", 1.0), 1e-9) for v in result.summaries]
-    lag = max((s.max_send_lag for s in result.summaries.values()), default=0.0)
-    console.print(f"load generator: at most {max(cpu, default=0.0):.0%} of one core, "
-                  f"worst send lag {_ms(lag)}")
+    lags = "; ".join(f"{v} {s.send_lag_text}" for v, s in result.summaries.items())
+    behind = any(s.generator_behind for s in result.summaries.values())
+    console.print(f"load generator: at most {max(cpu, default=0.0):.0%} of one core; "
+                  f"send lag {lags}", style="bold red" if behind else None,
+                  highlight=False, markup=False)
+    for variant, cores in result.cpu_cores.items():
+        console.print(f"{variant} CPU during the load: {_cores(cores)}", highlight=False,
+                      markup=False)
+    if behind:
+        console.print("the load generator fell behind its schedule: the latencies above "
+                      "include its own delay (the machine was busy)", style="bold red",
+                      highlight=False, markup=False)
     for variant, budgets in result.tracker_budget.items():
         for key, remaining in sorted(budgets.items()):
             # The service's own view: it never sees requests that timed out before they
@@ -153,11 +165,13 @@ def _sources(summary: VariantSummary) -> str:
 
 
 def _burst(result: LabResult) -> str:
-    bursts = [f for f in result.scenario.faults if f.kind == "overload"]
-    if not bursts:
-        return "none"
-    return ", ".join(f"{f.factor:g}x = {f.factor * result.capacity:.0f} req/s for "
-                     f"{f.duration:.1f} s" for f in bursts)
+    parts = [f"{f.factor:g}x = {f.factor * result.capacity:.0f} req/s for {f.duration:.1f} s"
+             for f in result.scenario.faults if f.kind == "overload"]
+    # a capacity loss is an overload too: the same arrivals on a third of the capacity
+    parts += [f"capacity lost to 1/{f.factor:g} = {result.capacity / f.factor:.0f} req/s for "
+              f"{f.duration:.1f} s" for f in result.scenario.faults
+              if f.kind == "capacity_loss"]
+    return ", ".join(parts) or "none"
 
 
 def _target_value(name: str, target: dict[str, Any]) -> str:
@@ -378,7 +392,7 @@ def render_html(result: LabResult) -> str:
         ("sheds", lambda s: str(s.sheds)),
         ("fallback answers", lambda s: str(s.fallbacks)),
         ("error budget consumed (99.99 %)", lambda s: f"{s.budget_consumed * 100:.0f} %"),
-        ("load generator's worst send lag", lambda s: _ms(s.max_send_lag)),
+        (_SEND_LAG_ROW, lambda s: s.send_lag_text),
         ("verdict", lambda s: s.verdict),
     ]
     body_rows = "\n".join(
@@ -419,6 +433,7 @@ th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
 th:first-child {{ text-align: left; }}
 td.ok, li.ok {{ color: #1b7f3b; }} td.bad, li.bad {{ color: #b00020; font-weight: bold; }}
 td.warn {{ color: #9a6700; font-weight: bold; }}
+p.behind {{ color: #b00020; font-weight: bold; }}
 figure {{ margin: 1em 0; }}
 .note {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
@@ -431,8 +446,9 @@ in full or degraded (stale or unknown payment status, guest profile); latency is
 intended send time, so a stalled fleet cannot hide its queue.</p>
 <p>Capacity: the payment service was measured at <b>{result.capacity:.0f} requests/s</b>
 (model: {s.payment.concurrency} workers x {s.payment.service_time * 1000:.0f} ms =
-{result.capacity_model:.0f}/s); overload bursts: {esc(_burst(result))}.</p>
-<h2>Results</h2>
+{result.capacity_model:.0f}/s); overloads: {esc(_burst(result))}.</p>
+{_cpu_html(result)}
+{_behind_html(result)}<h2>Results</h2>
 <table><tr><th></th>{head_cells}</tr>
 {body_rows}
 </table>
@@ -456,7 +472,37 @@ intended send time.</p>
 """
 
 
+_SEND_LAG_ROW = "load generator's send lag"
+
+
+def _cpu_html(result: LabResult) -> str:
+    if not result.cpu_cores:
+        return ""
+    items = "".join(f"<li>{html.escape(v)}: {html.escape(_cores(c))}</li>"
+                    for v, c in result.cpu_cores.items())
+    return (f"<p>CPU during the load (of the machine's {os.cpu_count()} cores):</p>"
+            f"<ul>{items}</ul>\n")
+
+
+def _cores(cores: dict[str, float]) -> str:
+    parts = ", ".join(f"{name} {value:.2f}" for name, value in cores.items())
+    return f"{sum(cores.values()):.2f} cores ({parts})"
+
+
+def _behind_html(result: LabResult) -> str:
+    behind = [v for v, s in result.summaries.items() if s.generator_behind]
+    if not behind:
+        return ""
+    names = html.escape(", ".join(behind))
+    return (f'<p class="behind">The load generator fell behind its schedule ({names}: '
+            f"more than {BEHIND_SHARE:.0%} of the requests left over "
+            f"{BEHIND_LAG * 1000:.0f} ms late): the latencies include its own delay, "
+            "the machine was busy.</p>\n")
+
+
 def _cls(label: str, summary: VariantSummary) -> str:
+    if label == _SEND_LAG_ROW:
+        return "bad" if summary.generator_behind else ""
     if label in ("verdict", "one-sided 95 % lower bound") or label.startswith(
             "availability (full +"):
         return {"held": "ok", "not proven": "warn"}.get(summary.objective.outcome, "bad")

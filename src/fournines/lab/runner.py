@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .confidence import CLOPPER_PEARSON, Difference, newcombe_difference
-from .fleet import FaultProxy, Fleet, LabError
+from .fleet import FaultProxy, Fleet, LabError, process_cpu_seconds
 from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
 from .scenario import Fault, Scenario, check_load
@@ -32,7 +32,7 @@ from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 __all__ = ["LabResult", "Progress", "run_lab", "run_problems"]
 
 VARIANTS = ("unprotected", "protected")
-MAX_AUTO_RATE = 150.0
+MAX_AUTO_RATE = 400.0
 AUTO_RATE_SHARE = 0.6
 LAG_LIMIT = 0.5
 """Seconds after its intended time past which a request left too late to measure the fleet."""
@@ -81,6 +81,9 @@ class LabResult:
     tracker_budget: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per variant, the services' own ``BudgetTracker`` at the last scrape: what is left
     of their error budget as each service saw it ("service/slo" -> remaining ratio)."""
+    cpu_cores: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per variant, the cores each process used during the load (``/proc``; the load
+    generator from its own process time): the model, not the CPU, must be the bottleneck."""
     problems: list[str] = field(default_factory=list)
     """What the run could not do as asked (see :func:`run_problems`); when not empty the
     numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
@@ -162,6 +165,7 @@ class LabResult:
             "timings": self.timings,
             "prometheus": self.prometheus,
             "missed_scrapes": self.missed_scrapes,
+            "cpu_cores": self.cpu_cores,
             "tracker_budget_remaining": self.tracker_budget,
             "problems": self.problems,
             # at: intended send time (s from the start of the load); latency from then
@@ -281,8 +285,8 @@ def _current_fault(faults: tuple[Fault, ...], elapsed: float) -> str:
 
 
 async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival],
-                       progress: Progress, fault_log: list[dict[str, Any]]) -> tuple[
-                           list[Outcome], Scraper]:
+                       progress: Progress, fault_log: list[dict[str, Any]],
+                       cpu: dict[str, float]) -> tuple[list[Outcome], Scraper]:
     variant = fleet.variant
     targets = ({name: s.url for name, s in fleet.services.items()}
                if variant == "protected" else {})
@@ -299,6 +303,7 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
             progress.tick(variant, max(elapsed, 0.0), _current_fault(scenario.faults, elapsed))
             await asyncio.sleep(0.25)
 
+    cpu_before = _fleet_cpu(fleet)
     scraping = asyncio.create_task(scraper.run(start, stop))
     ticking = asyncio.create_task(ticker())
     faults = asyncio.create_task(_play_faults(fleet, scenario.faults, start, fault_log))
@@ -318,7 +323,21 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
             with contextlib.suppress(BaseException):
                 await faults
     progress.load_finished(variant)
+    # The services' CPU during the load (a killed profile restarts from zero: its share
+    # is then a lower bound), in cores: the model must stay the bottleneck, not the CPU.
+    wall = max(time.perf_counter() - start, 1e-9)
+    for name, seconds in _fleet_cpu(fleet).items():
+        used = seconds - cpu_before.get(name, 0.0)
+        if math.isfinite(used):
+            cpu[name] = max(used, 0.0) / wall
     return outcomes, scraper
+
+
+def _fleet_cpu(fleet: Fleet) -> dict[str, float]:
+    out = {name: service.cpu_seconds() for name, service in fleet.services.items()}
+    out["fault proxy"] = process_cpu_seconds(fleet.proxy.proc.pid if fleet.proxy.proc
+                                             else None)
+    return out
 
 
 async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Path,
@@ -344,6 +363,7 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
     results: dict[str, tuple[list[Outcome], Scraper]] = {}
     fault_log: list[dict[str, Any]] = []
     problems: list[str] = []
+    cpu_cores: dict[str, dict[str, float]] = {}
     try:
         for variant in variants:
             progress.phase(f"{variant}: starting gateway, order, payment, profile")
@@ -373,11 +393,15 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                     schedule = arrivals(scenario, rate, capacity, seed)
                 t = time.perf_counter()
                 cpu = time.process_time()
+                cores: dict[str, float] = {}
                 results[variant] = await _run_variant(fleet, scenario, schedule, progress,
-                                                      fault_log)
+                                                      fault_log, cores)
                 timings[f"{variant}_load"] = time.perf_counter() - t
                 # The generator must not be the bottleneck: its own CPU time says so.
                 timings[f"{variant}_generator_cpu"] = time.process_time() - cpu
+                cores["load generator"] = timings[f"{variant}_generator_cpu"] / max(
+                    timings[f"{variant}_load"], 1e-9)
+                cpu_cores[variant] = cores
                 problems += run_problems(variant, results[variant][0], fault_log)
             finally:
                 await fleet.stop()
@@ -401,7 +425,7 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
                      tracker_budget={v: _last_budget(scraper.samples)
                                      for v, (_, scraper) in results.items()},
-                     problems=problems)
+                     problems=problems, cpu_cores=cpu_cores)
 
 
 def _comparison_json(difference: Difference | None) -> dict[str, Any] | None:

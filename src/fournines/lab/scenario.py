@@ -50,7 +50,9 @@ FAULT_KINDS: dict[str, str] = {
     "payment_latency": "order -> payment gets `latency` seconds slower (fault proxy toxic)",
     "partition": "order cannot reach payment (`mode`: timeout = packets dropped, refuse)",
     "profile_kill": "the profile service is SIGKILLed, and restarted when the fault ends",
-    "overload": "arrivals rise to `factor` x the fleet's measured capacity",
+    "overload": "arrivals rise to `factor` x the fleet's measured capacity (more users)",
+    "capacity_loss": "payment serves 1/`factor` of its modelled capacity (each request holds "
+                     "its worker `factor` x longer): an overload at the same arrival rate",
 }
 """Every fault kind a scenario may use, with what it does."""
 
@@ -104,6 +106,7 @@ class Fault:
             "partition": self.mode,
             "profile_kill": "SIGKILL",
             "overload": f"{self.factor:g}x capacity",
+            "capacity_loss": f"1/{self.factor:g} capacity",
         }.get(self.kind, "")
         return f"{self.kind} ({detail})" if detail else self.kind
 

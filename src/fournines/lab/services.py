@@ -36,7 +36,14 @@ from .._deadline import current_deadline, deadline_after
 from .._errors import DeadlineExceededError
 from ..asgi._types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["GUEST_PROFILE", "UNKNOWN_STATUS", "create_app"]
+__all__ = [
+    "CAPACITY_PATH",
+    "GUEST_PROFILE",
+    "PAYMENT_LIMIT_PER_WORKER",
+    "PAYMENT_MIN_LIMIT_PER_WORKER",
+    "UNKNOWN_STATUS",
+    "create_app",
+]
 
 GUEST_PROFILE: dict[str, Any] = {
     "user": None, "nickname": "Guest", "nickname_zh": "访客", "avatar": "/avatars/default.png",
@@ -108,8 +115,12 @@ def _router(prefix: str, handler: Handler) -> ASGIApp:
 
 
 def _payment(protected: bool) -> ASGIApp:
-    workers = asyncio.Semaphore(int(_env("PAYMENT_CONCURRENCY", "2")))
+    concurrency = int(_env("PAYMENT_CONCURRENCY", "2"))
+    workers = asyncio.Semaphore(concurrency)
     service_time = float(_env("PAYMENT_SERVICE_TIME", "0.03"))
+    # capacity_loss: each request holds its worker `slowdown` times longer, so the same
+    # workers serve 1/slowdown of the model (a failing disk, a noisy neighbour).
+    slowdown = [1.0]
 
     async def status(params: dict[str, str], query: dict[str, str]) -> tuple[
             int, dict[str, Any], dict[str, str]]:
@@ -125,7 +136,7 @@ def _payment(protected: bool) -> ASGIApp:
         else:
             await workers.acquire()
         try:
-            await asyncio.sleep(service_time)
+            await asyncio.sleep(service_time * slowdown[0])
         finally:
             workers.release()
         return 200, {"order": params["id"], "status": "paid"}, {}
@@ -137,11 +148,51 @@ def _payment(protected: bool) -> ASGIApp:
     chaotic: ASGIApp = ChaosMiddleware(app, admin_token=_env("CHAOS_TOKEN"),
                                        admin_prefix="/chaos/faults",
                                        seed=int(_env("SEED", "7")))
-    if not protected:
-        return chaotic
-    # Payment is where the fleet's capacity ends, and a shed payment call becomes a stale
-    # answer upstream: shed early, from a limit near what the workers really serve.
-    return _protect(chaotic, "payment", concurrency_limit=_limit(initial=8, minimum=4))
+    if protected:
+        # Payment is where the fleet's capacity ends, and a shed payment call becomes a
+        # stale answer upstream: shed early, from a limit derived from the model (a few
+        # requests queued per worker), so a larger modelled capacity is not shed as if
+        # it had two workers.
+        chaotic = _protect(chaotic, "payment", concurrency_limit=_limit(
+            initial=PAYMENT_LIMIT_PER_WORKER * concurrency,
+            minimum=PAYMENT_MIN_LIMIT_PER_WORKER * concurrency))
+    # Outermost: the lab's own control of the model is never shed or counted.
+    return _capacity_control(chaotic, slowdown, _env("CHAOS_TOKEN"))
+
+
+PAYMENT_LIMIT_PER_WORKER = 4
+"""The protected payment's initial concurrency limit, per modelled worker."""
+PAYMENT_MIN_LIMIT_PER_WORKER = 2
+"""The least the adaptive limit may fall to, per modelled worker (one running, one queued)."""
+
+CAPACITY_PATH = "/lab/capacity"
+"""``PUT {CAPACITY_PATH}?slowdown=F`` (the chaos token as bearer) sets the payment model's
+slowdown: every request holds its worker F times longer (``1`` restores the model)."""
+
+
+def _capacity_control(app: ASGIApp, slowdown: list[float], token: str) -> ASGIApp:
+    expected = f"Bearer {token}".encode()
+
+    async def control(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != CAPACITY_PATH:
+            await app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if headers.get(b"authorization") != expected:
+            await _send_json(send, 401, {"error": "the lab's chaos token is required"})
+            return
+        query = parse_qs(scope.get("query_string", b"").decode())
+        try:
+            factor = float(query["slowdown"][0])
+        except (KeyError, ValueError):
+            factor = -1.0
+        if scope["method"] != "PUT" or not 1.0 <= factor <= 100.0:
+            await _send_json(send, 400, {"error": "PUT ?slowdown=F with 1 <= F <= 100"})
+            return
+        slowdown[0] = factor
+        await _send_json(send, 200, {"slowdown": factor})
+
+    return control
 
 
 def _protect(app: ASGIApp, service: str, **options: Any) -> ASGIApp:

@@ -21,6 +21,8 @@ from .metrics import Sample
 from .scenario import Fault
 
 __all__ = [
+    "BEHIND_LAG",
+    "BEHIND_SHARE",
     "CONFIDENCE",
     "OBJECTIVE",
     "VariantSummary",
@@ -39,6 +41,16 @@ CONFIDENCE = 0.95
 
 P99_TARGET = 1.0
 """The protected variant's p99 latency target, seconds."""
+
+BEHIND_LAG = 0.1
+"""Seconds after its intended time past which a request counts as sent late."""
+
+BEHIND_SHARE = 0.01
+"""The share of late requests (over :data:`BEHIND_LAG`) past which the load generator
+fell behind: its own delay is then part of the latencies the report shows (they are
+measured from the intended time, so the fleet is not flattered, but it is blamed for
+the generator's delay). Far behind (see ``fournines.lab.runner.LAG_LIMIT``), the run is
+void."""
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -123,6 +135,25 @@ class VariantSummary:
     degraded_by_source: dict[str, int] = field(default_factory=dict)
     p99_by_phase: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[Any]] = field(default_factory=dict)
+    p99_send_lag: float = 0.0
+    """The 99th percentile of how late the load generator sent each request, seconds."""
+    late_sends: int = 0
+    """Requests the load generator sent more than :data:`BEHIND_LAG` late."""
+
+    @property
+    def generator_behind(self) -> bool:
+        """Whether the load generator fell behind its schedule (:data:`BEHIND_SHARE`)."""
+        return self.late_sends > BEHIND_SHARE * self.requests
+
+    @property
+    def send_lag_text(self) -> str:
+        """The generator's send lag in one phrase: p99 and worst, and whether it fell behind."""
+        text = (f"p99 {self.p99_send_lag * 1000:.0f} ms, worst "
+                f"{self.max_send_lag * 1000:.0f} ms")
+        if self.generator_behind:
+            text += (f": FELL BEHIND ({self.late_sends} of {self.requests} requests sent "
+                     f"over {BEHIND_LAG * 1000:.0f} ms late)")
+        return text
 
     @property
     def meets_objective(self) -> bool:
@@ -153,6 +184,9 @@ class VariantSummary:
                                 "worst_second_p99": self.worst_second_p99,
                                 "p99_by_phase": self.p99_by_phase},
             "max_send_lag_seconds": self.max_send_lag,
+            "send_lag": {"p99_seconds": self.p99_send_lag, "max_seconds": self.max_send_lag,
+                         "late": self.late_sends, "late_after_seconds": BEHIND_LAG,
+                         "generator_behind": self.generator_behind},
             "breaker_openings": self.breaker_openings, "retries": self.retries,
             "sheds": self.sheds, "fallbacks": self.fallbacks,
             "error_budget_consumed": self.budget_consumed,
@@ -275,6 +309,8 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
         p99=percentile(latencies, 99), max_latency=max(latencies, default=math.nan),
         worst_second_p99=max((p for p in series["p99"] if p is not None), default=math.nan),
         max_send_lag=max((o.send_lag for o in outcomes), default=0.0),
+        p99_send_lag=max(percentile([o.send_lag for o in outcomes], 99), 0.0) if n else 0.0,
+        late_sends=sum(o.send_lag > BEHIND_LAG for o in outcomes),
         # from the first scrape (just before the load) to the last (just after it)
         breaker_openings=round(sum(series["openings"])),
         retries=round(sum(series["retries"])),
