@@ -140,6 +140,10 @@ def render_table(result: LabResult, console: Any) -> None:
             # reached it, so the load generator's numbers above are the ones that count.
             console.print(f"{variant} {key}: its own BudgetTracker says {remaining:.1%} of "
                           "the 99.99 % budget is left (its view: only requests that reached it)")
+    phases = Table(*PHASE_HEADER, title="answers per phase")
+    for row in phase_rows(result):
+        phases.add_row(*row)
+    console.print(phases)
     for name, target in result.targets().items():
         mark = "[green]met[/]" if target["met"] else "[red]NOT met[/]"
         console.print(f"  target {name}: {mark} ({_target_value(name, target)})")
@@ -174,8 +178,45 @@ def _burst(result: LabResult) -> str:
     return ", ".join(parts) or "none"
 
 
+def phase_rows(result: LabResult) -> list[tuple[str, str, str, str, str]]:
+    """The rows of the per-phase table (see :data:`PHASE_HEADER`).
+
+    Per phase: unprotected answers within 1 s, protected full and degraded ones,
+    and (after a fault) the protected fleet's time to full service.
+    """
+    protected = result.summaries.get("protected")
+    unprotected = result.summaries.get("unprotected")
+    first = protected or unprotected
+    phases = list(first.phases) if first is not None else []
+    rows = []
+    for phase in phases:
+        u = unprotected.phases.get(phase) if unprotected else None
+        p = protected.phases.get(phase) if protected else None
+        recovery = "-"
+        if protected is not None and phase.startswith("after "):
+            back = protected.recovery.get(phase.removeprefix("after "), 0.0)
+            recovery = "not back" if back is None else f"{back:.1f} s"
+        rows.append((phase,
+                     f"{u.answered_in_time} of {u.requests}" if u else "-",
+                     f"{p.full_in_time} of {p.requests}" if p else "-",
+                     str(p.degraded) if p else "-", recovery))
+    return rows
+
+
+PHASE_HEADER = ("phase", "unprotected: answers within 1 s", "protected: full within 1 s",
+                "protected: degraded", "protected: full service back after")
+
+
 def _target_value(name: str, target: dict[str, Any]) -> str:
     value = target["value"]
+    if "every phase" in name:
+        if value is None:
+            return "no phase with both variants"
+        return f"worst phase {target['phase']}: {value:+d} pages"
+    if "full service back" in name:
+        if value is None:
+            return f"not back after {target['fault']} before the next fault or the end"
+        return f"slowest after {target['fault']}: {value:.1f} s"
     if "p99" in name:
         return _ms(value)
     if "beats" in name:
@@ -403,6 +444,9 @@ def render_html(result: LabResult) -> str:
         f'<li class="{"ok" if t["met"] else "bad"}">{esc(name)}: '
         f'{"met" if t["met"] else "NOT met"} ({esc(_target_value(name, t))})</li>'
         for name, t in result.targets().items())
+    phase_table = ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in PHASE_HEADER)
+                   + "</tr>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row)
+                                       + "</tr>" for row in phase_rows(result)) + "</table>")
     failures = []
     for summary in summaries.values():
         if not summary.failures_by_phase:
@@ -458,6 +502,10 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 {f'<p id="comparison"><b>{esc(comparison_line(result.comparison))}</b></p>'
  if result.comparison is not None else ""}
 <h2>Targets</h2><ul>{targets}</ul>
+<h2 id="phases">Answers per phase</h2>
+<p class="note">Full service is back at the end of the last half second after a fault in
+which fewer than 99 % of the protected pages were answered in full within 1 s.</p>
+{phase_table}
 <h2>Fault schedule</h2>
 <table><tr><th>from</th><th>to</th><th>fault</th></tr>{fault_rows}</table>
 {f"<ul>{fault_errors}</ul>" if fault_errors else ""}

@@ -35,6 +35,8 @@ VARIANTS = ("unprotected", "protected")
 MAX_AUTO_RATE = 400.0
 AUTO_RATE_SHARE = 0.6
 LAG_LIMIT = 0.5
+RECOVERY_TARGET = 2.0
+"""Seconds after a fault's end by which the protected fleet must answer in full again."""
 """Seconds after its intended time past which a request left too late to measure the fleet."""
 LAG_SHARE = 0.01
 """The share of requests that may leave later than :data:`LAG_LIMIT` (a GC pause, a busy
@@ -131,6 +133,24 @@ class LabResult:
             upper = unprotected.objective.upper
             out["unprotected availability < 99 % (one-sided 95 % upper bound)"] = {
                 "value": upper, "met": unprotected.requests > 0 and upper < 0.99}
+        if protected is not None and unprotected is not None:
+            # Degrading is allowed, but not in place of answers the unprotected fleet gives:
+            # in every phase, full protected answers within 1 s >= any unprotected ones.
+            shortfalls = {
+                phase: counts.full_in_time - unprotected.phases[phase].answered_in_time
+                for phase, counts in protected.phases.items() if phase in unprotected.phases}
+            weakest = min(shortfalls, key=lambda k: shortfalls[k], default=None)
+            out["protected full answers within 1 s >= unprotected answers within 1 s, "
+                "in every phase"] = {
+                "value": None if weakest is None else shortfalls[weakest], "phase": weakest,
+                "met": weakest is not None and shortfalls[weakest] >= 0}
+        if protected is not None and protected.recovery:
+            slowest = max(protected.recovery, key=lambda k: math.inf if protected.recovery[k]
+                          is None else protected.recovery[k] or 0.0)
+            value = protected.recovery[slowest]
+            out[f"protected full service back within {RECOVERY_TARGET:g} s of each fault's "
+                "end"] = {"value": value, "fault": slowest,
+                          "met": value is not None and value <= RECOVERY_TARGET}
         comparison = self.comparison
         if comparison is not None:
             out["protected beats unprotected (95 % interval of the difference above 0)"] = {
