@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .confidence import Difference, Interval
+from .rootcause import accuracy
 from .runner import LabResult
 from .stats import BEHIND_LAG, BEHIND_SHARE, OBJECTIVE, VariantSummary
 
@@ -155,6 +156,8 @@ def render_table(result: LabResult, console: Any) -> None:
                 detail = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items(),
                                                                    key=lambda kv: -kv[1]))
                 console.print(f"  {phase}: {detail}")
+    for line in root_cause_lines(result):
+        console.print(line, highlight=False, markup=False)
     errors = [e for e in result.fault_log if "error" in e]
     for entry in errors:
         console.print(f"[red]fault action failed[/]: {entry['variant']} {entry['fault']} "
@@ -201,6 +204,28 @@ def phase_rows(result: LabResult) -> list[tuple[str, str, str, str, str]]:
                      f"{p.full_in_time} of {p.requests}" if p else "-",
                      str(p.degraded) if p else "-", recovery))
     return rows
+
+
+def root_cause_lines(result: LabResult) -> list[str]:
+    """The root-cause ranking in plain lines: per fault, the suspects and the truth."""
+    if not result.root_cause:
+        return []
+    lines = ["root cause (protected fleet; z-scores of each service's own signals, the "
+             "deepest departed service first):"]
+    for ranking in result.root_cause:
+        names = ", ".join(
+            f"{s.service} ({s.signal} z={min(s.score, 999):.0f}"
+            + (f", +{s.onset:.0f} s)" if s.onset is not None else ", not departed)")
+            for s in ranking.suspects)
+        mark = ("" if ranking.truth is None
+                else " - right" if ranking.hit(1) else f" - WRONG, it was {ranking.truth}")
+        lines.append(f"  {ranking.fault}: {names}{mark}")
+    score = accuracy(result.root_cause)
+    if score.faults:
+        lines.append(f"  top-1 {score.top1} of {score.faults} ({score.top1 / score.faults:.0%}), "
+                     f"top-3 {score.top3} of {score.faults}; always naming the most frequent "
+                     f"cause would get {score.naive_top1} of {score.faults}")
+    return lines
 
 
 PHASE_HEADER = ("phase", "unprotected: answers within 1 s", "protected: full within 1 s",
@@ -502,6 +527,8 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 {f'<p id="comparison"><b>{esc(comparison_line(result.comparison))}</b></p>'
  if result.comparison is not None else ""}
 <h2>Targets</h2><ul>{targets}</ul>
+<h2 id="root-cause">Root cause</h2>
+<pre>{esc(chr(10).join(root_cause_lines(result))) or "no ranking (no fault)"}</pre>
 <h2 id="phases">Answers per phase</h2>
 <p class="note">Full service is back at the end of the last half second after a fault in
 which fewer than 99 % of the protected pages were answered in full within 1 s.</p>

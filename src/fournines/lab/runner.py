@@ -26,6 +26,7 @@ from .confidence import CLOPPER_PEARSON, Difference, newcombe_difference
 from .fleet import FaultProxy, Fleet, LabError, process_cpu_seconds
 from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
+from .rootcause import FaultRanking, accuracy, rank_faults
 from .scenario import Fault, Scenario, check_load
 from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
@@ -86,6 +87,9 @@ class LabResult:
     cpu_cores: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per variant, the cores each process used during the load (``/proc``; the load
     generator from its own process time): the model, not the CPU, must be the bottleneck."""
+    root_cause: list[FaultRanking] = field(default_factory=list)
+    """Per fault, the protected fleet's services ranked as its suspects
+    (:func:`~fournines.lab.rootcause.rank_faults`)."""
     problems: list[str] = field(default_factory=list)
     """What the run could not do as asked (see :func:`run_problems`); when not empty the
     numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
@@ -188,6 +192,7 @@ class LabResult:
             "cpu_cores": self.cpu_cores,
             "tracker_budget_remaining": self.tracker_budget,
             "problems": self.problems,
+            "root_cause": _root_cause_json(self.root_cause),
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
                 variant: [{"at": o.at, "status": o.status, "latency": o.latency,
@@ -445,7 +450,23 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
                      tracker_budget={v: _last_budget(scraper.samples)
                                      for v, (_, scraper) in results.items()},
-                     problems=problems, cpu_cores=cpu_cores)
+                     problems=problems, cpu_cores=cpu_cores,
+                     root_cause=rank_faults(results["protected"][1].samples, scenario.faults)
+                     if "protected" in results else [])
+
+
+def _root_cause_json(rankings: list[FaultRanking]) -> dict[str, Any]:
+    score = accuracy(rankings)
+    return {
+        "method": "z-scores of each service's own signals against its steady baseline; "
+                  "the deepest departed service first (fournines.lab.rootcause)",
+        "faults": [{"fault": r.fault, "kind": r.kind, "truth": r.truth,
+                    "ranking": [{"service": s.service, "departed": s.departed,
+                                 "score": s.score, "onset": s.onset, "signal": s.signal}
+                                for s in r.suspects]} for r in rankings],
+        "accuracy": {"faults": score.faults, "top1": score.top1, "top3": score.top3,
+                     "naive_top1": score.naive_top1},
+    }
 
 
 def _comparison_json(difference: Difference | None) -> dict[str, Any] | None:
