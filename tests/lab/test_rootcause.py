@@ -167,3 +167,23 @@ def test_the_golden_signals_are_read_from_a_services_metrics() -> None:
     parse_metrics(text, "order", sample)
     assert sample.slis["order"] == {"requests": 100, "errors": 10, "duration_sum": 4,
                                     "duration_count": 100, "in_flight": 3}
+
+
+def test_a_callers_breaker_opening_points_at_the_callee() -> None:
+    cut = Fault(kind="partition", at=10, duration=6)
+    samples = scrapes(steady)
+    for sample in samples:
+        opened = 12 <= sample.at <= 16
+        sample.breakers["order -> payment (via proxy)"] = 2 if opened else 0
+    [ranking] = rank_faults(samples, [cut])
+    assert ranking.top is not None
+    assert (ranking.top.service, ranking.top.signal, ranking.top.onset) == (
+        "payment", "breaker of order", 1.0)
+
+
+def test_a_breaker_already_open_when_the_fault_began_says_nothing_of_it() -> None:
+    samples = scrapes(steady)
+    for sample in samples:
+        sample.breakers["order -> payment"] = 2 if 8 <= sample.at <= 14 else 0
+    [ranking] = rank_faults(samples, [PAYMENT_ERRORS])
+    assert not any(s.departed for s in ranking.suspects)

@@ -14,8 +14,12 @@ full:
    second's z-score against the baseline: upwards for errors, latency and in-flight
    requests, both ways for the request rate (a partitioned service sees its traffic
    vanish). A second in which the service could not be scraped scores
-   :data:`UNREACHABLE`. A service has *departed* when some signal reaches
-   :data:`THRESHOLD`; its *onset* is the first such second, its *score* the largest z.
+   :data:`UNREACHABLE`. A caller's breaker on the service that was closed when the
+   fault began and opens in the window scores :data:`BREAKER_OPENED` (the callers'
+   view: a fault on the link, a partition or added latency, leaves the service's own
+   signals quiet but not its callers' breakers). A service has *departed* when some
+   signal reaches :data:`THRESHOLD`; its *onset* is the first such second, its
+   *score* the largest.
 3. **Ranking.** Failures travel upstream, so the callers of a broken service depart
    with it. Departed services whose own dependencies (:data:`TOPOLOGY`) did not depart
    come first (the deepest departure explains the others), then the other departed
@@ -39,6 +43,7 @@ from .metrics import Sample
 from .scenario import Fault
 
 __all__ = [
+    "BREAKER_OPENED",
     "FLOORS",
     "LOOK",
     "THRESHOLD",
@@ -75,6 +80,8 @@ THRESHOLD = 4.0
 """The z-score at which a signal has departed from its baseline."""
 UNREACHABLE = 100.0
 """The score of a second in which the service's ``/metrics`` could not be read."""
+BREAKER_OPENED = 50.0
+"""The score of a service whose caller's breaker on it opened in the window."""
 FLOORS: Mapping[str, tuple[float, float]] = {
     "errors": (0.005, 0.0), "latency": (0.002, 0.1), "traffic": (1.0, 0.1),
     "in_flight": (1.0, 0.5),
@@ -188,7 +195,7 @@ def _suspect(service: str, points: list[tuple[float, dict[str, float] | None]],
     best, best_signal, onset = 0.0, "", None
     # An interval's signals belong to the second before its closing scrape.
     for at, values in points:
-        if not fault.at < at <= min(fault.end, fault.at + LOOK) + 1.0:
+        if not _in_window(at, fault):
             continue
         if values is None:
             scores = {"unreachable": UNREACHABLE}
@@ -201,6 +208,35 @@ def _suspect(service: str, points: list[tuple[float, dict[str, float] | None]],
             onset = max(at - 1.0 - fault.at, 0.0)
     return Suspect(service=service, departed=onset is not None, score=best, onset=onset,
                    signal=best_signal or "none")
+
+
+def _in_window(at: float, fault: Fault) -> bool:
+    return fault.at < at <= min(fault.end, fault.at + LOOK) + 1.0
+
+
+def _breakers_opened(samples: Sequence[Sample], fault: Fault) -> dict[str, tuple[float, str]]:
+    """Callee -> (onset, caller) for breakers closed at the fault's start that opened."""
+    before = [s for s in samples if s.at <= fault.at]
+    start = before[-1].breakers if before else {}
+    out: dict[str, tuple[float, str]] = {}
+    for sample in samples:
+        if not _in_window(sample.at, fault):
+            continue
+        for key, level in sample.breakers.items():
+            caller, _, target = key.partition(" -> ")
+            callee = target.split(" ")[0]
+            if level >= 2 and start.get(key, 0) == 0 and callee not in out:
+                out[callee] = (max(sample.at - 1.0 - fault.at, 0.0), caller)
+    return out
+
+
+def _with_breaker(suspect: Suspect, opened: tuple[float, str] | None) -> Suspect:
+    if opened is None or suspect.score >= BREAKER_OPENED:
+        return suspect
+    onset, caller = opened
+    return Suspect(service=suspect.service, departed=True, score=BREAKER_OPENED,
+                   onset=onset if suspect.onset is None else min(onset, suspect.onset),
+                   signal=f"breaker of {caller}")
 
 
 def _order(suspect: Suspect, departed: frozenset[str],
@@ -224,7 +260,8 @@ def rank_faults(samples: Sequence[Sample], faults: Sequence[Fault],
     bases = {name: _baseline(points, WARM_UP, first) for name, points in series.items()}
     rankings = []
     for fault in sorted(faults, key=lambda f: f.at):
-        suspects = [_suspect(name, series[name], base, fault)
+        opened = _breakers_opened(samples, fault)
+        suspects = [_with_breaker(_suspect(name, series[name], base, fault), opened.get(name))
                     for name, base in bases.items() if base is not None]
         departed = frozenset(s.service for s in suspects if s.departed)
         ordered = sorted(suspects, key=lambda s: _order(s, departed, topology))

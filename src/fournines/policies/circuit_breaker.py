@@ -391,6 +391,7 @@ class CircuitBreaker(Decorates):
         "_gen",
         "_half_open_probes",
         "_half_open_successes",
+        "_initial_wait",
         "_is_failure",
         "_listeners",
         "_lock",
@@ -399,13 +400,12 @@ class CircuitBreaker(Decorates):
         "_open_until",
         "_probes",
         "_rate",
-        "_initial_wait",
         "_reset_timeout",
         "_state",
-        "_wait",
         "_threshold",
         "_throttle",
         "_trip",
+        "_wait",
     )
 
     def __init__(
