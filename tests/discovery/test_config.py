@@ -260,6 +260,25 @@ async def test_after_a_compaction_the_watcher_holds_the_newest_value_without_dup
     assert got == [first, written[-1]]
 
 
+async def test_a_compaction_while_watching_loses_no_later_change(
+    etcd: EtcdServer, key: str,
+) -> None:
+    await put_config(etcd.url, key, limits(1))
+    got: list[int] = []
+    async with ConfigWatcher(etcd.url, key, Limits) as watcher:
+        watcher.subscribe(lambda event: got.append(event.revision))
+        written = [await put_config(etcd.url, key, limits(n)) for n in range(2, 42)]
+        async with etcd_client(etcd.url) as client:
+            await client.compact(written[-1])
+        after = await put_config(etcd.url, key, limits(99))
+
+        await asyncio.wait_for(watcher.wait_for_revision(after), 20)
+        fresh, revision = await get_config(etcd.url, key, schema=Limits)
+        assert (watcher.current, watcher.revision) == (fresh, revision)
+    assert got == sorted(set(got))  # increasing, no duplicate
+    assert got[-1] == after
+
+
 # -- policies following config ----------------------------------------------------------
 
 

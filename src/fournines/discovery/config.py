@@ -169,6 +169,7 @@ class ConfigWatcher(Generic[C]):
         # The newest etcd revision of the key looked at, applied or refused: a
         # re-listing after a reconnection finds it again and must not re-apply it.
         self._seen = 0
+        self._done = 0
         self._start_error: ConfigValidationError | None = None
         self._subscribers: list[Subscriber] = []
         self._in_sync = False
@@ -291,7 +292,7 @@ class ConfigWatcher(Generic[C]):
     async def wait_for_revision(self, revision: int) -> C:
         """Wait until a value of at least ``revision`` is in force (or refused); return current."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self._seen >= revision)
+            await self._changed.wait_for(lambda: self._done >= revision)
         return self.current
 
     # -- following etcd ----------------------------------------------------------------
@@ -362,29 +363,34 @@ class ConfigWatcher(Generic[C]):
         self._source = source
         if source == "etcd":
             await self._seen_up_to(revision, notify=False)
+        if old is None or value != old:
+            event = ConfigChanged(policy="config", name=self._key, key=self._key,
+                                  revision=revision, old=old, new=value, source=source)
+            _log.info("fournines: config %s now at revision %d (%s)", self._key, revision,
+                      source)
+            dispatch(self._listeners, event)
+            for subscriber in list(self._subscribers):
+                try:
+                    result = subscriber(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("fournines: config %s: subscriber %r failed on revision %d",
+                                   self._key, subscriber, revision)
+        # The snapshot after the subscribers: a change reaches the service first, and
+        # a crash in between only leaves the snapshot one value behind.
+        if source == "etcd":
             await self._save(text, revision)
-        if old is not None and value == old:
-            await self._seen_up_to(revision)
-            return
-        event = ConfigChanged(policy="config", name=self._key, key=self._key,
-                              revision=revision, old=old, new=value, source=source)
-        _log.info("fournines: config %s now at revision %d (%s)", self._key, revision, source)
-        dispatch(self._listeners, event)
-        for subscriber in list(self._subscribers):
-            try:
-                result = subscriber(event)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                _log.exception("fournines: config %s: subscriber %r failed on revision %d",
-                               self._key, subscriber, revision)
         await self._seen_up_to(revision)
 
     async def _seen_up_to(self, revision: int, *, notify: bool = True) -> None:
         self._seen = max(self._seen, revision)
         if notify:
+            # Waiters are told only once the change is wholly handled (subscribers
+            # called, snapshot written), not when it is merely claimed.
+            self._done = max(self._done, revision)
             async with self._changed:
                 self._changed.notify_all()
 
