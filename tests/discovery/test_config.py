@@ -279,6 +279,28 @@ async def test_a_compaction_while_watching_loses_no_later_change(
     assert got[-1] == after
 
 
+async def test_a_pydantic_model_is_followed_and_validated_too(
+    etcd: EtcdServer, key: str,
+) -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Model(pydantic.BaseModel):
+        model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+        per_second: float
+
+    seen = RecordingListener()
+    await put_config(etcd.url, key, '{"per_second": 2}')
+    async with ConfigWatcher(etcd.url, key, Model, listeners=[seen]) as watcher:
+        async with etcd_client(etcd.url) as client:
+            bad = (await client.put(key.encode(), b'{"per_second": "x"}')).header.revision
+        await asyncio.wait_for(watcher.wait_for_revision(bad), 10)
+        good = await put_config(etcd.url, key, Model(per_second=4), schema=Model)
+        await asyncio.wait_for(watcher.wait_for_revision(good), 10)
+
+        assert watcher.current == Model(per_second=4)
+    assert [r.field for r in seen.of(ConfigRejected)] == ["per_second"]
+
+
 # -- policies following config ----------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from fournines import (
@@ -272,3 +274,35 @@ def test_an_invalid_breaker_setting_changes_nothing(clock: FakeClock) -> None:
 
     assert breaker.trip == ConsecutiveFailures(threshold=2)
     assert breaker.reset_timeout == 5
+
+
+def test_reconfiguring_while_threads_take_tokens_loses_and_invents_none(
+    clock: FakeClock,
+) -> None:
+    bucket = TokenBucket(rate=1, capacity=5000, clock=clock)  # the clock stands still
+    admitted = [0] * 4
+    stop = threading.Event()
+
+    def take(slot: int) -> None:
+        while True:
+            try:
+                bucket.try_acquire()
+            except RateLimitedError:
+                if stop.is_set():
+                    return
+                continue
+            admitted[slot] += 1
+
+    def flip() -> None:
+        for n in range(2000):
+            bucket.reconfigure(rate=1 if n % 2 else 100)
+        stop.set()
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(4)]
+    threads.append(threading.Thread(target=flip))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sum(admitted) == 5000
