@@ -153,7 +153,7 @@ async def test_a_failing_subscriber_never_breaks_the_others(etcd: EtcdServer, ke
 
     async with ConfigWatcher(etcd.url, key, Limits) as watcher:
         watcher.subscribe(broken)
-        watcher.subscribe(lambda event: got.append(event.new.rate.per_second))  # type: ignore[attr-defined]
+        watcher.subscribe(lambda event: got.append(watcher.current.rate.per_second))
         await put_config(etcd.url, key, limits(2))
         revision = await put_config(etcd.url, key, limits(3))
         await asyncio.wait_for(watcher.wait_for_revision(revision), 10)
@@ -390,18 +390,13 @@ async def test_settings_a_policy_refuses_leave_it_as_it_was(
 async def test_put_config_refuses_an_invalid_value_and_writes_nothing(
     etcd: EtcdServer, key: str,
 ) -> None:
-    await put_config(etcd.url, key, limits(5))
+    revision = await put_config(etcd.url, key, limits(5))
 
     with pytest.raises(ConfigValidationError, match=r"field 'rate\.per_second'"):
         await put_config(etcd.url, key, '{"rate": {"per_second": "fast"}}', schema=Limits)
 
-    assert await get_config(etcd.url, key, schema=Limits) == (limits(5), (await history(
-        etcd, key))[0].revision)
-    assert len(await history(etcd, key)) == 1
-
-
-async def history(etcd: EtcdServer, key: str) -> list:  # type: ignore[type-arg]
-    return await config_history(etcd.url, key)
+    assert await get_config(etcd.url, key, schema=Limits) == (limits(5), revision)
+    assert [p.revision for p in await config_history(etcd.url, key)] == [revision]
 
 
 async def test_history_lists_the_past_values_newest_first(etcd: EtcdServer, key: str) -> None:

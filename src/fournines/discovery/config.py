@@ -290,7 +290,12 @@ class ConfigWatcher(Generic[C]):
         return unsubscribe
 
     async def wait_for_revision(self, revision: int) -> C:
-        """Wait until a value of at least ``revision`` is in force (or refused); return current."""
+        """Wait until ``revision`` (or a later one) is handled: applied or refused.
+
+        Returns :attr:`current`. "Handled" means subscribers were called and the
+        snapshot written. It waits as long as it takes (etcd may be down): wrap
+        it in ``asyncio.wait_for`` for a limit.
+        """
         async with self._changed:
             await self._changed.wait_for(lambda: self._done >= revision)
         return self.current
