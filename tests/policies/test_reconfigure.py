@@ -306,3 +306,20 @@ def test_reconfiguring_while_threads_take_tokens_loses_and_invents_none(
         thread.join(30)
 
     assert sum(admitted) == 5000
+
+
+def test_check_only_checks_and_changes_nothing(clock: FakeClock) -> None:
+    bucket = TokenBucket(rate=5, capacity=10, clock=clock)
+    gcra = Gcra(rate=5, burst=2, clock=clock)
+    retry = Retry(attempts=3, clock=clock)
+    breaker = CircuitBreaker(trip=ConsecutiveFailures(threshold=2), clock=clock)
+
+    bucket.reconfigure(rate=50, check_only=True)
+    gcra.reconfigure(burst=9, check_only=True)
+    retry.reconfigure(attempts=7, check_only=True)
+    breaker.reconfigure(trip=ConsecutiveFailures(threshold=9), check_only=True)
+    with pytest.raises(ConfigurationError, match=r"TokenBucket\.rate"):
+        bucket.reconfigure(rate=0, check_only=True)
+
+    assert (bucket.rate, gcra.burst, retry.attempts) == (5, 2, 3)
+    assert breaker.trip == ConsecutiveFailures(threshold=2)

@@ -172,6 +172,7 @@ class ConfigWatcher(Generic[C]):
         self._done = 0
         self._start_error: ConfigValidationError | None = None
         self._subscribers: list[Subscriber] = []
+        self._checks: list[Callable[[C], object]] = []
         self._in_sync = False
         self._reported = False
         self._listed = False
@@ -289,6 +290,25 @@ class ConfigWatcher(Generic[C]):
 
         return unsubscribe
 
+    def add_check(self, check: Callable[[C], object]) -> Callable[[], None]:
+        """Also refuse a new value when ``check(config)`` raises; returns the remover.
+
+        Checks run after the schema's validation and before anything is applied,
+        so a value a bound policy would refuse is refused as a whole (the
+        watcher and every policy keep the last good value). A check raising
+        ``ValueError`` or ``TypeError`` refuses; anything else is a bug in the
+        check, logged, and refuses too.
+        """
+        if not callable(check):
+            raise ConfigurationError(f"add_check() needs a callable, got {check!r}")
+        self._checks.append(check)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._checks.remove(check)
+
+        return remove
+
     async def wait_for_revision(self, revision: int) -> C:
         """Wait until ``revision`` (or a later one) is handled: applied or refused.
 
@@ -337,11 +357,25 @@ class ConfigWatcher(Generic[C]):
             return
         try:
             value = validate(self._schema, parse(raw, self._key), self._key, revision)
+            self._check(value, revision)
         except ConfigValidationError as exc:
             await self._refuse(exc, revision)
             return
         text = raw.decode("utf-8")
         await self._apply(value, revision, "etcd", text)
+
+    def _check(self, value: C, revision: int) -> None:
+        for check in list(self._checks):
+            try:
+                check(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigValidationError(self._key, "", f"refused by a check: {exc}",
+                                            revision) from None
+            except Exception as exc:
+                _log.exception("fournines: config %s: check %r failed on revision %d",
+                               self._key, check, revision)
+                raise ConfigValidationError(self._key, "", f"a check failed: {exc!r}",
+                                            revision) from None
 
     async def _refuse(self, exc: ConfigValidationError, revision: int) -> None:
         exc.revision = revision
@@ -451,7 +485,10 @@ class Reconfigurable(Protocol):
     """
 
     def reconfigure(self, *args: Any, **settings: Any) -> None:
-        """Check ``settings`` and swap them in atomically, or raise and change nothing."""
+        """Check ``settings`` and swap them in atomically, or raise and change nothing.
+
+        With ``check_only=True``, only check them.
+        """
 
 
 def bind(watcher: ConfigWatcher[C], policy: Reconfigurable,
@@ -459,9 +496,10 @@ def bind(watcher: ConfigWatcher[C], policy: Reconfigurable,
     """Make ``policy`` follow ``watcher``: ``policy.reconfigure(**settings(config))``.
 
     Applied at once with the current configuration (an error then is raised:
-    the binding is wrong), then after every change. A change the policy
-    refuses is logged with the key and revision, and leaves the policy as it
-    was. Returns the unbinder::
+    the binding is wrong), then after every change. A new value whose settings
+    the policy would refuse (``settings`` raises, or ``reconfigure(...,
+    check_only=True)`` does) is refused by the watcher as a whole, before
+    anything is applied. Returns the unbinder::
 
         bind(watcher, limiter, lambda cfg: {"rate": cfg.rate.per_second})
         bind(watcher, retry, lambda cfg: {"attempts": cfg.retry_attempts})
@@ -469,14 +507,27 @@ def bind(watcher: ConfigWatcher[C], policy: Reconfigurable,
     """
     policy.reconfigure(**settings(watcher.current))
 
+    def check(config: C) -> None:
+        try:
+            policy.reconfigure(**settings(config), check_only=True)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{policy!r}: {exc}") from None
+
     def follow(event: ConfigChanged) -> None:
         try:
             policy.reconfigure(**settings(event.new))  # type: ignore[arg-type]
-        except Exception as exc:
+        except Exception as exc:  # passed its check: only a policy changed meanwhile
             _log.error("fournines: config %s revision %d: %r refused its new settings: %s",
                        event.key, event.revision, policy, exc)
 
-    return watcher.subscribe(follow)
+    remove_check = watcher.add_check(check)
+    unsubscribe = watcher.subscribe(follow)
+
+    def unbind() -> None:
+        remove_check()
+        unsubscribe()
+
+    return unbind
 
 
 # -- one-shot operations ----------------------------------------------------------------

@@ -494,6 +494,7 @@ class CircuitBreaker(Decorates):
         trip: TripStrategy | None = None,
         reset_timeout: float | None = None,
         half_open_probes: int | None = None,
+        check_only: bool = False,
     ) -> None:
         """Change the trip strategy, ``reset_timeout`` and/or ``half_open_probes`` at run time.
 
@@ -505,7 +506,7 @@ class CircuitBreaker(Decorates):
         ``AdaptiveThrottling`` with other settings, starts its statistics over and
         ignores the outcomes of calls admitted before the change (as a transition
         does). An open breaker's wait is measured from when it opened with the new
-        ``reset_timeout``.
+        ``reset_timeout``. With ``check_only`` the settings are only checked.
         """
         new_trip = self._trip if trip is None else trip
         if not isinstance(new_trip, ConsecutiveFailures | FailureRate | AdaptiveThrottling):
@@ -518,6 +519,8 @@ class CircuitBreaker(Decorates):
         if half_open_probes is not None:
             check_number("CircuitBreaker", "half_open_probes", half_open_probes, minimum=1,
                          integer=True)
+        if check_only:
+            return
         self._lock.acquire()
         try:
             old_trip = self._trip

@@ -219,17 +219,21 @@ class TokenBucket(_Limiter):
         finally:
             self._lock.release()
 
-    def reconfigure(self, *, rate: float | None = None, capacity: float | None = None) -> None:
+    def reconfigure(self, *, rate: float | None = None, capacity: float | None = None,
+                    check_only: bool = False) -> None:
         """Change ``rate`` and/or ``capacity`` at run time, atomically (``None``: keep it).
 
         Both are checked before anything changes. Tokens earned at the old rate up
         to now are kept (cut to the new capacity if it is smaller), so no permit is
-        lost or invented by the change; a call never sees half of it.
+        lost or invented by the change; a call never sees half of it. With
+        ``check_only`` the settings are only checked (raising as a change would).
         """
         new_rate = self._rate if rate is None else rate
         new_capacity = self._capacity if capacity is None else capacity
         check_number("TokenBucket", "rate", new_rate, minimum=0, exclusive_minimum=True)
         check_number("TokenBucket", "capacity", new_capacity, minimum=1)
+        if check_only:
+            return
         self._lock.acquire()
         try:
             now = self._now()
@@ -345,17 +349,21 @@ class Gcra(_Limiter):
         """The most admissions at once after an idle period."""
         return self._burst
 
-    def reconfigure(self, *, rate: float | None = None, burst: int | None = None) -> None:
+    def reconfigure(self, *, rate: float | None = None, burst: int | None = None,
+                    check_only: bool = False) -> None:
         """Change ``rate`` and/or ``burst`` at run time, atomically (``None``: keep it).
 
         Both are checked before anything changes. The admissions already granted
         stay granted: the backlog they left is re-expressed at the new rate (the
         same number of admissions still to drain), so no permit is lost or invented.
+        With ``check_only`` the settings are only checked.
         """
         new_rate = self._rate if rate is None else rate
         new_burst = self._burst if burst is None else burst
         check_number("Gcra", "rate", new_rate, minimum=0, exclusive_minimum=True)
         check_number("Gcra", "burst", new_burst, minimum=1, integer=True)
+        if check_only:
+            return
         self._lock.acquire()
         try:
             now = self._now()

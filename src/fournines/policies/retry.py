@@ -403,6 +403,7 @@ class Retry(Decorates):
         attempts: int | None = None,
         backoff: Backoff | None = None,
         max_retry_after: float | None = None,
+        check_only: bool = False,
     ) -> None:
         """Change ``attempts``, ``backoff`` and/or ``max_retry_after`` at run time (``None``: keep).
 
@@ -412,7 +413,8 @@ class Retry(Decorates):
         under the new ones. ``max_retry_after`` left as ``None`` keeps the current
         one (the backoff's cap if it was never set, and the new backoff's cap then).
         ``timeout`` and ``budget`` are fixed at construction (the shells decide from
-        them before the planner is read).
+        them before the planner is read). With ``check_only`` the settings are
+        only checked.
         """
         old = self._planner
         new_attempts = old.attempts if attempts is None else attempts
@@ -424,6 +426,8 @@ class Retry(Decorates):
         else:
             new_max = None
         _check("Retry", new_attempts, old.timeout, new_backoff, new_max, old.budget)
+        if check_only:
+            return
         planner = RetryPlanner(
             attempts=new_attempts, timeout=old.timeout, backoff=new_backoff,
             max_retry_after=new_max, budget=old.budget, name=old.name, clock=old.clock,
