@@ -123,7 +123,11 @@ class _Connection:
                 raise ConfigurationError(
                     "the etcd backend needs aetcd: pip install 'fournines[etcd]'") from exc
             host, port = self._targets[self._index]
-            client = aetcd.Client(host=host, port=port, timeout=self._timeout)
+            # A subchannel of its own: gRPC shares them process-wide by default, and a
+            # fresh client would inherit the reconnect backoff another client's failures
+            # built up, failing at once for a while after etcd is back.
+            client = aetcd.Client(host=host, port=port, timeout=self._timeout,
+                                  options={"grpc.use_local_subchannel_pool": 1})
             await asyncio.wait_for(client.connect(), self._timeout)
             self._client = client
         return self._client
