@@ -21,7 +21,10 @@ that subpackage (shown in brackets)::
     ├── DeadlineExceededError           the deadline passed (also a TimeoutError)
     │   └── TransportDeadlineExceededError  also an httpx.TimeoutException [client]
     ├── ConfigurationError              a bad setting, named (also a ValueError)
-    │   └── SpecError                   an invalid SLO spec, with file and path [slo]
+    │   ├── SpecError                   an invalid SLO spec, with file and path [slo]
+    │   └── ConfigValidationError       a config value refused, with key and field [discovery]
+    ├── ConfigUnavailableError          no config to start with: etcd down or empty, no
+    │                                   snapshot, no default (also a RuntimeError) [discovery]
     ├── PrometheusError                 Prometheus gave no answer to use [slo]
     │   ├── PrometheusUnreachableError  network error, timeout, 5xx, not Prometheus
     │   └── PrometheusQueryError        Prometheus refused the query (error_type)

@@ -510,6 +510,74 @@ class CircuitBreaker(Decorates):
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self._name!r}, state={self._state.value!r})"
 
+    # -- run-time settings -----------------------------------------------------------
+
+    def reconfigure(
+        self,
+        *,
+        trip: TripStrategy | None = None,
+        reset_timeout: float | None = None,
+        half_open_probes: int | None = None,
+        check_only: bool = False,
+    ) -> None:
+        """Change the trip strategy, ``reset_timeout`` and/or ``half_open_probes`` at run time.
+
+        ``None`` keeps a setting. Everything is checked first, then swapped under
+        the breaker's lock: no call sees half of a change, and the state (closed,
+        open, half-open, forced) is kept. A new ``ConsecutiveFailures`` threshold
+        keeps the failures counted so far (the next failure is judged against the
+        new threshold); another kind of strategy, or a ``FailureRate`` or
+        ``AdaptiveThrottling`` with other settings, starts its statistics over and
+        ignores the outcomes of calls admitted before the change (as a transition
+        does). An open breaker's wait is measured from when it opened with the new
+        ``reset_timeout``. With ``check_only`` the settings are only checked.
+        """
+        new_trip = self._trip if trip is None else trip
+        if not isinstance(new_trip, ConsecutiveFailures | FailureRate | AdaptiveThrottling):
+            raise ConfigurationError(
+                "CircuitBreaker.trip must be ConsecutiveFailures, FailureRate or "
+                f"AdaptiveThrottling, got {new_trip!r}"
+            )
+        if reset_timeout is not None:
+            check_number("CircuitBreaker", "reset_timeout", reset_timeout, minimum=0)
+        if half_open_probes is not None:
+            check_number("CircuitBreaker", "half_open_probes", half_open_probes, minimum=1,
+                         integer=True)
+        if check_only:
+            return
+        self._lock.acquire()
+        try:
+            old_trip = self._trip
+            if new_trip != old_trip:
+                if isinstance(new_trip, ConsecutiveFailures) and isinstance(
+                        old_trip, ConsecutiveFailures):
+                    self._threshold = new_trip.threshold
+                else:
+                    rng = self._throttle._rng if self._throttle is not None else random.Random()
+                    self._threshold = (new_trip.threshold
+                                       if isinstance(new_trip, ConsecutiveFailures) else 0)
+                    self._rate = (_RateTracker(new_trip) if isinstance(new_trip, FailureRate)
+                                  else None)
+                    self._throttle = (_Throttle(new_trip, rng)
+                                      if isinstance(new_trip, AdaptiveThrottling) else None)
+                    # A new generation, as on a transition: outcomes of calls admitted
+                    # under the old strategy would be counted in the wrong statistics.
+                    self._gen += 1
+                    self._failures = 0
+                    self._probes = 0
+                    self._half_open_successes = 0
+                    self._closed_gen = (self._gen if self._state is _CLOSED and self._threshold
+                                        else None)
+                self._trip = new_trip
+            if reset_timeout is not None:
+                if self._state is _OPEN:
+                    self._open_until += float(reset_timeout) - self._reset_timeout
+                self._reset_timeout = float(reset_timeout)
+            if half_open_probes is not None:
+                self._half_open_probes = half_open_probes
+        finally:
+            self._lock.release()
+
     # -- manual control --------------------------------------------------------------
 
     def force_open(self) -> None:
