@@ -11,8 +11,8 @@ from fournines.lab.confidence import sample_size_to_prove
 from fournines.lab.runner import AUTO_RATE_SHARE, MAX_AUTO_RATE
 from fournines.lab.scenario import (
     FAULT_KINDS,
-    NOT_BUILT,
     MAX_RATE,
+    NOT_BUILT,
     Fault,
     Scenario,
     check_load,

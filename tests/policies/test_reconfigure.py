@@ -225,6 +225,34 @@ def test_a_shorter_reset_timeout_is_measured_from_when_the_breaker_opened(
     assert breaker.state is State.HALF_OPEN
 
 
+def test_an_adaptive_wait_is_capped_by_a_smaller_reset_timeout(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(trip=ConsecutiveFailures(threshold=1), reset_timeout=60,
+                             initial_reset_timeout=1, half_open_probes=1, clock=clock)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    for _ in range(4):  # four failed probes: the wait is 16 s now
+        clock.advance(60)
+        with pytest.raises(Boom):
+            breaker.call(fail)
+
+    breaker.reconfigure(reset_timeout=3)
+    clock.advance(3)
+
+    assert breaker.state is State.HALF_OPEN
+
+
+def test_the_adaptive_reset_can_be_turned_on_at_run_time(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(trip=ConsecutiveFailures(threshold=1), reset_timeout=60,
+                             clock=clock)
+    breaker.reconfigure(initial_reset_timeout=2)
+    with pytest.raises(Boom):
+        breaker.call(fail)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(fail)
+
+    assert info.value.retry_after == pytest.approx(2.0)
+
+
 def test_switching_to_a_failure_rate_starts_its_window_empty(clock: FakeClock) -> None:
     breaker = CircuitBreaker(trip=ConsecutiveFailures(threshold=100), clock=clock)
     for _ in range(5):

@@ -35,8 +35,8 @@ from .._files import read_text, yaml_documents
 
 __all__ = [
     "FAULT_KINDS",
-    "NOT_BUILT",
     "MAX_RATE",
+    "NOT_BUILT",
     "Fault",
     "PaymentModel",
     "Scenario",

@@ -391,6 +391,7 @@ class CircuitBreaker(Decorates):
         "_gen",
         "_half_open_probes",
         "_half_open_successes",
+        "_initial_setting",
         "_initial_wait",
         "_is_failure",
         "_listeners",
@@ -435,6 +436,8 @@ class CircuitBreaker(Decorates):
         self._name = name
         self._trip = trip
         self._reset_timeout = float(reset_timeout)
+        self._initial_setting = (None if initial_reset_timeout is None
+                                 else float(initial_reset_timeout))
         self._initial_wait = self._reset_timeout if initial_reset_timeout is None else min(
             float(initial_reset_timeout), self._reset_timeout)
         self._wait = self._initial_wait
@@ -517,10 +520,11 @@ class CircuitBreaker(Decorates):
         *,
         trip: TripStrategy | None = None,
         reset_timeout: float | None = None,
+        initial_reset_timeout: float | None = None,
         half_open_probes: int | None = None,
         check_only: bool = False,
     ) -> None:
-        """Change the trip strategy, ``reset_timeout`` and/or ``half_open_probes`` at run time.
+        """Change the trip strategy, the reset timeouts and/or ``half_open_probes`` at run time.
 
         ``None`` keeps a setting. Everything is checked first, then swapped under
         the breaker's lock: no call sees half of a change, and the state (closed,
@@ -530,7 +534,10 @@ class CircuitBreaker(Decorates):
         ``AdaptiveThrottling`` with other settings, starts its statistics over and
         ignores the outcomes of calls admitted before the change (as a transition
         does). An open breaker's wait is measured from when it opened with the new
-        ``reset_timeout``. With ``check_only`` the settings are only checked.
+        timeouts (an adaptive wait already doubled stays, capped at the new
+        ``reset_timeout``). ``initial_reset_timeout`` turns the adaptive reset on or
+        changes it; it cannot be turned off again (pass it equal to
+        ``reset_timeout`` instead). With ``check_only`` the settings are only checked.
         """
         new_trip = self._trip if trip is None else trip
         if not isinstance(new_trip, ConsecutiveFailures | FailureRate | AdaptiveThrottling):
@@ -540,6 +547,8 @@ class CircuitBreaker(Decorates):
             )
         if reset_timeout is not None:
             check_number("CircuitBreaker", "reset_timeout", reset_timeout, minimum=0)
+        check_number("CircuitBreaker", "initial_reset_timeout", initial_reset_timeout,
+                     minimum=0, optional=True)
         if half_open_probes is not None:
             check_number("CircuitBreaker", "half_open_probes", half_open_probes, minimum=1,
                          integer=True)
@@ -569,10 +578,18 @@ class CircuitBreaker(Decorates):
                     self._closed_gen = (self._gen if self._state is _CLOSED and self._threshold
                                         else None)
                 self._trip = new_trip
-            if reset_timeout is not None:
+            if reset_timeout is not None or initial_reset_timeout is not None:
+                limit = self._reset_timeout if reset_timeout is None else float(reset_timeout)
+                if initial_reset_timeout is not None:
+                    self._initial_setting = float(initial_reset_timeout)
+                self._initial_wait = (limit if self._initial_setting is None
+                                      else min(self._initial_setting, limit))
+                wait = (limit if self._initial_setting is None
+                        else max(min(self._wait, limit), self._initial_wait))
                 if self._state is _OPEN:
-                    self._open_until += float(reset_timeout) - self._reset_timeout
-                self._reset_timeout = float(reset_timeout)
+                    self._open_until += wait - self._wait
+                self._wait = wait
+                self._reset_timeout = limit
             if half_open_probes is not None:
                 self._half_open_probes = half_open_probes
         finally:
