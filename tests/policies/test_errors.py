@@ -12,7 +12,8 @@ import fournines
 from fournines import _errors
 
 # Where the public error classes live: the core and each subpackage's curated names.
-_PACKAGES = ("fournines", "fournines.asgi", "fournines.chaos", "fournines.client",
+_PACKAGES = ("fournines", "fournines.aiohttp", "fournines.asgi", "fournines.chaos",
+             "fournines.client",
              "fournines.data", "fournines.serve", "fournines.lab", "fournines.slo")
 
 def drawn_tree() -> dict[str, str]:

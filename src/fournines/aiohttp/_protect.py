@@ -30,7 +30,7 @@ timeout does not apply (it is off); bound body reads with aiohttp's own
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -69,7 +69,7 @@ async def _receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def _handler_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _handler_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     """The innermost ASGI app: the aiohttp handler, its answer reported as a bare status."""
     exchange: _Exchange = scope[_KEY]
     try:
@@ -84,7 +84,7 @@ async def _handler_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _route_of(scope: dict[str, Any]) -> str:
+def _route_of(scope: MutableMapping[str, Any]) -> str:
     """The metric label of a request: its aiohttp resource's canonical path."""
     exchange: _Exchange | None = scope.get(_KEY)
     if exchange is None:
@@ -224,7 +224,7 @@ def protect_aiohttp(
     health.app = inner
     protection = AiohttpProtection(state=state, shedder=shedder, health=health,
                                    metrics=recorder, deadline=deadline)
-    app.middlewares.insert(0, protection)  # type: ignore[arg-type]
+    app.middlewares.insert(0, protection)
 
     async def started(_: web.Application) -> None:
         state.mark_ready()
