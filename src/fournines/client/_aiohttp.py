@@ -61,7 +61,7 @@ from .._errors import (
 from .._events import Listener
 from ..policies.budget import RetryBudget
 from ..policies.fallback import StaleCache
-from ._bridge import CARRY, bridged, changed_headers, original, snapshot, twin
+from ._bridge import CARRY, bridged, changed_headers, original, twin, url_of
 from ._core import ClientPolicy, HostKey
 from .transport import AsyncResilientTransport
 
@@ -129,13 +129,11 @@ def _edge(exc: BaseException) -> BaseException:
 
 
 class _Carried:
-    __slots__ = ("built", "handler", "request")
+    __slots__ = ("handler", "request")
 
-    def __init__(self, request: ClientRequest, handler: ClientHandlerType,
-                 built: dict[str, str]) -> None:
+    def __init__(self, request: ClientRequest, handler: ClientHandlerType) -> None:
         self.request = request
         self.handler = handler
-        self.built = built
 
 
 class _Body(httpx.SyncByteStream, httpx.AsyncByteStream):
@@ -174,7 +172,7 @@ class _Sender(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         carried: _Carried = request.extensions[CARRY]
         real = carried.request
-        for name, value in changed_headers(request, carried.built):
+        for name, value in changed_headers(request, real.headers):
             real.headers[name] = value
         timeout = request.extensions.get("timeout") or {}
         limit = timeout.get("read")
@@ -261,10 +259,10 @@ class ResilientMiddleware:
         body = request.body
         replayable = body == b"" or isinstance(body, BytesPayload)
         message = httpx.Request(
-            request.method, str(request.url), headers=list(request.headers.items()),
+            request.method, url_of(str(request.url)), headers=list(request.headers.items()),
             stream=httpx.ByteStream(b"") if replayable else _OneShot(),
         )
-        message.extensions[CARRY] = _Carried(request, handler, snapshot(message))
+        message.extensions[CARRY] = _Carried(request, handler)
         try:
             answer = await self.transport.handle_async_request(message)
         except Exception as exc:

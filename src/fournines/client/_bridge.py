@@ -13,7 +13,8 @@ the httpx transports run, decided in the same place.
 What crosses the bridge:
 
 - headers the transport sets on an attempt (the deadline, the attempt number,
-  the trace context) are copied onto the client's request (:func:`changed_headers`);
+  the trace context: :data:`PROPAGATED`) are copied onto the client's request
+  (:func:`changed_headers`);
 - the client's errors become the httpx errors the core classifies
   (:func:`bridged`), carrying the original, which the adapter raises again
   (:func:`original`): a caller of requests still catches ``requests``' errors;
@@ -37,6 +38,7 @@ from .._errors import (
     RateLimitedError,
     RejectedError,
 )
+from .._propagation import ATTEMPT_HEADER, TIMEOUT_HEADER
 
 E = TypeVar("E", bound=BaseException)
 
@@ -45,20 +47,39 @@ CARRY = "fournines.bridge"
 
 _ORIGINAL = "_fournines_original"
 
+# Parsed URLs by their text: parsing is most of what describing a request costs (httpx
+# URLs are immutable, so one may serve every request to it). Bounded: cleared when full.
+_URLS: dict[str, httpx.URL] = {}
+_MAX_URLS = 1024
 
-def snapshot(request: httpx.Request) -> dict[str, str]:
-    """The headers of ``request`` as built, to tell later which ones an attempt set."""
-    return dict(request.headers.items())
+
+def url_of(text: str) -> httpx.URL:
+    """``httpx.URL(text)``, parsed once for URLs called again."""
+    url = _URLS.get(text)
+    if url is None:
+        url = httpx.URL(text)
+        if len(_URLS) >= _MAX_URLS:
+            _URLS.clear()
+        _URLS[text] = url
+    return url
 
 
-def changed_headers(request: httpx.Request, built: Mapping[str, str]) -> Iterable[tuple[str, str]]:
-    """Headers the transport set or changed on ``request`` since ``built``.
+# What a resilient transport sets on an attempt: the deadline, the attempt number and,
+# with tracing, the W3C trace context.
+PROPAGATED = (TIMEOUT_HEADER, ATTEMPT_HEADER, "traceparent", "tracestate", "baggage")
 
-    httpx adds ``Host`` and ``Content-Length`` when it builds a request; those were
-    in the snapshot and are not copied (the client sets its own).
+
+def changed_headers(request: httpx.Request, original: Mapping[str, Any]
+                    ) -> Iterable[tuple[str, str]]:
+    """The headers the transport set or changed on ``request`` (vs. the client's ``original``).
+
+    Only :data:`PROPAGATED` names are looked at: httpx adds ``Host`` and
+    ``Content-Length`` when it builds a request, and the client sets its own.
     """
-    for name, value in request.headers.items():
-        if built.get(name) != value:
+    headers = request.headers
+    for name in PROPAGATED:
+        value = headers.get(name)
+        if value is not None and original.get(name) != value:
             yield name, value
 
 

@@ -61,7 +61,7 @@ from .._errors import (
 from .._events import Listener
 from ..policies.budget import RetryBudget
 from ..policies.fallback import StaleCache
-from ._bridge import CARRY, bridged, changed_headers, original, snapshot, twin
+from ._bridge import CARRY, bridged, changed_headers, original, twin, url_of
 from ._core import ClientPolicy, HostKey
 from .transport import ResilientTransport
 
@@ -151,13 +151,11 @@ def _edge(exc: BaseException, request: requests.PreparedRequest) -> BaseExceptio
 class _Carried:
     """What the sender needs besides the httpx request: the real request and send() options."""
 
-    __slots__ = ("built", "options", "prepared")
+    __slots__ = ("options", "prepared")
 
-    def __init__(self, prepared: requests.PreparedRequest, options: dict[str, Any],
-                 built: dict[str, str]) -> None:
+    def __init__(self, prepared: requests.PreparedRequest, options: dict[str, Any]) -> None:
         self.prepared = prepared
         self.options = options
-        self.built = built
 
 
 class _Body(httpx.SyncByteStream):
@@ -240,7 +238,7 @@ class _Sender(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         carried: _Carried = request.extensions[CARRY]
         prepared = carried.prepared.copy()
-        for name, value in changed_headers(request, carried.built):
+        for name, value in changed_headers(request, carried.prepared.headers):
             prepared.headers[name] = value
         options = dict(carried.options)
         timeout = request.extensions.get("timeout")
@@ -327,7 +325,7 @@ class ResilientAdapter(HTTPAdapter):
         body = request.body
         content = body if body is None or isinstance(body, bytes | str) else None
         message = httpx.Request(
-            request.method or "GET", request.url or "",
+            request.method or "GET", url_of(request.url or ""),
             headers=[(k, v if isinstance(v, str) else v.decode("latin-1"))
                      for k, v in request.headers.items()],
             # A body that can be sent twice is replayable to the transport; any
@@ -338,8 +336,7 @@ class ResilientAdapter(HTTPAdapter):
                                     "pool": read}},
         )
         message.extensions[CARRY] = _Carried(
-            request, {"timeout": timeout, "verify": verify, "cert": cert, "proxies": proxies},
-            snapshot(message))
+            request, {"timeout": timeout, "verify": verify, "cert": cert, "proxies": proxies})
         try:
             answer = self.transport.handle_request(message)
         except Exception as exc:
