@@ -95,10 +95,12 @@ class Adapter:
             self.base_error: type[Exception] = requests.RequestException
             self.connection_error: type[Exception] = requests.ConnectionError
             self.timeout_error: type[Exception] = requests.Timeout
+            self.payload_error: type[Exception] = requests.exceptions.ChunkedEncodingError
         else:
             self.base_error = aiohttp.ClientError
             self.connection_error = aiohttp.ClientConnectionError
             self.timeout_error = aiohttp.ServerTimeoutError
+            self.payload_error = aiohttp.ClientPayloadError
 
     def client(self, **kwargs: Any) -> AdapterClient:
         made = AdapterClient(self.kind, **kwargs)

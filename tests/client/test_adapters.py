@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-import requests
 
 from fournines import (
     BulkheadFullError,
     CircuitOpenError,
+    ClientRequestFinished,
+    ClientRequestStarted,
     ConfigurationError,
     ConsecutiveFailures,
     DeadlineExceededError,
@@ -23,6 +24,7 @@ from fournines import (
     RetriesExhausted,
     RetryBudget,
     RetryScheduled,
+    StaleCache,
     State,
     deadline_after,
 )
@@ -245,15 +247,41 @@ async def test_an_answer_holds_its_bulkhead_slot_until_its_body_is_done(
     assert (await client.get(host_a + "/x")).status == 200
 
 
-async def test_requests_body_cut_mid_response_is_a_breaker_failure(host_a: str) -> None:
-    # aiohttp reads its body itself, past the middleware: a cut there is not seen (yet).
-    adapter = Adapter("requests")
+async def test_a_body_cut_mid_response_is_a_breaker_failure(adapter: Adapter,
+                                                            host_a: str) -> None:
     client = adapter.client(config=ClientPolicy(trip=ConsecutiveFailures(threshold=1),
                                                 attempts=1))
-    control(host_a, mode="abort")
-    try:
-        with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            await client.get(host_a + "/x")  # the urllib3 error comes out as requests'
-        assert client.transport.policies_for(host_a).breaker.state is State.OPEN
-    finally:
-        await adapter.close()
+    control(host_a, mode="abort")  # headers promise 1000 bytes; 10 come, then the close
+    # The client's own error for a cut body: requests' ChunkedEncodingError, aiohttp's
+    # ClientPayloadError.
+    with pytest.raises(adapter.payload_error):
+        await client.get(host_a + "/x")
+    assert client.transport.policies_for(host_a).breaker.state is State.OPEN
+
+
+async def test_a_stale_answer_is_served_when_the_host_fails(adapter: Adapter,
+                                                            host_a: str) -> None:
+    cache: StaleCache[object] = StaleCache(max_age=60)
+    client = adapter.client(config=ClientPolicy(attempts=1),
+                            fallbacks={("GET", "/payments/{id}"): cache})
+    control(host_a, mode="ok", body="paid")
+    assert (await client.get(host_a + "/payments/1")).text == "paid"
+    control(host_a, mode="fail", status=503)
+    stale = await client.get(host_a + "/payments/1")
+    assert (stale.status, stale.text) == (200, "paid")
+    assert stale.headers["x-fournines-degraded"] == "stale"
+    assert (await client.get(host_a + "/payments/2")).status == 503  # nothing kept for it
+
+
+# -- observation ---------------------------------------------------------------------------
+
+
+async def test_each_request_is_measured_once_by_host(adapter: Adapter, host_a: str) -> None:
+    recorder = RecordingListener()
+    client = adapter.client(config=ClientPolicy(backoff=FAST, attempts=2),
+                            listeners=[recorder])
+    control(host_a, mode="fail", status=503)
+    await client.get(host_a + "/x")
+    [finished] = recorder.of(ClientRequestFinished)
+    assert (finished.name, finished.method, finished.status_code) == (host_a, "GET", 503)
+    assert len(recorder.of(ClientRequestStarted)) == 1

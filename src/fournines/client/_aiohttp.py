@@ -29,7 +29,8 @@ errors come out as they were.
 
 An answer settles its attempt (breaker success, bulkhead slot back) when its
 connection is released: the body read to the end, or the response released or
-closed (``async with`` does it).
+closed (``async with`` does it). A body cut by the network (aiohttp's
+``ClientPayloadError``) is a breaker failure.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from .._events import Listener
 from ..policies.budget import RetryBudget
 from ..policies.fallback import StaleCache
 from ._bridge import CARRY, bridged, changed_headers, original, twin, url_of
-from ._core import ClientPolicy, HostKey
+from ._core import ClientPolicy, HostKey, ReleasingStream
 from .transport import AsyncResilientTransport
 
 __all__ = [
@@ -270,10 +271,11 @@ class ResilientMiddleware:
             if edge is exc:
                 raise
             raise edge  # noqa: B904 - a twin has its cause set; an original keeps its own
-        return await _response(request, answer)
+        return await _response(request, message, answer)
 
 
-async def _response(request: ClientRequest, answer: httpx.Response) -> ClientResponse:
+async def _response(request: ClientRequest, message: httpx.Request,
+                    answer: httpx.Response) -> ClientResponse:
     real: ClientResponse | None = answer.extensions.get(_ANSWER)
     if answer.is_stream_consumed or isinstance(answer.stream, httpx.ByteStream):
         # Read already (a retried answer, a kept or stale copy, a fallback's).
@@ -292,6 +294,12 @@ async def _response(request: ClientRequest, answer: httpx.Response) -> ClientRes
             # aiohttp released it (or had: the body came with the headers); releasing
             # it again would fail the body still buffered for the caller.
             found.released = True
+        content = real.content
+        error = content.exception() if content is not None else None
+        # The connection was lost mid-body (not a release before the end, which sets a
+        # plain ClientConnectionError): a failure of the host, as for the transport.
+        if isinstance(error, aiohttp.ClientPayloadError) and isinstance(stream, ReleasingStream):
+            stream.cut(bridged(httpx.ReadError, error, message))
         answer.close()
 
     connection = real.connection
