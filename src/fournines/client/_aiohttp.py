@@ -31,6 +31,11 @@ An answer settles its attempt (breaker success, bulkhead slot back) when its
 connection is released: the body read to the end, or the response released or
 closed (``async with`` does it). A body cut by the network (aiohttp's
 ``ClientPayloadError``) is a breaker failure.
+
+aiohttp itself sends an idempotent request once more when its pooled connection
+turns out to be closed (``ServerDisconnectedError``, ``ClientOSError``); that second
+round passes through the middleware again, under the same breaker and retry budget
+(each round counts as a request in the budget, so retries stay within its ratio).
 """
 
 from __future__ import annotations
