@@ -285,3 +285,15 @@ async def test_each_request_is_measured_once_by_host(adapter: Adapter, host_a: s
     [finished] = recorder.of(ClientRequestFinished)
     assert (finished.name, finished.method, finished.status_code) == (host_a, "GET", 503)
     assert len(recorder.of(ClientRequestStarted)) == 1
+
+
+async def test_the_aiohttp_middleware_does_not_hedge(host_a: str) -> None:
+    # One aiohttp request object cannot be sent twice at once; retries send it in turn.
+    adapter = Adapter("aiohttp")
+    client = adapter.client(config=ClientPolicy(hedge_after=0.01, attempts=1))
+    control(host_a, mode="slow", delay=0.2)
+    try:
+        assert (await client.get(host_a + "/x")).status == 200
+    finally:
+        await adapter.close()
+    assert len(seen(host_a)) == 1

@@ -15,8 +15,9 @@ those with an ``Idempotency-Key``) whose body can be sent again (none, bytes, te
 JSON, forms; not a stream or a file), honour ``Retry-After`` and never sleep past
 the current deadline; each attempt sends the remaining deadline in
 ``x-request-timeout-ms`` and its number in ``x-request-attempt``, and waits for the
-response headers at most ``min(attempt_timeout, remaining deadline)``. Hedging
-(``hedge_after``) works as in the transport. ``fallbacks`` hooks take the aiohttp
+response headers at most ``min(attempt_timeout, remaining deadline)``. It does not
+hedge (``hedge_after`` is ignored, as by the sync transport: a hedge would send the
+one aiohttp request object twice at once). ``fallbacks`` hooks take the aiohttp
 request and the error and return an ``httpx.Response`` (``httpx.Response(200,
 json={...})``), served as an aiohttp response; a :class:`~fournines.StaleCache`
 works too.
@@ -68,7 +69,7 @@ from .._events import Listener
 from ..policies.budget import RetryBudget
 from ..policies.fallback import StaleCache
 from ._bridge import CARRY, bridged, changed_headers, original, twin, url_of
-from ._core import ClientPolicy, HostKey, ReleasingStream
+from ._core import ClientPolicy, HostKey, ReleasingStream, _Call, _HostPolicies
 from .transport import AsyncResilientTransport
 
 __all__ = [
@@ -209,9 +210,16 @@ class _Sender(httpx.AsyncBaseTransport):
 
 
 class _MiddlewareTransport(AsyncResilientTransport):
-    """The middleware's transport: its settings errors name the middleware."""
+    """The middleware's transport: its settings errors name the middleware; it never hedges."""
 
     _owner = "ResilientMiddleware"
+
+    def _begin(self, request: httpx.Request, hp: _HostPolicies | None = None) -> _Call:
+        call = super()._begin(request, hp)
+        # A hedge would send the one aiohttp request object twice at once (its writer,
+        # body and connection are per send); retries send it again only one at a time.
+        call.hedge = False
+        return call
 
 
 class ResilientMiddleware:
