@@ -25,7 +25,9 @@ handler is counted with its status and raised on. The application's
 
 The request body is read by aiohttp, not through ASGI, so the shedder's body
 timeout does not apply (it is off); bound body reads with aiohttp's own
-``client_max_size`` and the server's timeouts.
+``client_max_size`` and the server's timeouts. Nor does the shedder's queueing-delay
+(CoDel) rule: aiohttp reports no arrival time. A WebSocket handler is one request
+in flight for the socket's whole life.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class AiohttpProtection:
         scope: dict[str, Any] = {
             "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
             "method": request.method, "scheme": request.scheme, "path": request.path,
-            "raw_path": request.raw_path.encode(), "root_path": "",
+            "raw_path": request.raw_path.partition("?")[0].encode(), "root_path": "",
             "query_string": request.query_string.encode(),
             "headers": [(k.lower(), v) for k, v in request.raw_headers],
             "client": tuple(peer[:2]) if isinstance(peer, tuple) else None,
