@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from fournines import ConfigurationError, current_deadline
+from fournines import ConfigurationError, TokenBucket, current_deadline
 from fournines.aiohttp import AiohttpProtection, protect_aiohttp
-from fournines.asgi import Check, CheckFailed
+from fournines.asgi import Check, CheckFailed, RateLimitRule
 from fournines.policies.adaptive import FixedLimit
 
 Served = Callable[..., Awaitable[tuple[str, AiohttpProtection]]]
@@ -143,3 +143,16 @@ def test_a_running_app_is_refused() -> None:
     app.freeze()
     with pytest.raises(ConfigurationError, match=r"protect_aiohttp\.app"):
         protect_aiohttp(app)
+
+
+async def test_clients_over_their_quota_get_429(serve: Served) -> None:
+    rule = RateLimitRule(name="orders", limiter=lambda: TokenBucket(rate=0.001, capacity=2),
+                         path="/orders")
+    url, _ = await serve(rate_limits=[rule])
+    async with httpx.AsyncClient(base_url=url) as client:
+        statuses = [(await client.get("/orders/1")).status_code for _ in range(3)]
+        limited = await client.get("/orders/1")
+        text = (await client.get("/metrics")).text
+    assert statuses == [200, 200, 429]
+    assert limited.headers["ratelimit"].startswith('"orders";r=0')
+    assert 'http_requests_total{method="GET",route="/orders/{id}",status="429"} 2.0' in text

@@ -15,7 +15,10 @@ builds, outermost first:
    ``x-request-timeout-ms`` / ``grpc-timeout`` becomes the handler's
    :func:`~fournines.current_deadline` (so outgoing calls send what is left),
    504 at once for a spent one;
-5. the aiohttp handler (with the middlewares after this one).
+5. :class:`~fournines.asgi.RateLimitMiddleware` — only with ``rate_limits``: 429
+   with ``RateLimit`` headers for clients over their quota (``key="ip"`` is the TCP
+   peer's address);
+6. the aiohttp handler (with the middlewares after this one).
 
 The handler's own response object is returned as it is (the layers above only see
 its status, and may add headers to it); an answer of a layer (a probe, a 503, a
@@ -38,7 +41,14 @@ from typing import Any
 from aiohttp import web
 
 from .._errors import ConfigurationError
-from ..asgi import DeadlineMiddleware, HealthMiddleware, LoadShedder, ServiceState
+from ..asgi import (
+    DeadlineMiddleware,
+    HealthMiddleware,
+    LoadShedder,
+    RateLimitMiddleware,
+    RateLimitRule,
+    ServiceState,
+)
 from ..asgi.checks import Check, event_loop_lag_check
 from ..asgi.routes import UNMATCHED
 from ..policies.adaptive import ConcurrencyLimit
@@ -191,10 +201,13 @@ def protect_aiohttp(
     max_loop_lag: float | None = 0.025,
     lag_floor: int = 4,
     critical_paths: Sequence[str] = (),
+    rate_limits: Sequence[RateLimitRule] = (),
 ) -> AiohttpProtection:
     """Protect ``app`` (before it starts): see the module docstring; returns the middleware.
 
-    The parameters mean what they mean for :func:`fournines.asgi.protect`.
+    The parameters mean what they mean for :func:`fournines.asgi.protect`;
+    ``rate_limits`` are :class:`~fournines.asgi.RateLimitRule` (its ``rate_limit``
+    given as rules).
     """
     if not isinstance(app, web.Application):
         raise ConfigurationError(
@@ -205,7 +218,13 @@ def protect_aiohttp(
     state = state if state is not None else ServiceState(service=service)
     if not isinstance(state, ServiceState):
         raise ConfigurationError(f"protect_aiohttp.state must be a ServiceState, got {state!r}")
-    inner: Any = DeadlineMiddleware(_handler_app, max_timeout=max_timeout)
+    inner: Any = _handler_app
+    if rate_limits:
+        if not all(isinstance(rule, RateLimitRule) for rule in rate_limits):
+            raise ConfigurationError(
+                f"protect_aiohttp.rate_limits must be RateLimitRule objects, got {rate_limits!r}")
+        inner = RateLimitMiddleware(inner, rules=rate_limits)
+    inner = DeadlineMiddleware(inner, max_timeout=max_timeout)
     deadline = inner
     all_checks = [*checks, event_loop_lag_check()] if loop_lag_check else list(checks)
     health = HealthMiddleware(None, checks=all_checks, state=state, cache_ttl=health_cache_ttl,
