@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import requests
 
 from fournines import (
     BulkheadFullError,
@@ -28,7 +29,7 @@ from fournines import (
     State,
     deadline_after,
 )
-from fournines.client import ClientPolicy
+from fournines.client import ClientPolicy, ResilientAdapter
 from fournines.policies.backoff import Backoff
 from fournines.testing import RecordingListener
 
@@ -297,3 +298,18 @@ async def test_the_aiohttp_middleware_does_not_hedge(host_a: str) -> None:
     finally:
         await adapter.close()
     assert len(seen(host_a)) == 1
+
+
+def test_a_streamed_requests_body_read_to_the_end_gives_its_slot_back(host_a: str) -> None:
+    session = requests.Session()
+    session.mount("http://", ResilientAdapter(ClientPolicy(max_concurrent=1, attempts=1)))
+    control(host_a, mode="drip", delay=0.01, count=3)
+    try:
+        streamed = session.get(host_a + "/x", stream=True, timeout=10)
+        with pytest.raises(BulkheadFullError):
+            session.get(host_a + "/x", timeout=10)
+        chunks = list(streamed.iter_content(chunk_size=1))  # read to the end, not closed
+        assert chunks == [b"o", b"k"] * 3
+        assert session.get(host_a + "/x", timeout=10).status_code == 200
+    finally:
+        session.close()

@@ -205,7 +205,12 @@ class _Raw:
                ) -> Iterator[bytes]:
         answer = self._fournines_answer
         try:
-            yield from answer.iter_raw()
+            for chunk in answer.iter_raw():
+                if amt is None or len(chunk) <= amt:
+                    yield chunk
+                else:  # as urllib3's stream(): at most ``amt`` bytes at a time
+                    for start in range(0, len(chunk), amt):
+                        yield chunk[start:start + amt]
         except httpx.HTTPError as exc:
             found = original(exc)
             if found is None:
