@@ -8,7 +8,9 @@ transport's matrix (breaker, idempotent retries, budget, deadline, fallback,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -313,3 +315,42 @@ def test_a_streamed_requests_body_read_to_the_end_gives_its_slot_back(host_a: st
         assert session.get(host_a + "/x", timeout=10).status_code == 200
     finally:
         session.close()
+
+
+class _Redirecting(BaseHTTPRequestHandler):
+    """``/old`` answers 302 to ``/new``, which answers ``new``."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        moved = self.path == "/old"
+        body = b"moved" if moved else b"new"
+        self.send_response(302 if moved else 200)
+        if moved:
+            self.send_header("location", "/new")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def redirecting() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_redirects_are_followed_and_each_hop_gives_its_slot_back(
+        adapter: Adapter, redirecting: str) -> None:
+    client = adapter.client(config=ClientPolicy(max_concurrent=1, attempts=1))
+    for _ in range(2):
+        answer = await client.get(redirecting + "/old")
+        assert (answer.status, answer.text) == (200, "new")

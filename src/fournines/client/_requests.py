@@ -222,6 +222,9 @@ class _Raw:
     def read(self, amt: int | None = None, decode_content: bool | None = None,
              cache_content: bool = False) -> bytes:
         # Read once, whole: reading in pieces would need a buffer for what is left.
+        answer = self._fournines_answer
+        if answer.is_stream_consumed or answer.is_closed:
+            return b""  # as urllib3 answers a read past the end (requests does, on redirects)
         return b"".join(self.stream())
 
     def close(self) -> None:
