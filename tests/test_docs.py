@@ -30,6 +30,7 @@ PAGES = {
     "fournines.policies.adaptive": "asgi",
     "fournines.asgi.protocol": "asgi",
     "fournines.client": "client",
+    "fournines.aiohttp": "aiohttp",
     "fournines.discovery": "discovery",
     "fournines.data": "data",
     "fournines.slo": "slo",

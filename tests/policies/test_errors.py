@@ -12,9 +12,18 @@ import fournines
 from fournines import _errors
 
 # Where the public error classes live: the core and each subpackage's curated names.
-_PACKAGES = ("fournines", "fournines.asgi", "fournines.chaos", "fournines.client",
-             "fournines.data", "fournines.discovery", "fournines.serve", "fournines.lab",
-             "fournines.slo")
+_PACKAGES = (
+    "fournines",
+    "fournines.aiohttp",
+    "fournines.asgi",
+    "fournines.chaos",
+    "fournines.client",
+    "fournines.data",
+    "fournines.discovery",
+    "fournines.lab",
+    "fournines.serve",
+    "fournines.slo",
+)
 
 def drawn_tree() -> dict[str, str]:
     """``{class name: drawn parent name}`` read from the module docstring."""

@@ -1060,7 +1060,8 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         # With ``hp``, closing the body ends the request (its host may be evicted after).
         self._hp = hp
 
-    def _cut(self, exc: BaseException) -> None:
+    def cut(self, exc: BaseException) -> None:
+        """The body was cut by the network: the attempt failed (an adapter's reader says so)."""
         if self._outcome is not None:
             self._outcome.failure(exc)
 
@@ -1078,7 +1079,7 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         try:
             yield from self._stream
         except _FAILURES as exc:
-            self._cut(exc)
+            self.cut(exc)
             raise
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -1086,7 +1087,7 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             async for chunk in self._stream:
                 yield chunk
         except _FAILURES as exc:
-            self._cut(exc)
+            self.cut(exc)
             raise
         except asyncio.CancelledError:
             # A body that hangs until its deadline cuts it is a failure, like a hung
