@@ -157,14 +157,15 @@ class _ScopeView(dict[str, Any]):
 class _Finish:
     """The body of an admitted request: ends its metrics, permit and deadline on close."""
 
-    __slots__ = ("_body", "_downstream", "_owner", "_permit", "_start", "_tokens", "environ",
-                 "status")
+    __slots__ = ("_body", "_done", "_downstream", "_owner", "_permit", "_start", "_tokens",
+                 "environ", "status")
 
     def __init__(self, owner: ProtectedWSGI, environ: dict[str, Any], start: float,
                  permit: int | None, tokens: tuple[Any, Any],
                  start_response: StartResponse) -> None:
         self._owner = owner
         self._downstream = start_response
+        self._done = False
         self.environ = environ
         self._start = start
         self._permit = permit
@@ -199,11 +200,11 @@ class _Finish:
 
     def finish(self, *, dropped: bool | None) -> None:
         """End the request's bookkeeping (once)."""
-        if self._start < 0.0:
+        if self._done:
             return
+        self._done = True
         owner = self._owner
         duration = owner._now() - self._start
-        self._start = -1.0
         tokens, self._tokens = self._tokens, (None, None)
         deadline_token, pushback = tokens
         if deadline_token is not None:
