@@ -153,6 +153,13 @@ class _ScopeView(dict[str, Any]):
         self[key] = value
         return value
 
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """As for a dict, but computing the lazy keys (``dict.get`` skips ``__missing__``)."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
 
 class _Finish:
     """The body of an admitted request: ends its metrics, permit and deadline on close."""
