@@ -153,7 +153,7 @@ class _ScopeView(dict[str, Any]):
         self[key] = value
         return value
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         """As for a dict, but computing the lazy keys (``dict.get`` skips ``__missing__``)."""
         try:
             return self[key]
@@ -344,7 +344,7 @@ class ProtectedWSGI:
                     seconds -= now - arrival  # the budget runs from the arrival
                 deadline, token = push_deadline(seconds, self._clock)
                 finish._tokens = (token, marker)
-                if deadline.at <= now:
+                if deadline.at <= self._now():
                     body = self._expired(finish, seconds)
                     finish.finish(dropped=None)
                     return body
