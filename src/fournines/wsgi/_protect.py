@@ -195,7 +195,10 @@ class _Finish:
         return self._downstream(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        yield from self._body
+        # The body is complete: the request is done, even where the server (a test
+        # client, say) closes the body much later.
+        self.finish(dropped=False)
 
     def close(self) -> None:
         try:
