@@ -137,6 +137,10 @@ def test_sigterm_under_load_fails_no_request_that_arrived_before_readiness_faile
         assert len(before) > 30
         failed = [s for s in before if s.reply.status != 200]
         assert failed == [], server.log()
+        # Readiness failed first: the workers went on serving while load balancers
+        # would take them out.
+        after = [s for s in results if s.at > readiness_failed[0]]
+        assert any(s.reply.status == 200 for s in after)
         assert server.proc.returncode == 0
     finally:
         server.stop()

@@ -5,7 +5,7 @@ import os
 from fournines.asgi import GracefulShutdown
 from fournines.policies.adaptive import FixedLimit
 
-SECRET_KEY = "tests-only"  # noqa: S105 - a test project
+SECRET_KEY = "tests-only"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "tests.wsgi.apps.djangoapp.urls"
