@@ -9,6 +9,7 @@ Every variant answers ``GET /orders/<id>`` with the same small JSON body.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from fournines import TokenBucket
@@ -25,6 +26,15 @@ OPTIONS: dict[str, Any] = {
 }
 app: Any
 
+
+def work() -> None:
+    """The overload bench's handler: about 1 ms of CPU and 5 ms of blocking I/O."""
+    end = time.perf_counter() + 0.001
+    while time.perf_counter() < end:
+        pass
+    time.sleep(0.005)
+
+
 if FRAMEWORK == "flask":
     from flask import Flask
 
@@ -33,6 +43,11 @@ if FRAMEWORK == "flask":
     @app.get("/orders/<int:order_id>")
     def order(order_id: int) -> dict[str, object]:
         return {"order": order_id, "status": "ok"}
+
+    @app.get("/work")
+    def flask_work() -> dict[str, object]:
+        work()
+        return {"ok": True}
 
     if PROTECTED:
         from fournines.wsgi.flask import FourNines
