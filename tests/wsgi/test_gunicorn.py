@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,20 @@ def test_an_expired_request_is_dropped_with_504(server: Gunicorn) -> None:
 def test_every_response_names_the_instance(server: Gunicorn) -> None:
     assert get(server.port, "/orders/1").headers.get("x-instance-id")
     assert get(server.port, "/livez").headers.get("x-instance-id")
+
+
+def test_metrics_of_several_workers_are_merged(tmp_path: Path) -> None:
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    with Gunicorn("flask", worker="gthread", workers=2, env=env) as server:
+        for n in range(20):
+            assert get(server.port, f"/orders/{n}").status == 200
+        # Whichever worker answers the scrape, it reports every worker's requests.
+        for _ in range(4):
+            text = get(server.port, "/metrics").body.decode()
+            line = next(line for line in text.splitlines()
+                        if line.startswith('http_requests_total{method="GET",'
+                                           'route="/orders/<int:order_id>",status="200"}'))
+            assert float(line.split()[-1]) == 20
 
 
 # -- shedding under open-loop overload ----------------------------------------------

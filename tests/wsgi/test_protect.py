@@ -14,7 +14,14 @@ from fournines._propagation import mark_retries_exhausted
 from fournines.asgi import Check, CheckFailed, ServiceState
 from fournines.policies.adaptive import FixedLimit
 from fournines.testing import FakeClock
-from fournines.wsgi import ARRIVAL_KEY, ROUTE_KEY, ProtectedWSGI, mark_arrival, protect_wsgi
+from fournines.wsgi import (
+    ARRIVAL_KEY,
+    ROUTE_KEY,
+    ProtectedWSGI,
+    blocking_check,
+    mark_arrival,
+    protect_wsgi,
+)
 
 from ._harness import call, hello
 
@@ -86,6 +93,18 @@ def test_readyz_runs_the_async_checks_and_fails_on_a_critical_one(protect: Prote
     payload = json.loads(answer.body)
     assert payload["checks"]["db:responseTime"][0]["output"] == "unreachable"
     assert payload["checks"]["cache:responseTime"][0]["status"] == "pass"
+
+
+def test_a_blocking_check_runs_on_a_thread_and_fails_readiness(protect: Protect) -> None:
+    def ping() -> None:
+        raise ConnectionRefusedError("db down")
+
+    protected = protect(checks=[blocking_check("db", ping, component_type="datastore")])
+    answer = call(protected, "/readyz")
+    assert answer.status == 503
+    entry = json.loads(answer.body)["checks"]["db:responseTime"][0]
+    assert entry["output"] == "unreachable"
+    assert entry["componentType"] == "datastore"
 
 
 def test_the_first_request_marks_the_process_ready(protect: Protect) -> None:

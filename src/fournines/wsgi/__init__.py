@@ -8,6 +8,7 @@ middleware (:mod:`fournines.wsgi.django`) and the Flask extension
 """
 
 from ._arrival import ARRIVAL_KEY, mark_arrival
+from ._checks import blocking_check
 from ._protect import (
     ROUTE_KEY,
     ProtectedWSGI,
@@ -26,6 +27,7 @@ __all__ = [
     "RouteOf",
     "StartResponse",
     "WSGIApp",
+    "blocking_check",
     "mark_arrival",
     "protect_wsgi",
     "protected_apps",
