@@ -341,3 +341,30 @@ def test_an_async_limiter_is_refused_at_construction(protect: Protect) -> None:
 def test_a_rate_limit_key_without_a_rate_limit_is_refused(protect: Protect) -> None:
     with pytest.raises(ConfigurationError, match="rate_limit_key"):
         protect(rate_limit_key="global")
+
+
+# -- threads -------------------------------------------------------------------------
+
+def test_requests_on_many_threads_are_all_counted_and_all_released(protect: Protect) -> None:
+    import threading
+
+    protected = protect(templated("/t"), concurrency_limit=FixedLimit(1000))
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = [call(protected, "/t").status for _ in range(300)]
+        with lock:
+            statuses.extend(mine)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 2400
+    assert sample(protected, "http_requests_total", method="GET", route="/t",
+                  status="200") == 2400
+    assert protected.shedder is not None and protected.shedder.in_flight == 0
+    assert protected.shedder.admitted == 2400
+    assert protected.state.in_flight == 0
