@@ -60,7 +60,8 @@ class Gunicorn:
         self.app = APPS.get(app, app)
         self.worker = worker
         self.workers = workers
-        self.threads = threads
+        # gunicorn runs gthread instead of sync when threads > 1: sync means one thread.
+        self.threads = 1 if worker == "sync" else threads
         self.env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None

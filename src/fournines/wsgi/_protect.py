@@ -195,10 +195,21 @@ class _Finish:
         return self._downstream(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._body
-        # The body is complete: the request is done, even where the server (a test
-        # client, say) closes the body much later.
+        # One chunk of look-ahead: the request is finished (counted, its permit
+        # released) before its last chunk goes out, so a client that has its whole
+        # answer never sees it missing from the metrics, and a server (a test
+        # client, say) that closes the body late does not delay it.
+        chunks = iter(self._body)
+        try:
+            last = next(chunks)
+        except StopIteration:
+            self.finish(dropped=False)
+            return
+        for chunk in chunks:
+            yield last
+            last = chunk
         self.finish(dropped=False)
+        yield last
 
     def close(self) -> None:
         try:
