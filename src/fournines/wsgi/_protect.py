@@ -344,8 +344,8 @@ class ProtectedWSGI:
                 if arrival is not None and shedder.late(now - arrival, scope):
                     shedder.release(permit, 0.0, dropped=None)
                     return self._shed(start_response)
-                if shedder._unreported:  # batched shed events, as the ASGI shell sends them
-                    shedder.report()
+                # The shed events batched since the last admission (a no-op when none).
+                shedder.report()
         metrics = self.metrics
         if metrics is not None:
             metrics.started()
