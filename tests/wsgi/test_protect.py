@@ -23,7 +23,7 @@ from fournines.wsgi import (
     protect_wsgi,
 )
 
-from ._harness import call, hello
+from ._harness import call, environ_for, hello
 
 Protect = Callable[..., ProtectedWSGI]
 
@@ -155,6 +155,16 @@ def test_an_exception_in_the_app_is_counted_as_500(protect: Protect) -> None:
         call(protected, "/")
     assert sample(protected, "http_requests_total", method="GET", route="<unmatched>",
                   status="500") == 1
+    assert protected.state.in_flight == 0
+
+
+def test_a_request_is_in_flight_until_its_body_is_done(protect: Protect) -> None:
+    protected = protect()
+    body = protected(environ_for("/"), lambda status, headers, exc_info=None: None)
+    assert protected.state.in_flight == 1
+    assert b"".join(body) == b"hello"
+    assert protected.state.in_flight == 0
+    body.close()  # type: ignore[attr-defined]
     assert protected.state.in_flight == 0
 
 

@@ -236,10 +236,11 @@ class _Finish:
             with contextlib.suppress(ValueError):
                 end_pushback(pushback[1])
         permit, self._permit = self._permit, None
-        if permit is not None:
-            shedder = owner.shedder
-            assert shedder is not None
-            with owner._lock:
+        with owner._lock:
+            owner.state.in_flight -= 1
+            if permit is not None:
+                shedder = owner.shedder
+                assert shedder is not None
                 shedder.release(permit, duration, dropped=dropped)
         metrics = owner.metrics
         if metrics is not None:
@@ -316,13 +317,7 @@ class ProtectedWSGI:
         state = self.state
         if state.phase is not _READY and state.phase is _STARTING:
             state.mark_ready()  # no lifespan in WSGI: serving a request means started
-        with self._lock:
-            state.in_flight += 1
-        try:
-            return self._serve(environ, start_response, now, arrival)
-        finally:
-            with self._lock:
-                state.in_flight -= 1
+        return self._serve(environ, start_response, now, arrival)
 
     def _serve(self, environ: dict[str, Any], start_response: StartResponse, now: float,
                arrival: float | None) -> Iterable[bytes]:
@@ -349,6 +344,9 @@ class ProtectedWSGI:
         metrics = self.metrics
         if metrics is not None:
             metrics.started()
+        with self._lock:
+            # Until its body is done (``_Finish.finish``): the drain waits on this count.
+            self.state.in_flight += 1
         marker = begin_pushback()
         finish = _Finish(self, environ, now, permit, (None, marker), start_response)
         try:
