@@ -23,6 +23,7 @@ _PACKAGES = (
     "fournines.lab",
     "fournines.serve",
     "fournines.slo",
+    "fournines.wsgi",
 )
 
 def drawn_tree() -> dict[str, str]:
