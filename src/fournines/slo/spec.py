@@ -25,7 +25,9 @@ A fournines spec (YAML)::
             total_query: sum(rate(orders_total[{{.window}}]))
         alerting: {page: true, ticket: false, min_events: 100}
 
-Sloth's ``prometheus/v1`` files (and its ``PrometheusServiceLevel`` resources)
+Sloth's ``prometheus/v1`` files and its Kubernetes ``PrometheusServiceLevel``
+resources (camelCase fields; several documents per file through :func:`load_specs`,
+the SLO plugins of :data:`SLOTH_PLUGINS` applied, any other refused by name)
 and OpenSLO v1 files (``SLO`` documents with inline or referenced ``SLI``
 documents carrying a ``ratioMetric``) are read into the same model;
 :func:`load_spec` tells them apart by their content.
