@@ -204,6 +204,8 @@ def test_overriding_with_the_defaults_put_back_is_read() -> None:
     ({"id": "sloth.dev/contrib/info_labels/v1", "priority": -1,
       "config": {"labels": {"a": "b"}}},
      "slos[0].plugins.chain[0].priority", "before Sloth's metadata rules"),
+    ({"id": "sloth.dev/contrib/info_labels/v1", "config": {"labels": {"fournines_slo": "b"}}},
+     "slos[0].plugins.chain[0].config.labels", "one of fournines' own labels"),
     ({"id": "sloth.dev/contrib/rule_intervals/v1", "config": {"interval": {"alert": "1m"}}},
      "slos[0].plugins.chain[0].config.interval.default", "is required"),
     ({"id": "sloth.dev/contrib/rule_intervals/v1", "config": {"interval": {"default": "0s"}}},

@@ -804,6 +804,10 @@ def _sloth_plugins(group: _Node, own: _Node) -> tuple[Mapping[str, str], RuleInt
             added = config.get("labels").labels(utf8=True)
             if not added:
                 raise config.get("labels").error(f"{_INFO_LABELS} needs at least one label")
+            for key in added:
+                if key.startswith("fournines_"):  # the info series' join keys
+                    raise config.get("labels").error(
+                        f"{_INFO_LABELS}: {key!r} is one of fournines' own labels")
             labels.update(added)
         elif plugin_id == _RULE_INTERVALS:
             config.check_keys(("interval",))
