@@ -19,6 +19,7 @@ from fournines.slo import (
     error_ratio_query,
     load_spec,
     parse_spec,
+    parse_specs,
 )
 
 from ._promtool import DATA, EXAMPLES
@@ -200,9 +201,11 @@ def test_unreadable_and_malformed_files_name_the_file(tmp_path: Path) -> None:
     assert "not valid YAML" in info.value.problem
 
 
-def test_several_documents_that_are_not_openslo_are_refused() -> None:
-    error = _error([_spec(), _spec()])
-    assert "only OpenSLO files may hold more than one document" in error.problem
+def test_several_documents_that_are_neither_sloth_nor_openslo_are_refused() -> None:
+    with pytest.raises(SpecError) as info:
+        parse_specs([_spec(), _spec()], source="slo.yml")
+    assert info.value.path == "documents[0]"
+    assert "only Sloth and OpenSLO files may hold more than one document" in info.value.problem
 
 
 def test_latency_threshold_between_the_default_buckets_is_refused() -> None:

@@ -1,7 +1,8 @@
 """Service level objectives: specs, Prometheus rules, error budgets and the deploy gate.
 
-:func:`load_spec` reads a fournines, Sloth ``prometheus/v1`` or OpenSLO v1 spec
-into :class:`SLOSpec`; :func:`generate_rules` turns it into Prometheus recording
+:func:`load_spec` reads a fournines, Sloth (``prometheus/v1`` or Kubernetes
+``PrometheusServiceLevel``) or OpenSLO v1 spec into :class:`SLOSpec` (:func:`load_specs`
+reads Sloth's multi-document files); :func:`generate_rules` turns it into Prometheus recording
 and multi-window multi-burn-rate alerting rules (``fournines slo rules``).
 """
 
@@ -39,15 +40,20 @@ from .rules import (
     generate_rules,
 )
 from .spec import (
+    INFO_METRIC,
     SLO,
+    SLOTH_PLUGINS,
     Alerting,
     EventsSLI,
     LatencySLI,
+    RuleIntervals,
     SLOSpec,
     SpecError,
     error_ratio_query,
     load_spec,
+    load_specs,
     parse_spec,
+    parse_specs,
 )
 from .tracker import BudgetSnapshot, BudgetTracker, TrackingMiddleware
 
@@ -56,9 +62,11 @@ __all__ = [
     "EXIT_FORBID",
     "EXIT_NO_DATA",
     "EXIT_PROCEED",
+    "INFO_METRIC",
     "RECORD_ERROR_RATIO",
     "RECORD_PERIOD_ERROR_RATIO",
     "SLO",
+    "SLOTH_PLUGINS",
     "Alerting",
     "Budget",
     "BudgetSnapshot",
@@ -73,6 +81,7 @@ __all__ = [
     "PrometheusUnreachableError",
     "RemediateConfig",
     "Remediator",
+    "RuleIntervals",
     "SLOBudget",
     "SLOSpec",
     "SpecError",
@@ -88,8 +97,10 @@ __all__ = [
     "generate_rules",
     "load_config",
     "load_spec",
+    "load_specs",
     "parse_duration",
     "parse_spec",
+    "parse_specs",
     "read_budget",
     "read_budgets",
 ]

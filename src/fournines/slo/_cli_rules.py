@@ -15,8 +15,8 @@ def register(commands: Any, *rest: Any) -> None:
     rules = commands.add_parser(
         "rules", help="generate Prometheus recording and alerting rules from an SLO spec",
         description="Generate Prometheus rules (error ratios, meta series, multi-window "
-                    "multi-burn-rate alerts) from a fournines, Sloth prometheus/v1 or "
-                    "OpenSLO v1 spec.")
+                    "multi-burn-rate alerts) from a fournines, Sloth (prometheus/v1 or "
+                    "PrometheusServiceLevel, one or several documents) or OpenSLO v1 spec.")
     rules.add_argument("spec", metavar="SPEC", help="the SLO spec file (YAML)")
     rules.add_argument("-o", "--output", metavar="FILE",
                        help="write the rules here (atomically) instead of to stdout")
@@ -32,16 +32,16 @@ def register(commands: Any, *rest: Any) -> None:
 def _rules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ._promtool import generate_tests  # noqa: PLC0415 - keep `fournines --help` fast
     from .rules import generate_rules, write_atomic  # noqa: PLC0415
-    from .spec import SpecError, load_spec  # noqa: PLC0415
+    from .spec import SpecError, load_specs  # noqa: PLC0415
 
     if args.tests and not args.output:
         parser.error("--tests needs -o/--output: the suite names the rules file it tests")
     try:
-        spec = load_spec(args.spec)
+        specs = load_specs(args.spec)
     except SpecError as exc:
         print(f"fournines slo rules: {exc}", file=sys.stderr)
         return 2
-    text = generate_rules(spec)
+    text = generate_rules(specs)
     if not args.output:
         sys.stdout.write(text)
         return 0
@@ -49,10 +49,11 @@ def _rules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.tests:
         relative = os.path.relpath(os.path.abspath(args.output),
                                    os.path.dirname(os.path.abspath(args.tests)))
-        suite, skipped = generate_tests(spec, relative)
+        suite, skipped = generate_tests(specs, relative)
         for name in skipped:
             print(f"fournines slo rules: no test scenarios for SLO {name!r}: its SLI queries "
-                  "are not of the form sum(rate(SELECTOR[{{.window}}]))", file=sys.stderr)
+                  "are not of the form sum(rate(SELECTOR[{{.window}}])), or its rules have "
+                  "evaluation intervals of their own", file=sys.stderr)
     try:
         write_atomic(args.output, text)
         if suite is not None:
@@ -64,14 +65,21 @@ def _rules(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .rules import burn_rate_windows, exact  # noqa: PLC0415
-    from .spec import SpecError, load_spec  # noqa: PLC0415
+    from .spec import SpecError, load_specs  # noqa: PLC0415
 
     try:
-        spec = load_spec(args.spec)
+        specs = load_specs(args.spec)
     except SpecError as exc:
         print(f"fournines slo check: {exc}", file=sys.stderr)
         return 2
+    for spec in specs:
+        _print_check(spec)
+    return 0
+
+
+def _print_check(spec: Any) -> None:
+    from .rules import burn_rate_windows, exact  # noqa: PLC0415
+
     print(f"{spec.source}: service {spec.service}, {len(spec.slos)} SLO(s)")
     for slo in spec.slos:
         budget = slo.error_budget_ratio
@@ -80,4 +88,3 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                           for w, f in burn_rate_windows(slo)) or "no burn-rate alerts"
         print(f"  {slo.name}: {exact(slo.objective_ratio * 100)} % over {slo.period}; "
               f"error budget {exact(budget * 100)} % = {minutes.normalize():f} minutes; {tiers}")
-    return 0

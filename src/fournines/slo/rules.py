@@ -7,7 +7,9 @@ Per SLO, one rule group ``fournines-slo-SERVICE-SLO`` holds, in evaluation order
   queries, and over the whole period (``fournines_slo:error_ratio:period``):
   the sum of the 5m error rates over the period divided by the sum of the 5m
   request rates, so busy hours weigh more than quiet ones, as they should;
-- meta series: ``fournines_slo:objective:ratio``, ``fournines_slo:error_budget:ratio``,
+- meta series: ``fournines_slo_info`` (1, with the SLO's labels, its objective
+  and period, and its ``info_labels``), ``fournines_slo:objective:ratio``,
+  ``fournines_slo:error_budget:ratio``,
   ``fournines_slo:period:seconds``, ``fournines_slo:current_burn_rate:ratio`` (5m),
   ``fournines_slo:period_burn_rate:ratio`` and
   ``fournines_slo:period_error_budget_remaining:ratio`` (1 = untouched, 0 = spent);
@@ -18,7 +20,9 @@ Per SLO, one rule group ``fournines-slo-SERVICE-SLO`` holds, in evaluation order
   0.1 % is ``P1``); and an alert when the SLI's traffic is missing.
 
 Every series carries ``fournines_service`` and ``fournines_slo`` and the spec's
-labels. Zero traffic gives no sample (never NaN), so it never alerts; the
+labels. An SLO whose :class:`~fournines.slo.spec.RuleIntervals` differ has its
+rules in three groups instead (``...-sli``, ``...-meta``, ``...-alerts``), each
+with its interval. Zero traffic gives no sample (never NaN), so it never alerts; the
 ``min_events`` guard keeps a window with fewer requests than that from alerting.
 """
 
@@ -27,13 +31,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
 
-from .spec import SLO, SLOSpec, error_ratio_query, errors_or_zero_query, total_query
+from .spec import (
+    INFO_METRIC,
+    SLO,
+    SLOSpec,
+    error_ratio_query,
+    errors_or_zero_query,
+    total_query,
+)
 
 __all__ = [
     "ALERT_ABSENT",
@@ -69,6 +81,7 @@ ALERT_SIMPLE = "SLOHighErrorRate"
 """Name of the seed's plain alert (``Alerting.simple``)."""
 SIMPLE_FOR_MINUTES = 2
 """How long the plain rule's condition must hold before it fires (the seed's ``for: 2m``)."""
+_PLAIN_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 ALERT_ABSENT = "SLOMetricsAbsent"
 """Name of the alert for an SLI whose traffic series are missing."""
 
@@ -162,8 +175,14 @@ def _expr(expr: str) -> list[str]:
 def _mapping(key: str, values: Mapping[str, str], indent: str = "    ") -> list[str]:
     if not values:
         return []
-    return [f"{indent}{key}:", *(f"{indent}  {k}: {json.dumps(v)}" for k, v in sorted(
+    return [f"{indent}{key}:", *(f"{indent}  {_key(k)}: {json.dumps(v)}" for k, v in sorted(
         values.items()))]
+
+
+def _key(name: str) -> str:
+    # Quoted unless plain: a UTF-8 label name (Sloth's info labels) or an alert name
+    # like `a: b` would break the YAML.
+    return name if _PLAIN_KEY.match(name) else json.dumps(name)
 
 
 def _slo_group(spec: SLOSpec, slo: SLO) -> list[str]:
@@ -172,60 +191,80 @@ def _slo_group(spec: SLOSpec, slo: SLO) -> list[str]:
     budget = slo.error_budget_ratio
     windows = burn_rate_windows(slo)
     min_events = slo.alerting.min_events
-    lines = [f"- name: {json.dumps(f'fournines-slo-{spec.service}-{slo.name}')}", "  rules:"]
-    lines += [f"  # Error ratios of {slo.name} (objective {exact(slo.objective_ratio * 100)}"
-              f" % over {slo.period}): bad / all events, weighted by traffic."]
-    lines += _record(_ERRORS_5M, errors_or_zero_query(slo, "5m"), labels)
-    lines += _record(_REQUESTS.format(window="5m"), total_query(slo, "5m"), labels)
+    sli = [f"  # Error ratios of {slo.name} (objective {exact(slo.objective_ratio * 100)}"
+           f" % over {slo.period}): bad / all events, weighted by traffic."]
+    sli += _record(_ERRORS_5M, errors_or_zero_query(slo, "5m"), labels)
+    sli += _record(_REQUESTS.format(window="5m"), total_query(slo, "5m"), labels)
     for window in WINDOWS:
-        lines += _record(RECORD_ERROR_RATIO.format(window=window),
-                         error_ratio_query(slo, window), labels)
+        sli += _record(RECORD_ERROR_RATIO.format(window=window),
+                       error_ratio_query(slo, window), labels)
     if min_events > 0:
         for window in sorted({w.long for w, _ in windows}, key=_SECONDS.__getitem__):
-            lines += _record(_REQUESTS.format(window=window), total_query(slo, window), labels)
+            sli += _record(_REQUESTS.format(window=window), total_query(slo, window), labels)
     period = slo.period
-    lines += _record(
+    sli += _record(
         RECORD_PERIOD_ERROR_RATIO,
         f"sum_over_time({_ERRORS_5M}{sel}[{period}])\n/\n"
         f"(sum_over_time({_REQUESTS.format(window='5m')}{sel}[{period}]) > 0)", labels)
-    lines += ["  # Meta series: what the objective is, and how much of its budget is left."]
-    lines += _record("fournines_slo:objective:ratio", f"vector({exact(slo.objective_ratio)})",
-                     labels)
-    lines += _record("fournines_slo:error_budget:ratio", f"vector({exact(budget)})", labels)
-    lines += _record("fournines_slo:period:seconds", f"vector({slo.period_seconds})", labels)
-    lines += _record("fournines_slo:current_burn_rate:ratio",
-                     f"{RECORD_ERROR_RATIO.format(window='5m')}{sel} / {exact(budget)}", labels)
-    lines += _record("fournines_slo:period_burn_rate:ratio",
-                     f"{RECORD_PERIOD_ERROR_RATIO}{sel} / {exact(budget)}", labels)
-    lines += _record("fournines_slo:period_error_budget_remaining:ratio",
-                     f"1 - {RECORD_PERIOD_ERROR_RATIO}{sel} / {exact(budget)}", labels)
+    meta = ["  # Meta series: what the objective is, and how much of its budget is left."]
+    meta += _record(INFO_METRIC, "vector(1)", {
+        **labels, "fournines_objective": exact(slo.objective_ratio * 100),
+        "fournines_period": slo.period, **slo.info_labels})
+    meta += _record("fournines_slo:objective:ratio", f"vector({exact(slo.objective_ratio)})",
+                    labels)
+    meta += _record("fournines_slo:error_budget:ratio", f"vector({exact(budget)})", labels)
+    meta += _record("fournines_slo:period:seconds", f"vector({slo.period_seconds})", labels)
+    meta += _record("fournines_slo:current_burn_rate:ratio",
+                    f"{RECORD_ERROR_RATIO.format(window='5m')}{sel} / {exact(budget)}", labels)
+    meta += _record("fournines_slo:period_burn_rate:ratio",
+                    f"{RECORD_PERIOD_ERROR_RATIO}{sel} / {exact(budget)}", labels)
+    meta += _record("fournines_slo:period_error_budget_remaining:ratio",
+                    f"1 - {RECORD_PERIOD_ERROR_RATIO}{sel} / {exact(budget)}", labels)
+    alerts: list[str] = []
     for severity in ("page", "ticket"):
         tier = [(w, f) for w, f in windows if w.severity == severity]
         if tier:
-            lines += _burn_alert(spec, slo, severity, tier)
+            alerts += _burn_alert(spec, slo, severity, tier)
     if slo.alerting.simple:
         threshold = Decimal(repr(float(slo.alerting.simple_percent))) / 100
-        lines += [f"  # The seed's plain rule: 5m error ratio above "
-                  f"{exact(threshold * 100)} % for {SIMPLE_FOR_MINUTES} minutes."]
-        lines += [f"  - alert: {ALERT_SIMPLE}",
-                  *_expr(f"{RECORD_ERROR_RATIO.format(window='5m')}{sel} > {exact(threshold)}"),
-                  f"    for: {SIMPLE_FOR_MINUTES}m",
-                  *_mapping("labels", alert_rule_labels(spec, slo, "P1")),
-                  *_mapping("annotations", {
-                      "summary": f"{spec.service} {slo.name}: more than "
-                                 f"{exact(threshold * 100)} % of requests failed over 5m",
-                      **slo.alerting.annotations})]
+        alerts += [f"  # The seed's plain rule: 5m error ratio above "
+                   f"{exact(threshold * 100)} % for {SIMPLE_FOR_MINUTES} minutes."]
+        alerts += [f"  - alert: {ALERT_SIMPLE}",
+                   *_expr(f"{RECORD_ERROR_RATIO.format(window='5m')}{sel} > {exact(threshold)}"),
+                   f"    for: {SIMPLE_FOR_MINUTES}m",
+                   *_mapping("labels", alert_rule_labels(spec, slo, "P1")),
+                   *_mapping("annotations", {
+                       "summary": f"{spec.service} {slo.name}: more than "
+                                  f"{exact(threshold * 100)} % of requests failed over 5m",
+                       **slo.alerting.annotations})]
     if slo.alerting.absent_after is not None:
-        lines += ["  # No traffic series at all (not scraped, renamed, never exported): "
-                  "nothing to judge."]
-        lines += [f"  - alert: {ALERT_ABSENT}",
-                  *_expr(f"absent({total_query(slo, '5m')})"),
-                  f"    for: {slo.alerting.absent_after}",
-                  *_mapping("labels", {**labels, **alert_rule_labels(spec, slo, "absent")}),
-                  *_mapping("annotations", {
-                      "summary": f"{spec.service} {slo.name}: no SLI traffic series for "
-                                 f"{slo.alerting.absent_after}"})]
-    return lines
+        alerts += ["  # No traffic series at all (not scraped, renamed, never exported): "
+                   "nothing to judge."]
+        alerts += [f"  - alert: {ALERT_ABSENT}",
+                   *_expr(f"absent({total_query(slo, '5m')})"),
+                   f"    for: {slo.alerting.absent_after}",
+                   *_mapping("labels", {**labels, **alert_rule_labels(spec, slo, "absent")}),
+                   *_mapping("annotations", {
+                       "summary": f"{spec.service} {slo.name}: no SLI traffic series for "
+                                  f"{slo.alerting.absent_after}"})]
+    name = f"fournines-slo-{spec.service}-{slo.name}"
+    intervals = slo.intervals
+    if intervals.sli == intervals.meta == intervals.alerts:
+        # One group: Prometheus evaluates a group's rules in order, so the meta series and
+        # alerts always see this evaluation's ratios.
+        return _group(name, intervals.sli, sli + meta + alerts)
+    # Groups run independently: with different intervals, a rule may see ratios up to one
+    # interval old, as Sloth's groups (always three) do.
+    return [*_group(f"{name}-sli", intervals.sli, sli),
+            *_group(f"{name}-meta", intervals.meta, meta),
+            *(_group(f"{name}-alerts", intervals.alerts, alerts) if alerts else [])]
+
+
+def _group(name: str, interval: str | None, rules: list[str]) -> list[str]:
+    head = [f"- name: {json.dumps(name)}"]
+    if interval is not None:
+        head.append(f"  interval: {interval}")
+    return [*head, "  rules:", *rules]
 
 
 def _burn_alert(spec: SLOSpec, slo: SLO, severity: str,
@@ -253,19 +292,29 @@ def _burn_alert(spec: SLOSpec, slo: SLO, severity: str,
         parts.append("(\n" + "\n  and\n".join(clauses) + "\n)")
     summary = (f"{spec.service} {slo.name}: error budget burning too fast "
                f"({severity}; objective {exact(slo.objective_ratio * 100)} % over {slo.period})")
-    lines += [f"  - alert: {alerting.name}", *_expr("\nor\n".join(parts)),
+    tier_annotations = {"page": alerting.page_annotations,
+                        "ticket": alerting.ticket_annotations}[severity]
+    lines += [f"  - alert: {_key(alerting.name)}", *_expr("\nor\n".join(parts)),
               *_mapping("labels", alert_rule_labels(spec, slo, severity)),
-              *_mapping("annotations", {"summary": summary, **alerting.annotations})]
+              *_mapping("annotations", {"summary": summary, **alerting.annotations,
+                                        **tier_annotations})]
     return lines
 
 
-def generate_rules(spec: SLOSpec) -> str:
-    """The Prometheus rule file (YAML text) for every SLO of ``spec``."""
-    source = f" from {os.path.basename(spec.source)}" if spec.source else ""
+def generate_rules(spec: SLOSpec | Iterable[SLOSpec]) -> str:
+    """The Prometheus rule file (YAML text) for every SLO of ``spec``, or of several specs.
+
+    Several specs are the services of one multi-document Sloth file
+    (:func:`~fournines.slo.spec.load_specs`).
+    """
+    specs = [spec] if isinstance(spec, SLOSpec) else list(spec)
+    sources = sorted({os.path.basename(s.source) for s in specs if s.source})
+    source = f" from {', '.join(sources)}" if sources else ""
     lines = [f"# Generated by fournines{source}: `fournines slo rules`. Do not edit by hand;",
              "# change the spec and generate again.", "groups:"]
-    for slo in spec.slos:
-        lines += _slo_group(spec, slo)
+    for one in specs:
+        for slo in one.slos:
+            lines += _slo_group(one, slo)
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,9 @@ A fournines spec (YAML)::
             total_query: sum(rate(orders_total[{{.window}}]))
         alerting: {page: true, ticket: false, min_events: 100}
 
-Sloth's ``prometheus/v1`` files (and its ``PrometheusServiceLevel`` resources)
+Sloth's ``prometheus/v1`` files and its Kubernetes ``PrometheusServiceLevel``
+resources (camelCase fields; several documents per file through :func:`load_specs`,
+the SLO plugins of :data:`SLOTH_PLUGINS` applied, any other refused by name)
 and OpenSLO v1 files (``SLO`` documents with inline or referenced ``SLI``
 documents carrying a ``ratioMetric``) are read into the same model;
 :func:`load_spec` tells them apart by their content.
@@ -52,18 +54,23 @@ from ..asgi.metrics import DEFAULT_BUCKETS, REQUEST_DURATION, REQUESTS_TOTAL
 from .budget import error_budget
 
 __all__ = [
+    "INFO_METRIC",
     "PERIODS",
     "SLO",
+    "SLOTH_PLUGINS",
     "Alerting",
     "EventsSLI",
     "LatencySLI",
+    "RuleIntervals",
     "SLOSpec",
     "SpecError",
     "error_ratio_query",
     "errors_or_zero_query",
     "errors_query",
     "load_spec",
+    "load_specs",
     "parse_spec",
+    "parse_specs",
     "render_window",
     "total_query",
 ]
@@ -71,6 +78,9 @@ __all__ = [
 PERIODS: Mapping[str, int] = MappingProxyType({"30d": 30 * 86400, "28d": 28 * 86400,
                                                "7d": 7 * 86400})
 """The supported SLO periods and their length in seconds."""
+
+INFO_METRIC = "fournines_slo_info"
+"""The info series of each SLO (value 1; Sloth's ``sloth_slo_info``), carrying its labels."""
 
 _WINDOW = re.compile(r"\{\{\s*\.window\s*\}\}")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -131,11 +141,16 @@ class LatencySLI:
 class Alerting:
     """Which alerts to generate for one SLO, and their labels.
 
-    ``page``/``ticket`` switch the multi-window multi-burn-rate tiers, ``simple``
+    ``name`` is the alert rule's name (a label value: any non-empty string, as in
+    Sloth); ``page``/``ticket`` switch the multi-window multi-burn-rate tiers, ``simple``
     adds the seed's plain rule (5m error ratio above ``simple_percent`` % is
     ``P1``), ``min_events`` keeps windows with fewer requests than that from
     alerting, ``absent_after`` is how long the SLI's traffic may be missing
-    before an alert says so (``None``: no such alert).
+    before an alert says so (``None``: no such alert). ``labels`` and
+    ``annotations`` go on every alert of the SLO; ``page_labels``,
+    ``page_annotations``, ``ticket_labels`` and ``ticket_annotations`` on that
+    tier's alert only, over the common ones (Sloth's ``page_alert`` and
+    ``ticket_alert``).
     """
 
     name: str = "SLOErrorBudgetBurn"
@@ -149,11 +164,33 @@ class Alerting:
     annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     page_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     ticket_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    page_annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    ticket_annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleIntervals:
+    """How often Prometheus evaluates an SLO's rules; ``None`` is the global interval.
+
+    ``sli`` is for the error-ratio recording rules, ``meta`` for the meta and
+    info series, ``alerts`` for the alert rules: Prometheus durations like
+    ``5m`` (Sloth's ``sloth.dev/contrib/rule_intervals/v1`` plugin sets them).
+    When they differ, the SLO's rules are split into three groups.
+    """
+
+    sli: str | None = None
+    meta: str | None = None
+    alerts: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SLO:
-    """One objective: ``objective`` percent of events good over a rolling ``period``."""
+    """One objective: ``objective`` percent of events good over a rolling ``period``.
+
+    ``info_labels`` go on the SLO's info series (:data:`INFO_METRIC`) only, as
+    Sloth's ``sloth.dev/contrib/info_labels/v1`` plugin puts them on
+    ``sloth_slo_info``; ``intervals`` sets the rule groups' evaluation intervals.
+    """
 
     name: str
     objective: float
@@ -162,6 +199,8 @@ class SLO:
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     alerting: Alerting = field(default_factory=Alerting)
+    info_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    intervals: RuleIntervals = field(default_factory=RuleIntervals)
 
     @property
     def period_seconds(self) -> int:
@@ -258,10 +297,27 @@ def errors_or_zero_query(slo: SLO, window: str) -> str:
 
 
 def load_spec(path: str | os.PathLike[str]) -> SLOSpec:
-    """Read a fournines, Sloth ``prometheus/v1`` or OpenSLO v1 spec file.
+    """Read a fournines, Sloth or OpenSLO v1 spec file holding one service's SLOs.
 
-    Files larger than 1 MiB or nested deeper than 64 levels are refused before they are
-    parsed (see :mod:`fournines._files`).
+    Sloth's files are its ``prometheus/v1`` specs and its Kubernetes
+    ``PrometheusServiceLevel`` resources (``sloth.slok.dev/v1``). A Sloth file of
+    several documents (several services) is refused here with a pointer to
+    :func:`load_specs`. Files larger than 1 MiB or nested deeper than 64 levels are
+    refused before they are parsed (see :mod:`fournines._files`).
+    """
+    name = os.fspath(path)
+    specs = load_specs(name)
+    if len(specs) > 1:
+        services = ", ".join(spec.service for spec in specs)
+        raise SpecError(f"holds {len(specs)} Sloth specs (services {services}); read it with "
+                        "load_specs(), as `fournines slo rules` and `slo check` do", file=name)
+    return specs[0]
+
+
+def load_specs(path: str | os.PathLike[str]) -> tuple[SLOSpec, ...]:
+    """Every spec of a file: one per Sloth document, or the file's one fournines or OpenSLO spec.
+
+    Sloth reads files of several documents (``---`` between them), each a service.
     """
     name = os.fspath(path)
     try:
@@ -270,29 +326,75 @@ def load_spec(path: str | os.PathLike[str]) -> SLOSpec:
         raise SpecError(str(exc), file=name) from None
     if not documents:
         raise SpecError("empty file", file=name)
-    return parse_spec(documents if len(documents) > 1 else documents[0], source=name)
+    return parse_specs(documents, source=name)
+
+
+def parse_specs(documents: Sequence[object], *, source: str | None = None) -> tuple[SLOSpec, ...]:
+    """The specs of a file's parsed YAML documents (see :func:`load_specs`)."""
+    if len(documents) == 1 or any(_is_openslo(d) for d in documents):
+        return (parse_spec(documents[0] if len(documents) == 1 else list(documents),
+                           source=source),)
+    specs: list[SLOSpec] = []
+    seen: dict[tuple[str, str], int] = {}
+    try:
+        for i, document in enumerate(documents):
+            spec = _sloth_document(document, source, f"documents[{i}]")
+            if spec is None:
+                raise SpecError("several YAML documents, and this one is not a Sloth spec: "
+                                "only Sloth and OpenSLO files may hold more than one document",
+                                path=f"documents[{i}]")
+            for slo in spec.slos:
+                # Each becomes a rule group named after both: Prometheus refuses a file
+                # with two groups of one name.
+                if (spec.service, slo.name) in seen:
+                    raise SpecError(f"service {spec.service!r} SLO {slo.name!r} is already in "
+                                    f"documents[{seen[spec.service, slo.name]}]",
+                                    path=f"documents[{i}]")
+                seen[spec.service, slo.name] = i
+            specs.append(spec)
+    except SpecError as exc:
+        if exc.file is None and source is not None:
+            raise SpecError(exc.problem, path=exc.path, file=source) from None
+        raise
+    return tuple(specs)
+
+
+def _is_openslo(data: object) -> bool:
+    return isinstance(data, Mapping) and str(data.get("apiVersion", "")).startswith("openslo/")
+
+
+def _sloth_document(data: object, source: str | None, where: str) -> SLOSpec | None:
+    """The spec of a Sloth document, ``None`` if ``data`` is none (``where``: its path)."""
+    if not isinstance(data, Mapping):
+        return None
+    node = _Node(data, where)
+    if data.get("kind") == "PrometheusServiceLevel":
+        node.check_keys(("apiVersion", "kind", "metadata", "spec", "status"))
+        api = node.get("apiVersion").value
+        if api != "sloth.slok.dev/v1":
+            raise node.get("apiVersion").error(
+                f"must be sloth.slok.dev/v1 for a PrometheusServiceLevel, got {api!r}")
+        node.get("spec").mapping()
+        return _read_sloth(node.get("spec"), source, camel=True)
+    if data.get("version") == "prometheus/v1":
+        return _read_sloth(node, source, camel=False)
+    return None
 
 
 def parse_spec(data: object, *, source: str | None = None) -> SLOSpec:
     """Build an :class:`SLOSpec` from parsed YAML/JSON (a list of documents for OpenSLO)."""
     try:
-        if isinstance(data, list) or (isinstance(data, Mapping) and
-                                      str(data.get("apiVersion", "")).startswith("openslo/")):
+        if isinstance(data, list) or _is_openslo(data):
             docs = data if isinstance(data, list) else [data]
-            if not any(isinstance(d, Mapping) and str(d.get("apiVersion", "")).startswith(
-                    "openslo/") for d in docs):
-                raise SpecError("several YAML documents, none of them OpenSLO: only OpenSLO "
-                                "files may hold more than one document")
+            if not any(_is_openslo(d) for d in docs):
+                raise SpecError("several YAML documents, none of them OpenSLO: read several "
+                                "Sloth documents with parse_specs() or load_specs()")
             return _read_openslo(docs, source)
         if not isinstance(data, Mapping):
             raise SpecError(f"must be a mapping, got {_kind(data)}")
-        if data.get("kind") == "PrometheusServiceLevel":
-            spec = data.get("spec")
-            if not isinstance(spec, Mapping):
-                raise SpecError("must be a mapping", path="spec")
-            return _read_sloth(spec, source, prefix="spec.")
-        if data.get("version") == "prometheus/v1":
-            return _read_sloth(data, source, prefix="")
+        spec = _sloth_document(data, source, "")
+        if spec is not None:
+            return spec
         return _read_fournines(data, source)
     except SpecError as exc:
         if exc.file is None and source is not None:
@@ -378,14 +480,17 @@ class _Node:
             raise self.error(f"must be finite, got {self.value!r}")
         return number
 
-    def labels(self) -> Mapping[str, str]:
+    def labels(self, *, utf8: bool = False) -> Mapping[str, str]:
+        # utf8: any non-empty name, as Prometheus 3 (and Sloth) take them; Prometheus 2
+        # refuses a rule file with such a name when it loads it.
         if self.value is None:
             return _EMPTY
         out: dict[str, str] = {}
         for key, value in self.mapping().items():
             where = self.at(str(key))
-            if not isinstance(key, str) or not _LABEL_NAME.match(key):
-                raise SpecError(f"label name must match {_LABEL_NAME.pattern}", path=where)
+            if not isinstance(key, str) or not (key if utf8 else _LABEL_NAME.match(key)):
+                raise SpecError("label name must be a non-empty string" if utf8 else
+                                f"label name must match {_LABEL_NAME.pattern}", path=where)
             if key.startswith("__"):
                 raise SpecError("label names starting with __ are reserved by Prometheus",
                                 path=where)
@@ -475,10 +580,9 @@ def _windowed(node: _Node) -> str:
     return query
 
 
-def _events(node: _Node) -> EventsSLI:
-    node.check_keys(("error_query", "total_query"))
-    return EventsSLI(error_query=_windowed(node.get("error_query")),
-                     total_query=_windowed(node.get("total_query")))
+def _events(node: _Node, error: str = "error_query", total: str = "total_query") -> EventsSLI:
+    node.check_keys((error, total))
+    return EventsSLI(error_query=_windowed(node.get(error)), total_query=_windowed(node.get(total)))
 
 
 def _fournines_sli(node: _Node) -> EventsSLI | LatencySLI:
@@ -527,7 +631,8 @@ def _alerting(node: _Node, period: str) -> Alerting:
     if node.value is None:
         return Alerting()
     node.check_keys(("name", "page", "ticket", "simple", "simple_percent", "min_events",
-                     "absent_after", "labels", "annotations", "page_labels", "ticket_labels"))
+                     "absent_after", "labels", "annotations", "page_labels", "ticket_labels",
+                     "page_annotations", "ticket_annotations"))
     simple_percent = node.get("simple_percent").number(0.1)
     if not 0 < simple_percent < 100:
         raise node.get("simple_percent").error(f"must be > 0 and < 100 (got {simple_percent})")
@@ -535,8 +640,7 @@ def _alerting(node: _Node, period: str) -> Alerting:
     if min_events < 0:
         raise node.get("min_events").error(f"must be >= 0 (got {min_events})")
     return Alerting(
-        name=node.get("name").string("SLOErrorBudgetBurn", pattern=_LABEL_NAME,
-                                     what="an alert name"),
+        name=node.get("name").string("SLOErrorBudgetBurn"),  # a label value: any string
         page=node.get("page").boolean(True),
         ticket=node.get("ticket").boolean(True),
         simple=node.get("simple").boolean(False),
@@ -547,6 +651,8 @@ def _alerting(node: _Node, period: str) -> Alerting:
         annotations=node.get("annotations").labels(),
         page_labels=node.get("page_labels").labels(),
         ticket_labels=node.get("ticket_labels").labels(),
+        page_annotations=node.get("page_annotations").labels(),
+        ticket_annotations=node.get("ticket_annotations").labels(),
     )
 
 
@@ -587,45 +693,193 @@ def _read_fournines(data: Mapping[str, Any], source: str | None) -> SLOSpec:
                    source=source)
 
 
+# --- Sloth -----------------------------------------------------------------------------------
+
+# Field names of Sloth's two formats: prometheus/v1 files are snake_case, the Kubernetes
+# PrometheusServiceLevel resource (sloth.slok.dev/v1) is camelCase (Sloth's pkg/prometheus/
+# api/v1 and pkg/kubernetes/api/sloth/v1 types).
+_SNAKE = MappingProxyType({"error_query": "error_query", "total_query": "total_query",
+                           "error_ratio_query": "error_ratio_query", "page_alert": "page_alert",
+                           "ticket_alert": "ticket_alert", "slo_plugins": "slo_plugins"})
+_CAMEL = MappingProxyType({"error_query": "errorQuery", "total_query": "totalQuery",
+                           "error_ratio_query": "errorRatioQuery", "page_alert": "pageAlert",
+                           "ticket_alert": "ticketAlert", "slo_plugins": "sloPlugins"})
+
+_INFO_LABELS = "sloth.dev/contrib/info_labels/v1"
+_RULE_INTERVALS = "sloth.dev/contrib/rule_intervals/v1"
+# Sloth's default chain: what fournines' own rules always do (validate the spec; SLI,
+# metadata and alert rules).
+_CORE_DEFAULTS = ("sloth.dev/core/validate/v1", "sloth.dev/core/sli_rules/v1",
+                  "sloth.dev/core/metadata_rules/v1", "sloth.dev/core/alert_rules/v1")
+_CORE_GENERATORS = _CORE_DEFAULTS[1:]
+
+SLOTH_PLUGINS: Mapping[str, str] = MappingProxyType({
+    _INFO_LABELS: f"adds its labels to the SLO's info series ({INFO_METRIC})",
+    _RULE_INTERVALS: "sets the evaluation interval of the SLO's rule groups",
+    **{plugin: "what fournines' rules always do" for plugin in _CORE_DEFAULTS},
+    "sloth.dev/core/debug/v1": "nothing (it only logs in Sloth)",
+    "sloth.dev/core/noop/v1": "nothing",
+})
+"""The Sloth SLO plugins fournines reads, and what each does to the generated rules.
+
+Any other plugin in a Sloth spec's ``slo_plugins`` or ``plugins`` is refused by
+name: it would change Sloth's output in a way fournines' rules would not.
+"""
+
+_PROM_DURATION = re.compile(r"^(?:[0-9]{1,9}y)?(?:[0-9]{1,9}w)?(?:[0-9]{1,9}d)?(?:[0-9]{1,9}h)?"
+                            r"(?:[0-9]{1,9}m)?(?:[0-9]{1,9}s)?(?:[0-9]{1,9}ms)?$")
+
+
+def _interval(node: _Node) -> str | None:
+    if node.value is None:
+        return None
+    value = node.value
+    if (not isinstance(value, str) or not value or not _PROM_DURATION.match(value)
+            or not any(c in "123456789" for c in value)):
+        raise node.error(f"must be a Prometheus duration above 0 like 1m or 1h30m, got {value!r}")
+    return value
+
+
+def _plugin_list(node: _Node) -> tuple[bool, list[tuple[int, _Node]]]:
+    """``(override_previous, [(priority, plugin node), ...])`` of one ``plugins`` block."""
+    if node.value is None:
+        return False, []
+    node.check_keys(("overridePrevious", "chain"))
+    chain = node.get("chain").items() if node.has("chain") else []
+    plugins = []
+    for plugin in chain:
+        plugin.check_keys(("id", "config", "priority"))
+        plugin.get("id").string()
+        priority = plugin.get("priority").value
+        if priority is None:
+            priority = 0
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise plugin.get("priority").error(f"must be an integer, got {priority!r}")
+        plugins.append((priority, plugin))
+    override = node.get("overridePrevious").boolean(False)
+    if override and not plugins:
+        raise node.get("chain").error("overridePrevious is set but no plugins are declared")
+    return override, plugins
+
+
+def _sloth_plugins(group: _Node, own: _Node) -> tuple[Mapping[str, str], RuleIntervals]:
+    """What the SLO's plugin chain (the spec's ``slo_plugins``, then its own) does to its rules.
+
+    Follows Sloth's ``internal/app/generate``: an SLO's ``overridePrevious`` drops the
+    group's plugins, either one drops Sloth's default plugins; the chain runs in
+    priority order (stable), plugins below 0 before the defaults.
+    """
+    group_override, group_plugins = _plugin_list(group)
+    override, plugins = _plugin_list(own)
+    if not override:
+        plugins = group_plugins + plugins
+    override = override or group_override
+    plugins.sort(key=lambda item: item[0])
+    ids = {plugin.get("id").value for _, plugin in plugins}
+    if override and not set(_CORE_GENERATORS) <= ids:
+        missing = ", ".join(p for p in _CORE_GENERATORS if p not in ids)
+        raise (own if own.value is not None else group).get("overridePrevious").error(
+            f"drops Sloth's default plugins and the chain does not put back {missing}: "
+            "Sloth would generate only part of the rules, fournines always generates all")
+    labels: dict[str, str] = {}
+    intervals = RuleIntervals()
+    for priority, plugin in plugins:
+        plugin_id = str(plugin.get("id").value)
+        config = plugin.get("config")
+        if plugin_id not in SLOTH_PLUGINS:
+            raise plugin.get("id").error(
+                f"Sloth SLO plugin {plugin_id!r} is not supported by fournines, which would "
+                f"generate rules without its changes; supported: {', '.join(SLOTH_PLUGINS)}")
+        if plugin_id == _INFO_LABELS:
+            config.check_keys(("labels", "metricName"))
+            metric = config.get("metricName").string("sloth_slo_info")
+            if metric not in ("sloth_slo_info", INFO_METRIC):
+                raise config.get("metricName").error(
+                    f"{_INFO_LABELS}: fournines' info series is {INFO_METRIC} (Sloth's "
+                    f"sloth_slo_info); no rule records {metric!r}")
+            if priority < 0 and not override:
+                raise plugin.get("priority").error(
+                    f"{_INFO_LABELS} below 0 runs before Sloth's metadata rules exist, so "
+                    "it adds no labels; give it a priority of 0 or more")
+            added = config.get("labels").labels(utf8=True)
+            if not added:
+                raise config.get("labels").error(f"{_INFO_LABELS} needs at least one label")
+            for key in added:
+                if key.startswith("fournines_"):  # the info series' join keys
+                    raise config.get("labels").error(
+                        f"{_INFO_LABELS}: {key!r} is one of fournines' own labels")
+            labels.update(added)
+        elif plugin_id == _RULE_INTERVALS:
+            config.check_keys(("interval",))
+            interval = config.get("interval")
+            interval.check_keys(("default", "sliError", "metadata", "alert"))
+            default = _interval(interval.get("default"))
+            if default is None:
+                raise interval.get("default").error(f"is required by {_RULE_INTERVALS}")
+            intervals = RuleIntervals(
+                sli=_interval(interval.get("sliError")) or default,
+                meta=_interval(interval.get("metadata")) or default,
+                alerts=_interval(interval.get("alert")) or default)
+    return MappingProxyType(labels), intervals
+
+
 def _sloth_alert(node: _Node) -> tuple[bool, Mapping[str, str], Mapping[str, str]]:
     if node.value is None:
         return True, _EMPTY, _EMPTY
+    node.check_keys(("disable", "labels", "annotations"))
     return (not node.get("disable").boolean(False), node.get("labels").labels(),
             node.get("annotations").labels())
 
 
-def _read_sloth(data: Mapping[str, Any], source: str | None, prefix: str) -> SLOSpec:
-    root = _Node(data, prefix.rstrip("."))
+def _sloth_alerting(node: _Node, names: Mapping[str, str]) -> Alerting:
+    if node.value is None:
+        return Alerting(page=False, ticket=False, absent_after=None)
+    node.check_keys(("name", "labels", "annotations", names["page_alert"],
+                     names["ticket_alert"]))
+    page, page_labels, page_annotations = _sloth_alert(node.get(names["page_alert"]))
+    ticket, ticket_labels, ticket_annotations = _sloth_alert(node.get(names["ticket_alert"]))
+    # Sloth needs a name only for an alert it generates (pkg/common/validation, isValidAlert),
+    # and generates none besides those two: no absent-traffic alert either.
+    name = node.get("name").string(None if page or ticket else "SLOErrorBudgetBurn")
+    return Alerting(name=name, page=page, ticket=ticket,
+                    absent_after="10m" if page or ticket else None,
+                    labels=node.get("labels").labels(),
+                    annotations=node.get("annotations").labels(),
+                    page_labels=page_labels, ticket_labels=ticket_labels,
+                    page_annotations=page_annotations, ticket_annotations=ticket_annotations)
+
+
+def _read_sloth(root: _Node, source: str | None, *, camel: bool) -> SLOSpec:
+    names = _CAMEL if camel else _SNAKE
+    root.check_keys(("service", "labels", names["slo_plugins"], "slos") if camel else
+                    ("version", "service", "labels", names["slo_plugins"], "slos"))
     slos: list[SLO] = []
     for item in root.get("slos").items():
+        item.check_keys(("name", "description", "objective", "plugins", "labels", "sli",
+                         "alerting"))
         sli = item.get("sli")
+        sli.check_keys(("events", "raw", "plugin"))
         if sli.has("raw"):
             raise sli.get("raw").error("raw error ratio SLIs are not supported (an average of "
                                        "ratios is not weighted by traffic); use sli.events")
         if sli.has("plugin"):
-            raise sli.get("plugin").error("Sloth SLI plugins are not supported; use sli.events")
+            plugin = sli.get("plugin")
+            plugin_id = plugin.get("id").value if isinstance(plugin.value, Mapping) else None
+            raise plugin.error(f"Sloth SLI plugins (here {plugin_id!r}) are not supported: "
+                               "fournines cannot run their Go code; use sli.events")
         if not sli.has("events"):
-            raise sli.error("needs events (error_query and total_query)")
-        alerting = item.get("alerting")
-        if alerting.value is None:
-            alert = Alerting(page=False, ticket=False)
-        else:
-            page, page_labels, _ = _sloth_alert(alerting.get("page_alert"))
-            ticket, ticket_labels, _ = _sloth_alert(alerting.get("ticket_alert"))
-            alert = Alerting(
-                name=alerting.get("name").string(pattern=_LABEL_NAME, what="an alert name"),
-                page=page, ticket=ticket,
-                labels=alerting.get("labels").labels(),
-                annotations=alerting.get("annotations").labels(),
-                page_labels=page_labels, ticket_labels=ticket_labels,
-            )
+            raise sli.error(f"needs events ({names['error_query']} and {names['total_query']})")
+        info_labels, intervals = _sloth_plugins(root.get(names["slo_plugins"]),
+                                                item.get("plugins"))
         slos.append(SLO(
             name=item.get("name").string(pattern=_NAME, what="a name of letters, digits, _ . -"),
             objective=_objective(item.get("objective")),
-            sli=_events(sli.get("events")),
+            sli=_events(sli.get("events"), names["error_query"], names["total_query"]),
             description=item.get("description").string(""),
             labels=item.get("labels").labels(),
-            alerting=alert,
+            alerting=_sloth_alerting(item.get("alerting"), names),
+            info_labels=info_labels,
+            intervals=intervals,
         ))
     return SLOSpec(service=root.get("service").string(pattern=_NAME, what="a service name"),
                    labels=root.get("labels").labels(), slos=_unique(slos, root.get("slos")),
