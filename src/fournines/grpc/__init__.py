@@ -14,8 +14,8 @@ Servers get interceptors and the standard health service::
 
 Clients get an interceptor per channel (one target, one breaker)::
 
-    channel = grpc.aio.insecure_channel(
-        "payments:50051", interceptors=[AioClientInterceptor("payments:50051")])
+    protect = AioClientInterceptor("payments:50051")
+    channel = grpc.aio.insecure_channel("payments:50051", interceptors=protect.interceptors)
 
 :class:`ServerInterceptor`, :class:`ClientInterceptor` and
 :func:`stop_gracefully` are the sync twins. Inside this package ``import grpc``

@@ -248,15 +248,15 @@ def _aio_details(details: Any, timeout: float | None) -> grpc.aio.ClientCallDeta
                                       details.credentials, details.wait_for_ready)
 
 
-class AioClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class AioClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """The ``grpc.aio`` client interceptor of one target (see the module docstring).
 
-    ``grpc.aio.insecure_channel(target, interceptors=[AioClientInterceptor(target)])``.
+    ``grpc.aio`` takes one interceptor object per kind of call, so give the
+    channel all of them: :attr:`interceptors` (this one, for unary calls, and
+    its streaming siblings, which share its target)::
+
+        protect = AioClientInterceptor("payments:50051")
+        channel = grpc.aio.insecure_channel("payments:50051", interceptors=protect.interceptors)
 
     :param target: the channel's target; names the breaker, budget and events.
     :param policy: the settings (:class:`RpcClientPolicy`).
@@ -272,6 +272,14 @@ class AioClientInterceptor(
                  clock: Clock = system_clock, rng: random.Random | None = None) -> None:
         self._target = _Target("AioClientInterceptor", target, policy, budget, listeners,
                                clock, rng)
+        self._all: list[grpc.aio.ClientInterceptor] = [
+            self, _AioUnaryStream(self._target), _AioStreamUnary(self._target),
+            _AioStreamStream(self._target)]
+
+    @property
+    def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
+        """This interceptor and its streaming siblings: a channel's ``interceptors=``."""
+        return list(self._all)
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -323,35 +331,55 @@ class AioClientInterceptor(
             except GrpcDeadlineExceededError:
                 return call
 
-    async def _streaming(self, continuation: Callable[[Any, Any], Any], details: Any,
-                         request: Any) -> Any:
-        target = self._target
-        timeout = target.timeout(target.deadline(details.timeout))
-        return await continuation(_aio_details(details, timeout), request)
+    def __repr__(self) -> str:
+        return f"AioClientInterceptor(target={self._target.target!r})"
+
+
+async def _aio_streaming(target: _Target, continuation: Callable[[Any, Any], Any],
+                         details: Any, request: Any) -> Any:
+    timeout = target.timeout(target.deadline(details.timeout))
+    return await continuation(_aio_details(details, timeout), request)
+
+
+class _AioUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    """Server-streaming calls of an :class:`AioClientInterceptor`'s target: the deadline."""
+
+    def __init__(self, target: _Target) -> None:
+        self._target = target
 
     async def intercept_unary_stream(
         self, continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
         client_call_details: grpc.aio.ClientCallDetails, request: Any,
     ) -> Any:
-        """Send the call with the deadline as its timeout (not retried)."""
-        return await self._streaming(continuation, client_call_details, request)
+        return await _aio_streaming(self._target, continuation, client_call_details, request)
+
+
+class _AioStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    """Client-streaming calls of an :class:`AioClientInterceptor`'s target: the deadline."""
+
+    def __init__(self, target: _Target) -> None:
+        self._target = target
 
     async def intercept_stream_unary(
         self, continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
         client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any,
     ) -> Any:
-        """Send the call with the deadline as its timeout (not retried)."""
-        return await self._streaming(continuation, client_call_details, request_iterator)
+        return await _aio_streaming(self._target, continuation, client_call_details,
+                                    request_iterator)
+
+
+class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
+    """Bidirectional calls of an :class:`AioClientInterceptor`'s target: the deadline."""
+
+    def __init__(self, target: _Target) -> None:
+        self._target = target
 
     async def intercept_stream_stream(
         self, continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
         client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any,
     ) -> Any:
-        """Send the call with the deadline as its timeout (not retried)."""
-        return await self._streaming(continuation, client_call_details, request_iterator)
-
-    def __repr__(self) -> str:
-        return f"AioClientInterceptor(target={self._target.target!r})"
+        return await _aio_streaming(self._target, continuation, client_call_details,
+                                    request_iterator)
 
 
 class ClientInterceptor(
@@ -362,7 +390,8 @@ class ClientInterceptor(
 ):
     """The sync ``grpcio`` twin of :class:`AioClientInterceptor`: same parameters and decisions.
 
-    ``grpc.intercept_channel(grpc.insecure_channel(target), ClientInterceptor(target))``.
+    ``grpc.intercept_channel(grpc.insecure_channel(target), ClientInterceptor(target))``
+    (one object serves all four kinds of call: sync channels ask it for each).
     It blocks the calling thread for backoff; a ``future()`` call is waited for
     inside the interceptor, to know whether to retry.
     """
