@@ -278,7 +278,7 @@ class AioClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
 
     @property
     def interceptors(self) -> list[grpc.aio.ClientInterceptor]:
-        """This interceptor and its streaming siblings: a channel's ``interceptors=``."""
+        """A channel's ``interceptors=``: this interceptor and its streaming siblings."""
         return list(self._all)
 
     @property
