@@ -12,7 +12,9 @@ metric                             type       labels / meaning
 The names and labels are those of go-grpc-prometheus / py-grpc-prometheus, so
 the dashboards and SLO queries written for them carry over; the buckets are the
 ASGI metrics' (:data:`fournines.asgi.metrics.DEFAULT_BUCKETS`, with the 300 ms
-bound). ``grpc_type`` is ``unary``, ``client_stream``, ``server_stream`` or
+bound). Calls the interceptor refuses (shed, rate limited, draining, expired)
+are counted with their code and a duration of 0: they are what the callers
+saw. ``grpc_type`` is ``unary``, ``client_stream``, ``server_stream`` or
 ``bidi_stream``; ``grpc_code`` the status code's name (``OK``,
 ``RESOURCE_EXHAUSTED``). Only methods the server has a handler for are
 counted, so a client cannot mint label values with made-up method names.

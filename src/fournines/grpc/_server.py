@@ -397,6 +397,10 @@ class AioServerInterceptor(grpc.aio.ServerInterceptor):
                     return permit
                 refusal = permit
             code, details, retry_after = refusal
+            if metrics is not None:
+                # Refusals are what the caller saw: they count against the objective.
+                metrics.started()
+                metrics.observe(kind, method, code.name, 0.0)
             _pushback(context, retry_after)
             await context.abort(code, details)
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
@@ -511,6 +515,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
                     return permit
                 refusal = permit
             code, details, retry_after = refusal
+            if metrics is not None:
+                # Refusals are what the caller saw: they count against the objective.
+                metrics.started()
+                metrics.observe(kind, method, code.name, 0.0)
             _pushback(context, retry_after)
             context.abort(code, details)
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
