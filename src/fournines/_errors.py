@@ -7,7 +7,8 @@ that subpackage (shown in brackets)::
     FourNinesError
     ├── RejectedError                   a policy refused to run the call at all
     │   ├── CircuitOpenError            the breaker is open (or throttling)
-    │   │   └── TransportCircuitOpenError       [client]
+    │   │   ├── TransportCircuitOpenError       [client]
+    │   │   └── GrpcCircuitOpenError            also a GrpcRejectedError [grpc]
     │   ├── RateLimitedError            a rate limiter has no room; carries retry_after
     │   │   └── TransportRateLimitedError       [client]
     │   ├── BulkheadFullError           no free slot and no room (or time) to queue
@@ -16,10 +17,13 @@ that subpackage (shown in brackets)::
     │   │   └── TransportLoadShedError          [client]
     │   ├── NoEndpointsError            a client balancer has no endpoint to send to
     │   │   └── TransportNoEndpointsError       [client]
-    │   └── TransportRejectedError      a transport's rejection, also an httpx.TransportError;
-    │                                   each Transport* rejection above is one too [client]
+    │   ├── TransportRejectedError      a transport's rejection, also an httpx.TransportError;
+    │   │                               each Transport* rejection above is one too [client]
+    │   └── GrpcRejectedError           a gRPC client interceptor's rejection, also a
+    │                                   grpc.RpcError with code() UNAVAILABLE [grpc]
     ├── DeadlineExceededError           the deadline passed (also a TimeoutError)
-    │   └── TransportDeadlineExceededError  also an httpx.TimeoutException [client]
+    │   ├── TransportDeadlineExceededError  also an httpx.TimeoutException [client]
+    │   └── GrpcDeadlineExceededError   also a grpc.RpcError, DEADLINE_EXCEEDED [grpc]
     ├── ConfigurationError              a bad setting, named (also a ValueError)
     │   └── SpecError                   an invalid SLO spec, with file and path [slo]
     ├── PrometheusError                 Prometheus gave no answer to use [slo]
@@ -35,7 +39,8 @@ that subpackage (shown in brackets)::
     └── ControlError                    no answer on its control socket (RuntimeError) [serve]
 
 The transports' errors are both kinds at once, so ``except CircuitOpenError`` and
-``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request.
+``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request;
+the gRPC interceptors' likewise with ``except grpc.RpcError``.
 
 Exhausted retries re-raise the last error of the call as it was, never a
 wrapper: callers keep catching what the wrapped function raises.

@@ -13,7 +13,8 @@ from fournines import _errors
 
 # Where the public error classes live: the core and each subpackage's curated names.
 _PACKAGES = ("fournines", "fournines.asgi", "fournines.chaos", "fournines.client",
-             "fournines.data", "fournines.serve", "fournines.lab", "fournines.slo")
+             "fournines.data", "fournines.serve", "fournines.lab", "fournines.slo",
+             "fournines.grpc")
 
 def drawn_tree() -> dict[str, str]:
     """``{class name: drawn parent name}`` read from the module docstring."""
