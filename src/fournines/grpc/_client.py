@@ -311,7 +311,11 @@ class AioClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 return call  # opened during the retries: the last answer says more
             try:
                 call = await continuation(_aio_details(client_call_details, timeout), request)
-                code = await call.code()
+                # Awaiting the call itself, not call.code(): one wake-up less per call.
+                await call
+                code = _OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
             except BaseException:
                 # Cancelled by the caller (or by a fournines Timeout: a failure then).
                 permit.cancelled()
