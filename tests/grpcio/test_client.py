@@ -100,7 +100,8 @@ async def test_a_negative_pushback_forbids_the_retry() -> None:
     assert echo.calls["Flaky"] == 1
 
 
-async def test_a_call_shed_by_a_fournines_server_is_retried_after_its_pushback() -> None:
+async def test_a_fournines_servers_pushback_beyond_max_retry_after_ends_the_retrying(
+) -> None:
     echo = Echo()
     limit = RpcRateLimit(limiter=TokenBucket(rate=2, capacity=1))
     clock = FakeClock()
