@@ -8,24 +8,43 @@ that subpackage (shown in brackets)::
     ├── RejectedError                   a policy refused to run the call at all
     │   ├── CircuitOpenError            the breaker is open (or throttling)
     │   │   ├── TransportCircuitOpenError       [client]
+    │   │   ├── RequestsCircuitOpenError        [client]
+    │   │   ├── AiohttpCircuitOpenError         [client]
     │   │   └── GrpcCircuitOpenError            also a GrpcRejectedError [grpc]
     │   ├── RateLimitedError            a rate limiter has no room; carries retry_after
-    │   │   └── TransportRateLimitedError       [client]
+    │   │   ├── TransportRateLimitedError       [client]
+    │   │   ├── RequestsRateLimitedError        [client]
+    │   │   └── AiohttpRateLimitedError         [client]
     │   ├── BulkheadFullError           no free slot and no room (or time) to queue
-    │   │   └── TransportBulkheadFullError      [client]
+    │   │   ├── TransportBulkheadFullError      [client]
+    │   │   ├── RequestsBulkheadFullError       [client]
+    │   │   └── AiohttpBulkheadFullError        [client]
     │   ├── LoadShedError               the server sheds load to protect itself
-    │   │   └── TransportLoadShedError          [client]
+    │   │   ├── TransportLoadShedError          [client]
+    │   │   ├── RequestsLoadShedError           [client]
+    │   │   └── AiohttpLoadShedError            [client]
     │   ├── NoEndpointsError            a client balancer has no endpoint to send to
-    │   │   └── TransportNoEndpointsError       [client]
+    │   │   ├── TransportNoEndpointsError       [client]
+    │   │   ├── RequestsNoEndpointsError        [client]
+    │   │   └── AiohttpNoEndpointsError         [client]
     │   ├── TransportRejectedError      a transport's rejection, also an httpx.TransportError;
     │   │                               each Transport* rejection above is one too [client]
+    │   ├── RequestsRejectedError       a ResilientAdapter's rejection, also a
+    │   │                               requests.ConnectionError; each Requests* above [client]
+    │   ├── AiohttpRejectedError        a ResilientMiddleware's rejection, also an
+    │   │                               aiohttp.ClientConnectionError; each Aiohttp* [client]
     │   └── GrpcRejectedError           a gRPC client interceptor's rejection, also a
     │                                   grpc.RpcError with code() UNAVAILABLE [grpc]
     ├── DeadlineExceededError           the deadline passed (also a TimeoutError)
     │   ├── TransportDeadlineExceededError  also an httpx.TimeoutException [client]
+    │   ├── RequestsDeadlineExceededError   also a requests.Timeout [client]
+    │   ├── AiohttpDeadlineExceededError    also an aiohttp.ServerTimeoutError [client]
     │   └── GrpcDeadlineExceededError   also a grpc.RpcError, DEADLINE_EXCEEDED [grpc]
     ├── ConfigurationError              a bad setting, named (also a ValueError)
-    │   └── SpecError                   an invalid SLO spec, with file and path [slo]
+    │   ├── SpecError                   an invalid SLO spec, with file and path [slo]
+    │   └── ConfigValidationError       a config value refused, with key and field [discovery]
+    ├── ConfigUnavailableError          no config to start with: etcd down or empty, no
+    │                                   snapshot, no default (also a RuntimeError) [discovery]
     ├── PrometheusError                 Prometheus gave no answer to use [slo]
     │   ├── PrometheusUnreachableError  network error, timeout, 5xx, not Prometheus
     │   └── PrometheusQueryError        Prometheus refused the query (error_type)
@@ -39,8 +58,10 @@ that subpackage (shown in brackets)::
     └── ControlError                    no answer on its control socket (RuntimeError) [serve]
 
 The transports' errors are both kinds at once, so ``except CircuitOpenError`` and
-``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request;
-the gRPC interceptors' likewise with ``except grpc.RpcError``.
+``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request
+(``except requests.RequestException`` and ``except aiohttp.ClientError`` for the
+requests adapter and the aiohttp middleware, ``except grpc.RpcError`` for the gRPC
+client interceptors).
 
 Exhausted retries re-raise the last error of the call as it was, never a
 wrapper: callers keep catching what the wrapped function raises.

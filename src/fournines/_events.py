@@ -21,6 +21,8 @@ __all__ = [
     "CallRejected",
     "ClientRequestFinished",
     "ClientRequestStarted",
+    "ConfigChanged",
+    "ConfigRejected",
     "DeadlineExceeded",
     "DiscoveryInterrupted",
     "DiscoveryResumed",
@@ -266,6 +268,39 @@ class DiscoveryResumed(Event):
     """Discovery of service ``name`` is in sync again, ``stale`` seconds after it lost its watch."""
 
     stale: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigChanged(Event):
+    """The config centre applied a new value of key ``key`` (``name`` is the key too).
+
+    ``revision`` is the etcd revision of the value, ``old`` and ``new`` the typed
+    configurations before and after (``old`` is ``None`` for the first value).
+    ``source`` is where the new value came from: ``"etcd"``, ``"snapshot"``
+    (the last good value on disk, etcd unreachable at start) or ``"default"``.
+    """
+
+    key: str
+    revision: int
+    old: object
+    new: object
+    source: str = "etcd"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigRejected(Event):
+    """The config centre refused the value of ``key`` at ``revision``; the last good one stays.
+
+    ``field`` is the path of the offending field (``""``: the whole value, e.g.
+    invalid JSON), ``problem`` what was wrong, ``error`` the
+    ``ConfigValidationError`` raised.
+    """
+
+    key: str
+    revision: int
+    field: str
+    problem: str
+    error: BaseException | None = None
 
 
 Listener = Callable[[Event], object]

@@ -225,3 +225,25 @@ def test_a_generator_on_schedule_shows_its_send_lag_without_alarm() -> None:
     page = render_html(result())
     assert "p99 0 ms, worst 0 ms" in page
     assert "FELL BEHIND" not in page and 'class="behind"' not in page
+
+
+PHASE_TARGET = ("protected full answers within 1 s >= unprotected answers within 1 s, "
+                "in every phase")
+
+
+def test_degraded_answers_in_place_of_unprotected_full_ones_miss_the_phase_target() -> None:
+    # In the payment_errors window (1-2 s) the protected fleet answers every third page
+    # degraded, the unprotected fleet fails all of them: 7 full against 0 answered.
+    # Everywhere else the unprotected fleet answers 10 of 10 and the protected 6 or 7.
+    target = result().targets()[PHASE_TARGET]
+    assert not target["met"]
+    assert target["phase"] != "payment_errors (20% x 500)"
+    assert target["value"] < 0
+
+
+def test_the_phase_table_is_in_both_reports() -> None:
+    page = render_html(result())
+    assert 'id="phases"' in page and "full service back" in page
+    console = Console(file=io.StringIO(), width=200)
+    render_table(result(), console)
+    assert "answers per phase" in console.file.getvalue()  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from fournines.lab.runner import AUTO_RATE_SHARE, MAX_AUTO_RATE
 from fournines.lab.scenario import (
     FAULT_KINDS,
     MAX_RATE,
+    NOT_BUILT,
     Fault,
     Scenario,
     check_load,
@@ -86,6 +87,18 @@ def test_an_unknown_fault_kind_names_the_file_the_index_and_the_kinds() -> None:
     message = str(info.value)
     assert message.startswith("my.yaml: faults[1].kind must be one of")
     assert "payment_latency" in message and "'meteor'" in message
+
+
+@pytest.mark.parametrize("kind", ["rolling_deploy", "registry_outage", "instance_kill",
+                                  "db_storm", "db_restart", "consumer_kill"])
+def test_a_seed_fault_the_lab_cannot_play_yet_is_refused_saying_what_is_missing(
+        kind: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_scenario({"faults": [{"kind": kind, "at": 1, "duration": 1, "service": "order"}]},
+                       source="seed.yaml")
+    message = str(info.value)
+    assert message.startswith(f"seed.yaml: faults[0].kind: {kind!r} is not built in the lab yet:")
+    assert message.endswith(NOT_BUILT[kind])
 
 
 def test_a_missing_start_time_is_named() -> None:

@@ -10,7 +10,14 @@ from fournines.lab.confidence import clopper_pearson
 from fournines.lab.load import Outcome
 from fournines.lab.metrics import Sample, parse_metrics
 from fournines.lab.scenario import Fault
-from fournines.lab.stats import budget_consumed, per_second, percentile, phase_of, summarize
+from fournines.lab.stats import (
+    budget_consumed,
+    per_second,
+    percentile,
+    phase_of,
+    summarize,
+    time_to_full_service,
+)
 
 
 def outcome(at: float, status: int = 200, latency: float = 0.01, degraded: bool = False,
@@ -188,3 +195,46 @@ def test_a_variant_without_requests_proves_nothing() -> None:
     assert (summary.availability_interval.lower, summary.availability_interval.upper) == (
         0.0, 1.0)
     assert summary.objective.outcome == "missed"
+
+
+# -- answers per phase and the return of full service ---------------------------------
+
+
+def _page(at: float, *, degraded: bool = False, status: int = 200,
+          latency: float = 0.05) -> Outcome:
+    return Outcome(at=at, status=status, latency=latency, degraded=degraded, send_lag=0.0)
+
+
+def test_phase_counts_separate_full_degraded_and_late_answers() -> None:
+    faults = [Fault(kind="profile_kill", at=10, duration=5)]
+    outcomes = [_page(11.0), _page(11.1, degraded=True), _page(11.2, latency=1.5),
+                _page(11.3, status=502), _page(1.0)]
+    phase = summarize("protected", outcomes, [], faults, 20).phases["profile_kill (SIGKILL)"]
+    assert (phase.requests, phase.full_in_time, phase.answered_in_time, phase.degraded,
+            phase.failed) == (4, 1, 2, 1, 1)
+
+
+def test_full_service_is_back_after_the_last_short_bucket() -> None:
+    fault = Fault(kind="profile_kill", at=10, duration=5)
+    # 15.0-15.5 and 15.5-16.0 degraded, full from 16.0 on
+    outcomes = [_page(15.0 + i * 0.1, degraded=15.0 + i * 0.1 < 16.0) for i in range(40)]
+    assert time_to_full_service(outcomes, fault, [fault], 20) == pytest.approx(1.0)
+
+
+def test_full_service_is_immediate_when_no_bucket_falls_short() -> None:
+    fault = Fault(kind="profile_kill", at=10, duration=5)
+    outcomes = [_page(15.0 + i * 0.1) for i in range(40)]
+    assert time_to_full_service(outcomes, fault, [fault], 20) == 0.0
+
+
+def test_full_service_never_back_before_the_next_fault_is_none() -> None:
+    first = Fault(kind="profile_kill", at=10, duration=5)
+    second = Fault(kind="partition", at=17, duration=2)
+    outcomes = [_page(15.0 + i * 0.1, degraded=True) for i in range(20)]
+    assert time_to_full_service(outcomes, first, [first, second], 30) is None
+
+
+def test_late_full_answers_do_not_count_as_full_service() -> None:
+    fault = Fault(kind="profile_kill", at=10, duration=5)
+    outcomes = [_page(15.0 + i * 0.1, latency=1.2 if i < 10 else 0.05) for i in range(40)]
+    assert time_to_full_service(outcomes, fault, [fault], 20) == pytest.approx(1.0)

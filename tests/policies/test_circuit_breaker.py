@@ -106,6 +106,54 @@ def test_any_failure_while_half_open_opens_again(clock: FakeClock) -> None:
     assert info.value.retry_after == pytest.approx(60.0)
 
 
+def test_adaptive_reset_first_waits_the_initial_timeout(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(clock=clock, reset_timeout=8.0, initial_reset_timeout=1.0)
+    trip(breaker)
+    clock.advance(0.99)
+    assert breaker.state is State.OPEN
+    clock.advance(0.01)
+    assert breaker.state is State.HALF_OPEN
+
+
+def test_adaptive_reset_doubles_after_each_failed_probe_up_to_reset_timeout(
+        clock: FakeClock) -> None:
+    breaker = CircuitBreaker(clock=clock, reset_timeout=5.0, initial_reset_timeout=1.0)
+    trip(breaker)
+    waits = []
+    for _ in range(5):
+        with pytest.raises(CircuitOpenError) as info:
+            breaker.call(ok)
+        waits.append(info.value.retry_after)
+        clock.advance(info.value.retry_after or 0.0)
+        trip(breaker, 1)  # the probe fails: the dependency is still down
+    assert waits == pytest.approx([1.0, 2.0, 4.0, 5.0, 5.0])
+
+
+def test_adaptive_reset_starts_over_after_the_breaker_closes(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(clock=clock, reset_timeout=8.0, initial_reset_timeout=1.0,
+                             half_open_probes=1)
+    trip(breaker)
+    clock.advance(1.0)
+    trip(breaker, 1)
+    clock.advance(2.0)
+    breaker.call(ok)
+    assert breaker.state is State.CLOSED
+    trip(breaker)
+    with pytest.raises(CircuitOpenError) as info:
+        breaker.call(ok)
+    assert info.value.retry_after == pytest.approx(1.0)
+
+
+def test_initial_reset_timeout_longer_than_reset_timeout_is_capped(clock: FakeClock) -> None:
+    breaker = CircuitBreaker(clock=clock, reset_timeout=2.0, initial_reset_timeout=10.0)
+    assert breaker.initial_reset_timeout == 2.0
+
+
+def test_negative_initial_reset_timeout_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="initial_reset_timeout"):
+        CircuitBreaker(initial_reset_timeout=-1.0)
+
+
 def test_half_open_admits_only_its_probes_at_once(clock: FakeClock) -> None:
     breaker = CircuitBreaker(clock=clock, half_open_probes=2)
     trip(breaker)

@@ -12,9 +12,20 @@ import fournines
 from fournines import _errors
 
 # Where the public error classes live: the core and each subpackage's curated names.
-_PACKAGES = ("fournines", "fournines.asgi", "fournines.chaos", "fournines.client",
-             "fournines.data", "fournines.serve", "fournines.lab", "fournines.slo",
-             "fournines.grpc")
+_PACKAGES = (
+    "fournines",
+    "fournines.aiohttp",
+    "fournines.asgi",
+    "fournines.chaos",
+    "fournines.client",
+    "fournines.data",
+    "fournines.discovery",
+    "fournines.grpc",
+    "fournines.lab",
+    "fournines.serve",
+    "fournines.slo",
+    "fournines.wsgi",
+)
 
 def drawn_tree() -> dict[str, str]:
     """``{class name: drawn parent name}`` read from the module docstring."""

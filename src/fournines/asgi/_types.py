@@ -6,6 +6,10 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, TypeAlias
 
+from .._http import PROBLEM_CONTENT_TYPE, problem
+
+__all__ = ["PROBLEM_CONTENT_TYPE", "header", "problem", "respond", "respond_json"]
+
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
@@ -41,22 +45,6 @@ async def respond(
         ],
     })
     await send({"type": "http.response.body", "body": body})
-
-
-PROBLEM_CONTENT_TYPE = b"application/problem+json"
-
-
-def problem(status: int, title: str, detail: str, *, type: str = "about:blank",
-            **members: object) -> bytes:
-    """An RFC 9457 problem details body: ``type``, ``title``, ``status``, ``detail``.
-
-    Every early rejection (429, 503, 504) answers with one, built once at construction
-    (the body never varies per request, so a rejection costs no encoding). With the
-    default ``type`` (``about:blank``) the ``title`` must be the status's reason
-    phrase (RFC 9457 section 4.2.1); ``members`` are extension members.
-    """
-    payload = {"type": type, "title": title, "status": status, "detail": detail, **members}
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 async def respond_json(

@@ -47,6 +47,7 @@ from .._clock import Clock, system_clock
 from .._deadline import push_deadline, reset_deadline
 from .._errors import ConfigurationError, check_number
 from .._events import DeadlineExceeded, Listener, MalformedHeader, dispatch, global_listeners
+from .._http import EXPIRED_PROBLEM
 from .._propagation import (
     GRPC_TIMEOUT_HEADER,
     NO_RETRY_HEADER,
@@ -56,7 +57,7 @@ from .._propagation import (
     parse_grpc_timeout,
     parse_timeout_ms,
 )
-from ._types import PROBLEM_CONTENT_TYPE, ASGIApp, Message, Receive, Scope, Send, problem, respond
+from ._types import PROBLEM_CONTENT_TYPE, ASGIApp, Message, Receive, Scope, Send, respond
 
 __all__ = ["DeadlineMiddleware"]
 
@@ -66,8 +67,7 @@ _TIMEOUT = TIMEOUT_HEADER.encode("latin-1")
 _FAST_LEN = 32  # parse_timeout_ms refuses longer values
 _GRPC = GRPC_TIMEOUT_HEADER.encode("latin-1")
 _NO_RETRY = (NO_RETRY_HEADER.encode("latin-1"), b"1")
-_EXPIRED_BODY = problem(504, "Gateway Timeout",
-                        "the request's deadline had passed before it started")
+_EXPIRED_BODY = EXPIRED_PROBLEM
 
 OnMalformed = Callable[[str, bytes], object]
 """Called as ``on_malformed(header_name, raw_value)`` for each malformed header."""

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from .._clock import SystemClock
 from .._errors import ConfigurationError, check_number
 from .._events import add_listener, remove_listener
+from .._http import OTHER_METHOD, method_label
 from ._loop import current_task, running_loop
 from ._state import ServiceState
 from ._types import ASGIApp, Message, Receive, Scope, Send, header, respond
@@ -86,12 +87,6 @@ REQUESTS_TOTAL = "http_requests_total"
 
 REQUEST_DURATION = "http_request_duration_seconds"
 """Base name of the request histogram (``_bucket``, ``_count`` and ``_sum`` series)."""
-
-# Methods outside this set become "_OTHER" (as in OpenTelemetry's conventions): a
-# client sending random methods must not create a series per method.
-_METHODS = {m: m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
-                           "CONNECT", "TRACE")}
-_OTHER_METHOD = "_OTHER"
 
 # Time comes from the clock module (SystemClock.monotonic is time.monotonic),
 # bound once: the request path reads it twice.
@@ -347,7 +342,7 @@ class MetricsMiddleware:
                 # A broken route_of must not fail the request it labels.
                 _log.exception("MetricsMiddleware route_of failed for %r", scope.get("path"))
                 route = UNMATCHED
-            key = (_METHODS.get(scope["method"], _OTHER_METHOD), route, status)
+            key = (method_label(scope["method"], OTHER_METHOD), route, status)
             if self.multiprocess:
                 self._observe_multiprocess(key, duration)
             else:

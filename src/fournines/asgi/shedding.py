@@ -96,6 +96,7 @@ from typing import Any
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, LoadShedError, check_number, new_rejection
 from .._events import CallRejected, Listener, LoopLagUnrelieved, dispatch, global_listeners
+from .._http import SHED_PROBLEM
 from ..policies.adaptive import ConcurrencyLimit, Gradient2Limit
 from ._loop import current_task, running_loop
 from ._types import (
@@ -114,8 +115,7 @@ __all__ = ["DEFAULT_NEVER_SHED_PATHS", "TICKET", "LoadShedder", "RequestBodyTime
 DEFAULT_NEVER_SHED_PATHS = ("/livez", "/readyz", "/startupz", "/healthz", "/metrics")
 """Paths a :class:`LoadShedder` admits whatever the load: health probes and metrics."""
 
-_BODY = problem(503, "Service Unavailable",
-                "the service is overloaded: retry after the Retry-After seconds")
+_BODY = SHED_PROBLEM
 _TIMEOUT_BODY = problem(408, "Request Timeout",
                         "the request body did not arrive in time")
 _TIMEOUT_HEADERS = ((b"connection", b"close"),)

@@ -16,7 +16,15 @@ httpx errors (:mod:`fournines.client._errors` draws the tree):
 catch an open breaker (:class:`TransportCircuitOpenError`), and
 ``except fournines.DeadlineExceededError`` and ``except httpx.TimeoutException``
 both catch a spent deadline (:class:`TransportDeadlineExceededError`).
+
+The same policies reach the other clients, decided by the same transports:
+:class:`ResilientAdapter` is a ``requests`` ``HTTPAdapter`` (``requests`` extra) and
+:class:`ResilientMiddleware` an aiohttp client middleware (``aiohttp`` extra); each
+raises twins that are that client's errors too. Both load on first use, so
+``import fournines.client`` needs neither.
 """
+
+from typing import TYPE_CHECKING
 
 from .._errors import NoEndpointsError
 from .._events import (
@@ -25,6 +33,7 @@ from .._events import (
     EndpointEjected,
     HostEvicted,
 )
+from .._lazy import lazy_attributes
 from ._errors import (
     TransportBulkheadFullError,
     TransportCircuitOpenError,
@@ -55,10 +64,65 @@ from .transport import (
     parse_retry_after,
 )
 
+_REQUESTS = ("fournines.client._requests", "pip install 'fournines[requests]'")
+_AIOHTTP = ("fournines.client._aiohttp", "pip install 'fournines[aiohttp]'")
+__getattr__, __dir__ = lazy_attributes("fournines.client", {
+    "ResilientAdapter": _REQUESTS,
+    "RequestsFallbackHook": _REQUESTS,
+    "RequestsRejectedError": _REQUESTS,
+    "RequestsCircuitOpenError": _REQUESTS,
+    "RequestsRateLimitedError": _REQUESTS,
+    "RequestsBulkheadFullError": _REQUESTS,
+    "RequestsLoadShedError": _REQUESTS,
+    "RequestsNoEndpointsError": _REQUESTS,
+    "RequestsDeadlineExceededError": _REQUESTS,
+    "ResilientMiddleware": _AIOHTTP,
+    "AiohttpFallbackHook": _AIOHTTP,
+    "AiohttpRejectedError": _AIOHTTP,
+    "AiohttpCircuitOpenError": _AIOHTTP,
+    "AiohttpRateLimitedError": _AIOHTTP,
+    "AiohttpBulkheadFullError": _AIOHTTP,
+    "AiohttpLoadShedError": _AIOHTTP,
+    "AiohttpNoEndpointsError": _AIOHTTP,
+    "AiohttpDeadlineExceededError": _AIOHTTP,
+}, globals())
+
+if TYPE_CHECKING:  # the real types for a user's type checker; never imported at run time
+    from ._aiohttp import (
+        AiohttpBulkheadFullError,
+        AiohttpCircuitOpenError,
+        AiohttpDeadlineExceededError,
+        AiohttpFallbackHook,
+        AiohttpLoadShedError,
+        AiohttpNoEndpointsError,
+        AiohttpRateLimitedError,
+        AiohttpRejectedError,
+        ResilientMiddleware,
+    )
+    from ._requests import (
+        RequestsBulkheadFullError,
+        RequestsCircuitOpenError,
+        RequestsDeadlineExceededError,
+        RequestsFallbackHook,
+        RequestsLoadShedError,
+        RequestsNoEndpointsError,
+        RequestsRateLimitedError,
+        RequestsRejectedError,
+        ResilientAdapter,
+    )
+
 __all__ = [
     "IDEMPOTENT_METHODS",
     "STALE_AGE_EXTENSION",
     "STALE_HEADER",
+    "AiohttpBulkheadFullError",
+    "AiohttpCircuitOpenError",
+    "AiohttpDeadlineExceededError",
+    "AiohttpFallbackHook",
+    "AiohttpLoadShedError",
+    "AiohttpNoEndpointsError",
+    "AiohttpRateLimitedError",
+    "AiohttpRejectedError",
     "AsyncBalancingTransport",
     "AsyncResilientTransport",
     "BalancingTransport",
@@ -74,6 +138,16 @@ __all__ = [
     "NoEndpointsError",
     "OutlierEjection",
     "P2CBalancer",
+    "RequestsBulkheadFullError",
+    "RequestsCircuitOpenError",
+    "RequestsDeadlineExceededError",
+    "RequestsFallbackHook",
+    "RequestsLoadShedError",
+    "RequestsNoEndpointsError",
+    "RequestsRateLimitedError",
+    "RequestsRejectedError",
+    "ResilientAdapter",
+    "ResilientMiddleware",
     "ResilientTransport",
     "StaticEndpoints",
     "TransportBulkheadFullError",

@@ -111,8 +111,16 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 class ClientPolicy:
     """Declarative settings for the policies of one host (all times in seconds).
 
-    :param trip: when the host's breaker opens (default ``ConsecutiveFailures(5)``).
-    :param reset_timeout: how long an open breaker waits before probing.
+    :param trip: when the host's breaker opens (default ``ConsecutiveFailures(5)``,
+        which opens after five timed-out calls to a hung host even at one call a
+        second). At hundreds of attempts a second a host that fails one attempt in
+        five, which retries absorb, also fails five in a row every few seconds: for
+        such a host prefer ``FailureRate(threshold=0.5, window=100)``.
+    :param reset_timeout: the longest an open breaker waits before probing.
+    :param initial_reset_timeout: the wait after the breaker first opens; each failed
+        probe doubles it up to ``reset_timeout`` (``None``: always ``reset_timeout``).
+        Short by default, so a breaker tripped by a short fault serves again about a
+        second after it ends, while a host that stays down is probed ever more rarely.
     :param half_open_probes: probes admitted, and successes needed, while half-open.
     :param attempts: attempts per idempotent request, the first included (1: no retry).
     :param backoff: the wait before each retry.
@@ -146,6 +154,7 @@ class ClientPolicy:
         default_factory=ConsecutiveFailures
     )
     reset_timeout: float = 30.0
+    initial_reset_timeout: float | None = 1.0
     half_open_probes: int = 1
     attempts: int = 3
     backoff: Backoff = field(default_factory=lambda: Backoff(initial=0.05, cap=2.0))
@@ -167,6 +176,8 @@ class ClientPolicy:
                 f"got {self.trip!r}"
             )
         check_number(owner, "reset_timeout", self.reset_timeout, minimum=0)
+        check_number(owner, "initial_reset_timeout", self.initial_reset_timeout, minimum=0,
+                     optional=True)
         check_number(owner, "half_open_probes", self.half_open_probes, minimum=1, integer=True)
         check_number(owner, "attempts", self.attempts, minimum=1, integer=True)
         if not isinstance(self.backoff, Backoff):
@@ -324,6 +335,7 @@ class _HostPolicies:
         self.failed_at = -1e18
         self.breaker = CircuitBreaker(
             name, trip=config.trip, reset_timeout=config.reset_timeout,
+            initial_reset_timeout=config.initial_reset_timeout,
             half_open_probes=config.half_open_probes, clock=clock, listeners=listeners,
         )
         self.budget = budget if budget is not None else RetryBudget(
@@ -1048,7 +1060,8 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         # With ``hp``, closing the body ends the request (its host may be evicted after).
         self._hp = hp
 
-    def _cut(self, exc: BaseException) -> None:
+    def cut(self, exc: BaseException) -> None:
+        """The body was cut by the network: the attempt failed (an adapter's reader says so)."""
         if self._outcome is not None:
             self._outcome.failure(exc)
 
@@ -1066,7 +1079,7 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
         try:
             yield from self._stream
         except _FAILURES as exc:
-            self._cut(exc)
+            self.cut(exc)
             raise
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -1074,7 +1087,7 @@ class ReleasingStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             async for chunk in self._stream:
                 yield chunk
         except _FAILURES as exc:
-            self._cut(exc)
+            self.cut(exc)
             raise
         except asyncio.CancelledError:
             # A body that hangs until its deadline cuts it is a failure, like a hung

@@ -18,6 +18,15 @@ raised as a class that is both::
 open breaker; ``except DeadlineExceededError``, ``except TimeoutError`` and
 ``except httpx.TimeoutException`` all catch a spent deadline. A rejection
 subclass of the user's own passes through unchanged.
+
+The requests adapter and the aiohttp middleware raise twins of the same shape
+(their module docstrings and :mod:`fournines._errors` draw them)::
+
+    RejectedError ──┬── RequestsRejectedError   (also requests.ConnectionError)
+                    └── AiohttpRejectedError    (also aiohttp.ClientConnectionError)
+    CircuitOpenError ── RequestsCircuitOpenError, AiohttpCircuitOpenError, ... (each kind)
+    DeadlineExceededError ──┬── RequestsDeadlineExceededError  (also requests.Timeout)
+                            └── AiohttpDeadlineExceededError   (also aiohttp.ServerTimeoutError)
 """
 
 from __future__ import annotations

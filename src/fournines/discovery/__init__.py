@@ -14,9 +14,35 @@ through an endpoint source that feeds the client balancer::
 :class:`StaticRegistry` is the in-memory registry for development and tests;
 :class:`EtcdRegistry` and :class:`EtcdEndpoints` are the etcd backend (the
 ``etcd`` extra). Key layout and value format: :mod:`fournines.discovery.registry`.
+
+The config centre keeps typed configuration in etcd, validated before it is
+applied and hot-reloaded (:mod:`fournines.discovery.config`)::
+
+    watcher = ConfigWatcher("http://127.0.0.1:2379", "payment/limits", Limits,
+                            default=Limits(), snapshot="limits.json")
+    await watcher.start()
+    bind(watcher, limiter, lambda cfg: {"rate": cfg.per_second})
 """
 
-from .._events import DiscoveryInterrupted, DiscoveryResumed, EndpointsChanged, RegistrationChanged
+from .._events import (
+    ConfigChanged,
+    ConfigRejected,
+    DiscoveryInterrupted,
+    DiscoveryResumed,
+    EndpointsChanged,
+    RegistrationChanged,
+)
+from ._schema import ConfigUnavailableError, ConfigValidationError
+from .config import (
+    ConfigRevision,
+    ConfigWatcher,
+    Reconfigurable,
+    bind,
+    config_history,
+    get_config,
+    put_config,
+    validate_config,
+)
 from .etcd import EtcdEndpoints, EtcdRegistry
 from .registry import (
     DEFAULT_PREFIX,
@@ -30,16 +56,28 @@ from .registry import (
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "ConfigChanged",
+    "ConfigRejected",
+    "ConfigRevision",
+    "ConfigUnavailableError",
+    "ConfigValidationError",
+    "ConfigWatcher",
     "DiscoveryInterrupted",
     "DiscoveryResumed",
     "EndpointsChanged",
     "EtcdEndpoints",
     "EtcdRegistry",
     "Instance",
+    "Reconfigurable",
     "RegistrationChanged",
     "ServiceRegistry",
     "StaticRegistry",
+    "bind",
+    "config_history",
     "default_instance_id",
+    "get_config",
     "instance_key",
+    "put_config",
     "service_prefix",
+    "validate_config",
 ]

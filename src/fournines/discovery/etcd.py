@@ -46,7 +46,7 @@ import math
 import os
 import random
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -123,7 +123,11 @@ class _Connection:
                 raise ConfigurationError(
                     "the etcd backend needs aetcd: pip install 'fournines[etcd]'") from exc
             host, port = self._targets[self._index]
-            client = aetcd.Client(host=host, port=port, timeout=self._timeout)
+            # A subchannel of its own: gRPC shares them process-wide by default, and a
+            # fresh client would inherit the reconnect backoff another client's failures
+            # built up, failing at once for a while after etcd is back.
+            client = aetcd.Client(host=host, port=port, timeout=self._timeout,
+                                  options={"grpc.use_local_subchannel_pool": 1})
             await asyncio.wait_for(client.connect(), self._timeout)
             self._client = client
         return self._client
@@ -554,27 +558,10 @@ class EtcdEndpoints:
                 f"in_sync={self._in_sync})")
 
     async def _run(self) -> None:
-        failures, previous = 0, 0.0
-        while True:
-            try:
-                await self._follow()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                compacted = _is_compacted(exc)
-                self._interrupted("compacted" if compacted else "disconnected", exc)
-                if self._listed:
-                    # It worked a moment ago: start the backoff over.
-                    failures, previous = 0, 0.0
-                if compacted:
-                    # Behind a compaction, etcd itself is fine: list again at once.
-                    continue
-            finally:
-                self._first.set()
-            await self._connection.reset()
-            failures += 1
-            delay = previous = self._backoff.delay(failures, previous, self._rng)
-            await self._clock.asleep(delay)
+        await _keep_following(
+            self._follow, connection=self._connection, backoff=self._backoff, rng=self._rng,
+            clock=self._clock, interrupted=self._interrupted, listed=lambda: self._listed,
+            first=self._first)
 
     async def _follow(self) -> None:
         self._listed = False
@@ -592,33 +579,16 @@ class EtcdEndpoints:
         self._synced()
         self._listed = True
         self._first.set()
-        watch = await asyncio.wait_for(
-            client.watch_prefix(self._prefix_bytes, start_revision=self._revision + 1), timeout)
-        try:
-            iterator = aiter(watch)
-            while True:
-                following = asyncio.ensure_future(anext(iterator))
-                try:
-                    while True:
-                        done, _ = await asyncio.wait({following}, timeout=self._probe_interval)
-                        if done:
-                            break
-                        # No event for a while: make sure etcd still answers (a stopped
-                        # etcd keeps the stream open and silent).
-                        await asyncio.wait_for(client.get(self._prefix_bytes), timeout)
-                        self._confirmed_at = self._clock.monotonic()
-                except BaseException:
-                    following.cancel()
-                    raise
-                try:
-                    event = following.result()
-                except StopAsyncIteration:
-                    raise _Broken("the watch stream ended") from None
+        async with contextlib.aclosing(_watch_events(
+                client, self._prefix_bytes, prefix=True, start_revision=self._revision + 1,
+                timeout=timeout, probe_interval=self._probe_interval,
+                probed=self._probed)) as events:
+            async for event in events:
                 self._apply(event)
                 await self._publish()
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(watch.cancel(), timeout)
+
+    def _probed(self) -> None:
+        self._confirmed_at = self._clock.monotonic()
 
     def _apply(self, event: Any) -> None:
         kv = event.kv
@@ -722,6 +692,79 @@ class EtcdEndpoints:
         self._urls = addresses(instances)
         age = max(0.0, self._clock.time() - saved_at)
         self._confirmed_at = self._clock.monotonic() - age
+
+
+async def _keep_following(
+    follow: Callable[[], Awaitable[None]], *, connection: _Connection, backoff: Backoff,
+    rng: random.Random, clock: Clock, interrupted: Callable[[str, BaseException], None],
+    listed: Callable[[], bool], first: asyncio.Event,
+) -> None:
+    """Run ``follow`` (list, then watch) again and again, forever.
+
+    After a compaction it runs again at once, after any other failure on a fresh
+    connection after a jittered backoff. ``listed()`` says whether the last
+    ``follow`` got as far as its listing (then the backoff starts over); ``first``
+    is set once the first attempt succeeded or failed.
+    Shared by discovery and the config centre.
+    """
+    failures, previous = 0, 0.0
+    while True:
+        try:
+            await follow()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            compacted = _is_compacted(exc)
+            interrupted("compacted" if compacted else "disconnected", exc)
+            if listed():
+                # It worked a moment ago: start the backoff over.
+                failures, previous = 0, 0.0
+            if compacted:
+                # Behind a compaction, etcd itself is fine: list again at once.
+                continue
+        finally:
+            first.set()
+        await connection.reset()
+        failures += 1
+        delay = previous = backoff.delay(failures, previous, rng)
+        await clock.asleep(delay)
+
+
+async def _watch_events(
+    client: Any, key: bytes, *, prefix: bool, start_revision: int, timeout: float,
+    probe_interval: float, probed: Callable[[], None],
+) -> AsyncGenerator[Any, None]:
+    """The watch events of ``key`` (or every key under it, with ``prefix``).
+
+    From ``start_revision`` on; raises when the stream ends, breaks or stops
+    answering. A stopped etcd keeps the stream open and silent: after ``probe_interval``
+    seconds without an event the key is read, and a read that fails or times out
+    ends the stream; ``probed()`` is called after each read that succeeds.
+    """
+    start = client.watch_prefix if prefix else client.watch
+    watch = await asyncio.wait_for(start(key, start_revision=start_revision), timeout)
+    try:
+        iterator = aiter(watch)
+        while True:
+            following = asyncio.ensure_future(anext(iterator))
+            try:
+                while True:
+                    done, _ = await asyncio.wait({following}, timeout=probe_interval)
+                    if done:
+                        break
+                    await asyncio.wait_for(client.get(key), timeout)
+                    probed()
+            except BaseException:
+                following.cancel()
+                raise
+            try:
+                event = following.result()
+            except StopAsyncIteration:
+                raise _Broken("the watch stream ended") from None
+            yield event
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(watch.cancel(), timeout)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-__all__ = ["COUNTERS", "Sample", "Scraper", "parse_metrics"]
+__all__ = ["COUNTERS", "SLI_COUNTERS", "Sample", "Scraper", "parse_metrics"]
 
 BREAKER_LEVEL = {"closed": 0, "forced_closed": 0, "half_open": 1, "open": 2, "forced_open": 2}
 """How breaker states are drawn: 0 closed, 1 half-open, 2 open."""
@@ -42,6 +42,14 @@ class Sample:
     # What each service's own BudgetTracker (fournines.slo) says is left of its error
     # budget, "service/slo" -> ratio (1 untouched, 0 spent, < 0 overspent).
     budget_remaining: dict[str, float] = field(default_factory=dict)
+    # Each service's own golden signals, cumulative (see SLI_COUNTERS): the root-cause
+    # ranking compares them with the service's steady baseline.
+    slis: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+SLI_COUNTERS = ("requests", "errors", "duration_sum", "duration_count", "in_flight")
+"""A service's own golden signals read from its ``/metrics``: requests served, 5xx
+answers, the request histogram's sum and count, and requests in flight (a gauge)."""
 
 
 def parse_metrics(text: str, service: str, sample: Sample) -> None:
@@ -49,9 +57,21 @@ def parse_metrics(text: str, service: str, sample: Sample) -> None:
     from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
 
     own = sample.services.setdefault(service, dict.fromkeys(COUNTERS, 0.0))
+    slis = sample.slis.setdefault(service, dict.fromkeys(SLI_COUNTERS, 0.0))
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             name, labels, value = s.name, s.labels, s.value
+            if name == "http_requests_total":
+                slis["requests"] += value
+                if labels.get("status", "").startswith("5"):
+                    slis["errors"] += value
+                continue
+            if name in ("http_request_duration_seconds_sum", "http_requests_in_flight"):
+                slis["duration_sum" if name.endswith("_sum") else "in_flight"] += value
+                continue
+            if name == "http_request_duration_seconds_count":
+                slis["duration_count"] += value
+                continue
             counter = None
             if name == "fournines_retries_total":
                 counter = "retries"
@@ -78,6 +98,7 @@ def _merge(into: Sample, part: Sample) -> None:
     into.breakers.update(part.breakers)
     into.services.update(part.services)
     into.budget_remaining.update(part.budget_remaining)
+    into.slis.update(part.slis)
 
 
 def _short(name: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .confidence import Difference, Interval
+from .rootcause import accuracy
 from .runner import LabResult
 from .stats import BEHIND_LAG, BEHIND_SHARE, OBJECTIVE, VariantSummary
 
@@ -140,6 +141,10 @@ def render_table(result: LabResult, console: Any) -> None:
             # reached it, so the load generator's numbers above are the ones that count.
             console.print(f"{variant} {key}: its own BudgetTracker says {remaining:.1%} of "
                           "the 99.99 % budget is left (its view: only requests that reached it)")
+    phases = Table(*PHASE_HEADER, title="answers per phase")
+    for row in phase_rows(result):
+        phases.add_row(*row)
+    console.print(phases)
     for name, target in result.targets().items():
         mark = "[green]met[/]" if target["met"] else "[red]NOT met[/]"
         console.print(f"  target {name}: {mark} ({_target_value(name, target)})")
@@ -151,6 +156,8 @@ def render_table(result: LabResult, console: Any) -> None:
                 detail = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items(),
                                                                    key=lambda kv: -kv[1]))
                 console.print(f"  {phase}: {detail}")
+    for line in root_cause_lines(result):
+        console.print(line, highlight=False, markup=False)
     errors = [e for e in result.fault_log if "error" in e]
     for entry in errors:
         console.print(f"[red]fault action failed[/]: {entry['variant']} {entry['fault']} "
@@ -174,8 +181,67 @@ def _burst(result: LabResult) -> str:
     return ", ".join(parts) or "none"
 
 
+def phase_rows(result: LabResult) -> list[tuple[str, str, str, str, str]]:
+    """The rows of the per-phase table (see :data:`PHASE_HEADER`).
+
+    Per phase: unprotected answers within 1 s, protected full and degraded ones,
+    and (after a fault) the protected fleet's time to full service.
+    """
+    protected = result.summaries.get("protected")
+    unprotected = result.summaries.get("unprotected")
+    first = protected or unprotected
+    phases = list(first.phases) if first is not None else []
+    rows = []
+    for phase in phases:
+        u = unprotected.phases.get(phase) if unprotected else None
+        p = protected.phases.get(phase) if protected else None
+        recovery = "-"
+        if protected is not None and phase.startswith("after "):
+            back = protected.recovery.get(phase.removeprefix("after "), 0.0)
+            recovery = "not back" if back is None else f"{back:.1f} s"
+        rows.append((phase,
+                     f"{u.answered_in_time} of {u.requests}" if u else "-",
+                     f"{p.full_in_time} of {p.requests}" if p else "-",
+                     str(p.degraded) if p else "-", recovery))
+    return rows
+
+
+def root_cause_lines(result: LabResult) -> list[str]:
+    """The root-cause ranking in plain lines: per fault, the suspects and the truth."""
+    if not result.root_cause:
+        return []
+    lines = ["root cause (protected fleet; z-scores of each service's own signals, the "
+             "deepest departed service first):"]
+    for ranking in result.root_cause:
+        names = ", ".join(
+            f"{s.service} ({s.signal} z={min(s.score, 999):.0f}"
+            + (f", +{s.onset:.0f} s)" if s.onset is not None else ", not departed)")
+            for s in ranking.suspects)
+        mark = ("" if ranking.truth is None
+                else " - right" if ranking.hit(1) else f" - WRONG, it was {ranking.truth}")
+        lines.append(f"  {ranking.fault}: {names}{mark}")
+    score = accuracy(result.root_cause)
+    if score.faults:
+        lines.append(f"  top-1 {score.top1} of {score.faults} ({score.top1 / score.faults:.0%}), "
+                     f"top-3 {score.top3} of {score.faults}; always naming the most frequent "
+                     f"cause would get {score.naive_top1} of {score.faults}")
+    return lines
+
+
+PHASE_HEADER = ("phase", "unprotected: answers within 1 s", "protected: full within 1 s",
+                "protected: degraded", "protected: full service back after")
+
+
 def _target_value(name: str, target: dict[str, Any]) -> str:
     value = target["value"]
+    if "every phase" in name:
+        if value is None:
+            return "no phase with both variants"
+        return f"worst phase {target['phase']}: {value:+d} pages"
+    if "full service back" in name:
+        if value is None:
+            return f"not back after {target['fault']} before the next fault or the end"
+        return f"slowest after {target['fault']}: {value:.1f} s"
     if "p99" in name:
         return _ms(value)
     if "beats" in name:
@@ -403,6 +469,9 @@ def render_html(result: LabResult) -> str:
         f'<li class="{"ok" if t["met"] else "bad"}">{esc(name)}: '
         f'{"met" if t["met"] else "NOT met"} ({esc(_target_value(name, t))})</li>'
         for name, t in result.targets().items())
+    phase_table = ("<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in PHASE_HEADER)
+                   + "</tr>" + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row)
+                                       + "</tr>" for row in phase_rows(result)) + "</table>")
     failures = []
     for summary in summaries.values():
         if not summary.failures_by_phase:
@@ -458,6 +527,12 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 {f'<p id="comparison"><b>{esc(comparison_line(result.comparison))}</b></p>'
  if result.comparison is not None else ""}
 <h2>Targets</h2><ul>{targets}</ul>
+<h2 id="root-cause">Root cause</h2>
+<pre>{esc(chr(10).join(root_cause_lines(result))) or "no ranking (no fault)"}</pre>
+<h2 id="phases">Answers per phase</h2>
+<p class="note">Full service is back at the end of the last half second after a fault in
+which fewer than 99 % of the protected pages were answered in full within 1 s.</p>
+{phase_table}
 <h2>Fault schedule</h2>
 <table><tr><th>from</th><th>to</th><th>fault</th></tr>{fault_rows}</table>
 {f"<ul>{fault_errors}</ul>" if fault_errors else ""}

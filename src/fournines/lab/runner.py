@@ -26,6 +26,7 @@ from .confidence import CLOPPER_PEARSON, Difference, newcombe_difference
 from .fleet import FaultProxy, Fleet, LabError, process_cpu_seconds
 from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
+from .rootcause import FaultRanking, accuracy, rank_faults
 from .scenario import Fault, Scenario, check_load
 from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
@@ -35,6 +36,8 @@ VARIANTS = ("unprotected", "protected")
 MAX_AUTO_RATE = 400.0
 AUTO_RATE_SHARE = 0.6
 LAG_LIMIT = 0.5
+RECOVERY_TARGET = 2.0
+"""Seconds after a fault's end by which the protected fleet must answer in full again."""
 """Seconds after its intended time past which a request left too late to measure the fleet."""
 LAG_SHARE = 0.01
 """The share of requests that may leave later than :data:`LAG_LIMIT` (a GC pause, a busy
@@ -84,6 +87,9 @@ class LabResult:
     cpu_cores: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per variant, the cores each process used during the load (``/proc``; the load
     generator from its own process time): the model, not the CPU, must be the bottleneck."""
+    root_cause: list[FaultRanking] = field(default_factory=list)
+    """Per fault, the protected fleet's services ranked as its suspects
+    (:func:`~fournines.lab.rootcause.rank_faults`)."""
     problems: list[str] = field(default_factory=list)
     """What the run could not do as asked (see :func:`run_problems`); when not empty the
     numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
@@ -131,6 +137,24 @@ class LabResult:
             upper = unprotected.objective.upper
             out["unprotected availability < 99 % (one-sided 95 % upper bound)"] = {
                 "value": upper, "met": unprotected.requests > 0 and upper < 0.99}
+        if protected is not None and unprotected is not None:
+            # Degrading is allowed, but not in place of answers the unprotected fleet gives:
+            # in every phase, full protected answers within 1 s >= any unprotected ones.
+            shortfalls = {
+                phase: counts.full_in_time - unprotected.phases[phase].answered_in_time
+                for phase, counts in protected.phases.items() if phase in unprotected.phases}
+            weakest = min(shortfalls, key=lambda k: shortfalls[k], default=None)
+            out["protected full answers within 1 s >= unprotected answers within 1 s, "
+                "in every phase"] = {
+                "value": None if weakest is None else shortfalls[weakest], "phase": weakest,
+                "met": weakest is not None and shortfalls[weakest] >= 0}
+        if protected is not None and protected.recovery:
+            slowest = max(protected.recovery, key=lambda k: math.inf if protected.recovery[k]
+                          is None else protected.recovery[k] or 0.0)
+            value = protected.recovery[slowest]
+            out[f"protected full service back within {RECOVERY_TARGET:g} s of each fault's "
+                "end"] = {"value": value, "fault": slowest,
+                          "met": value is not None and value <= RECOVERY_TARGET}
         comparison = self.comparison
         if comparison is not None:
             out["protected beats unprotected (95 % interval of the difference above 0)"] = {
@@ -168,6 +192,7 @@ class LabResult:
             "cpu_cores": self.cpu_cores,
             "tracker_budget_remaining": self.tracker_budget,
             "problems": self.problems,
+            "root_cause": _root_cause_json(self.root_cause),
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
                 variant: [{"at": o.at, "status": o.status, "latency": o.latency,
@@ -425,7 +450,23 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
                      tracker_budget={v: _last_budget(scraper.samples)
                                      for v, (_, scraper) in results.items()},
-                     problems=problems, cpu_cores=cpu_cores)
+                     problems=problems, cpu_cores=cpu_cores,
+                     root_cause=rank_faults(results["protected"][1].samples, scenario.faults)
+                     if "protected" in results else [])
+
+
+def _root_cause_json(rankings: list[FaultRanking]) -> dict[str, Any]:
+    score = accuracy(rankings)
+    return {
+        "method": "z-scores of each service's own signals against its steady baseline; "
+                  "the deepest departed service first (fournines.lab.rootcause)",
+        "faults": [{"fault": r.fault, "kind": r.kind, "truth": r.truth,
+                    "ranking": [{"service": s.service, "departed": s.departed,
+                                 "score": s.score, "onset": s.onset, "signal": s.signal}
+                                for s in r.suspects]} for r in rankings],
+        "accuracy": {"faults": score.faults, "top1": score.top1, "top3": score.top3,
+                     "naive_top1": score.naive_top1},
+    }
 
 
 def _comparison_json(difference: Difference | None) -> dict[str, Any] | None:

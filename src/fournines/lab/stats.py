@@ -24,13 +24,17 @@ __all__ = [
     "BEHIND_LAG",
     "BEHIND_SHARE",
     "CONFIDENCE",
+    "FULL_SERVICE_SHARE",
     "OBJECTIVE",
+    "RECOVERY_BUCKET",
+    "PhaseCounts",
     "VariantSummary",
     "budget_consumed",
     "per_second",
     "percentile",
     "phase_of",
     "summarize",
+    "time_to_full_service",
 ]
 
 OBJECTIVE = 0.9999
@@ -94,6 +98,79 @@ def phase_of(at: float, faults: Sequence[Fault]) -> str:
     return "steady"
 
 
+FULL_SERVICE_SHARE = 0.99
+"""The share of full answers within 1 s at which a stretch of time counts as full service."""
+
+RECOVERY_BUCKET = 0.5
+"""Seconds per bucket when looking for the return of full service after a fault."""
+
+
+def _full_in_time(outcome: Outcome) -> bool:
+    return outcome.ok and not outcome.degraded and outcome.latency < P99_TARGET
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseCounts:
+    """One variant's answers in one phase (a fault window, the time after it, or steady).
+
+    ``full_in_time``: full answers within 1 s; ``answered_in_time``: answers, full or
+    degraded, within 1 s. The lab's target compares the first of the protected fleet
+    with the second of the unprotected one: degrading is allowed, but not at the
+    cost of answers the unprotected fleet gives in full.
+    """
+
+    requests: int
+    full_in_time: int
+    answered_in_time: int
+    degraded: int
+    failed: int
+
+    def to_json(self) -> dict[str, int]:
+        """A JSON-ready dict."""
+        return {"requests": self.requests, "full_in_time": self.full_in_time,
+                "answered_in_time": self.answered_in_time, "degraded": self.degraded,
+                "failed": self.failed}
+
+
+def _phase_counts(outcomes: Sequence[Outcome]) -> PhaseCounts:
+    return PhaseCounts(
+        requests=len(outcomes),
+        full_in_time=sum(_full_in_time(o) for o in outcomes),
+        answered_in_time=sum(o.ok and o.latency < P99_TARGET for o in outcomes),
+        degraded=sum(o.ok and o.degraded for o in outcomes),
+        failed=sum(not o.ok for o in outcomes))
+
+
+def time_to_full_service(outcomes: Sequence[Outcome], fault: Fault,
+                         faults: Sequence[Fault], duration: float) -> float | None:
+    """Seconds from ``fault``'s end until full service, or ``None`` if it never came back.
+
+    The time after the fault (up to the next fault's start, or the end of the load)
+    is cut into :data:`RECOVERY_BUCKET` buckets; full service is back at the end of
+    the last bucket whose requests were answered in full within 1 s less than
+    :data:`FULL_SERVICE_SHARE` of the time (0 when none was). ``None`` when the last
+    bucket itself falls short, or nothing was sent after the fault: the run cannot
+    say when it came back. Resolution: one bucket.
+    """
+    until = min([f.at for f in faults if f.at >= fault.end] + [duration])
+    buckets: dict[int, list[bool]] = {}
+    for outcome in outcomes:
+        if fault.end <= outcome.at < until:
+            index = int((outcome.at - fault.end) // RECOVERY_BUCKET)
+            buckets.setdefault(index, []).append(_full_in_time(outcome))
+    if not buckets:
+        return None
+    count = max(1, math.ceil((until - fault.end) / RECOVERY_BUCKET - 1e-9))
+    short = [i for i, full in buckets.items()
+             if sum(full) < FULL_SERVICE_SHARE * len(full)]
+    if not short:
+        return 0.0
+    last = max(short)
+    if last >= count - 1:
+        return None
+    return (last + 1) * RECOVERY_BUCKET
+
+
 def _failure_kind(outcome: Outcome) -> str:
     if not outcome.status:
         return outcome.error or "no answer"
@@ -139,6 +216,11 @@ class VariantSummary:
     """The 99th percentile of how late the load generator sent each request, seconds."""
     late_sends: int = 0
     """Requests the load generator sent more than :data:`BEHIND_LAG` late."""
+    phases: dict[str, PhaseCounts] = field(default_factory=dict)
+    """Answers per phase (see :func:`phase_of`), in the order the phases began."""
+    recovery: dict[str, float | None] = field(default_factory=dict)
+    """Per fault (its label): seconds from its end to full service
+    (:func:`time_to_full_service`; ``None``: not back before the next fault or the end)."""
 
     @property
     def generator_behind(self) -> bool:
@@ -193,7 +275,10 @@ class VariantSummary:
             "meets_objective": self.meets_objective, "verdict": self.verdict,
             "objective_verdict": _verdict_json(self.objective),
             "failures_by_phase": self.failures_by_phase,
-            "degraded_by_source": self.degraded_by_source, "series": self.series,
+            "degraded_by_source": self.degraded_by_source,
+            "phases": {k: v.to_json() for k, v in self.phases.items()},
+            "recovery_seconds": self.recovery,
+            "series": self.series,
         }
 
 
@@ -291,8 +376,10 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
     latencies = [o.latency for o in outcomes]
     by_phase: dict[str, Counter[str]] = {}
     latencies_by_phase: dict[str, list[float]] = {}
-    for outcome in outcomes:
+    in_phase: dict[str, list[Outcome]] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.at):
         phase = phase_of(outcome.at, faults)
+        in_phase.setdefault(phase, []).append(outcome)
         latencies_by_phase.setdefault(phase, []).append(outcome.latency)
         if not outcome.ok:
             by_phase.setdefault(phase, Counter())[_failure_kind(outcome)] += 1
@@ -323,6 +410,9 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
         failures_by_phase={k: dict(v) for k, v in by_phase.items()},
         degraded_by_source=dict(sources.most_common()),
         p99_by_phase={k: percentile(v, 99) for k, v in latencies_by_phase.items()},
+        phases={k: _phase_counts(v) for k, v in in_phase.items()},
+        recovery={f.label(): time_to_full_service(outcomes, f, faults, duration)
+                  for f in faults},
         series=series,
     )
 

@@ -2,9 +2,9 @@
 
 States and transitions::
 
-    CLOSED --(trip strategy says so)--> OPEN --(reset_timeout passed)--> HALF_OPEN
+    CLOSED --(trip strategy says so)--> OPEN --(its wait passed)--> HALF_OPEN
     HALF_OPEN --(half_open_probes successes)--> CLOSED
-    HALF_OPEN --(any failure)--> OPEN
+    HALF_OPEN --(any failure)--> OPEN, waiting twice as long (up to reset_timeout)
     force_open() -> FORCED_OPEN, force_closed() -> FORCED_CLOSED, reset() -> CLOSED
 
 Three trip strategies decide when a closed breaker opens:
@@ -18,6 +18,13 @@ Three trip strategies decide when a closed breaker opens:
   ``max(0, (requests - k * accepts) / (requests + 1))`` over a rolling window,
   letting one call through when none has passed for ``force_probe_after``
   (the algorithm of go-zero's and Kratos's SRE breakers).
+
+How long an open breaker waits: ``reset_timeout`` every time by default (gobreaker's
+fixed timeout). With ``initial_reset_timeout``, an opening from CLOSED waits that
+long, each failed probe doubles the wait, up to ``reset_timeout``, and closing starts
+over (resilience4j's exponential ``waitIntervalFunctionInOpenState``). A breaker that
+tripped on a blip then serves again within about a second, while a dependency that
+stays down is still probed no more often than every ``reset_timeout``.
 
 Every transition starts a new *generation*; an outcome reported for a call
 admitted in an earlier generation is ignored (gobreaker's rule), so a slow
@@ -359,7 +366,11 @@ class CircuitBreaker(Decorates):
 
     :param name: shown in errors, events and metrics.
     :param trip: when a closed breaker opens (default: 5 consecutive failures).
-    :param reset_timeout: seconds an open breaker waits before probing (60).
+    :param reset_timeout: seconds an open breaker waits before probing (60); with
+        ``initial_reset_timeout``, the longest it waits.
+    :param initial_reset_timeout: the wait after an opening from CLOSED, doubled by
+        each failed probe up to ``reset_timeout`` (``None``: always ``reset_timeout``;
+        a larger value is capped at ``reset_timeout``).
     :param half_open_probes: calls admitted at once while half-open, and the
         successes needed to close (3).
     :param failure_on: which exceptions count as failures: a type, a tuple of
@@ -380,6 +391,8 @@ class CircuitBreaker(Decorates):
         "_gen",
         "_half_open_probes",
         "_half_open_successes",
+        "_initial_setting",
+        "_initial_wait",
         "_is_failure",
         "_listeners",
         "_lock",
@@ -393,6 +406,7 @@ class CircuitBreaker(Decorates):
         "_threshold",
         "_throttle",
         "_trip",
+        "_wait",
     )
 
     def __init__(
@@ -401,6 +415,7 @@ class CircuitBreaker(Decorates):
         *,
         trip: TripStrategy | None = None,
         reset_timeout: float = 60.0,
+        initial_reset_timeout: float | None = None,
         half_open_probes: int = 3,
         failure_on: ExceptionFilter = _not_rejected,
         clock: Clock = system_clock,
@@ -414,11 +429,18 @@ class CircuitBreaker(Decorates):
                 f"AdaptiveThrottling, got {trip!r}"
             )
         check_number("CircuitBreaker", "reset_timeout", reset_timeout, minimum=0)
+        check_number("CircuitBreaker", "initial_reset_timeout", initial_reset_timeout,
+                     minimum=0, optional=True)
         check_number("CircuitBreaker", "half_open_probes", half_open_probes, minimum=1,
                      integer=True)
         self._name = name
         self._trip = trip
         self._reset_timeout = float(reset_timeout)
+        self._initial_setting = (None if initial_reset_timeout is None
+                                 else float(initial_reset_timeout))
+        self._initial_wait = self._reset_timeout if initial_reset_timeout is None else min(
+            float(initial_reset_timeout), self._reset_timeout)
+        self._wait = self._initial_wait
         self._half_open_probes = half_open_probes
         self._clock = clock
         self._now = clock.monotonic
@@ -453,8 +475,13 @@ class CircuitBreaker(Decorates):
 
     @property
     def reset_timeout(self) -> float:
-        """Seconds an open breaker waits before it lets probes through."""
+        """The longest an open breaker waits before it lets probes through."""
         return self._reset_timeout
+
+    @property
+    def initial_reset_timeout(self) -> float:
+        """The wait after an opening from CLOSED (``reset_timeout`` when not adaptive)."""
+        return self._initial_wait
 
     @property
     def half_open_probes(self) -> int:
@@ -485,6 +512,88 @@ class CircuitBreaker(Decorates):
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self._name!r}, state={self._state.value!r})"
+
+    # -- run-time settings -----------------------------------------------------------
+
+    def reconfigure(
+        self,
+        *,
+        trip: TripStrategy | None = None,
+        reset_timeout: float | None = None,
+        initial_reset_timeout: float | None = None,
+        half_open_probes: int | None = None,
+        check_only: bool = False,
+    ) -> None:
+        """Change the trip strategy, the reset timeouts and/or ``half_open_probes`` at run time.
+
+        ``None`` keeps a setting. Everything is checked first, then swapped under
+        the breaker's lock: no call sees half of a change, and the state (closed,
+        open, half-open, forced) is kept. A new ``ConsecutiveFailures`` threshold
+        keeps the failures counted so far (the next failure is judged against the
+        new threshold); another kind of strategy, or a ``FailureRate`` or
+        ``AdaptiveThrottling`` with other settings, starts its statistics over and
+        ignores the outcomes of calls admitted before the change (as a transition
+        does). An open breaker's wait is measured from when it opened with the new
+        timeouts (an adaptive wait already doubled stays, capped at the new
+        ``reset_timeout``). ``initial_reset_timeout`` turns the adaptive reset on or
+        changes it; it cannot be turned off again (pass it equal to
+        ``reset_timeout`` instead). With ``check_only`` the settings are only checked.
+        """
+        new_trip = self._trip if trip is None else trip
+        if not isinstance(new_trip, ConsecutiveFailures | FailureRate | AdaptiveThrottling):
+            raise ConfigurationError(
+                "CircuitBreaker.trip must be ConsecutiveFailures, FailureRate or "
+                f"AdaptiveThrottling, got {new_trip!r}"
+            )
+        if reset_timeout is not None:
+            check_number("CircuitBreaker", "reset_timeout", reset_timeout, minimum=0)
+        check_number("CircuitBreaker", "initial_reset_timeout", initial_reset_timeout,
+                     minimum=0, optional=True)
+        if half_open_probes is not None:
+            check_number("CircuitBreaker", "half_open_probes", half_open_probes, minimum=1,
+                         integer=True)
+        if check_only:
+            return
+        self._lock.acquire()
+        try:
+            old_trip = self._trip
+            if new_trip != old_trip:
+                if isinstance(new_trip, ConsecutiveFailures) and isinstance(
+                        old_trip, ConsecutiveFailures):
+                    self._threshold = new_trip.threshold
+                else:
+                    rng = self._throttle._rng if self._throttle is not None else random.Random()
+                    self._threshold = (new_trip.threshold
+                                       if isinstance(new_trip, ConsecutiveFailures) else 0)
+                    self._rate = (_RateTracker(new_trip) if isinstance(new_trip, FailureRate)
+                                  else None)
+                    self._throttle = (_Throttle(new_trip, rng)
+                                      if isinstance(new_trip, AdaptiveThrottling) else None)
+                    # A new generation, as on a transition: outcomes of calls admitted
+                    # under the old strategy would be counted in the wrong statistics.
+                    self._gen += 1
+                    self._failures = 0
+                    self._probes = 0
+                    self._half_open_successes = 0
+                    self._closed_gen = (self._gen if self._state is _CLOSED and self._threshold
+                                        else None)
+                self._trip = new_trip
+            if reset_timeout is not None or initial_reset_timeout is not None:
+                limit = self._reset_timeout if reset_timeout is None else float(reset_timeout)
+                if initial_reset_timeout is not None:
+                    self._initial_setting = float(initial_reset_timeout)
+                self._initial_wait = (limit if self._initial_setting is None
+                                      else min(self._initial_setting, limit))
+                wait = (limit if self._initial_setting is None
+                        else max(min(self._wait, limit), self._initial_wait))
+                if self._state is _OPEN:
+                    self._open_until += wait - self._wait
+                self._wait = wait
+                self._reset_timeout = limit
+            if half_open_probes is not None:
+                self._half_open_probes = half_open_probes
+        finally:
+            self._lock.release()
 
     # -- manual control --------------------------------------------------------------
 
@@ -621,7 +730,10 @@ class CircuitBreaker(Decorates):
         self._probes = 0
         self._half_open_successes = 0
         if new is _OPEN:
-            self._open_until = now + self._reset_timeout
+            # A failed probe: the dependency is still down, so wait longer this time.
+            self._wait = (min(self._wait * 2, self._reset_timeout) if old is _HALF_OPEN
+                          else self._initial_wait)
+            self._open_until = now + self._wait
         if new is _CLOSED or new is _FORCED_CLOSED:
             if self._rate is not None:
                 self._rate.clear()

@@ -219,6 +219,32 @@ class TokenBucket(_Limiter):
         finally:
             self._lock.release()
 
+    def reconfigure(self, *, rate: float | None = None, capacity: float | None = None,
+                    check_only: bool = False) -> None:
+        """Change ``rate`` and/or ``capacity`` at run time, atomically (``None``: keep it).
+
+        Both are checked before anything changes. Tokens earned at the old rate up
+        to now are kept (cut to the new capacity if it is smaller), so no permit is
+        lost or invented by the change; a call never sees half of it. With
+        ``check_only`` the settings are only checked (raising as a change would).
+        """
+        new_rate = self._rate if rate is None else rate
+        new_capacity = self._capacity if capacity is None else capacity
+        check_number("TokenBucket", "rate", new_rate, minimum=0, exclusive_minimum=True)
+        check_number("TokenBucket", "capacity", new_capacity, minimum=1)
+        if check_only:
+            return
+        self._lock.acquire()
+        try:
+            now = self._now()
+            tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            self._rate = float(new_rate)
+            self._capacity = float(new_capacity)
+            self._tokens = min(tokens, self._capacity)
+        finally:
+            self._lock.release()
+
     def _take(self, cost: int) -> float:
         if cost != 1:
             self._check_cost(cost, self._capacity)
@@ -322,6 +348,34 @@ class Gcra(_Limiter):
     def burst(self) -> int:
         """The most admissions at once after an idle period."""
         return self._burst
+
+    def reconfigure(self, *, rate: float | None = None, burst: int | None = None,
+                    check_only: bool = False) -> None:
+        """Change ``rate`` and/or ``burst`` at run time, atomically (``None``: keep it).
+
+        Both are checked before anything changes. The admissions already granted
+        stay granted: the backlog they left is re-expressed at the new rate (the
+        same number of admissions still to drain), so no permit is lost or invented.
+        With ``check_only`` the settings are only checked.
+        """
+        new_rate = self._rate if rate is None else rate
+        new_burst = self._burst if burst is None else burst
+        check_number("Gcra", "rate", new_rate, minimum=0, exclusive_minimum=True)
+        check_number("Gcra", "burst", new_burst, minimum=1, integer=True)
+        if check_only:
+            return
+        self._lock.acquire()
+        try:
+            now = self._now()
+            interval = 1.0 / float(new_rate)
+            if self._tat > now:
+                self._tat = now + (self._tat - now) / self._interval * interval
+            self._rate = float(new_rate)
+            self._burst = new_burst
+            self._interval = interval
+            self._tolerance = new_burst * interval
+        finally:
+            self._lock.release()
 
     def _take(self, cost: int) -> float:
         if cost != 1:

@@ -131,7 +131,7 @@ class RetryPlanner:
     """
 
     __slots__ = ("_attempts", "_backoff", "_budget", "_clock", "_listeners", "_max_retry_after",
-                 "_name", "_now", "_policy", "_rng", "_timeout")
+                 "_max_retry_after_given", "_name", "_now", "_policy", "_rng", "_timeout")
 
     def __init__(
         self,
@@ -153,6 +153,7 @@ class RetryPlanner:
         self._backoff = backoff or Backoff()
         self._max_retry_after = (self._backoff.cap if max_retry_after is None
                                  else float(max_retry_after))
+        self._max_retry_after_given = max_retry_after is not None
         self._budget = budget
         self._name = name
         self._policy = policy
@@ -316,7 +317,7 @@ class Retry(Decorates):
     a timeout), which is what a pipeline around a network call needs. Narrow
     ``on`` to your transient errors where you can.
 
-    Settings are read-only after construction.
+    Settings are read-only after construction, except through :meth:`reconfigure`.
     """
 
     __slots__ = ("_budget", "_clock", "_now", "_on", "_on_result", "_plan", "_planner",
@@ -395,6 +396,44 @@ class Retry(Decorates):
 
     def __repr__(self) -> str:
         return f"Retry(name={self.name!r}, attempts={self.attempts!r}, timeout={self.timeout!r})"
+
+    def reconfigure(
+        self,
+        *,
+        attempts: int | None = None,
+        backoff: Backoff | None = None,
+        max_retry_after: float | None = None,
+        check_only: bool = False,
+    ) -> None:
+        """Change ``attempts``, ``backoff`` and/or ``max_retry_after`` at run time (``None``: keep).
+
+        Everything is checked first, then a new planner replaces the old one in a
+        single assignment: a retry loop reads the planner once when its first
+        attempt fails, so each call runs wholly under the old settings or wholly
+        under the new ones. ``max_retry_after`` left as ``None`` keeps the current
+        one (the backoff's cap if it was never set, and the new backoff's cap then).
+        ``timeout`` and ``budget`` are fixed at construction (the shells decide from
+        them before the planner is read). With ``check_only`` the settings are
+        only checked.
+        """
+        old = self._planner
+        new_attempts = old.attempts if attempts is None else attempts
+        new_backoff = old.backoff if backoff is None else backoff
+        if max_retry_after is not None:
+            new_max: float | None = max_retry_after
+        elif old._max_retry_after_given:
+            new_max = old.max_retry_after
+        else:
+            new_max = None
+        _check("Retry", new_attempts, old.timeout, new_backoff, new_max, old.budget)
+        if check_only:
+            return
+        planner = RetryPlanner(
+            attempts=new_attempts, timeout=old.timeout, backoff=new_backoff,
+            max_retry_after=new_max, budget=old.budget, name=old.name, clock=old.clock,
+            listeners=old._listeners, rng=old._rng,
+        )
+        self._planner, self._plan = planner, planner.plan
 
     # -- shells ----------------------------------------------------------------------
 

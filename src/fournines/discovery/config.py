@@ -1,0 +1,642 @@
+"""The config centre: typed configuration in one etcd key, validated, hot-reloaded.
+
+:class:`ConfigWatcher` reads one key (a JSON or YAML value), checks it against
+the schema the application gives (a dataclass, or a pydantic model; see
+:func:`validate_config` for the rules) and keeps following it. Every new value
+is validated before it is applied; an invalid one (wrong type, out of range,
+unknown field, broken JSON or YAML) is refused: the last good value stays, a
+``ConfigRejected`` event is sent and one warning is logged, both naming the
+key, the revision and the field::
+
+    payment/limits: field 'rate.per_second': expected float, got str 'fast' (revision 42)
+
+A valid change is a ``ConfigChanged`` event (key, revision, old, new) and a call
+of every subscriber, in revision order (one task applies the changes one after
+the other; a failing subscriber is logged and never stops the others).
+
+With ``snapshot=`` each good value is written to a file (atomically: a
+temporary file, fsync, rename) and read at start: a process that starts while
+etcd is down runs with its last good configuration (``source == "snapshot"``),
+then follows etcd once it is back. The watch itself is discovery's: a listing,
+then a watch from the listing's revision + 1, re-listed after a compaction or a
+broken stream, reconnected with a jittered backoff, probed when silent.
+
+:func:`bind` makes a policy follow the configuration: its ``reconfigure`` (a
+``TokenBucket``'s rate, a ``Retry``'s attempts, a ``CircuitBreaker``'s trip
+strategy, ...) is called with the settings derived from each new value, an
+atomic swap of the policy's settings that loses no permit.
+
+:func:`put_config` validates before it writes; :func:`get_config` and
+:func:`config_history` read. The same is on the command line:
+``fournines config get|set|watch|history KEY --endpoints URL [--schema MODULE:CLASS]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from .._clock import Clock, system_clock
+from .._errors import ConfigurationError, check_number
+from .._events import ConfigChanged, ConfigRejected, Listener, dispatch
+from .._files import json_document, read_text
+from ..policies.backoff import Backoff
+from ._schema import ConfigUnavailableError, ConfigValidationError, dump, parse, to_text, validate
+from .etcd import (
+    _DISCOVERY_BACKOFF,
+    _cancel,
+    _Connection,
+    _keep_following,
+    _targets,
+    _watch_events,
+    _write_atomically,
+)
+
+__all__ = [
+    "ConfigRevision",
+    "ConfigWatcher",
+    "Reconfigurable",
+    "bind",
+    "config_history",
+    "get_config",
+    "put_config",
+    "validate_config",
+]
+
+_log = logging.getLogger("fournines.config")
+
+C = TypeVar("C")
+
+Source = Literal["etcd", "snapshot", "default"]
+
+SNAPSHOT_FORMAT = 1
+
+Subscriber = Callable[[ConfigChanged], object]
+"""A subscriber: called with each ``ConfigChanged`` (a coroutine function is awaited)."""
+
+
+def validate_config(schema: type[C], value: str | bytes | object, key: str = "config") -> C:
+    """``value`` checked against ``schema`` and built into one; no etcd involved.
+
+    ``value`` is JSON or YAML text, or already parsed data (a dict). The rules:
+    the annotations' types are checked strictly (``int`` is not ``bool``; a
+    ``float`` field takes an ``int``), through nested dataclasses, ``X | None``,
+    ``list``/``tuple``/``set``/``dict``, ``Literal`` and enums (by value);
+    unknown fields are refused; missing fields take their defaults; the
+    dataclass's ``__post_init__`` runs last. A pydantic model validates itself.
+
+    :raises ConfigValidationError: naming ``key`` and the field path.
+    """
+    data = parse(value, key) if isinstance(value, str | bytes) else value
+    return validate(schema, data, key)
+
+
+class ConfigWatcher(Generic[C]):
+    """One typed configuration, read from an etcd key and kept up to date.
+
+    :param endpoints: etcd client URLs (one string or several members).
+    :param key: the etcd key holding the value (JSON or YAML text).
+    :param schema: the configuration's type: a dataclass (frozen, ideally) or a
+        pydantic model.
+    :param default: the configuration used when etcd has no valid value and
+        there is no snapshot (``None``: no default; :meth:`start` then raises).
+    :param snapshot: a file holding the last good value (written after each
+        change, read at start when etcd gives none).
+    :param timeout: seconds each call to etcd may take.
+    :param backoff: the wait between reconnection attempts.
+    :param probe_interval: seconds without events after which the watch's
+        connection is checked with a read.
+    :param listeners: receive ``ConfigChanged`` and ``ConfigRejected`` events.
+    :param clock: where time and sleeps come from.
+    :param rng: random source of the jitter.
+
+    Use it as an async context manager, or :meth:`start` and :meth:`aclose` it.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        key: str,
+        schema: type[C],
+        *,
+        default: C | None = None,
+        snapshot: str | os.PathLike[str] | None = None,
+        timeout: float = 2.0,
+        backoff: Backoff | None = None,
+        probe_interval: float = 1.0,
+        listeners: Sequence[Listener] = (),
+        clock: Clock = system_clock,
+        rng: random.Random | None = None,
+    ) -> None:
+        check_number("ConfigWatcher", "timeout", timeout, minimum=0, exclusive_minimum=True)
+        check_number("ConfigWatcher", "probe_interval", probe_interval, minimum=0,
+                     exclusive_minimum=True)
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"ConfigWatcher.key must be a non-empty string, got {key!r}")
+        if not isinstance(schema, type):
+            raise ConfigurationError(
+                f"ConfigWatcher.schema must be a dataclass or pydantic model, got {schema!r}")
+        if default is not None and not isinstance(default, schema):
+            raise ConfigurationError(
+                f"ConfigWatcher.default must be a {schema.__name__}, got {default!r}")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise ConfigurationError(f"ConfigWatcher.backoff must be a Backoff, got {backoff!r}")
+        self._connection = _Connection(_targets(endpoints, "ConfigWatcher"), timeout)
+        self._key = key
+        self._key_bytes = key.encode()
+        self._schema = schema
+        self._default = default
+        self._snapshot = None if snapshot is None else Path(snapshot)
+        self._timeout = timeout
+        self._backoff = backoff or _DISCOVERY_BACKOFF
+        self._probe_interval = float(probe_interval)
+        self._listeners = tuple(listeners)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._current: C | None = None
+        self._revision = 0
+        self._source: Source | None = None
+        # The newest etcd revision of the key looked at, applied or refused: a
+        # re-listing after a reconnection finds it again and must not re-apply it.
+        self._seen = 0
+        self._done = 0
+        self._start_error: ConfigValidationError | None = None
+        self._subscribers: list[Subscriber] = []
+        self._checks: list[Callable[[C], object]] = []
+        self._in_sync = False
+        self._reported = False
+        self._listed = False
+        self._first = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+
+    # -- inspection --------------------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        """The etcd key followed."""
+        return self._key
+
+    @property
+    def schema(self) -> type[C]:
+        """The configuration's type."""
+        return self._schema
+
+    @property
+    def current(self) -> C:
+        """The configuration in force (the last good value).
+
+        :raises ConfigUnavailableError: before :meth:`start` gave one.
+        """
+        if self._current is None:
+            raise ConfigUnavailableError(f"{self._key}: no configuration yet (call start())")
+        return self._current
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision of :attr:`current` (a snapshot's: the revision saved; 0: default)."""
+        return self._revision
+
+    @property
+    def source(self) -> Source | None:
+        """Where :attr:`current` came from: ``"etcd"``, ``"snapshot"`` or ``"default"``."""
+        return self._source
+
+    @property
+    def in_sync(self) -> bool:
+        """Whether the watch is live (changes in etcd are being followed)."""
+        return self._in_sync
+
+    def __repr__(self) -> str:
+        return (f"ConfigWatcher({self._key!r}, revision={self._revision}, "
+                f"source={self._source!r}, in_sync={self._in_sync})")
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Read the key (or else the snapshot, or else the default) and start following it.
+
+        :raises ConfigValidationError: etcd's value is invalid and there is no
+            snapshot or default to fall back on.
+        :raises ConfigUnavailableError: etcd cannot be read (or has no value) and
+            there is no snapshot or default.
+        """
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._run(), name=f"fournines-config-{self._key}")
+        await self._first.wait()
+        if self._current is not None:
+            return
+        fallback = self._load_snapshot()
+        if fallback is not None:
+            value, revision = fallback
+            _log.warning("fournines: config %s: etcd gave no valid value; using the last good "
+                         "one from %s (revision %d)", self._key, self._snapshot, revision)
+            await self._apply(value, revision, "snapshot", None)
+        elif self._default is not None:
+            await self._apply(self._default, 0, "default", None)
+        else:
+            await self.aclose()
+            if self._start_error is not None:
+                raise self._start_error
+            raise ConfigUnavailableError(
+                f"{self._key}: no configuration: etcd "
+                f"{'has no value' if self._listed else 'cannot be reached'}, and there is "
+                "no snapshot and no default")
+
+    async def aclose(self) -> None:
+        """Stop following etcd (:attr:`current` stays readable)."""
+        task, self._task = self._task, None
+        if task is not None:
+            await _cancel(task)
+        self._in_sync = False
+        await self._connection.close()
+
+    async def __aenter__(self) -> ConfigWatcher[C]:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    # -- subscribers -------------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` on every change from now on; returns the unsubscriber.
+
+        Changes reach subscribers one at a time, in revision order: the next
+        change waits until every subscriber has returned (coroutine functions
+        are awaited). A subscriber that raises is logged and skipped; the
+        others and the watcher go on.
+        """
+        if not callable(callback):
+            raise ConfigurationError(f"subscribe() needs a callable, got {callback!r}")
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def add_check(self, check: Callable[[C], object]) -> Callable[[], None]:
+        """Also refuse a new value when ``check(config)`` raises; returns the remover.
+
+        Checks run after the schema's validation and before anything is applied,
+        so a value a bound policy would refuse is refused as a whole (the
+        watcher and every policy keep the last good value). A check raising
+        ``ValueError`` or ``TypeError`` refuses; anything else is a bug in the
+        check, logged, and refuses too.
+        """
+        if not callable(check):
+            raise ConfigurationError(f"add_check() needs a callable, got {check!r}")
+        self._checks.append(check)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                self._checks.remove(check)
+
+        return remove
+
+    async def wait_for_revision(self, revision: int) -> C:
+        """Wait until ``revision`` (or a later one) is handled: applied or refused.
+
+        Returns :attr:`current`. "Handled" means subscribers were called and the
+        snapshot written. It waits as long as it takes (etcd may be down): wrap
+        it in ``asyncio.wait_for`` for a limit.
+        """
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._done >= revision)
+        return self.current
+
+    # -- following etcd ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await _keep_following(
+            self._follow, connection=self._connection, backoff=self._backoff, rng=self._rng,
+            clock=self._clock, interrupted=self._interrupted, listed=lambda: self._listed,
+            first=self._first)
+
+    async def _follow(self) -> None:
+        self._listed = False
+        client = await self._connection.client()
+        key = self._key_bytes
+        # A range of exactly one key: unlike get(), it answers with a header (the
+        # store's revision) when the key is absent too.
+        listing = await asyncio.wait_for(client.get_range(key, key + b"\0"), self._timeout)
+        revision = listing.header.revision
+        if len(listing):
+            kv = listing[0]
+            await self._offer(kv.value, kv.mod_revision)
+        self._listed = True
+        self._synced()
+        self._first.set()
+        async with contextlib.aclosing(_watch_events(
+                client, key, prefix=False, start_revision=revision + 1, timeout=self._timeout,
+                probe_interval=self._probe_interval, probed=lambda: None)) as events:
+            async for event in events:
+                kv = event.kv
+                if event.kind == "DELETE":
+                    await self._deleted(kv.mod_revision)
+                else:
+                    await self._offer(kv.value, kv.mod_revision)
+
+    async def _offer(self, raw: bytes, revision: int) -> None:
+        if revision <= self._seen:
+            return
+        try:
+            value = validate(self._schema, parse(raw, self._key), self._key, revision)
+            self._check(value, revision)
+        except ConfigValidationError as exc:
+            await self._refuse(exc, revision)
+            return
+        text = raw.decode("utf-8")
+        await self._apply(value, revision, "etcd", text)
+
+    def _check(self, value: C, revision: int) -> None:
+        for check in list(self._checks):
+            try:
+                check(value)
+            except (ValueError, TypeError) as exc:
+                raise ConfigValidationError(self._key, "", f"refused by a check: {exc}",
+                                            revision) from None
+            except Exception as exc:
+                _log.exception("fournines: config %s: check %r failed on revision %d",
+                               self._key, check, revision)
+                raise ConfigValidationError(self._key, "", f"a check failed: {exc!r}",
+                                            revision) from None
+
+    async def _refuse(self, exc: ConfigValidationError, revision: int) -> None:
+        exc.revision = revision
+        if self._current is None:
+            self._start_error = exc
+        kept = ("" if self._current is None else
+                f", keeping revision {self._revision} ({self._source})")
+        _log.warning("fournines: config refused at revision %d%s: %s", revision, kept, exc)
+        dispatch(self._listeners, ConfigRejected(
+            policy="config", name=self._key, key=self._key, revision=revision,
+            field=exc.field, problem=exc.problem, error=exc))
+        await self._seen_up_to(revision)
+
+    async def _deleted(self, revision: int) -> None:
+        if revision <= self._seen:
+            return
+        error = ConfigValidationError(self._key, "", "the key was deleted", revision)
+        await self._refuse(error, revision)
+
+    async def _apply(self, value: C, revision: int, source: Source, text: str | None) -> None:
+        old = self._current
+        self._current = value
+        self._revision = revision
+        self._source = source
+        if source == "etcd":
+            await self._seen_up_to(revision, notify=False)
+        if old is None or value != old:
+            event = ConfigChanged(policy="config", name=self._key, key=self._key,
+                                  revision=revision, old=old, new=value, source=source)
+            _log.info("fournines: config %s now at revision %d (%s)", self._key, revision,
+                      source)
+            dispatch(self._listeners, event)
+            for subscriber in list(self._subscribers):
+                try:
+                    result = subscriber(event)
+                    if inspect.isawaitable(result):
+                        await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    _log.exception("fournines: config %s: subscriber %r failed on revision %d",
+                                   self._key, subscriber, revision)
+        # The snapshot after the subscribers: a change reaches the service first, and
+        # a crash in between only leaves the snapshot one value behind.
+        if source == "etcd":
+            await self._save(text, revision)
+        await self._seen_up_to(revision)
+
+    async def _seen_up_to(self, revision: int, *, notify: bool = True) -> None:
+        self._seen = max(self._seen, revision)
+        if notify:
+            # Waiters are told only once the change is wholly handled (subscribers
+            # called, snapshot written), not when it is merely claimed.
+            self._done = max(self._done, revision)
+            async with self._changed:
+                self._changed.notify_all()
+
+    def _synced(self) -> None:
+        self._in_sync = True
+        self._reported = False
+
+    def _interrupted(self, reason: str, exc: BaseException) -> None:
+        if self._in_sync or not self._reported:
+            self._in_sync = False
+            self._reported = True
+            _log.warning("fournines: config %s lost its watch (%s: %r); keeping revision %d",
+                         self._key, reason, exc, self._revision)
+
+    # -- snapshot ----------------------------------------------------------------------
+
+    async def _save(self, text: str | None, revision: int) -> None:
+        if self._snapshot is None or text is None:
+            return
+        data = json.dumps({"format": SNAPSHOT_FORMAT, "key": self._key, "revision": revision,
+                           "saved_at": self._clock.time(), "value": text},
+                          indent=1, ensure_ascii=False)
+        try:
+            await asyncio.to_thread(_write_atomically, self._snapshot, data)
+        except OSError as exc:
+            _log.warning("fournines: could not write the config snapshot %s: %s",
+                         self._snapshot, exc)
+
+    def _load_snapshot(self) -> tuple[C, int] | None:
+        path = self._snapshot
+        if path is None or not path.exists():
+            return None
+        try:
+            data = json_document(read_text(path))
+            if not isinstance(data, dict) or data.get("key") != self._key:
+                raise ConfigurationError(f"not a snapshot of key {self._key!r}")
+            revision = int(data["revision"])
+            value = validate(self._schema, parse(str(data["value"]), self._key), self._key,
+                             revision)
+        except (ConfigurationError, KeyError, TypeError, ValueError) as exc:
+            _log.warning("fournines: ignoring the config snapshot %s: %s", path, exc)
+            return None
+        return value, revision
+
+
+# -- policies following configuration ---------------------------------------------------
+
+
+class Reconfigurable(Protocol):
+    """A policy whose settings can be swapped at run time.
+
+    ``TokenBucket``, ``Gcra``, ``Retry`` and ``CircuitBreaker`` are.
+    """
+
+    def reconfigure(self, *args: Any, **settings: Any) -> None:
+        """Check ``settings`` and swap them in atomically, or raise and change nothing.
+
+        With ``check_only=True``, only check them.
+        """
+
+
+def bind(watcher: ConfigWatcher[C], policy: Reconfigurable,
+         settings: Callable[[C], Mapping[str, Any]]) -> Callable[[], None]:
+    """Make ``policy`` follow ``watcher``: ``policy.reconfigure(**settings(config))``.
+
+    Applied at once with the current configuration (an error then is raised:
+    the binding is wrong), then after every change. A new value whose settings
+    the policy would refuse (``settings`` raises, or ``reconfigure(...,
+    check_only=True)`` does) is refused by the watcher as a whole, before
+    anything is applied. Returns the unbinder::
+
+        bind(watcher, limiter, lambda cfg: {"rate": cfg.rate.per_second})
+        bind(watcher, retry, lambda cfg: {"attempts": cfg.retry_attempts})
+        bind(watcher, breaker, lambda cfg: {"trip": ConsecutiveFailures(threshold=cfg.trip)})
+    """
+    policy.reconfigure(**settings(watcher.current))
+
+    def check(config: C) -> None:
+        try:
+            policy.reconfigure(**settings(config), check_only=True)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{policy!r}: {exc}") from None
+
+    def follow(event: ConfigChanged) -> None:
+        try:
+            policy.reconfigure(**settings(event.new))  # type: ignore[arg-type]
+        except Exception as exc:  # passed its check: only a policy changed meanwhile
+            _log.error("fournines: config %s revision %d: %r refused its new settings: %s",
+                       event.key, event.revision, policy, exc)
+
+    remove_check = watcher.add_check(check)
+    unsubscribe = watcher.subscribe(follow)
+
+    def unbind() -> None:
+        remove_check()
+        unsubscribe()
+
+    return unbind
+
+
+# -- one-shot operations ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigRevision:
+    """One past value of a key: its etcd ``revision`` (mod revision) and stored ``value`` text."""
+
+    revision: int
+    value: str
+    version: int
+
+
+async def _once(endpoints: str | Sequence[str], timeout: float,
+                operation: Callable[[Any], Awaitable[Any]], what: str) -> Any:
+    targets = _targets(endpoints, what)
+    connection = _Connection(targets, timeout)
+    last: BaseException | None = None
+    try:
+        for _ in targets:
+            try:
+                return await connection.call(operation)
+            except ConfigurationError:
+                raise
+            except Exception as exc:
+                last = exc
+                await connection.reset()
+    finally:
+        await connection.close()
+    reason = "timed out" if isinstance(last, TimeoutError) else repr(last)
+    raise ConfigUnavailableError(f"etcd cannot be reached at {endpoints!r}: {reason}")
+
+
+async def put_config(endpoints: str | Sequence[str], key: str, value: object, *,
+                     schema: type | None = None, timeout: float = 2.0) -> int:
+    """Validate ``value`` and write it to ``key``; returns the etcd revision written.
+
+    ``value`` is a config object (stored as JSON), plain data (a dict), or
+    JSON/YAML text (stored as given). With ``schema`` the value must pass
+    :func:`validate_config` first; text must parse in any case.
+
+    :raises ConfigValidationError: the value is refused (nothing is written).
+    :raises ConfigUnavailableError: etcd cannot be reached.
+    """
+    if isinstance(value, str | bytes):
+        text = value.decode("utf-8") if isinstance(value, bytes) else value
+        data = parse(text, key)
+    else:
+        data = dump(value)
+        text = to_text(value)
+    if schema is not None:
+        validate(schema, data, key)
+    encoded = key.encode(), text.encode("utf-8")
+    put = await _once(endpoints, timeout, lambda c: c.put(*encoded), "put_config")
+    return int(put.header.revision)
+
+
+async def get_config(endpoints: str | Sequence[str], key: str, *, schema: type[C] | None = None,
+                     timeout: float = 2.0) -> tuple[Any, int]:
+    """The value of ``key`` and its revision: validated into ``schema``, or the parsed data.
+
+    :raises ConfigUnavailableError: etcd cannot be reached, or the key has no value.
+    :raises ConfigValidationError: the value does not parse or fit ``schema``.
+    """
+    got = await _once(endpoints, timeout, lambda c: c.get(key.encode()), "get_config")
+    if got is None:
+        raise ConfigUnavailableError(f"{key}: no value in etcd")
+    data = parse(got.value, key)
+    revision = int(got.mod_revision)
+    if schema is None:
+        return data, revision
+    return validate(schema, data, key, revision), revision
+
+
+async def config_history(endpoints: str | Sequence[str], key: str, *, limit: int = 20,
+                         timeout: float = 2.0) -> list[ConfigRevision]:
+    """The key's past values, newest first, as far back as etcd still keeps them.
+
+    History ends at the last compaction, at ``limit`` values, or where the key
+    was last created (a deleted and re-created key's older life is not followed).
+    """
+    check_number("config_history", "limit", limit, minimum=1, integer=True)
+
+    async def read(client: Any) -> list[ConfigRevision]:
+        from aetcd import rpc  # type: ignore[import-untyped]  # noqa: PLC0415 - optional
+
+        found: list[ConfigRevision] = []
+        revision = 0  # 0: the newest
+        while len(found) < limit:
+            request = rpc.RangeRequest(key=key.encode(), revision=revision)
+            try:
+                response = await client.kvstub.Range(request, timeout=timeout,
+                                                     metadata=client.metadata)
+            except Exception as exc:
+                if "compacted" in str(exc):
+                    break
+                raise
+            if not response.kvs:
+                break
+            kv = response.kvs[0]
+            found.append(ConfigRevision(revision=kv.mod_revision,
+                                        value=kv.value.decode("utf-8", "replace"),
+                                        version=kv.version))
+            if kv.version <= 1:
+                break
+            revision = kv.mod_revision - 1
+        return found
+
+    result: list[ConfigRevision] = await _once(endpoints, timeout, read, "config_history")
+    return result
+
