@@ -44,6 +44,7 @@ PAGES = {
     "fournines.instrumentation": "instrumentation",
     "fournines.lab": "lab",
     "fournines.serve": "serve",
+    "fournines.grpc": "grpc",
 }
 
 

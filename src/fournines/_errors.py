@@ -9,7 +9,8 @@ that subpackage (shown in brackets)::
     │   ├── CircuitOpenError            the breaker is open (or throttling)
     │   │   ├── TransportCircuitOpenError       [client]
     │   │   ├── RequestsCircuitOpenError        [client]
-    │   │   └── AiohttpCircuitOpenError         [client]
+    │   │   ├── AiohttpCircuitOpenError         [client]
+    │   │   └── GrpcCircuitOpenError            also a GrpcRejectedError [grpc]
     │   ├── RateLimitedError            a rate limiter has no room; carries retry_after
     │   │   ├── TransportRateLimitedError       [client]
     │   │   ├── RequestsRateLimitedError        [client]
@@ -30,12 +31,15 @@ that subpackage (shown in brackets)::
     │   │                               each Transport* rejection above is one too [client]
     │   ├── RequestsRejectedError       a ResilientAdapter's rejection, also a
     │   │                               requests.ConnectionError; each Requests* above [client]
-    │   └── AiohttpRejectedError        a ResilientMiddleware's rejection, also an
-    │                                   aiohttp.ClientConnectionError; each Aiohttp* [client]
+    │   ├── AiohttpRejectedError        a ResilientMiddleware's rejection, also an
+    │   │                               aiohttp.ClientConnectionError; each Aiohttp* [client]
+    │   └── GrpcRejectedError           a gRPC client interceptor's rejection, also a
+    │                                   grpc.RpcError with code() UNAVAILABLE [grpc]
     ├── DeadlineExceededError           the deadline passed (also a TimeoutError)
     │   ├── TransportDeadlineExceededError  also an httpx.TimeoutException [client]
     │   ├── RequestsDeadlineExceededError   also a requests.Timeout [client]
-    │   └── AiohttpDeadlineExceededError    also an aiohttp.ServerTimeoutError [client]
+    │   ├── AiohttpDeadlineExceededError    also an aiohttp.ServerTimeoutError [client]
+    │   └── GrpcDeadlineExceededError   also a grpc.RpcError, DEADLINE_EXCEEDED [grpc]
     ├── ConfigurationError              a bad setting, named (also a ValueError)
     │   ├── SpecError                   an invalid SLO spec, with file and path [slo]
     │   └── ConfigValidationError       a config value refused, with key and field [discovery]
@@ -56,7 +60,8 @@ that subpackage (shown in brackets)::
 The transports' errors are both kinds at once, so ``except CircuitOpenError`` and
 ``except httpx.HTTPError`` both catch a breaker's refusal of an outgoing request
 (``except requests.RequestException`` and ``except aiohttp.ClientError`` for the
-requests adapter and the aiohttp middleware).
+requests adapter and the aiohttp middleware, ``except grpc.RpcError`` for the gRPC
+client interceptors).
 
 Exhausted retries re-raise the last error of the call as it was, never a
 wrapper: callers keep catching what the wrapped function raises.

@@ -20,6 +20,7 @@ _PACKAGES = (
     "fournines.client",
     "fournines.data",
     "fournines.discovery",
+    "fournines.grpc",
     "fournines.lab",
     "fournines.serve",
     "fournines.slo",
