@@ -27,6 +27,7 @@ _PACKAGES = (
     "fournines.wsgi",
 )
 
+
 def drawn_tree() -> dict[str, str]:
     """``{class name: drawn parent name}`` read from the module docstring."""
     assert _errors.__doc__ is not None
