@@ -143,6 +143,7 @@ class Load:
         self.failures: list[str] = []
         self.failed_started: list[float] = []  # time.monotonic() each failed request began
         self.versions: list[str] = []
+        self.first_seen: dict[int, float] = {}  # worker PID -> when it first answered
         self.count = 0
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._keepalive, daemon=True)
@@ -161,7 +162,9 @@ class Load:
                 self.failures.append(f"status {response.status_code}")
                 self.failed_started.append(started)
             elif response is not None:
-                version = str(response.json()["version"])
+                answer = response.json()
+                self.first_seen.setdefault(int(answer["pid"]), time.monotonic())
+                version = str(answer["version"])
                 if not self.versions or self.versions[-1] != version:
                     self.versions.append(version)
 
