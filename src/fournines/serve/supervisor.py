@@ -20,13 +20,23 @@ alive until SIGTERM/SIGINT:
   supervisor gives up (:class:`ServeError`);
 - **recycling**: with ``max_requests``, a worker that has served that many (plus
   up to ``max_requests_jitter``) is replaced new first, like a reload;
+- **SIGUSR2**: the supervisor replaces itself (a binary upgrade, as gunicorn's
+  USR2): it starts a new supervisor with the same command line
+  (``sys.orig_argv``) that inherits the listening sockets and the control socket
+  as file descriptors (named in ``FOURNINES_SERVE_UPGRADE``), so nothing is
+  bound again and no queued connection is lost. The new one starts its own
+  workers; once they are all ready it says so over a pipe, and only then does
+  the old one drain its workers and exit 0 (the new one is not its worker: it
+  lives on, reparented). If the new supervisor exits or is not ready within
+  ``startup_timeout``, the upgrade is aborted and the old one keeps serving;
 - **SIGTERM / SIGINT**: every worker drains at once; the supervisor exits when
   they have (``run`` returns). A second signal forces: workers stop waiting for
   in-flight requests, and ``run`` raises ``SystemExit(128 + signal)``.
 
 With ``NOTIFY_SOCKET`` set (systemd ``Type=notify``) the supervisor sends
 ``READY=1`` once the first workers are ready, ``RELOADING=1`` / ``READY=1``
-around a reload and ``STOPPING=1`` at shutdown.
+around a reload, ``MAINPID=`` the new supervisor after an upgrade and
+``STOPPING=1`` at shutdown.
 
 The supervisor's liveness is its own process being alive; a worker's
 ``/livez`` and ``/readyz`` are its app's (a probe on the shared port reaches
@@ -66,6 +76,8 @@ _TICK = 0.1
 # How long past drain_delay + drain_timeout a stopping worker may take (lifespan
 # shutdown, interpreter exit) before it is killed.
 _STOP_MARGIN = 10.0
+# The environment variable that hands an upgrading supervisor's descriptors to its successor.
+UPGRADE_ENV = "FOURNINES_SERVE_UPGRADE"
 
 
 class ServeError(FourNinesError, RuntimeError):
@@ -103,6 +115,16 @@ class _Reload:
     generation: int
     candidate: _Worker | None = None
     waiters: list[_control.Connection] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Upgrade:
+    """A successor supervisor starting (SIGUSR2), and the pipe it reports ready on."""
+
+    proc: subprocess.Popen[bytes]
+    pipe: int
+    deadline: float
+    ready: bool = False
 
 
 @dataclass(slots=True)
@@ -174,30 +196,55 @@ def run(
                        forwarded_allow_ips=forwarded_allow_ips, header_timeout=header_timeout,
                        uvicorn_options=uvicorn_options)
     options.control = control
-    binds = [bind] if isinstance(bind, str) else list(bind or [])
-    try:
-        listeners = _sockets.bind_sockets(binds)
-    except OSError as exc:
-        raise ServeError(f"cannot bind {', '.join(binds) or 'the default address'}: "
-                         f"{exc.strerror or exc}") from None
+    inherited = _inherited()
     control_sock = None
+    if inherited is not None:
+        listeners, control_sock, ready_fd = inherited
+    else:
+        ready_fd = None
+        binds = [bind] if isinstance(bind, str) else list(bind or [])
+        try:
+            listeners = _sockets.bind_sockets(binds)
+        except OSError as exc:
+            raise ServeError(f"cannot bind {', '.join(binds) or 'the default address'}: "
+                             f"{exc.strerror or exc}") from None
+    supervisor = None
     try:
-        if control is not None:
+        if control is not None and control_sock is None:
             try:
                 control_sock = _control.listen(control)
             except _control.ControlError as exc:
                 raise ServeError(str(exc)) from None
-        code = _Supervisor(options, listeners, control_sock).run()
+        supervisor = _Supervisor(options, listeners, control_sock, ready_fd=ready_fd)
+        code = supervisor.run()
     finally:
         for sock in listeners:
             with contextlib.suppress(OSError):
                 sock.close()
         if control_sock is not None:
             control_sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(str(control))
+            # After an upgrade the path belongs to the successor, which listens on it.
+            if supervisor is None or not supervisor.handed_over:
+                with contextlib.suppress(OSError):
+                    os.unlink(str(control))
     if code:
         raise SystemExit(code)
+
+
+def _inherited() -> tuple[list[socket.socket], socket.socket | None, int] | None:
+    """The sockets and ready pipe a predecessor handed over on SIGUSR2, if any."""
+    text = os.environ.pop(UPGRADE_ENV, None)
+    if not text:
+        return None
+    spec = json.loads(text)
+    if spec.get("parent") != os.getppid():
+        return None  # meant for another process (inherited through a child, say)
+    listeners = [socket.socket(fileno=fd) for fd in spec["fds"]]
+    control = None
+    if spec.get("control") is not None:
+        control = socket.socket(fileno=spec["control"])
+        control.setblocking(False)
+    return listeners, control, int(spec["ready"])
 
 
 def _options(app: str, *, workers: int, factory: bool, app_dir: str,
@@ -245,8 +292,11 @@ class _Supervisor:
     """The loop: one thread, one selector over the workers' pipes and a signal pipe."""
 
     def __init__(self, options: _Options, listeners: list[socket.socket],
-                 control: socket.socket | None = None) -> None:
+                 control: socket.socket | None = None, *, ready_fd: int | None = None) -> None:
         self.options = options
+        self.ready_fd = ready_fd  # tell the predecessor (SIGUSR2) once all workers are ready
+        self.upgrade: _Upgrade | None = None
+        self.handed_over = False
         self.listeners = listeners
         self.control = control
         self.pending_waiters: list[_control.Connection] = []
@@ -277,7 +327,7 @@ class _Supervisor:
         self.selector.register(wake_r, selectors.EVENT_READ, None)
         if self.control is not None:
             self.selector.register(self.control, selectors.EVENT_READ, self.control)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         try:
@@ -293,6 +343,8 @@ class _Supervisor:
                             wake_r.recv(4096)
                     elif isinstance(key.data, _Worker):
                         self._read(key.data)
+                    elif isinstance(key.data, _Upgrade):
+                        self._read_upgrade(key.data)
                     elif isinstance(key.data, _control.Connection):
                         self._control_request(key.data)
                     else:
@@ -318,6 +370,11 @@ class _Supervisor:
             waiter.reply({"ok": False, "message": "the supervisor stopped"})
         if self.forced and self.stopping_signal is not None:
             return 128 + self.stopping_signal
+        if self.handed_over and self.upgrade is not None:
+            logger.info("Upgrade complete: supervisor %d hands over to supervisor %d",
+                        os.getpid(), self.upgrade.proc.pid)
+            os.close(self.upgrade.pipe)
+            return 0
         logger.info("All workers stopped; supervisor exiting")
         return 0
 
@@ -328,6 +385,9 @@ class _Supervisor:
     def _handle_signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
             self._request_reload("SIGHUP received", None)
+            return
+        if sig == signal.SIGUSR2:
+            self._start_upgrade()
             return
         if self.stopping_signal is None:
             self._stop_all(sig, f"{signal.Signals(sig).name} received: draining every worker")
@@ -430,6 +490,11 @@ class _Supervisor:
             self.announced_ready = True
             logger.info("All %d worker(s) ready", self.options.workers)
             _notify("READY=1")
+            if self.ready_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self.ready_fd, b"ready\n")
+                os.close(self.ready_fd)
+                self.ready_fd = None
 
     def _members(self) -> list[_Worker]:
         """Workers that count towards ``workers``: not stopping, not a pending candidate."""
@@ -475,6 +540,7 @@ class _Supervisor:
                                    "(event loop blocked?)")
         if self.stopping_signal is not None:
             return
+        self._check_upgrade(now)
         self._fill(now)
         self._advance_reload()
         self._recycle(now)
@@ -590,6 +656,80 @@ class _Supervisor:
             self._forget(waiter)
             waiter.reply(self.last_reload)
         self._after_reload()
+
+    # -- supervisor upgrades (SIGUSR2) --------------------------------------------
+
+    def _start_upgrade(self) -> None:
+        if self.stopping_signal is not None or self.upgrade is not None:
+            logger.warning("SIGUSR2 ignored: the supervisor is %s",
+                           "stopping" if self.upgrade is None else "already upgrading")
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        fds = [sock.fileno() for sock in self.listeners]
+        control = self.control.fileno() if self.control is not None else None
+        spec = {"parent": os.getpid(), "fds": fds, "control": control, "ready": write_fd}
+        inherit = (*fds, write_fd, *([] if control is None else [control]))
+        try:
+            proc = subprocess.Popen([sys.executable, *sys.orig_argv[1:]],
+                                    env={**os.environ, UPGRADE_ENV: json.dumps(spec)},
+                                    pass_fds=inherit)
+        except OSError as exc:
+            os.close(read_fd)
+            logger.error("Upgrade aborted: cannot start a new supervisor (%s)", exc)
+            return
+        finally:
+            os.close(write_fd)
+        self.upgrade = _Upgrade(proc=proc, pipe=read_fd, deadline=time.monotonic()
+                                + self.options.startup_timeout + _STOP_MARGIN)
+        self.selector.register(read_fd, selectors.EVENT_READ, self.upgrade)
+        logger.info("SIGUSR2 received: new supervisor %d starting; this one serves until "
+                    "its workers are ready", proc.pid)
+
+    def _read_upgrade(self, upgrade: _Upgrade) -> None:
+        try:
+            data = os.read(upgrade.pipe, 4096)
+        except BlockingIOError:
+            return
+        self.selector.unregister(upgrade.pipe)
+        if b"ready" not in data:
+            code = upgrade.proc.wait()
+            self._abort_upgrade(f"the new supervisor {upgrade.proc.pid} exited (code {code}) "
+                                "before its workers were ready")
+            return
+        upgrade.ready = True
+        self.handed_over = True
+        if self.control is not None:
+            # Control requests go to the successor now; a waiting one is answered below.
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.control)
+        _notify(f"MAINPID={upgrade.proc.pid}")
+        self.stopping_signal = signal.SIGTERM
+        if self.reload is not None:
+            self.pending_waiters += self.reload.waiters
+        self.reload = None
+        self.reload_pending = False
+        logger.info("New supervisor %d is ready: draining this one's workers",
+                    upgrade.proc.pid)
+        for worker in self.workers:
+            self._stop(worker)
+
+    def _check_upgrade(self, now: float) -> None:
+        upgrade = self.upgrade
+        if upgrade is None or upgrade.ready or now < upgrade.deadline:
+            return
+        upgrade.proc.kill()
+        upgrade.proc.wait()
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(upgrade.pipe)
+        self._abort_upgrade(f"the new supervisor {upgrade.proc.pid} was not ready within "
+                            f"{self.options.startup_timeout + _STOP_MARGIN:g}s (killed)")
+
+    def _abort_upgrade(self, why: str) -> None:
+        assert self.upgrade is not None
+        os.close(self.upgrade.pipe)
+        self.upgrade = None
+        logger.error("Upgrade aborted: %s; this supervisor keeps serving", why)
 
     # -- the control socket ------------------------------------------------------
 
