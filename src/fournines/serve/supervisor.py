@@ -406,6 +406,13 @@ class _Supervisor:
         self.reload_pending = False
         logger.info("%s", message)
         _notify("STOPPING=1")
+        upgrade = self.upgrade
+        if upgrade is not None and not upgrade.ready:
+            # A successor still starting would otherwise serve on alone, unsupervised.
+            logger.info("Stopping the new supervisor %d too: the upgrade is abandoned",
+                        upgrade.proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                upgrade.proc.send_signal(signal.SIGTERM)
         for worker in self.workers:
             self._stop(worker)
 
