@@ -59,8 +59,9 @@ class Served:
 
     def __init__(self, tmp_path: Path, *, workers: int = 2, version: str = "v1",
                  args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 drain_delay: float = 0.5) -> None:
+                 drain_delay: float = 0.5, script: Path | None = None) -> None:
         self.drain_delay = drain_delay
+        self.script = script
         self.version_file = tmp_path / "version"
         self.version_file.write_text(version)
         self.log_path = tmp_path / "serve.log"
@@ -83,6 +84,9 @@ class Served:
                    "--app-dir", str(ROOT), "--drain-delay", str(self.drain_delay),
                    "--drain-timeout", "10",
                    "--no-access-log", *self.args]
+        if self.script is not None:  # a script calling fournines.serve.run itself
+            command = [sys.executable, str(self.script), f"fd://{self.sock.fileno()}",
+                       str(self.workers), *self.args]
         env = {**serve_env(self.version_file), **self.env}
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log,

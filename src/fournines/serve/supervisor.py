@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigurationError, FourNinesError, check_number
+from .._events import SupervisorUpgraded, WorkerExited, WorkersReloaded, dispatch
 from ..asgi import GracefulShutdown
 from ..policies.backoff import Backoff
 from . import control as _control
@@ -560,6 +561,7 @@ class _Supervisor:
         os.close(worker.pipe)
         code = worker.proc.returncode
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        self._exited(worker, how)
         if worker.stopping and worker.killed_for is None:
             logger.info("Worker %d stopped (%s)", worker.pid, how)
             return
@@ -587,6 +589,18 @@ class _Supervisor:
         if worker.stopping:  # killed while draining: it was being replaced anyway
             return
         self._crashed(worker, reason, now)
+
+    def _exited(self, worker: _Worker, how: str) -> None:
+        if worker.killed_for is not None:
+            cause, reason = "killed", worker.killed_for
+        elif worker.stopping:
+            cause, reason = "stopped", how
+        elif not worker.ready:
+            cause, reason = "failed to start", worker.error or how
+        else:
+            cause, reason = "crashed", worker.error or how
+        dispatch((), WorkerExited(policy="serve", name=self.options.app, pid=worker.pid,
+                                  generation=worker.generation, cause=cause, reason=reason))
 
     def _drain_pipe(self, worker: _Worker) -> None:
         with contextlib.suppress(OSError):
@@ -659,6 +673,8 @@ class _Supervisor:
         self.reload = None
         _notify("READY=1")
         self.last_reload = {"ok": ok, "generation": self.generation, "message": message}
+        dispatch((), WorkersReloaded(policy="serve", name=self.options.app, ok=ok,
+                                     generation=self.generation, message=message))
         for waiter in reload.waiters if reload is not None else []:
             self._forget(waiter)
             waiter.reply(self.last_reload)
@@ -711,6 +727,8 @@ class _Supervisor:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(self.control)
         _notify(f"MAINPID={upgrade.proc.pid}")
+        dispatch((), SupervisorUpgraded(policy="serve", name=self.options.app,
+                                        old_pid=os.getpid(), new_pid=upgrade.proc.pid))
         self.stopping_signal = signal.SIGTERM
         if self.reload is not None:
             self.pending_waiters += self.reload.waiters
