@@ -14,9 +14,10 @@ alive until SIGTERM/SIGINT:
   ``drain_timeout``); then the next. A replacement that fails to load, exits or is
   not ready within ``startup_timeout`` aborts the reload: the old workers keep
   serving, and the log says why;
-- **crashes**: a worker that exits on its own is restarted after a backoff
+- **crashes**: a worker that exits on its own is restarted at once the first
+  time in ``crash_window`` seconds, then after a backoff
   (:class:`~fournines.policies.backoff.Backoff`, growing with the crashes of the
-  last ``crash_window`` seconds); ``max_crashes`` in that window and the
+  window); ``max_crashes`` in that window and the
   supervisor gives up (:class:`ServeError`);
 - **recycling**: with ``max_requests``, a worker that has served that many (plus
   up to ``max_requests_jitter``) is replaced new first, like a reload;
@@ -626,7 +627,10 @@ class _Supervisor:
             self._stop_all(signal.SIGTERM, f"Worker {worker.pid} died ({reason}); "
                                            f"{self.failure}")
             return
-        delay = self.options.restart_backoff.delay(len(crashes), self.last_delay, self.rng)
+        # One crash in the window is no loop: replace it at once (capacity is down by one
+        # worker until then); the backoff starts with the second.
+        delay = (0.0 if len(crashes) == 1 else
+                 self.options.restart_backoff.delay(len(crashes) - 1, self.last_delay, self.rng))
         self.last_delay = delay
         at = now + delay
         self.restart_at = at if self.restart_at is None else min(self.restart_at, at)
