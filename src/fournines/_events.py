@@ -40,6 +40,9 @@ __all__ = [
     "RetriesExhausted",
     "RetryScheduled",
     "StateChanged",
+    "SupervisorUpgraded",
+    "WorkerExited",
+    "WorkersReloaded",
     "add_listener",
     "remove_listener",
 ]
@@ -301,6 +304,43 @@ class ConfigRejected(Event):
     field: str
     problem: str
     error: BaseException | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerExited(Event):
+    """A ``fournines serve`` worker of app ``name`` exited (``policy`` is ``"serve"``).
+
+    ``cause``: ``"stopped"`` (told to, on a reload, a recycle or the shutdown),
+    ``"crashed"`` (exited on its own; it is restarted), ``"killed"`` (no heartbeat,
+    not ready in time, or too slow to drain), ``"failed to start"`` (its app could
+    not be loaded or started). ``reason`` says what happened, in words.
+    """
+
+    pid: int
+    generation: int
+    cause: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkersReloaded(Event):
+    """A rolling reload of app ``name`` ended, done or aborted.
+
+    ``ok``: every worker now runs ``generation``; else the reload was aborted and the
+    old workers keep serving. ``message`` says which and why.
+    """
+
+    ok: bool
+    generation: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SupervisorUpgraded(Event):
+    """The supervisor of app ``name`` handed its sockets to supervisor ``new_pid`` (SIGUSR2)."""
+
+    old_pid: int
+    new_pid: int
 
 
 Listener = Callable[[Event], object]

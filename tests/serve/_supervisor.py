@@ -26,6 +26,24 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.serve.apps.versioned:app"
 
 
+def serve_env(version_file: Path) -> dict[str, str]:
+    """The environment a ``fournines serve`` of the test app runs in."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+            "APP_VERSION_FILE": str(version_file)}
+
+
+def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``python -m fournines serve ARGS`` to its end, stdout and stderr together."""
+    version_file = tmp_path / "version"
+    if not version_file.exists():
+        version_file.write_text("v1")
+    return subprocess.run([sys.executable, "-m", "fournines", "serve", *args],
+                          env={**serve_env(version_file), **(env or {})}, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, check=False)
+
+
 def wait_for(condition: Callable[[], bool], *, timeout: float = 30.0, what: str = "") -> None:
     """Poll ``condition`` until true; fail after ``timeout`` (generous: never a timing claim)."""
     end = time.monotonic() + timeout
@@ -40,7 +58,10 @@ class Served:
     """One supervisor process with its own socket, log file and version file."""
 
     def __init__(self, tmp_path: Path, *, workers: int = 2, version: str = "v1",
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 drain_delay: float = 0.5, script: Path | None = None) -> None:
+        self.drain_delay = drain_delay
+        self.script = script
         self.version_file = tmp_path / "version"
         self.version_file.write_text(version)
         self.log_path = tmp_path / "serve.log"
@@ -60,10 +81,13 @@ class Served:
     def start(self) -> Served:
         command = [sys.executable, "-m", "fournines", "serve", APP, "--workers",
                    str(self.workers), "--bind", f"fd://{self.sock.fileno()}",
-                   "--app-dir", str(ROOT), "--drain-delay", "0.5", "--drain-timeout", "10",
+                   "--app-dir", str(ROOT), "--drain-delay", str(self.drain_delay),
+                   "--drain-timeout", "10",
                    "--no-access-log", *self.args]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
-               "APP_VERSION_FILE": str(self.version_file), **self.env}
+        if self.script is not None:  # a script calling fournines.serve.run itself
+            command = [sys.executable, str(self.script), f"fd://{self.sock.fileno()}",
+                       str(self.workers), *self.args]
+        env = {**serve_env(self.version_file), **self.env}
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, pass_fds=(self.sock.fileno(),))
@@ -121,7 +145,9 @@ class Load:
         self.url = url
         self.stop_event = threading.Event()
         self.failures: list[str] = []
+        self.failed_started: list[float] = []  # time.monotonic() each failed request began
         self.versions: list[str] = []
+        self.first_seen: dict[int, float] = {}  # worker PID -> when it first answered
         self.count = 0
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._keepalive, daemon=True)
@@ -129,33 +155,40 @@ class Load:
         self.threads += [threading.Thread(target=self._fresh, daemon=True)
                          for _ in range(fresh_threads)]
 
-    def _record(self, response: httpx.Response | None, error: Exception | None) -> None:
+    def _record(self, response: httpx.Response | None, error: Exception | None,
+                started: float) -> None:
         with self.lock:
             self.count += 1
             if error is not None:
                 self.failures.append(repr(error))
+                self.failed_started.append(started)
             elif response is not None and response.status_code != 200:
                 self.failures.append(f"status {response.status_code}")
+                self.failed_started.append(started)
             elif response is not None:
-                version = str(response.json()["version"])
+                answer = response.json()
+                self.first_seen.setdefault(int(answer["pid"]), time.monotonic())
+                version = str(answer["version"])
                 if not self.versions or self.versions[-1] != version:
                     self.versions.append(version)
 
     def _keepalive(self) -> None:
         with httpx.Client(timeout=30) as client:
             while not self.stop_event.is_set():
+                started = time.monotonic()
                 try:
-                    self._record(client.get(self.url), None)
+                    self._record(client.get(self.url), None, started)
                 except httpx.HTTPError as exc:
-                    self._record(None, exc)
+                    self._record(None, exc, started)
                 time.sleep(0.005)
 
     def _fresh(self) -> None:
         while not self.stop_event.is_set():
+            started = time.monotonic()
             try:
-                self._record(httpx.get(self.url, timeout=30), None)
+                self._record(httpx.get(self.url, timeout=30), None, started)
             except httpx.HTTPError as exc:
-                self._record(None, exc)
+                self._record(None, exc, started)
             time.sleep(0.005)
 
     def served(self) -> int:

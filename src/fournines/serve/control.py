@@ -13,7 +13,8 @@ JSON line each way:
   "message": ...}`` when it was aborted (the old workers keep serving).
 
 A socket file left by a supervisor that died is replaced; one that a running
-supervisor answers on is refused (two supervisors would fight over it).
+supervisor answers on is refused (two supervisors would fight over it), and so
+is a path that exists but is not a socket (it is never deleted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 from typing import Any
 
 from .._errors import FourNinesError
@@ -80,6 +82,10 @@ def _request(path: str, command: str, timeout: float) -> dict[str, Any]:
 def listen(path: str) -> socket.socket:
     """The control socket at ``path`` (0600), replacing a stale one; raises ControlError."""
     if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            # Never delete what is not a socket: the path is probably a mistake.
+            raise ControlError(f"control socket {path} exists and is not a socket; "
+                               "refusing to replace it")
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
             try:
                 probe.connect(path)

@@ -14,19 +14,30 @@ alive until SIGTERM/SIGINT:
   ``drain_timeout``); then the next. A replacement that fails to load, exits or is
   not ready within ``startup_timeout`` aborts the reload: the old workers keep
   serving, and the log says why;
-- **crashes**: a worker that exits on its own is restarted after a backoff
+- **crashes**: a worker that exits on its own is restarted at once the first
+  time in ``crash_window`` seconds, then after a backoff
   (:class:`~fournines.policies.backoff.Backoff`, growing with the crashes of the
-  last ``crash_window`` seconds); ``max_crashes`` in that window and the
+  window); ``max_crashes`` in that window and the
   supervisor gives up (:class:`ServeError`);
 - **recycling**: with ``max_requests``, a worker that has served that many (plus
   up to ``max_requests_jitter``) is replaced new first, like a reload;
+- **SIGUSR2**: the supervisor replaces itself (a binary upgrade, as gunicorn's
+  USR2): it starts a new supervisor with the same command line
+  (``sys.orig_argv``) that inherits the listening sockets and the control socket
+  as file descriptors (named in ``FOURNINES_SERVE_UPGRADE``), so nothing is
+  bound again and no queued connection is lost. The new one starts its own
+  workers; once they are all ready it says so over a pipe, and only then does
+  the old one drain its workers and exit 0 (the new one is not its worker: it
+  lives on, reparented). If the new supervisor exits or is not ready within
+  ``startup_timeout``, the upgrade is aborted and the old one keeps serving;
 - **SIGTERM / SIGINT**: every worker drains at once; the supervisor exits when
   they have (``run`` returns). A second signal forces: workers stop waiting for
   in-flight requests, and ``run`` raises ``SystemExit(128 + signal)``.
 
 With ``NOTIFY_SOCKET`` set (systemd ``Type=notify``) the supervisor sends
 ``READY=1`` once the first workers are ready, ``RELOADING=1`` / ``READY=1``
-around a reload and ``STOPPING=1`` at shutdown.
+around a reload, ``MAINPID=`` the new supervisor after an upgrade and
+``STOPPING=1`` at shutdown.
 
 The supervisor's liveness is its own process being alive; a worker's
 ``/livez`` and ``/readyz`` are its app's (a probe on the shared port reaches
@@ -53,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigurationError, FourNinesError, check_number
+from .._events import SupervisorUpgraded, WorkerExited, WorkersReloaded, dispatch
 from ..asgi import GracefulShutdown
 from ..policies.backoff import Backoff
 from . import control as _control
@@ -66,6 +78,8 @@ _TICK = 0.1
 # How long past drain_delay + drain_timeout a stopping worker may take (lifespan
 # shutdown, interpreter exit) before it is killed.
 _STOP_MARGIN = 10.0
+# The environment variable that hands an upgrading supervisor's descriptors to its successor.
+UPGRADE_ENV = "FOURNINES_SERVE_UPGRADE"
 
 
 class ServeError(FourNinesError, RuntimeError):
@@ -103,6 +117,16 @@ class _Reload:
     generation: int
     candidate: _Worker | None = None
     waiters: list[_control.Connection] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Upgrade:
+    """A successor supervisor starting (SIGUSR2), and the pipe it reports ready on."""
+
+    proc: subprocess.Popen[bytes]
+    pipe: int
+    deadline: float
+    ready: bool = False
 
 
 @dataclass(slots=True)
@@ -174,30 +198,55 @@ def run(
                        forwarded_allow_ips=forwarded_allow_ips, header_timeout=header_timeout,
                        uvicorn_options=uvicorn_options)
     options.control = control
-    binds = [bind] if isinstance(bind, str) else list(bind or [])
-    try:
-        listeners = _sockets.bind_sockets(binds)
-    except OSError as exc:
-        raise ServeError(f"cannot bind {', '.join(binds) or 'the default address'}: "
-                         f"{exc.strerror or exc}") from None
+    inherited = _inherited()
     control_sock = None
+    if inherited is not None:
+        listeners, control_sock, ready_fd = inherited
+    else:
+        ready_fd = None
+        binds = [bind] if isinstance(bind, str) else list(bind or [])
+        try:
+            listeners = _sockets.bind_sockets(binds)
+        except OSError as exc:
+            raise ServeError(f"cannot bind {', '.join(binds) or 'the default address'}: "
+                             f"{exc.strerror or exc}") from None
+    supervisor = None
     try:
-        if control is not None:
+        if control is not None and control_sock is None:
             try:
                 control_sock = _control.listen(control)
             except _control.ControlError as exc:
                 raise ServeError(str(exc)) from None
-        code = _Supervisor(options, listeners, control_sock).run()
+        supervisor = _Supervisor(options, listeners, control_sock, ready_fd=ready_fd)
+        code = supervisor.run()
     finally:
         for sock in listeners:
             with contextlib.suppress(OSError):
                 sock.close()
         if control_sock is not None:
             control_sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(str(control))
+            # After an upgrade the path belongs to the successor, which listens on it.
+            if supervisor is None or not supervisor.handed_over:
+                with contextlib.suppress(OSError):
+                    os.unlink(str(control))
     if code:
         raise SystemExit(code)
+
+
+def _inherited() -> tuple[list[socket.socket], socket.socket | None, int] | None:
+    """The sockets and ready pipe a predecessor handed over on SIGUSR2, if any."""
+    text = os.environ.pop(UPGRADE_ENV, None)
+    if not text:
+        return None
+    spec = json.loads(text)
+    if spec.get("parent") != os.getppid():
+        return None  # meant for another process (inherited through a child, say)
+    listeners = [socket.socket(fileno=fd) for fd in spec["fds"]]
+    control = None
+    if spec.get("control") is not None:
+        control = socket.socket(fileno=spec["control"])
+        control.setblocking(False)
+    return listeners, control, int(spec["ready"])
 
 
 def _options(app: str, *, workers: int, factory: bool, app_dir: str,
@@ -245,8 +294,11 @@ class _Supervisor:
     """The loop: one thread, one selector over the workers' pipes and a signal pipe."""
 
     def __init__(self, options: _Options, listeners: list[socket.socket],
-                 control: socket.socket | None = None) -> None:
+                 control: socket.socket | None = None, *, ready_fd: int | None = None) -> None:
         self.options = options
+        self.ready_fd = ready_fd  # tell the predecessor (SIGUSR2) once all workers are ready
+        self.upgrade: _Upgrade | None = None
+        self.handed_over = False
         self.listeners = listeners
         self.control = control
         self.pending_waiters: list[_control.Connection] = []
@@ -277,7 +329,7 @@ class _Supervisor:
         self.selector.register(wake_r, selectors.EVENT_READ, None)
         if self.control is not None:
             self.selector.register(self.control, selectors.EVENT_READ, self.control)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         try:
@@ -293,6 +345,8 @@ class _Supervisor:
                             wake_r.recv(4096)
                     elif isinstance(key.data, _Worker):
                         self._read(key.data)
+                    elif isinstance(key.data, _Upgrade):
+                        self._read_upgrade(key.data)
                     elif isinstance(key.data, _control.Connection):
                         self._control_request(key.data)
                     else:
@@ -318,6 +372,11 @@ class _Supervisor:
             waiter.reply({"ok": False, "message": "the supervisor stopped"})
         if self.forced and self.stopping_signal is not None:
             return 128 + self.stopping_signal
+        if self.handed_over and self.upgrade is not None:
+            logger.info("Upgrade complete: supervisor %d hands over to supervisor %d",
+                        os.getpid(), self.upgrade.proc.pid)
+            os.close(self.upgrade.pipe)
+            return 0
         logger.info("All workers stopped; supervisor exiting")
         return 0
 
@@ -328,6 +387,9 @@ class _Supervisor:
     def _handle_signal(self, sig: int) -> None:
         if sig == signal.SIGHUP:
             self._request_reload("SIGHUP received", None)
+            return
+        if sig == signal.SIGUSR2:
+            self._start_upgrade()
             return
         if self.stopping_signal is None:
             self._stop_all(sig, f"{signal.Signals(sig).name} received: draining every worker")
@@ -346,6 +408,13 @@ class _Supervisor:
         self.reload_pending = False
         logger.info("%s", message)
         _notify("STOPPING=1")
+        upgrade = self.upgrade
+        if upgrade is not None and not upgrade.ready:
+            # A successor still starting would otherwise serve on alone, unsupervised.
+            logger.info("Stopping the new supervisor %d too: the upgrade is abandoned",
+                        upgrade.proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                upgrade.proc.send_signal(signal.SIGTERM)
         for worker in self.workers:
             self._stop(worker)
 
@@ -430,6 +499,11 @@ class _Supervisor:
             self.announced_ready = True
             logger.info("All %d worker(s) ready", self.options.workers)
             _notify("READY=1")
+            if self.ready_fd is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self.ready_fd, b"ready\n")
+                os.close(self.ready_fd)
+                self.ready_fd = None
 
     def _members(self) -> list[_Worker]:
         """Workers that count towards ``workers``: not stopping, not a pending candidate."""
@@ -475,6 +549,7 @@ class _Supervisor:
                                    "(event loop blocked?)")
         if self.stopping_signal is not None:
             return
+        self._check_upgrade(now)
         self._fill(now)
         self._advance_reload()
         self._recycle(now)
@@ -487,6 +562,7 @@ class _Supervisor:
         os.close(worker.pipe)
         code = worker.proc.returncode
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+        self._exited(worker, how)
         if worker.stopping and worker.killed_for is None:
             logger.info("Worker %d stopped (%s)", worker.pid, how)
             return
@@ -515,6 +591,18 @@ class _Supervisor:
             return
         self._crashed(worker, reason, now)
 
+    def _exited(self, worker: _Worker, how: str) -> None:
+        if worker.killed_for is not None:
+            cause, reason = "killed", worker.killed_for
+        elif worker.stopping:
+            cause, reason = "stopped", how
+        elif not worker.ready:
+            cause, reason = "failed to start", worker.error or how
+        else:
+            cause, reason = "crashed", worker.error or how
+        dispatch((), WorkerExited(policy="serve", name=self.options.app, pid=worker.pid,
+                                  generation=worker.generation, cause=cause, reason=reason))
+
     def _drain_pipe(self, worker: _Worker) -> None:
         with contextlib.suppress(OSError):
             while True:
@@ -539,7 +627,10 @@ class _Supervisor:
             self._stop_all(signal.SIGTERM, f"Worker {worker.pid} died ({reason}); "
                                            f"{self.failure}")
             return
-        delay = self.options.restart_backoff.delay(len(crashes), self.last_delay, self.rng)
+        # One crash in the window is no loop: replace it at once (capacity is down by one
+        # worker until then); the backoff starts with the second.
+        delay = (0.0 if len(crashes) == 1 else
+                 self.options.restart_backoff.delay(len(crashes) - 1, self.last_delay, self.rng))
         self.last_delay = delay
         at = now + delay
         self.restart_at = at if self.restart_at is None else min(self.restart_at, at)
@@ -586,10 +677,88 @@ class _Supervisor:
         self.reload = None
         _notify("READY=1")
         self.last_reload = {"ok": ok, "generation": self.generation, "message": message}
+        dispatch((), WorkersReloaded(policy="serve", name=self.options.app, ok=ok,
+                                     generation=self.generation, message=message))
         for waiter in reload.waiters if reload is not None else []:
             self._forget(waiter)
             waiter.reply(self.last_reload)
         self._after_reload()
+
+    # -- supervisor upgrades (SIGUSR2) --------------------------------------------
+
+    def _start_upgrade(self) -> None:
+        if self.stopping_signal is not None or self.upgrade is not None:
+            logger.warning("SIGUSR2 ignored: the supervisor is %s",
+                           "stopping" if self.upgrade is None else "already upgrading")
+            return
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        fds = [sock.fileno() for sock in self.listeners]
+        control = self.control.fileno() if self.control is not None else None
+        spec = {"parent": os.getpid(), "fds": fds, "control": control, "ready": write_fd}
+        inherit = (*fds, write_fd, *([] if control is None else [control]))
+        try:
+            proc = subprocess.Popen([sys.executable, *sys.orig_argv[1:]],
+                                    env={**os.environ, UPGRADE_ENV: json.dumps(spec)},
+                                    pass_fds=inherit)
+        except OSError as exc:
+            os.close(read_fd)
+            logger.error("Upgrade aborted: cannot start a new supervisor (%s)", exc)
+            return
+        finally:
+            os.close(write_fd)
+        self.upgrade = _Upgrade(proc=proc, pipe=read_fd, deadline=time.monotonic()
+                                + self.options.startup_timeout + _STOP_MARGIN)
+        self.selector.register(read_fd, selectors.EVENT_READ, self.upgrade)
+        logger.info("SIGUSR2 received: new supervisor %d starting; this one serves until "
+                    "its workers are ready", proc.pid)
+
+    def _read_upgrade(self, upgrade: _Upgrade) -> None:
+        try:
+            data = os.read(upgrade.pipe, 4096)
+        except BlockingIOError:
+            return
+        self.selector.unregister(upgrade.pipe)
+        if b"ready" not in data:
+            code = upgrade.proc.wait()
+            self._abort_upgrade(f"the new supervisor {upgrade.proc.pid} exited (code {code}) "
+                                "before its workers were ready")
+            return
+        upgrade.ready = True
+        self.handed_over = True
+        if self.control is not None:
+            # Control requests go to the successor now; a waiting one is answered below.
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.control)
+        _notify(f"MAINPID={upgrade.proc.pid}")
+        dispatch((), SupervisorUpgraded(policy="serve", name=self.options.app,
+                                        old_pid=os.getpid(), new_pid=upgrade.proc.pid))
+        self.stopping_signal = signal.SIGTERM
+        if self.reload is not None:
+            self.pending_waiters += self.reload.waiters
+        self.reload = None
+        self.reload_pending = False
+        logger.info("New supervisor %d is ready: draining this one's workers",
+                    upgrade.proc.pid)
+        for worker in self.workers:
+            self._stop(worker)
+
+    def _check_upgrade(self, now: float) -> None:
+        upgrade = self.upgrade
+        if upgrade is None or upgrade.ready or now < upgrade.deadline:
+            return
+        upgrade.proc.kill()
+        upgrade.proc.wait()
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(upgrade.pipe)
+        self._abort_upgrade(f"the new supervisor {upgrade.proc.pid} was not ready within "
+                            f"{self.options.startup_timeout + _STOP_MARGIN:g}s (killed)")
+
+    def _abort_upgrade(self, why: str) -> None:
+        assert self.upgrade is not None
+        os.close(self.upgrade.pipe)
+        self.upgrade = None
+        logger.error("Upgrade aborted: %s; this supervisor keeps serving", why)
 
     # -- the control socket ------------------------------------------------------
 

@@ -5,7 +5,7 @@ that re-imports the app shows the new version. The version ``broken`` raises at
 import. ``CRASH_AFTER`` (seconds) makes every worker exit by itself that long after
 its startup. ``/slow?seconds=S`` answers after S seconds (noting its start in
 ``SLOW_STARTED_FILE``); ``/block`` blocks the
-event loop (a hung worker).
+event loop (a hung worker). ``make_app`` is a factory of the same app.
 """
 
 from __future__ import annotations
@@ -55,3 +55,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
+
+
+def make_app() -> Any:
+    """An app factory (``--factory``); ``FACTORY_FAILS`` set makes it raise."""
+    if os.environ.get("FACTORY_FAILS"):
+        raise RuntimeError("the factory could not build the app")
+    return app

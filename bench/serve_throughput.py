@@ -1,0 +1,103 @@
+"""Claim: `fournines serve --workers 1` costs nothing over plain uvicorn serving the same app.
+
+Both serve ``protect(app)`` (``BENCH_VARIANT=fournines``: bare Starlette under
+:func:`fournines.asgi.protect`), pinned to core 0, with wrk (1 thread, 32
+connections) on core 1; the two are interleaved over rounds and the ratio is the
+median of the per-round ratios (target: within 5 %, i.e. >= 0.95x). Plain uvicorn
+runs the same HTTP protocol the supervisor's worker runs
+(``ShedHttpToolsProtocol``), so the ratio is the supervisor's cost alone.
+
+Usage: .venv/bin/python bench/serve_throughput.py [--rounds 3] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._servers import ROOT, free_port, taskset
+
+PATH = "/orders/42"
+
+
+def _start(kind: str, port: int) -> subprocess.Popen[bytes]:
+    app = "bench.asgi_apps:app"
+    if kind == "uvicorn":
+        command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
+                   str(port), "--loop", "uvloop", "--http",
+                   "fournines.asgi.protocol:ShedHttpToolsProtocol", "--no-access-log",
+                   "--log-level", "warning"]
+    else:
+        command = [sys.executable, "-m", "fournines", "serve", app, "--workers", "1",
+                   "--bind", f"127.0.0.1:{port}", "--no-access-log", "--log-level",
+                   "warning", "--drain-delay", "0"]
+    env = {**os.environ, "BENCH_VARIANT": "fournines",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # taskset on the supervisor pins its workers too (the affinity is inherited).
+    proc = subprocess.Popen([*taskset(0), *command], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{PATH}", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"{kind} did not start")
+
+
+def _wrk(port: int, seconds: float) -> float:
+    """2xx responses per second (``protect()`` may shed on a crowded machine: not counted)."""
+    out = subprocess.run([*taskset(1), "wrk", "-t1", "-c32", f"-d{max(1, round(seconds))}s",
+                          f"http://127.0.0.1:{port}{PATH}"],
+                         capture_output=True, text=True, check=True).stdout
+    total = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if total is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    elapsed = float(total.group(2)) / (1000 if total.group(3) == "ms" else 1)
+    return (int(total.group(1)) - (int(bad.group(1)) if bad else 0)) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    kinds = ["uvicorn", "fournines serve"]
+    rps: dict[str, list[float]] = {k: [] for k in kinds}
+    for round_no in range(args.rounds):
+        for kind in kinds if round_no % 2 == 0 else kinds[::-1]:
+            port = free_port()
+            proc = _start(kind, port)
+            try:
+                _wrk(port, 1)  # warm up
+                rps[kind].append(_wrk(port, args.seconds))
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            print(f"round {round_no + 1}: {kind:<16} {rps[kind][-1]:>9.0f} req/s", flush=True)
+    ratio = statistics.median(f / u for f, u in zip(rps["fournines serve"], rps["uvicorn"],
+                                                    strict=True))
+    print("\n| server (serving protect(app)) | 2xx req/s (median) |")
+    print("|---|---:|")
+    for kind in kinds:
+        print(f"| {kind} | {statistics.median(rps[kind]):.0f} |")
+    print(f"\n- fournines serve --workers 1 vs plain uvicorn: {ratio:.3f}x (target >= 0.95x): "
+          f"{'MET' if ratio >= 0.95 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
