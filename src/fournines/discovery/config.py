@@ -12,12 +12,15 @@ key, the revision and the field::
 
 A valid change is a ``ConfigChanged`` event (key, revision, old, new) and a call
 of every subscriber, in revision order (one task applies the changes one after
-the other; a failing subscriber is logged and never stops the others).
+the other; a failing subscriber is logged and never stops the others). Every
+value put in force, changed or not, is also a ``ConfigApplied`` event (key,
+revision, source): what the ``fournines_config_*`` Prometheus metrics follow.
 
 With ``snapshot=`` each good value is written to a file (atomically: a
 temporary file, fsync, rename) and read at start: a process that starts while
 etcd is down runs with its last good configuration (``source == "snapshot"``),
-then follows etcd once it is back. The watch itself is discovery's: a listing,
+then follows etcd once it is back (``source == "etcd"`` from the first listing on,
+also when etcd still holds the very value saved). The watch itself is discovery's: a listing,
 then a watch from the listing's revision + 1, re-listed after a compaction or a
 broken stream, reconnected with a jittered backoff, probed when silent.
 
@@ -48,7 +51,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, check_number
-from .._events import ConfigChanged, ConfigRejected, Listener, dispatch
+from .._events import ConfigApplied, ConfigChanged, ConfigRejected, Listener, dispatch
 from .._files import json_document, read_text
 from ..policies.backoff import Backoff
 from ._schema import ConfigUnavailableError, ConfigValidationError, dump, parse, to_text, validate
@@ -116,7 +119,8 @@ class ConfigWatcher(Generic[C]):
     :param backoff: the wait between reconnection attempts.
     :param probe_interval: seconds without events after which the watch's
         connection is checked with a read.
-    :param listeners: receive ``ConfigChanged`` and ``ConfigRejected`` events.
+    :param listeners: receive ``ConfigChanged``, ``ConfigApplied`` and
+        ``ConfigRejected`` events.
     :param clock: where time and sleeps come from.
     :param rng: random source of the jitter.
 
@@ -418,20 +422,29 @@ class ConfigWatcher(Generic[C]):
                 except Exception:
                     _log.exception("fournines: config %s: subscriber %r failed on revision %d",
                                    self._key, subscriber, revision)
+        dispatch(self._listeners, ConfigApplied(policy="config", name=self._key, key=self._key,
+                                                revision=revision, source=source))
         # The snapshot after the subscribers: a change reaches the service first, and
         # a crash in between only leaves the snapshot one value behind.
         if source == "etcd":
             await self._save(text, revision)
-        await self._seen_up_to(revision)
+            await self._seen_up_to(revision)
+        else:
+            # Not a revision seen in etcd: the listing that finds it there once etcd
+            # answers must apply it again, as etcd's (or source stays "snapshot").
+            await self._handled(revision)
 
     async def _seen_up_to(self, revision: int, *, notify: bool = True) -> None:
         self._seen = max(self._seen, revision)
         if notify:
-            # Waiters are told only once the change is wholly handled (subscribers
-            # called, snapshot written), not when it is merely claimed.
-            self._done = max(self._done, revision)
-            async with self._changed:
-                self._changed.notify_all()
+            await self._handled(revision)
+
+    async def _handled(self, revision: int) -> None:
+        # Waiters are told only once the change is wholly handled (subscribers
+        # called, snapshot written), not when it is merely claimed.
+        self._done = max(self._done, revision)
+        async with self._changed:
+            self._changed.notify_all()
 
     def _synced(self) -> None:
         self._in_sync = True
