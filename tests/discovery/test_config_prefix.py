@@ -15,6 +15,7 @@ from fournines.discovery import (
     ConfigRejected,
     ConfigUnavailableError,
     ConfigWatcher,
+    get_config,
     put_config,
 )
 from fournines.testing import RecordingListener
@@ -191,3 +192,15 @@ async def test_the_snapshot_of_a_prefix_is_used_when_etcd_holds_no_valid_value(
                              snapshot=snapshot) as watcher:
         assert (watcher.current, watcher.source) == (Limits(rate=Rate(per_second=5)),
                                                      "snapshot")
+
+
+async def test_get_config_with_a_prefix_puts_the_fields_together(
+    etcd: EtcdServer, prefix: str,
+) -> None:
+    written = await put_config(etcd.url, prefix, Pool(window=Window(low=2, high=3)),
+                               prefix=True)
+
+    value, revision = await get_config(etcd.url, prefix, schema=Pool, prefix=True)
+
+    assert value == Pool(window=Window(low=2, high=3))
+    assert revision >= written

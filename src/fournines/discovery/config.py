@@ -1,4 +1,4 @@
-"""The config centre: typed configuration in one etcd key, validated, hot-reloaded.
+"""The config centre: typed configuration in etcd, validated, hot-reloaded.
 
 :class:`ConfigWatcher` reads one key (a JSON or YAML value), checks it against
 the schema the application gives (a dataclass, or a pydantic model; see
@@ -9,6 +9,15 @@ unknown field, broken JSON or YAML) is refused: the last good value stays, a
 key, the revision and the field::
 
     payment/limits: field 'rate.per_second': expected float, got str 'fast' (revision 42)
+
+With ``prefix=True`` the configuration is spread over the keys of a prefix, one
+key per field (``payment/limits/rate/per_second`` holds ``5``: field
+``rate.per_second``; a sub-prefix is a nested dataclass). The keys are put
+together and validated as a whole, and applied at one revision: each watch event
+makes the watcher read the whole prefix as of that event's revision, so a change
+to one key re-validates everything and a transaction that changes several keys
+is applied once, never half. ``put_config(..., prefix=True)`` writes a value that
+way, in one transaction.
 
 A valid change is a ``ConfigChanged`` event (key, revision, old, new) and a call
 of every subscriber, in revision order (one task applies the changes one after
@@ -756,12 +765,28 @@ async def _put_prefix(endpoints: str | Sequence[str], key: str, data: object,
 
 
 async def get_config(endpoints: str | Sequence[str], key: str, *, schema: type[C] | None = None,
-                     timeout: float = 2.0) -> tuple[Any, int]:
+                     timeout: float = 2.0, prefix: bool = False) -> tuple[Any, int]:
     """The value of ``key`` and its revision: validated into ``schema``, or the parsed data.
+
+    With ``prefix=True``, the fields stored under the prefix ``key`` put together
+    as ``ConfigWatcher(..., prefix=True)`` does, and the store's revision they were
+    read at.
 
     :raises ConfigUnavailableError: etcd cannot be reached, or the key has no value.
     :raises ConfigValidationError: the value does not parse or fit ``schema``.
     """
+    if prefix:
+        base = key if key.endswith("/") else key + "/"
+        listing = await _once(endpoints, timeout, lambda c: c.get_prefix(base.encode()),
+                              "get_config")
+        revision = int(listing.header.revision)
+        kvs = [(kv.key, kv.value, kv.mod_revision) for kv in listing]
+        if not kvs:
+            raise ConfigUnavailableError(f"{base}: no key under the prefix in etcd")
+        data = _assemble(base, kvs, revision)
+        if schema is None:
+            return data, revision
+        return validate(schema, data, base, revision), revision
     got = await _once(endpoints, timeout, lambda c: c.get(key.encode()), "get_config")
     if got is None:
         raise ConfigUnavailableError(f"{key}: no value in etcd")
