@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,3 +205,33 @@ async def test_get_config_with_a_prefix_puts_the_fields_together(
 
     assert value == Pool(window=Window(low=2, high=3))
     assert revision >= written
+
+
+async def test_revisions_compacted_while_a_subscriber_held_the_watcher_are_skipped(
+    etcd: EtcdServer, prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    await put(etcd.url, (f"{prefix}/retry_attempts", "1"))
+    entered, release = asyncio.Event(), asyncio.Event()
+    got: list[int] = []
+
+    async def slow(event: ConfigChanged) -> None:
+        got.append(event.revision)
+        entered.set()
+        await release.wait()
+
+    async with ConfigWatcher(etcd.url, prefix, Limits, prefix=True) as watcher:
+        watcher.subscribe(slow)
+        first = await put(etcd.url, (f"{prefix}/retry_attempts", "2"))
+        await asyncio.wait_for(entered.wait(), 10)
+        await put(etcd.url, (f"{prefix}/retry_attempts", "3"))
+        last = await put(etcd.url, (f"{prefix}/retry_attempts", "4"))
+        async with etcd_client(etcd.url) as client:
+            await client.compact(last, physical=True)
+
+        with caplog.at_level(logging.WARNING, logger="fournines.config"):
+            release.set()
+            assert (await asyncio.wait_for(watcher.wait_for_revision(last), 10)
+                    == Limits(retry_attempts=4))
+
+    assert got[0] == first and got[-1] >= last and len(got) == 2
+    assert not [r for r in caplog.records if "lost its watch" in r.getMessage()]

@@ -422,15 +422,26 @@ class ConfigWatcher(Generic[C]):
                     continue  # another key of a transaction already read whole
                 # The whole prefix as of this event's revision: every key a
                 # transaction changed is in it, so it is applied once, never half.
-                await self._offer_prefix(await self._range_at(client, revision), revision)
+                await self._offer_prefix(*await self._range_at(client, revision))
 
-    async def _range_at(self, client: Any, revision: int) -> list[tuple[bytes, bytes, int]]:
+    async def _range_at(self, client: Any,
+                        revision: int) -> tuple[list[tuple[bytes, bytes, int]], int]:
         prefix = self._key_bytes  # ends with "/": its range's end is the next byte up
-        request = _rpc().RangeRequest(key=prefix, range_end=prefix[:-1] + b"0",
-                                      revision=revision)
-        response = await client.kvstub.Range(request, timeout=self._timeout,
-                                             metadata=client.metadata)
-        return [(kv.key, kv.value, kv.mod_revision) for kv in response.kvs]
+        rpc = _rpc()
+        try:
+            response = await asyncio.wait_for(client.kvstub.Range(
+                rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0", revision=revision),
+                timeout=self._timeout, metadata=client.metadata), self._timeout)
+        except Exception as exc:
+            if "compacted" not in str(exc):
+                raise
+            # Compacted while the events waited (a slow subscriber): the newest
+            # state will do; the events up to it are then skipped as seen.
+            response = await asyncio.wait_for(client.kvstub.Range(
+                rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"),
+                timeout=self._timeout, metadata=client.metadata), self._timeout)
+            revision = response.header.revision
+        return [(kv.key, kv.value, kv.mod_revision) for kv in response.kvs], revision
 
     async def _offer_prefix(self, kvs: list[tuple[bytes, bytes, int]], revision: int, *,
                             listed: bool = False) -> None:
