@@ -129,3 +129,23 @@ async def test_the_snapshot_gives_way_to_etcd_when_etcd_returns_with_the_same_va
     source = registry.get_sample_value("fournines_config_source",
                                        {"key": KEY, "source": "etcd"})
     assert source == 1
+
+
+async def test_a_prefix_config_runs_on_its_snapshot_and_follows_etcd_once_it_is_back(
+    etcd: EtcdServer, tmp_path: Path,
+) -> None:
+    snapshot = tmp_path / "limits.json"
+    await put_config(etcd.url, KEY, limits(5), prefix=True)
+    async with ConfigWatcher(etcd.url, KEY, Limits, snapshot=snapshot, prefix=True):
+        await eventually(snapshot.exists)
+    etcd.kill()
+
+    async with ConfigWatcher(etcd.url, KEY, Limits, snapshot=snapshot, prefix=True,
+                             timeout=0.5, backoff=FAST) as watcher:
+        assert (watcher.current, watcher.source) == (limits(5), "snapshot")
+        etcd.start()
+
+        await eventually(lambda: watcher.source == "etcd")
+        assert watcher.current == limits(5)
+        changed = await put_config(etcd.url, KEY, limits(6), prefix=True)
+        assert await asyncio.wait_for(watcher.wait_for_revision(changed), 20) == limits(6)

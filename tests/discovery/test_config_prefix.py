@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from fournines import ConfigurationError
+from fournines import ConfigurationError, TokenBucket
 from fournines.discovery import (
     ConfigChanged,
     ConfigRejected,
     ConfigUnavailableError,
     ConfigWatcher,
+    bind,
     get_config,
     put_config,
 )
@@ -235,3 +236,16 @@ async def test_revisions_compacted_while_a_subscriber_held_the_watcher_are_skipp
 
     assert got[0] == first and got[-1] >= last and len(got) == 2
     assert not [r for r in caplog.records if "lost its watch" in r.getMessage()]
+
+
+async def test_a_policy_bound_to_a_prefix_follows_a_change_of_one_key(
+    etcd: EtcdServer, prefix: str,
+) -> None:
+    await put(etcd.url, (f"{prefix}/rate/per_second", "5"))
+    bucket = TokenBucket(rate=100)
+    async with ConfigWatcher(etcd.url, prefix, Limits, prefix=True) as watcher:
+        bind(watcher, bucket, lambda cfg: {"rate": cfg.rate.per_second})
+        revision = await put(etcd.url, (f"{prefix}/rate/per_second", "9"))
+
+        await asyncio.wait_for(watcher.wait_for_revision(revision), 10)
+        assert bucket.rate == 9.0
