@@ -21,6 +21,7 @@ __all__ = [
     "CallRejected",
     "ClientRequestFinished",
     "ClientRequestStarted",
+    "ConfigApplied",
     "ConfigChanged",
     "ConfigRejected",
     "DeadlineExceeded",
@@ -288,6 +289,22 @@ class ConfigChanged(Event):
     old: object
     new: object
     source: str = "etcd"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigApplied(Event):
+    """The config centre's value of ``key`` is now that of ``revision``, from ``source``.
+
+    Sent every time a value is put in force, whether or not it differs from the
+    one before (a ``ConfigChanged`` comes first when it does): a value equal to the
+    default that appears in etcd, or the snapshot's revision found again in etcd
+    once it is back, move ``source`` to ``"etcd"`` without changing anything else.
+    ``source``: ``"etcd"``, ``"snapshot"`` or ``"default"`` (``revision`` 0).
+    """
+
+    key: str
+    revision: int
+    source: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

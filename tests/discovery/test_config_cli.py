@@ -166,3 +166,18 @@ def test_watch_prints_the_value_then_each_change_and_refusals(
         proc.wait()
     assert json.loads(out.split("\t")[1])["retry_attempts"] == 2
     assert proc.returncode == 0
+
+
+def test_set_and_get_with_prefix_store_one_key_per_field(
+    etcd: EtcdServer, key: str, schema: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("set", key, '{"rate": {"per_second": 5}}', "--prefix", "--endpoints", etcd.url,
+               "--schema", schema) == 0
+    capsys.readouterr()
+    assert run("get", f"{key}/rate/per_second", "--endpoints", etcd.url) == 0
+    assert json.loads(capsys.readouterr().out) == 5
+
+    assert run("get", key, "--prefix", "--endpoints", etcd.url, "--schema", schema) == 0
+
+    assert json.loads(capsys.readouterr().out) == {"rate": {"per_second": 5.0},
+                                                  "retry_attempts": 3}

@@ -6,9 +6,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from fournines import Backoff
 from fournines.discovery import ConfigUnavailableError, ConfigWatcher, put_config
+from fournines.instrumentation import PrometheusListener
 
 from .._servers import EtcdServer
 from ._helpers import eventually
@@ -105,3 +107,45 @@ async def test_a_stopped_etcd_is_noticed_and_the_value_kept(etcd: EtcdServer) ->
         revision = await put_config(etcd.url, KEY, limits(3))
 
         assert await asyncio.wait_for(watcher.wait_for_revision(revision), 20) == limits(3)
+
+
+async def test_the_snapshot_gives_way_to_etcd_when_etcd_returns_with_the_same_value(
+    etcd: EtcdServer, tmp_path: Path,
+) -> None:
+    snapshot = tmp_path / "limits.json"
+    revision = await put_config(etcd.url, KEY, limits(5))
+    async with ConfigWatcher(etcd.url, KEY, Limits, snapshot=snapshot):
+        await eventually(snapshot.exists)
+    etcd.kill()
+    registry = CollectorRegistry()
+
+    async with ConfigWatcher(etcd.url, KEY, Limits, snapshot=snapshot, timeout=0.5,
+                             backoff=FAST, listeners=[PrometheusListener(registry)]) as watcher:
+        assert watcher.source == "snapshot"
+        etcd.start()  # nothing written meanwhile: etcd holds the snapshot's revision
+
+        await eventually(lambda: watcher.source == "etcd")
+        assert (watcher.current, watcher.revision) == (limits(5), revision)
+    source = registry.get_sample_value("fournines_config_source",
+                                       {"key": KEY, "source": "etcd"})
+    assert source == 1
+
+
+async def test_a_prefix_config_runs_on_its_snapshot_and_follows_etcd_once_it_is_back(
+    etcd: EtcdServer, tmp_path: Path,
+) -> None:
+    snapshot = tmp_path / "limits.json"
+    await put_config(etcd.url, KEY, limits(5), prefix=True)
+    async with ConfigWatcher(etcd.url, KEY, Limits, snapshot=snapshot, prefix=True):
+        await eventually(snapshot.exists)
+    etcd.kill()
+
+    async with ConfigWatcher(etcd.url, KEY, Limits, snapshot=snapshot, prefix=True,
+                             timeout=0.5, backoff=FAST) as watcher:
+        assert (watcher.current, watcher.source) == (limits(5), "snapshot")
+        etcd.start()
+
+        await eventually(lambda: watcher.source == "etcd")
+        assert watcher.current == limits(5)
+        changed = await put_config(etcd.url, KEY, limits(6), prefix=True)
+        assert await asyncio.wait_for(watcher.wait_for_revision(changed), 20) == limits(6)

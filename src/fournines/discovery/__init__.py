@@ -25,6 +25,7 @@ applied and hot-reloaded (:mod:`fournines.discovery.config`)::
 """
 
 from .._events import (
+    ConfigApplied,
     ConfigChanged,
     ConfigRejected,
     DiscoveryInterrupted,
@@ -56,6 +57,7 @@ from .registry import (
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "ConfigApplied",
     "ConfigChanged",
     "ConfigRejected",
     "ConfigRevision",

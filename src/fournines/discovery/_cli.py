@@ -37,16 +37,23 @@ def register(sub: Any) -> None:
         parser.set_defaults(command_parser=parser)
         return parser
 
+    def prefixed(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--prefix", action="store_true",
+                            help="KEY is a prefix: each key under it is one field")
+
     get = command("get", "print the value of KEY (validated with --schema)")
+    prefixed(get)
     get.set_defaults(run=_get)
     put = command("set", "validate VALUE (with --schema) and write it to KEY")
     put.add_argument("value", metavar="VALUE", nargs="?", default=None,
                      help="JSON or YAML text; '-' or absent: read stdin")
     put.add_argument("--file", default=None, help="read the value from this file")
+    prefixed(put)
     put.set_defaults(run=_set)
     watch = command("watch", "print the value of KEY, then each change (refusals on stderr)")
     watch.add_argument("--count", type=int, default=None,
                        help="exit after printing this many values (default: never)")
+    prefixed(watch)
     watch.set_defaults(run=_watch)
     history = command("history", "list KEY's past values, newest first (until compaction)")
     history.add_argument("--limit", type=int, default=20, help="at most this many (20)")
@@ -129,7 +136,7 @@ def _get(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         schema = _schema(args)
         value, revision = await get_config(_endpoints(args), args.key, schema=schema,
-                                           timeout=args.timeout)
+                                           timeout=args.timeout, prefix=args.prefix)
         if schema is None:
             import json  # noqa: PLC0415
 
@@ -159,7 +166,7 @@ def _set(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         else:
             text = args.value
         revision = await put_config(_endpoints(args), args.key, text, schema=schema,
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, prefix=args.prefix)
         print(f"revision {revision}")
         return 0
 
@@ -197,7 +204,7 @@ def _watch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         watcher: ConfigWatcher[Any] = ConfigWatcher(_endpoints(args), args.key, schema,
                                                     timeout=args.timeout,
-                                                    listeners=[listen])
+                                                    listeners=[listen], prefix=args.prefix)
         async with watcher:
             show(watcher.revision, watcher.current, watcher.source or "etcd")
             await done.wait()

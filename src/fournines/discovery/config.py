@@ -1,4 +1,4 @@
-"""The config centre: typed configuration in one etcd key, validated, hot-reloaded.
+"""The config centre: typed configuration in etcd, validated, hot-reloaded.
 
 :class:`ConfigWatcher` reads one key (a JSON or YAML value), checks it against
 the schema the application gives (a dataclass, or a pydantic model; see
@@ -10,14 +10,26 @@ key, the revision and the field::
 
     payment/limits: field 'rate.per_second': expected float, got str 'fast' (revision 42)
 
+With ``prefix=True`` the configuration is spread over the keys of a prefix, one
+key per field (``payment/limits/rate/per_second`` holds ``5``: field
+``rate.per_second``; a sub-prefix is a nested dataclass). The keys are put
+together and validated as a whole, and applied at one revision: each watch event
+makes the watcher read the whole prefix as of that event's revision, so a change
+to one key re-validates everything and a transaction that changes several keys
+is applied once, never half. ``put_config(..., prefix=True)`` writes a value that
+way, in one transaction.
+
 A valid change is a ``ConfigChanged`` event (key, revision, old, new) and a call
 of every subscriber, in revision order (one task applies the changes one after
-the other; a failing subscriber is logged and never stops the others).
+the other; a failing subscriber is logged and never stops the others). Every
+value put in force, changed or not, is also a ``ConfigApplied`` event (key,
+revision, source): what the ``fournines_config_*`` Prometheus metrics follow.
 
 With ``snapshot=`` each good value is written to a file (atomically: a
 temporary file, fsync, rename) and read at start: a process that starts while
 etcd is down runs with its last good configuration (``source == "snapshot"``),
-then follows etcd once it is back. The watch itself is discovery's: a listing,
+then follows etcd once it is back (``source == "etcd"`` from the first listing on,
+also when etcd still holds the very value saved). The watch itself is discovery's: a listing,
 then a watch from the listing's revision + 1, re-listed after a compaction or a
 broken stream, reconnected with a jittered backoff, probed when silent.
 
@@ -48,7 +60,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, check_number
-from .._events import ConfigChanged, ConfigRejected, Listener, dispatch
+from .._events import ConfigApplied, ConfigChanged, ConfigRejected, Listener, dispatch
 from .._files import json_document, read_text
 from ..policies.backoff import Backoff
 from ._schema import ConfigUnavailableError, ConfigValidationError, dump, parse, to_text, validate
@@ -105,7 +117,8 @@ class ConfigWatcher(Generic[C]):
     """One typed configuration, read from an etcd key and kept up to date.
 
     :param endpoints: etcd client URLs (one string or several members).
-    :param key: the etcd key holding the value (JSON or YAML text).
+    :param key: the etcd key holding the value (JSON or YAML text); with
+        ``prefix=True``, the prefix whose keys are the fields.
     :param schema: the configuration's type: a dataclass (frozen, ideally) or a
         pydantic model.
     :param default: the configuration used when etcd has no valid value and
@@ -116,9 +129,18 @@ class ConfigWatcher(Generic[C]):
     :param backoff: the wait between reconnection attempts.
     :param probe_interval: seconds without events after which the watch's
         connection is checked with a read.
-    :param listeners: receive ``ConfigChanged`` and ``ConfigRejected`` events.
+    :param listeners: receive ``ConfigChanged``, ``ConfigApplied`` and
+        ``ConfigRejected`` events.
     :param clock: where time and sleeps come from.
     :param rng: random source of the jitter.
+    :param prefix: read every key under ``key`` (a ``/`` is added when missing),
+        each one field: ``<key>/rate/per_second`` holds the JSON/YAML value of
+        field ``rate.per_second`` (a sub-prefix is a nested dataclass; a key may
+        also hold a whole sub-structure). The fields are validated as a whole and
+        applied together at one revision: a change to one key re-validates
+        everything, and a transaction that changes several keys is applied
+        once, never half. A missing key's field takes its default; the prefix
+        with no key at all is refused like a deleted key.
 
     Use it as an async context manager, or :meth:`start` and :meth:`aclose` it.
     """
@@ -137,6 +159,7 @@ class ConfigWatcher(Generic[C]):
         listeners: Sequence[Listener] = (),
         clock: Clock = system_clock,
         rng: random.Random | None = None,
+        prefix: bool = False,
     ) -> None:
         check_number("ConfigWatcher", "timeout", timeout, minimum=0, exclusive_minimum=True)
         check_number("ConfigWatcher", "probe_interval", probe_interval, minimum=0,
@@ -152,8 +175,15 @@ class ConfigWatcher(Generic[C]):
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ConfigurationError(f"ConfigWatcher.backoff must be a Backoff, got {backoff!r}")
         self._connection = _Connection(_targets(endpoints, "ConfigWatcher"), timeout)
+        if prefix and not key.endswith("/"):
+            # Or "payment/limits" would also take the keys of "payment/limits-old/".
+            key += "/"
         self._key = key
         self._key_bytes = key.encode()
+        self._prefix = bool(prefix)
+        # The (key, mod revision) pairs of the prefix last looked at: a re-listing
+        # that finds them unchanged has nothing new to offer.
+        self._versions: dict[bytes, int] | None = None
         self._schema = schema
         self._default = default
         self._snapshot = None if snapshot is None else Path(snapshot)
@@ -329,6 +359,9 @@ class ConfigWatcher(Generic[C]):
             first=self._first)
 
     async def _follow(self) -> None:
+        if self._prefix:
+            await self._follow_prefix()
+            return
         self._listed = False
         client = await self._connection.client()
         key = self._key_bytes
@@ -363,6 +396,72 @@ class ConfigWatcher(Generic[C]):
             return
         text = raw.decode("utf-8")
         await self._apply(value, revision, "etcd", text)
+
+    async def _follow_prefix(self) -> None:
+        self._listed = False
+        client = await self._connection.client()
+        prefix = self._key_bytes
+        listing = await asyncio.wait_for(client.get_prefix(prefix), self._timeout)
+        kvs = [(kv.key, kv.value, kv.mod_revision) for kv in listing]
+        # The listing is the prefix as of the store's revision, which may be later
+        # than every key's own (a key deleted since leaves no mod revision behind).
+        if kvs or self._versions:
+            await self._offer_prefix(kvs, listing.header.revision, listed=True)
+        else:
+            self._versions = {}
+        self._listed = True
+        self._synced()
+        self._first.set()
+        async with contextlib.aclosing(_watch_events(
+                client, prefix, prefix=True, start_revision=listing.header.revision + 1,
+                timeout=self._timeout, probe_interval=self._probe_interval,
+                probed=lambda: None)) as events:
+            async for event in events:
+                revision = event.kv.mod_revision
+                if revision <= self._seen:
+                    continue  # another key of a transaction already read whole
+                # The whole prefix as of this event's revision: every key a
+                # transaction changed is in it, so it is applied once, never half.
+                await self._offer_prefix(*await self._range_at(client, revision))
+
+    async def _range_at(self, client: Any,
+                        revision: int) -> tuple[list[tuple[bytes, bytes, int]], int]:
+        prefix = self._key_bytes  # ends with "/": its range's end is the next byte up
+        rpc = _rpc()
+        try:
+            response = await asyncio.wait_for(client.kvstub.Range(
+                rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0", revision=revision),
+                timeout=self._timeout, metadata=client.metadata), self._timeout)
+        except Exception as exc:
+            if "compacted" not in str(exc):
+                raise
+            # Compacted while the events waited (a slow subscriber): the newest
+            # state will do; the events up to it are then skipped as seen.
+            response = await asyncio.wait_for(client.kvstub.Range(
+                rpc.RangeRequest(key=prefix, range_end=prefix[:-1] + b"0"),
+                timeout=self._timeout, metadata=client.metadata), self._timeout)
+            revision = response.header.revision
+        return [(kv.key, kv.value, kv.mod_revision) for kv in response.kvs], revision
+
+    async def _offer_prefix(self, kvs: list[tuple[bytes, bytes, int]], revision: int, *,
+                            listed: bool = False) -> None:
+        versions = {key: mod for key, _, mod in kvs}
+        if listed and versions == self._versions:
+            return
+        self._versions = versions
+        if revision <= self._seen:
+            return
+        try:
+            if not kvs:
+                raise ConfigValidationError(self._key, "", "every key under the prefix was "
+                                            "deleted", revision)
+            data = _assemble(self._key, kvs, revision)
+            value = validate(self._schema, data, self._key, revision)
+            self._check(value, revision)
+        except ConfigValidationError as exc:
+            await self._refuse(exc, revision)
+            return
+        await self._apply(value, revision, "etcd", json.dumps(data, ensure_ascii=False))
 
     def _check(self, value: C, revision: int) -> None:
         for check in list(self._checks):
@@ -418,20 +517,29 @@ class ConfigWatcher(Generic[C]):
                 except Exception:
                     _log.exception("fournines: config %s: subscriber %r failed on revision %d",
                                    self._key, subscriber, revision)
+        dispatch(self._listeners, ConfigApplied(policy="config", name=self._key, key=self._key,
+                                                revision=revision, source=source))
         # The snapshot after the subscribers: a change reaches the service first, and
         # a crash in between only leaves the snapshot one value behind.
         if source == "etcd":
             await self._save(text, revision)
-        await self._seen_up_to(revision)
+            await self._seen_up_to(revision)
+        else:
+            # Not a revision seen in etcd: the listing that finds it there once etcd
+            # answers must apply it again, as etcd's (or source stays "snapshot").
+            await self._handled(revision)
 
     async def _seen_up_to(self, revision: int, *, notify: bool = True) -> None:
         self._seen = max(self._seen, revision)
         if notify:
-            # Waiters are told only once the change is wholly handled (subscribers
-            # called, snapshot written), not when it is merely claimed.
-            self._done = max(self._done, revision)
-            async with self._changed:
-                self._changed.notify_all()
+            await self._handled(revision)
+
+    async def _handled(self, revision: int) -> None:
+        # Waiters are told only once the change is wholly handled (subscribers
+        # called, snapshot written), not when it is merely claimed.
+        self._done = max(self._done, revision)
+        async with self._changed:
+            self._changed.notify_all()
 
     def _synced(self) -> None:
         self._in_sync = True
@@ -473,6 +581,44 @@ class ConfigWatcher(Generic[C]):
             _log.warning("fournines: ignoring the config snapshot %s: %s", path, exc)
             return None
         return value, revision
+
+
+def _rpc() -> Any:
+    from aetcd import rpc  # type: ignore[import-untyped]  # noqa: PLC0415 - optional dependency
+
+    return rpc
+
+
+def _assemble(prefix: str, kvs: list[tuple[bytes, bytes, int]], revision: int) -> object:
+    """The data of a prefix's keys: ``<prefix>a/b`` holding ``5`` is ``{"a": {"b": 5}}``."""
+    data: dict[str, Any] = {}
+    made: set[int] = {id(data)}  # the dicts built from sub-prefixes (not parsed values)
+    for key, raw, _ in sorted(kvs):
+        name = key[len(prefix.encode()):].decode("utf-8", "replace")
+        parts = name.split("/")
+        path = ".".join(parts)
+        if not all(parts):
+            raise ConfigValidationError(prefix, path, f"key {key.decode('utf-8', 'replace')!r} "
+                                        "is no field path (an empty segment)", revision)
+        try:
+            value = parse(raw, prefix)
+        except ConfigValidationError as exc:
+            raise ConfigValidationError(prefix, path, exc.problem, revision) from None
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if id(child) not in made:
+                if not isinstance(child, dict) or child:
+                    raise ConfigValidationError(
+                        prefix, ".".join(parts[:depth + 1]),
+                        "has both a value of its own and keys under it", revision)
+                made.add(id(child))
+            node = child
+        if parts[-1] in node:
+            raise ConfigValidationError(prefix, path, "has both a value of its own and keys "
+                                        "under it", revision)
+        node[parts[-1]] = value
+    return data
 
 
 # -- policies following configuration ---------------------------------------------------
@@ -563,12 +709,18 @@ async def _once(endpoints: str | Sequence[str], timeout: float,
 
 
 async def put_config(endpoints: str | Sequence[str], key: str, value: object, *,
-                     schema: type | None = None, timeout: float = 2.0) -> int:
+                     schema: type | None = None, timeout: float = 2.0,
+                     prefix: bool = False) -> int:
     """Validate ``value`` and write it to ``key``; returns the etcd revision written.
 
     ``value`` is a config object (stored as JSON), plain data (a dict), or
     JSON/YAML text (stored as given). With ``schema`` the value must pass
     :func:`validate_config` first; text must parse in any case.
+
+    With ``prefix=True`` the value is written as a ``ConfigWatcher(...,
+    prefix=True)`` reads it: one key per field under ``key`` (nested mappings
+    become sub-prefixes, every other value is the field's JSON), in one
+    transaction that also deletes the prefix's other keys.
 
     :raises ConfigValidationError: the value is refused (nothing is written).
     :raises ConfigUnavailableError: etcd cannot be reached.
@@ -581,18 +733,71 @@ async def put_config(endpoints: str | Sequence[str], key: str, value: object, *,
         text = to_text(value)
     if schema is not None:
         validate(schema, data, key)
+    if prefix:
+        return await _put_prefix(endpoints, key, data, timeout)
     encoded = key.encode(), text.encode("utf-8")
     put = await _once(endpoints, timeout, lambda c: c.put(*encoded), "put_config")
     return int(put.header.revision)
 
 
+async def _put_prefix(endpoints: str | Sequence[str], key: str, data: object,
+                      timeout: float) -> int:
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigValidationError(key, "", "a prefix needs a mapping of fields, got "
+                                    f"{type(data).__name__}")
+    base = key if key.endswith("/") else key + "/"
+    fields: dict[bytes, bytes] = {}
+
+    def flatten(node: Mapping[str, Any], path: str) -> None:
+        for name, item in node.items():
+            if isinstance(item, Mapping) and item:
+                flatten(item, f"{path}{name}/")
+            else:
+                fields[f"{path}{name}".encode()] = json.dumps(item, ensure_ascii=False).encode()
+
+    flatten(data, base)
+    start = base.encode()
+
+    async def write(client: Any) -> int:
+        rpc = _rpc()
+        listing = await client.get_prefix(start, keys_only=True)
+        # etcd refuses a put inside a range deleted by the same transaction: the
+        # stale keys are deleted one by one.
+        ops = [rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=kv.key))
+               for kv in listing if kv.key not in fields]
+        ops += [rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=v))
+                for k, v in fields.items()]
+        response = await client.kvstub.Txn(rpc.TxnRequest(success=ops), timeout=timeout,
+                                           metadata=client.metadata)
+        return int(response.header.revision)
+
+    revision: int = await _once(endpoints, timeout, write, "put_config")
+    return revision
+
+
 async def get_config(endpoints: str | Sequence[str], key: str, *, schema: type[C] | None = None,
-                     timeout: float = 2.0) -> tuple[Any, int]:
+                     timeout: float = 2.0, prefix: bool = False) -> tuple[Any, int]:
     """The value of ``key`` and its revision: validated into ``schema``, or the parsed data.
+
+    With ``prefix=True``, the fields stored under the prefix ``key`` put together
+    as ``ConfigWatcher(..., prefix=True)`` does, and the store's revision they were
+    read at.
 
     :raises ConfigUnavailableError: etcd cannot be reached, or the key has no value.
     :raises ConfigValidationError: the value does not parse or fit ``schema``.
     """
+    if prefix:
+        base = key if key.endswith("/") else key + "/"
+        listing = await _once(endpoints, timeout, lambda c: c.get_prefix(base.encode()),
+                              "get_config")
+        revision = int(listing.header.revision)
+        kvs = [(kv.key, kv.value, kv.mod_revision) for kv in listing]
+        if not kvs:
+            raise ConfigUnavailableError(f"{base}: no key under the prefix in etcd")
+        data = _assemble(base, kvs, revision)
+        if schema is None:
+            return data, revision
+        return validate(schema, data, base, revision), revision
     got = await _once(endpoints, timeout, lambda c: c.get(key.encode()), "get_config")
     if got is None:
         raise ConfigUnavailableError(f"{key}: no value in etcd")
@@ -613,8 +818,7 @@ async def config_history(endpoints: str | Sequence[str], key: str, *, limit: int
     check_number("config_history", "limit", limit, minimum=1, integer=True)
 
     async def read(client: Any) -> list[ConfigRevision]:
-        from aetcd import rpc  # type: ignore[import-untyped]  # noqa: PLC0415 - optional
-
+        rpc = _rpc()
         found: list[ConfigRevision] = []
         revision = 0  # 0: the newest
         while len(found) < limit:

@@ -23,6 +23,10 @@ name                                                   type       labels
 ``fournines_discovery_endpoints``                      gauge      service
 ``fournines_discovery_interruptions_total``            counter    service, reason
 ``fournines_discovery_stale_seconds``                  gauge      service
+``fournines_config_revision``                          gauge      key
+``fournines_config_changes_total``                     counter    key
+``fournines_config_rejections_total``                  counter    key
+``fournines_config_source``                            gauge      key, source (1 = current)
 ``http_client_request_duration_seconds``               histogram  host, method, status_class
 ``http_client_requests_in_flight``                     gauge      host
 ``http_client_host_evictions_total``                   counter    kind (evicted, overflow)
@@ -49,6 +53,13 @@ loss counts in ``fournines_registry_reregistrations_total`` under the loss's rea
 service, and ``fournines_discovery_interruptions_total`` counts its losses of sight
 (``compacted``, ``disconnected``); ``fournines_discovery_stale_seconds`` is, at each
 scrape, how long a service's discovery has been out of sync (0 while it watches).
+``fournines_config_revision`` is the etcd revision of the value a ``ConfigWatcher``
+has in force (a snapshot's: the revision saved; 0: the default), and
+``fournines_config_source`` says where it came from (``etcd``, ``snapshot``,
+``default``); ``fournines_config_changes_total`` counts the values that changed the
+configuration (the first one at start included) and
+``fournines_config_rejections_total`` the values refused (the last good one stayed).
+Both counters exist, at 0, from a key's first event on.
 Hedges (``RetryScheduled`` with policy ``"hedge"``) are counted in
 ``fournines_client_hedges_total``, not as retries.
 
@@ -66,6 +77,9 @@ from .._events import (
     CallRejected,
     ClientRequestFinished,
     ClientRequestStarted,
+    ConfigApplied,
+    ConfigChanged,
+    ConfigRejected,
     DeadlineExceeded,
     DiscoveryInterrupted,
     DiscoveryResumed,
@@ -86,6 +100,7 @@ from .._events import (
 __all__ = ["PrometheusListener"]
 
 _STATES = ("closed", "open", "half_open", "forced_open", "forced_closed")
+_CONFIG_SOURCES = ("etcd", "snapshot", "default")
 
 
 class PrometheusListener:
@@ -155,6 +170,20 @@ class PrometheusListener:
             f"{p}_discovery_interruptions",
             "Times discovery lost its watch (the last known endpoints stay in use).",
             ["service", "reason"], registry=reg)
+        self.config_revision = prom.Gauge(
+            f"{p}_config_revision", "The etcd revision of the configuration in force.",
+            ["key"], registry=reg)
+        self.config_changes = prom.Counter(
+            f"{p}_config_changes", "Values that changed a configuration.", ["key"],
+            registry=reg)
+        self.config_rejections = prom.Counter(
+            f"{p}_config_rejections",
+            "Configuration values refused (the last good one stayed in force).", ["key"],
+            registry=reg)
+        self.config_source = prom.Gauge(
+            f"{p}_config_source",
+            "Where the configuration in force came from (1 for the current source).",
+            ["key", "source"], registry=reg)
         self.stale = _StaleCollector(f"{p}_discovery_stale_seconds")
         reg.register(self.stale)
         self.client_duration = prom.Histogram(
@@ -231,6 +260,22 @@ class PrometheusListener:
         elif isinstance(event, DiscoveryResumed):
             self.stale.since.pop(event.name, None)
             self.stale.services.add(event.name)
+        elif isinstance(event, ConfigApplied | ConfigChanged | ConfigRejected):
+            self._config(event)
+
+    def _config(self, event: ConfigApplied | ConfigChanged | ConfigRejected) -> None:
+        # Both counters from the key's first event on: rate() needs the 0 before the 1.
+        changes = self._child(self.config_changes, event.key)
+        rejections = self._child(self.config_rejections, event.key)
+        if isinstance(event, ConfigChanged):
+            changes.inc()
+        elif isinstance(event, ConfigRejected):
+            rejections.inc()
+        else:
+            self._child(self.config_revision, event.key).set(event.revision)
+            for source in _CONFIG_SOURCES:
+                self._child(self.config_source, event.key, source).set(
+                    1 if source == event.source else 0)
 
 
 class _StaleCollector:
