@@ -27,7 +27,7 @@ from .fleet import FaultProxy, Fleet, LabError, process_cpu_seconds
 from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
 from .rootcause import FaultRanking, accuracy, rank_faults
-from .scenario import Fault, Scenario, check_load
+from .scenario import Fault, Scenario, check_etcd, check_load
 from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
 __all__ = ["LabResult", "Progress", "run_lab", "run_problems"]
@@ -359,7 +359,7 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
 
 
 def _fleet_cpu(fleet: Fleet) -> dict[str, float]:
-    out = {name: service.cpu_seconds() for name, service in fleet.services.items()}
+    out = {name: service.cpu_seconds() for name, service in fleet.processes.items()}
     out["fault proxy"] = process_cpu_seconds(fleet.proxy.proc.pid if fleet.proxy.proc
                                              else None)
     return out
@@ -368,7 +368,8 @@ def _fleet_cpu(fleet: Fleet) -> dict[str, float]:
 async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Path,
                progress: Progress, variants: tuple[str, ...],
                redis_url: str | None,
-               on_fleet: Callable[[Fleet], Any] | None) -> LabResult:
+               on_fleet: Callable[[Fleet], Any] | None,
+               etcd: str | None = None) -> LabResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # SIGTERM ends the run like Ctrl-C does: cancelled, so every `finally` below stops
@@ -379,9 +380,27 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if redis_url:
         await _check_redis(redis_url)
+    lab_etcd: Any = None
+    etcd_url = etcd or None
+    if etcd == "":
+        from .registry import LabEtcd  # noqa: PLC0415
+
+        lab_etcd = LabEtcd(workdir)
+        progress.phase(f"starting the lab's etcd on {lab_etcd.url}")
+        await lab_etcd.start()
+        etcd_url = lab_etcd.url
+    if etcd_url is not None:
+        from .registry import run_prefix  # noqa: PLC0415
+
+        etcd_prefix = run_prefix()
     proxy = FaultProxy(workdir)
     progress.phase("starting the fault proxy")
-    await proxy.start()
+    try:
+        await proxy.start()
+    except BaseException:
+        if lab_etcd is not None:
+            lab_etcd.stop()
+        raise
     model = scenario.payment.concurrency / scenario.payment.service_time
     capacity = math.nan
     schedule: list[Arrival] = []
@@ -393,7 +412,11 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
         for variant in variants:
             progress.phase(f"{variant}: starting gateway, order, payment, profile")
             t = time.perf_counter()
-            fleet = Fleet(variant, workdir, proxy, scenario.payment, seed, redis_url=redis_url)
+            behind = etcd_url is not None and variant == "protected"
+            fleet = Fleet(variant, workdir, proxy, scenario.payment, seed, redis_url=redis_url,
+                          etcd_url=etcd_url if behind else None,
+                          etcd_prefix=etcd_prefix if behind else "",
+                          etcd=lab_etcd if behind else None)
             try:
                 await fleet.start()
                 timings[f"{variant}_startup"] = time.perf_counter() - t
@@ -436,6 +459,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                 break
     finally:
         await proxy.stop()
+        if lab_etcd is not None:
+            lab_etcd.stop()
     summaries = {
         variant: summarize(variant, outcomes, scraper.samples, scenario.faults,
                            scenario.duration)
@@ -488,12 +513,22 @@ def _last_budget(samples: list[Sample]) -> dict[str, float]:
 def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,
             workdir: Path | None = None, progress: Progress | None = None,
             variants: tuple[str, ...] = VARIANTS, redis_url: str | None = None,
-            on_fleet: Callable[[Fleet], Any] | None = None) -> LabResult:
+            on_fleet: Callable[[Fleet], Any] | None = None,
+            etcd: str | None = None) -> LabResult:
     """Run ``scenario`` against each variant in turn; returns what was measured.
 
     Process logs go to ``workdir`` (a new temporary directory by default).
     ``on_fleet`` is called with each fleet once it is up (``--prometheus`` uses it).
+    ``etcd``: ``None``, no registry; ``""``, the protected fleet runs behind an etcd
+    the lab starts (and ``registry_outage`` may kill); a URL, behind that etcd.
+    Raises :class:`~fournines.ConfigurationError` for a fault that needs the registry
+    the run does not have.
     """
+    check_etcd(scenario, etcd)
+    if etcd:
+        from ..discovery import EtcdEndpoints  # noqa: PLC0415
+
+        EtcdEndpoints(etcd, "lab")  # a URL it refuses is refused now, before any process
     for variant in variants:
         if variant not in VARIANTS:
             raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
@@ -502,7 +537,7 @@ def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,
     workdir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_run(scenario, seed=seed, rate=rate, workdir=workdir,
                             progress=progress or Progress(), variants=variants,
-                            redis_url=redis_url, on_fleet=on_fleet))
+                            redis_url=redis_url, on_fleet=on_fleet, etcd=etcd))
 
 
 def count_statuses(outcomes: list[Outcome]) -> Counter[int]:
