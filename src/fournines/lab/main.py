@@ -106,6 +106,10 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
     console = console or Console()
     scenario = _scenario(scenario_file, duration)
     check_etcd(scenario, etcd)
+    if etcd:
+        from ..discovery import EtcdEndpoints  # noqa: PLC0415
+
+        EtcdEndpoints(etcd, "lab")  # a URL it refuses is refused before anything starts
     # Before anything starts, against the modelled capacity (the probe measures it later).
     model = scenario.payment.concurrency / scenario.payment.service_time
     planned = rate or scenario.rate or min(MAX_AUTO_RATE, AUTO_RATE_SHARE * model)

@@ -90,6 +90,9 @@ class LabResult:
     root_cause: list[FaultRanking] = field(default_factory=list)
     """Per fault, the protected fleet's services ranked as its suspects
     (:func:`~fournines.lab.rootcause.rank_faults`)."""
+    registry: dict[str, Any] | None = None
+    """How the protected fleet found its services (``--etcd``): ``None`` without a
+    registry; else the etcd used, its key prefix and the payment instances."""
     problems: list[str] = field(default_factory=list)
     """What the run could not do as asked (see :func:`run_problems`); when not empty the
     numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
@@ -192,6 +195,7 @@ class LabResult:
             "cpu_cores": self.cpu_cores,
             "tracker_budget_remaining": self.tracker_budget,
             "problems": self.problems,
+            "registry": self.registry,
             "root_cause": _root_cause_json(self.root_cause),
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
@@ -239,6 +243,19 @@ async def _check_redis(url: str) -> None:
         raise LabError(f"--redis: no Redis answers at {url} ({type(exc).__name__}: {exc})") from exc
     finally:
         await client.aclose()
+
+
+async def _check_etcd(url: str) -> None:
+    import httpx  # noqa: PLC0415
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(url.rstrip("/") + "/health")
+        if b'"true"' not in response.content:
+            raise LabError(f"--etcd: etcd at {url} is not healthy: {response.text[:200]}")
+    except httpx.HTTPError as exc:
+        raise LabError(f"--etcd: no etcd answers at {url} ({type(exc).__name__}: "
+                       f"{exc})") from exc
 
 
 async def warm_up(gateway_url: str, pages: int = 10) -> None:
@@ -380,6 +397,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if redis_url:
         await _check_redis(redis_url)
+    if etcd:
+        await _check_etcd(etcd)
     lab_etcd: Any = None
     etcd_url = etcd or None
     if etcd == "":
@@ -389,10 +408,18 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
         progress.phase(f"starting the lab's etcd on {lab_etcd.url}")
         await lab_etcd.start()
         etcd_url = lab_etcd.url
+    registry: dict[str, Any] | None = None
     if etcd_url is not None:
+        from .fleet import PAYMENT_INSTANCES  # noqa: PLC0415
         from .registry import run_prefix  # noqa: PLC0415
 
         etcd_prefix = run_prefix()
+        registry = {"etcd": "started by the lab" if lab_etcd is not None else "given",
+                    "url": etcd_url, "prefix": etcd_prefix,
+                    "variants": [v for v in variants if v == "protected"],
+                    "payment_instances": PAYMENT_INSTANCES}
+        progress.phase(f"the protected fleet runs behind etcd at {etcd_url} (prefix "
+                       f"{etcd_prefix}, {PAYMENT_INSTANCES} payment instances)")
     proxy = FaultProxy(workdir)
     progress.phase("starting the fault proxy")
     try:
@@ -475,7 +502,7 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
                      tracker_budget={v: _last_budget(scraper.samples)
                                      for v, (_, scraper) in results.items()},
-                     problems=problems, cpu_cores=cpu_cores,
+                     problems=problems, cpu_cores=cpu_cores, registry=registry,
                      root_cause=rank_faults(results["protected"][1].samples, scenario.faults)
                      if "protected" in results else [])
 
