@@ -5,6 +5,9 @@
 2. For each variant: start its fleet, run the load while the fault schedule
    plays and the fleet's ``/metrics`` are scraped, stop the fleet.
 3. Summarise (see :mod:`fournines.lab.stats`); the caller writes the reports.
+
+With ``etcd`` (``--etcd``) a private etcd is started first (or the given one is
+checked), and the protected fleet runs behind it (see :mod:`fournines.lab.fleet`).
 """
 
 from __future__ import annotations
