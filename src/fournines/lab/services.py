@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -267,8 +268,9 @@ def _registered(app: ASGIApp, service: str, sources: tuple[Any, ...] = ()) -> AS
 
     At startup the discovery sources get their first listing (a caller must know its
     dependencies before it takes traffic); the registration waits until this process
-    accepts connections, so no client is sent to a port nobody listens on yet. At
-    shutdown it deregisters first, then stops following.
+    accepts connections, so no client is sent to a port nobody listens on yet. On
+    SIGTERM it deregisters before uvicorn stops accepting, and at the lifespan's
+    shutdown it stops following.
     """
     etcd = _etcd()
     if etcd is None:
@@ -293,16 +295,46 @@ def _registered(app: ASGIApp, service: str, sources: tuple[Any, ...] = ()) -> AS
             break
         await registry.register(instance)  # it keeps trying by itself if etcd is down
 
+    def deregister_first() -> None:
+        """On SIGTERM, leave the registry before the server stops accepting connections.
+
+        uvicorn's own handler (installed before the lifespan starts) closes the
+        listening socket at once; it gets the signal once the record is gone (or
+        after a second, when etcd does not answer), so that clients stop sending
+        here while this process still answers.
+        """
+        uvicorn_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(uvicorn_handler):
+            return
+        loop = asyncio.get_running_loop()
+
+        async def drain(signum: int, frame: Any) -> None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await registry.deregister()
+            except TimeoutError:
+                pass
+            finally:
+                uvicorn_handler(signum, frame)
+
+        def on_term(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(
+                lambda: tasks.append(loop.create_task(drain(signum, frame))))
+
+        signal.signal(signal.SIGTERM, on_term)
+
     async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await asyncio.gather(*(source.start() for source in sources))
                 tasks.append(asyncio.create_task(register_when_serving()))
+                deregister_first()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in tasks:
-                    task.cancel()
+                    if task is not asyncio.current_task():
+                        task.cancel()
                 await registry.aclose()
                 await asyncio.gather(*(source.aclose() for source in sources))
                 await send({"type": "lifespan.shutdown.complete"})
