@@ -40,6 +40,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert done.returncode == 0, done.stdout + done.stderr
     data: dict[str, Any] = json.loads((out / "lab.json").read_text())
     data["_stdout"] = done.stdout
+    data["_html"] = (out / "report.html").read_text()
     return data
 
 
@@ -53,6 +54,7 @@ def test_the_protected_fleet_ran_behind_the_lab_s_own_etcd(report: dict[str, Any
     assert report["cpu_cores"]["protected"]["payment-2"] > 0
     assert "payment-2" not in report["cpu_cores"]["unprotected"]
     assert "behind etcd" in report["_stdout"]
+    assert "the protected fleet ran behind etcd at " + registry["url"] in report["_html"]
 
 
 def test_both_registry_faults_were_applied_and_undone_in_both_variants(
