@@ -30,12 +30,34 @@ def test_lab_rejects_a_duration_out_of_range(capsys: pytest.CaptureFixture[str])
     assert "--duration must be between" in capsys.readouterr().err
 
 
-def test_lab_says_plainly_that_etcd_discovery_is_not_built(
-        capsys: pytest.CaptureFixture[str]) -> None:
+def test_lab_refuses_the_registry_scenario_without_etcd_and_starts_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = Path(__file__).resolve().parents[1] / "examples" / "lab" / "registry.yaml"
     with pytest.raises(SystemExit) as info:
-        main(["lab", "--etcd", "http://127.0.0.1:2379"])
+        main(["lab", "--scenario", str(scenario), "--out", str(tmp_path / "out")])
     assert info.value.code == 2
-    assert "--etcd: service discovery is not built yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{scenario}: faults[0] is instance_kill, which needs the fleet behind the " \
+           "registry" in err
+    assert "run `fournines lab --etcd`" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_lab_refuses_an_etcd_url_it_cannot_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["lab", "--etcd", "ftp://127.0.0.1:2379"])
+    assert info.value.code == 2
+    assert "must be etcd client URLs like 'http://127.0.0.1:2379'" in capsys.readouterr().err
+
+
+def test_lab_with_an_unreachable_etcd_stops_before_starting_anything(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fournines", "lab", "--etcd", "http://127.0.0.1:1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "--etcd: no etcd answers at http://127.0.0.1:1" in done.stdout
+    assert not (tmp_path / "report.html").exists()
 
 
 def test_lab_names_a_broken_scenario_file_and_starts_nothing(

@@ -12,9 +12,11 @@ from fournines.lab.runner import AUTO_RATE_SHARE, MAX_AUTO_RATE
 from fournines.lab.scenario import (
     FAULT_KINDS,
     MAX_RATE,
+    NEEDS_ETCD,
     NOT_BUILT,
     Fault,
     Scenario,
+    check_etcd,
     check_load,
     default_scenario,
     load_scenario,
@@ -28,8 +30,9 @@ def test_the_default_scenario_has_every_fault_of_the_issue_within_its_75_seconds
     scenario = default_scenario()
     assert scenario.duration == 75
     # the seed's overload is played as lost capacity; a burst of arrivals (`overload`)
-    # is in examples/lab/overload.yaml
-    assert {f.kind for f in scenario.faults} == set(FAULT_KINDS) - {"overload"}
+    # is in examples/lab/overload.yaml; the registry's faults need --etcd, which stays
+    # opt-in, and are in examples/lab/registry.yaml
+    assert {f.kind for f in scenario.faults} == set(FAULT_KINDS) - {"overload", *NEEDS_ETCD}
     assert all(f.end <= scenario.duration for f in scenario.faults)
     errors = next(f for f in scenario.faults if f.kind == "payment_errors")
     assert (errors.rate, errors.duration) == (0.2, 12.5)
@@ -89,8 +92,8 @@ def test_an_unknown_fault_kind_names_the_file_the_index_and_the_kinds() -> None:
     assert "payment_latency" in message and "'meteor'" in message
 
 
-@pytest.mark.parametrize("kind", ["rolling_deploy", "registry_outage", "instance_kill",
-                                  "db_storm", "db_restart", "consumer_kill"])
+@pytest.mark.parametrize("kind", ["rolling_deploy", "db_storm", "db_restart",
+                                  "consumer_kill"])
 def test_a_seed_fault_the_lab_cannot_play_yet_is_refused_saying_what_is_missing(
         kind: str) -> None:
     with pytest.raises(ConfigurationError) as info:
@@ -99,6 +102,46 @@ def test_a_seed_fault_the_lab_cannot_play_yet_is_refused_saying_what_is_missing(
     message = str(info.value)
     assert message.startswith(f"seed.yaml: faults[0].kind: {kind!r} is not built in the lab yet:")
     assert message.endswith(NOT_BUILT[kind])
+
+
+def test_the_registry_faults_are_built_and_need_etcd() -> None:
+    assert set(NEEDS_ETCD) == {"instance_kill", "registry_outage"}
+    assert not set(NEEDS_ETCD) & set(NOT_BUILT)
+    assert set(NEEDS_ETCD) <= set(FAULT_KINDS)
+
+
+def test_the_registry_example_plays_an_instance_kill_and_a_registry_outage() -> None:
+    scenario = load_scenario(EXAMPLES / "registry.yaml")
+    assert [f.kind for f in scenario.faults] == ["instance_kill", "registry_outage"]
+    check_etcd(scenario, "")  # the lab's own etcd: both can be played
+
+
+@pytest.mark.parametrize("kind", ["instance_kill", "registry_outage"])
+def test_a_registry_fault_without_etcd_is_refused_saying_to_run_with_etcd(kind: str) -> None:
+    scenario = parse_scenario({"faults": [{"kind": kind, "at": 1, "duration": 2}]},
+                              source="reg.yaml")
+    with pytest.raises(ConfigurationError) as info:
+        check_etcd(scenario, None)
+    message = str(info.value)
+    assert message.startswith(f"reg.yaml: faults[0] is {kind}, which needs the fleet behind "
+                              "the registry")
+    assert message.endswith("run `fournines lab --etcd`")
+
+
+def test_a_registry_outage_is_refused_on_an_etcd_the_lab_does_not_own() -> None:
+    scenario = parse_scenario({"faults": [{"kind": "registry_outage", "at": 1,
+                                           "duration": 2}]}, source="reg.yaml")
+    with pytest.raises(ConfigurationError, match=r"not the one at http://10\.0\.0\.1:2379: "
+                                                 r"run `fournines lab --etcd` without a URL"):
+        check_etcd(scenario, "http://10.0.0.1:2379")
+    kill = parse_scenario({"faults": [{"kind": "instance_kill", "at": 1, "duration": 2}]})
+    check_etcd(kill, "http://10.0.0.1:2379")  # an instance kill needs only the registry
+
+
+def test_overlapping_instance_kills_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match=r"faults\[1\] \(instance_kill"):
+        parse_scenario({"faults": [{"kind": "instance_kill", "at": 1, "duration": 4},
+                                   {"kind": "instance_kill", "at": 3, "duration": 4}]})
 
 
 def test_a_missing_start_time_is_named() -> None:

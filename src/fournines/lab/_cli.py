@@ -32,8 +32,10 @@ def register(sub: Any) -> None:
                      help="rate-limit the protected gateway with a Redis GCRA at URL")
     lab.add_argument("--prometheus", action="store_true",
                      help="start a local Prometheus scraping the fleet (needs `prometheus`)")
-    lab.add_argument("--etcd", metavar="URL", default=None,
-                     help="service discovery through etcd (not built yet)")
+    lab.add_argument("--etcd", metavar="URL", nargs="?", const="", default=None,
+                     help="the protected fleet finds its services through etcd, with 2 "
+                          "payment instances: alone, a private etcd the lab starts (needs "
+                          "`etcd`, Debian's etcd-server); with URL, an existing etcd")
     lab.set_defaults(run=_run, command_parser=lab)
 
 
@@ -44,9 +46,6 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.rate is not None and not 1 <= args.rate <= MAX_RATE:
         parser.error(f"--rate must be between 1 and {MAX_RATE:g} requests per second")
-    if args.etcd is not None:
-        parser.exit(2, "fournines lab: error: --etcd: service discovery is not built yet "
-                       "(the registry issue); run without --etcd\n")
     from .._errors import ConfigurationError  # noqa: PLC0415
 
     try:
@@ -58,7 +57,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             scenario_file=args.scenario, duration=args.duration, rate=args.rate,
             seed=args.seed, out=Path(args.out),
             json_file=Path(args.json) if args.json else None,
-            redis_url=args.redis, prometheus=args.prometheus,
+            redis_url=args.redis, prometheus=args.prometheus, etcd=args.etcd,
         )
     except ConfigurationError as exc:
         parser.exit(2, f"fournines lab: error: {exc}\n")

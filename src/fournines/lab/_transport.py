@@ -17,7 +17,7 @@ import asyncio
 
 import httpx
 
-__all__ = ["LeanTransport"]
+__all__ = ["HostRouter", "LeanTransport"]
 
 
 class _Connection:
@@ -168,3 +168,28 @@ class LeanTransport(httpx.AsyncBaseTransport):
             for conn in idle:
                 conn.close()
         self._idle.clear()
+
+
+class HostRouter(httpx.AsyncBaseTransport):
+    """Sends each request to the transport of its host name (``http://order/...``).
+
+    The gateway calls two services found through the registry: one balancer each,
+    under one resilient transport whose breakers stay per service.
+    """
+
+    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
+        self._routes = routes
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Hand ``request`` to its host's transport."""
+        try:
+            transport = self._routes[request.url.host]
+        except KeyError:
+            raise httpx.ConnectError(f"no route to {request.url.host}",
+                                     request=request) from None
+        return await transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close every route."""
+        for transport in self._routes.values():
+            await transport.aclose()

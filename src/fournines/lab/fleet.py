@@ -6,6 +6,14 @@
   and a client of its Toxiproxy-compatible HTTP API.
 - :class:`Fleet`: the four services of one variant, order -> payment through the
   proxy, and the fault actions of a scenario.
+
+With etcd (``fournines lab --etcd``) the protected fleet finds its dependencies
+through the registry: every protected service registers itself once it serves
+and deregisters when it stops, order follows payment's instances and the
+gateway order's and profile's through :class:`~fournines.discovery.EtcdEndpoints`
+feeding the client balancer. Payment then runs :data:`PAYMENT_INSTANCES`
+instances, each behind a fault-proxy route of its own, which share the modelled
+capacity of the one unprotected instance (so both fleets have the same capacity).
 """
 
 from __future__ import annotations
@@ -21,15 +29,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from .._errors import FourNinesError
 from .scenario import Fault, PaymentModel
 
+if TYPE_CHECKING:
+    from .registry import LabEtcd
+
 __all__ = [
     "DIE_WITH_PARENT",
+    "PAYMENT_INSTANCES",
     "FaultProxy",
     "Fleet",
     "LabError",
@@ -123,12 +135,13 @@ class ServiceProcess:
     """One lab service in its own uvicorn process."""
 
     def __init__(self, role: str, variant: str, env: dict[str, str], workdir: Path,
-                 port: int | None = None) -> None:
+                 port: int | None = None, name: str | None = None) -> None:
         self.role = role
+        self.name = name or role
         self.variant = variant
         self.port = port or free_port()
         self.env = env
-        self.log = workdir / f"{variant}-{role}.log"
+        self.log = workdir / f"{variant}-{self.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -139,7 +152,7 @@ class ServiceProcess:
     def spawn(self) -> None:
         """Start the process (does not wait for it to answer)."""
         env = {**os.environ, **self.env, "FOURNINES_LAB_ROLE": self.role,
-               "FOURNINES_LAB_VARIANT": self.variant}
+               "FOURNINES_LAB_VARIANT": self.variant, "FOURNINES_LAB_PORT": str(self.port)}
         command = [*DIE_WITH_PARENT, sys.executable, "-m", "uvicorn",
                    "fournines.lab.services:create_app",
                    "--factory", "--host", "127.0.0.1", "--port", str(self.port),
@@ -157,7 +170,7 @@ class ServiceProcess:
         """Wait until the service answers ``/livez``."""
         assert self.proc is not None
         await _wait_http(self.url + "/livez", self.proc, self.log,
-                         f"the {self.variant} {self.role} service", timeout)
+                         f"the {self.variant} {self.name} service", timeout)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the process has used so far; NaN where unknown.
@@ -244,22 +257,62 @@ class FaultProxy:
         _stop(self.proc)
 
 
+PAYMENT_INSTANCES = 2
+"""Payment instances of the protected fleet behind the registry (``--etcd``)."""
+
+
+def _split(concurrency: int, parts: int) -> list[int]:
+    """``concurrency`` workers over ``parts`` instances (at least one each)."""
+    return [max(1, concurrency // parts + (i < concurrency % parts)) for i in range(parts)]
+
+
 class Fleet:
-    """The four services of one variant, and the faults that can be done to them."""
+    """The four services of one variant, and the faults that can be done to them.
+
+    With ``etcd_url`` (the protected variant under ``--etcd``) the services find
+    each other through etcd under ``etcd_prefix``, and payment runs
+    :data:`PAYMENT_INSTANCES` instances; ``etcd`` is the lab's own etcd, which
+    ``registry_outage`` kills and restarts.
+    """
 
     def __init__(self, variant: str, workdir: Path, proxy: FaultProxy, payment: PaymentModel,
-                 seed: int, redis_url: str | None = None) -> None:
+                 seed: int, redis_url: str | None = None, etcd_url: str | None = None,
+                 etcd_prefix: str = "", etcd: LabEtcd | None = None) -> None:
         self.variant = variant
         self.proxy = proxy
         self.proxy_name = f"payment-{variant}"
+        self.proxy_names = [self.proxy_name]
         self.token = secrets.token_hex(16)
         self.workdir = workdir
         self.payment_model = payment
         self.seed = seed
         self.redis_url = redis_url
+        self.etcd_url = etcd_url
+        self.etcd_prefix = etcd_prefix
+        self.etcd = etcd
         self.services: dict[str, ServiceProcess] = {}
+        self.extra: dict[str, ServiceProcess] = {}
+        """Payment instances beyond the first (``payment-2``...), behind the registry."""
         self.payment_via_proxy = ""
         self._http = httpx.AsyncClient(timeout=5.0)
+
+    @property
+    def payments(self) -> list[ServiceProcess]:
+        """Every payment instance (one, or :data:`PAYMENT_INSTANCES` behind the registry)."""
+        return [self.services["payment"], *self.extra.values()]
+
+    @property
+    def processes(self) -> dict[str, ServiceProcess]:
+        """Every service process by name (``payment-2`` and on included)."""
+        return {**self.services, **self.extra}
+
+    def _registered(self, name: str, address: str) -> dict[str, str]:
+        if not self.etcd_url:
+            return {}
+        return {"FOURNINES_LAB_ETCD_URL": self.etcd_url,
+                "FOURNINES_LAB_ETCD_PREFIX": self.etcd_prefix,
+                "FOURNINES_INSTANCE_ID": f"{self.variant}-{name}",
+                "FOURNINES_LAB_ADVERTISE_URL": address}
 
     async def start(self) -> None:
         """Start every service (in parallel) and the proxy route order -> payment."""
@@ -267,14 +320,27 @@ class Fleet:
                   "FOURNINES_LAB_CHAOS_TOKEN": self.token}
         if self.redis_url:
             common["FOURNINES_LAB_REDIS_URL"] = self.redis_url
-        payment = ServiceProcess("payment", self.variant, {
-            **common,
-            "FOURNINES_LAB_PAYMENT_CONCURRENCY": str(self.payment_model.concurrency),
-            "FOURNINES_LAB_PAYMENT_SERVICE_TIME": str(self.payment_model.service_time),
-        }, self.workdir)
+        count = PAYMENT_INSTANCES if self.etcd_url else 1
+        payments: list[ServiceProcess] = []
+        routes: list[str] = []
+        for i, workers in enumerate(_split(self.payment_model.concurrency, count)):
+            name = "payment" if i == 0 else f"payment-{i + 1}"
+            process = ServiceProcess("payment", self.variant, {
+                **common,
+                "FOURNINES_LAB_PAYMENT_CONCURRENCY": str(
+                    workers if self.etcd_url else self.payment_model.concurrency),
+                "FOURNINES_LAB_PAYMENT_SERVICE_TIME": str(self.payment_model.service_time),
+            }, self.workdir, name=name)
+            route = self.proxy_name if i == 0 else f"{self.proxy_name}-{i + 1}"
+            if i:
+                self.proxy_names.append(route)
+            proxy_port = await self.proxy.create(route, process.port)
+            routes.append(f"http://127.0.0.1:{proxy_port}")
+            # Clients reach payment through the proxy: that is the address it registers.
+            process.env.update(self._registered(name, routes[-1]))
+            payments.append(process)
+        self.payment_via_proxy = routes[0]
         profile = ServiceProcess("profile", self.variant, common, self.workdir)
-        proxy_port = await self.proxy.create(self.proxy_name, payment.port)
-        self.payment_via_proxy = f"http://127.0.0.1:{proxy_port}"
         order = ServiceProcess("order", self.variant, {
             **common, "FOURNINES_LAB_PAYMENT_URL": self.payment_via_proxy,
         }, self.workdir)
@@ -282,11 +348,41 @@ class Fleet:
             **common, "FOURNINES_LAB_ORDER_URL": order.url,
             "FOURNINES_LAB_PROFILE_URL": profile.url,
         }, self.workdir)
-        self.services = {"gateway": gateway, "order": order, "payment": payment,
+        for process in (profile, order, gateway):
+            process.env.update(self._registered(process.role, process.url))
+        self.services = {"gateway": gateway, "order": order, "payment": payments[0],
                          "profile": profile}
-        for service in self.services.values():
+        self.extra = {p.name: p for p in payments[1:]}
+        for service in self.processes.values():
             service.spawn()
-        await asyncio.gather(*(s.ready() for s in self.services.values()))
+        await asyncio.gather(*(s.ready() for s in self.processes.values()))
+        if self.etcd_url:
+            await self._wait_registered({"gateway": 1, "order": 1, "payment": count,
+                                         "profile": 1})
+
+    async def _wait_registered(self, expected: dict[str, int], timeout: float = 20.0) -> None:
+        """Until etcd lists every instance: the load must not start on a half-found fleet."""
+        from ..discovery import EtcdEndpoints  # noqa: PLC0415 - the etcd extra
+
+        assert self.etcd_url is not None
+        sources = {service: EtcdEndpoints(self.etcd_url, service, prefix=self.etcd_prefix)
+                   for service in expected}
+        try:
+            await asyncio.gather(*(s.start() for s in sources.values()))
+            end = time.monotonic() + timeout
+            while True:
+                missing = {name: f"{len(s.instances)} of {expected[name]}"
+                           for name, s in sources.items()
+                           if len(s.instances) < expected[name]}
+                if not missing:
+                    return
+                if time.monotonic() > end:
+                    raise LabError(f"the {self.variant} fleet did not register in etcd at "
+                                   f"{self.etcd_url} within {timeout:g} s (registered: "
+                                   f"{missing}); see the logs in {self.workdir}")
+                await asyncio.sleep(0.05)
+        finally:
+            await asyncio.gather(*(s.aclose() for s in sources.values()))
 
     @property
     def gateway_url(self) -> str:
@@ -296,7 +392,7 @@ class Fleet:
     async def stop(self) -> None:
         """Stop every service."""
         await self._http.aclose()
-        for service in self.services.values():
+        for service in self.processes.values():
             service.stop()
 
     # -- faults ---------------------------------------------------------------------
@@ -305,59 +401,78 @@ class Fleet:
         """Start ``fault``."""
         toxic = f"lab-{index}"
         if fault.kind == "payment_errors":
-            response = await self._http.post(
-                self.services["payment"].url + "/chaos/faults",
-                json={"kind": "error", "rate": fault.rate, "status": fault.status,
-                      "duration": fault.duration + 1.0},
-                headers={"authorization": f"Bearer {self.token}"},
-            )
-            if response.status_code != 201:
-                raise LabError(f"chaos API: POST /chaos/faults answered {response.status_code}: "
-                               f"{response.text[:200]}")
+            for payment in self.payments:
+                response = await self._http.post(
+                    payment.url + "/chaos/faults",
+                    json={"kind": "error", "rate": fault.rate, "status": fault.status,
+                          "duration": fault.duration + 1.0},
+                    headers={"authorization": f"Bearer {self.token}"},
+                )
+                if response.status_code != 201:
+                    raise LabError(f"chaos API: POST /chaos/faults answered "
+                                   f"{response.status_code}: {response.text[:200]}")
         elif fault.kind == "payment_latency":
-            await self.proxy.add_toxic(self.proxy_name, toxic, "latency", "downstream", {
-                "latency": int(fault.latency * 1000), "jitter": int(fault.jitter * 1000)})
+            for route in self.proxy_names:
+                await self.proxy.add_toxic(route, toxic, "latency", "downstream", {
+                    "latency": int(fault.latency * 1000), "jitter": int(fault.jitter * 1000)})
         elif fault.kind == "partition":
-            if fault.mode == "refuse":
-                await self.proxy.enable(self.proxy_name, False)
-            else:
-                await self.proxy.add_toxic(self.proxy_name, toxic, "timeout", "upstream",
-                                           {"timeout": 0})
+            for route in self.proxy_names:
+                if fault.mode == "refuse":
+                    await self.proxy.enable(route, False)
+                else:
+                    await self.proxy.add_toxic(route, toxic, "timeout", "upstream",
+                                               {"timeout": 0})
         elif fault.kind == "profile_kill":
             self.services["profile"].kill()
         elif fault.kind == "capacity_loss":
             await self._slowdown(fault.factor)
-        # overload is in the arrival schedule itself
+        elif fault.kind == "instance_kill":
+            self.payments[-1].kill()
+        elif fault.kind == "registry_outage" and self.etcd is not None:
+            self.etcd.kill()
+        # overload is in the arrival schedule itself; a fleet without a registry has no
+        # registry to lose
 
     async def _slowdown(self, factor: float) -> None:
         from .services import CAPACITY_PATH  # noqa: PLC0415
 
-        response = await self._http.put(
-            self.services["payment"].url + CAPACITY_PATH, params={"slowdown": factor},
-            headers={"authorization": f"Bearer {self.token}"})
-        if response.status_code != 200:
-            raise LabError(f"payment: PUT {CAPACITY_PATH} answered {response.status_code}: "
-                           f"{response.text[:200]}")
+        for payment in self.payments:
+            response = await self._http.put(
+                payment.url + CAPACITY_PATH, params={"slowdown": factor},
+                headers={"authorization": f"Bearer {self.token}"})
+            if response.status_code != 200:
+                raise LabError(f"payment: PUT {CAPACITY_PATH} answered "
+                               f"{response.status_code}: {response.text[:200]}")
 
     async def end(self, fault: Fault, index: int) -> None:
         """Stop ``fault`` (a killed service is started again and awaited)."""
         toxic = f"lab-{index}"
         if fault.kind == "payment_errors":
-            response = await self._http.delete(
-                self.services["payment"].url + "/chaos/faults",
-                headers={"authorization": f"Bearer {self.token}"},
-            )
-            if response.status_code >= 300:
-                raise LabError(f"chaos API: DELETE /chaos/faults answered "
-                               f"{response.status_code}: {response.text[:200]}")
+            for payment in self.payments:
+                response = await self._http.delete(
+                    payment.url + "/chaos/faults",
+                    headers={"authorization": f"Bearer {self.token}"},
+                )
+                if response.status_code >= 300:
+                    raise LabError(f"chaos API: DELETE /chaos/faults answered "
+                                   f"{response.status_code}: {response.text[:200]}")
         elif fault.kind == "payment_latency" or (fault.kind == "partition"
                                                  and fault.mode != "refuse"):
-            await self.proxy.remove_toxic(self.proxy_name, toxic)
+            for route in self.proxy_names:
+                await self.proxy.remove_toxic(route, toxic)
         elif fault.kind == "partition":
-            await self.proxy.enable(self.proxy_name, True)
+            for route in self.proxy_names:
+                await self.proxy.enable(route, True)
         elif fault.kind == "profile_kill":
             profile = self.services["profile"]
             profile.spawn()
             await profile.ready()
         elif fault.kind == "capacity_loss":
             await self._slowdown(1.0)
+        elif fault.kind == "instance_kill":
+            # It registers itself again once it serves, like any new instance.
+            payment = self.payments[-1]
+            payment.spawn()
+            await payment.ready()
+        elif fault.kind == "registry_outage" and self.etcd is not None:
+            await self.etcd.start()

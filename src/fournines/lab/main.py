@@ -13,7 +13,7 @@ from .._errors import ConfigurationError
 from .fleet import LabError
 from .load import Outcome
 from .runner import AUTO_RATE_SHARE, MAX_AUTO_RATE, LabResult, Progress, run_lab
-from .scenario import Scenario, check_load, default_scenario, load_scenario
+from .scenario import Scenario, check_etcd, check_load, default_scenario, load_scenario
 
 __all__ = ["RichProgress", "run_and_report"]
 
@@ -80,7 +80,8 @@ def _scenario(scenario_file: str | None, duration: float | None) -> Scenario:
 def run_and_report(*, scenario_file: str | None = None, duration: float | None = None,
                    rate: float | None = None, seed: int = 7, out: Path = Path("lab-report"),
                    json_file: Path | None = None, redis_url: str | None = None,
-                   prometheus: bool = False, console: Any = None) -> int:
+                   prometheus: bool = False, console: Any = None,
+                   etcd: str | None = None) -> int:
     """Run the lab, print the table, write ``out/report.html``, ``out/summary.svg``, JSON.
 
     Returns the exit status: 0 when the run completed (whatever the verdict:
@@ -89,7 +90,9 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
     no table and no HTML report, only the problems, and the JSON with them).
     Raises :class:`~fournines.ConfigurationError` for a bad scenario file, a load
     this machine cannot offer, or an output folder that cannot be created, before
-    anything is started (the load is checked again against the measured capacity).
+    anything is started (the load is checked again against the measured capacity),
+    and for a fault that needs the registry when ``etcd`` is ``None`` (``""``: the
+    lab starts its own etcd; a URL: an existing one, see :func:`run_lab`).
     """
     from rich.console import Console  # noqa: PLC0415
 
@@ -102,6 +105,11 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
 
     console = console or Console()
     scenario = _scenario(scenario_file, duration)
+    check_etcd(scenario, etcd)
+    if etcd:
+        from ..discovery import EtcdEndpoints  # noqa: PLC0415
+
+        EtcdEndpoints(etcd, "lab")  # a URL it refuses is refused before anything starts
     # Before anything starts, against the modelled capacity (the probe measures it later).
     model = scenario.payment.concurrency / scenario.payment.service_time
     planned = rate or scenario.rate or min(MAX_AUTO_RATE, AUTO_RATE_SHARE * model)
@@ -132,7 +140,7 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
                 on_fleet = prom.watch
             result: LabResult = run_lab(scenario, seed=seed, rate=rate, workdir=logs,
                                         progress=progress, redis_url=redis_url,
-                                        on_fleet=on_fleet)
+                                        on_fleet=on_fleet, etcd=etcd)
         if prom is not None:
             result.prometheus = prom.summary()
     except LabError as exc:

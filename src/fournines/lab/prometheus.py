@@ -102,7 +102,7 @@ class LabPrometheus:
         self._groups.extend(
             {"targets": [s.url.removeprefix("http://")],
              "labels": {"variant": fleet.variant, "service": name}}
-            for name, s in fleet.services.items())
+            for name, s in fleet.processes.items())
         tmp = self.targets.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._groups), encoding="utf-8")
         tmp.replace(self.targets)

@@ -81,6 +81,19 @@ def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value * 1000:.0f} ms"
 
 
+def _registry_html(result: LabResult) -> str:
+    registry = result.registry
+    if not registry:
+        return ""
+    esc = html.escape
+    return (f"<p>Discovery: the protected fleet ran behind etcd at {esc(registry['url'])} "
+            f"({esc(registry['etcd'])}; keys under {esc(registry['prefix'])}): every "
+            f"service registered itself, and order and the gateway found their "
+            f"dependencies through it, with {registry['payment_instances']} payment "
+            f"instances sharing the modelled capacity. The unprotected fleet used fixed "
+            f"URLs and one payment instance.</p>\n")
+
+
 def render_table(result: LabResult, console: Any) -> None:
     """Print the per-variant table, the targets, and where failures came from."""
     from rich.table import Table  # noqa: PLC0415
@@ -516,7 +529,7 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 <p>Capacity: the payment service was measured at <b>{result.capacity:.0f} requests/s</b>
 (model: {s.payment.concurrency} workers x {s.payment.service_time * 1000:.0f} ms =
 {result.capacity_model:.0f}/s); overloads: {esc(_burst(result))}.</p>
-{_cpu_html(result)}
+{_registry_html(result)}{_cpu_html(result)}
 {_behind_html(result)}<h2>Results</h2>
 <table><tr><th></th>{head_cells}</tr>
 {body_rows}

@@ -69,6 +69,8 @@ TRUE_CAUSE: Mapping[str, str | None] = {
     "partition": "payment",  # the link from order to payment; payment is what is cut off
     "profile_kill": "profile",
     "overload": None,  # more arrivals at the edge: no single service is the cause
+    "instance_kill": "payment",
+    "registry_outage": None,  # the registry is no service of the fleet's
 }
 """The service each fault kind breaks (``None``: not counted in the accuracy)."""
 

@@ -5,6 +5,9 @@
 2. For each variant: start its fleet, run the load while the fault schedule
    plays and the fleet's ``/metrics`` are scraped, stop the fleet.
 3. Summarise (see :mod:`fournines.lab.stats`); the caller writes the reports.
+
+With ``etcd`` (``--etcd``) a private etcd is started first (or the given one is
+checked), and the protected fleet runs behind it (see :mod:`fournines.lab.fleet`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .fleet import FaultProxy, Fleet, LabError, process_cpu_seconds
 from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
 from .rootcause import FaultRanking, accuracy, rank_faults
-from .scenario import Fault, Scenario, check_load
+from .scenario import Fault, Scenario, check_etcd, check_load
 from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
 __all__ = ["LabResult", "Progress", "run_lab", "run_problems"]
@@ -90,6 +93,9 @@ class LabResult:
     root_cause: list[FaultRanking] = field(default_factory=list)
     """Per fault, the protected fleet's services ranked as its suspects
     (:func:`~fournines.lab.rootcause.rank_faults`)."""
+    registry: dict[str, Any] | None = None
+    """How the protected fleet found its services (``--etcd``): ``None`` without a
+    registry; else the etcd used, its key prefix and the payment instances."""
     problems: list[str] = field(default_factory=list)
     """What the run could not do as asked (see :func:`run_problems`); when not empty the
     numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
@@ -192,6 +198,7 @@ class LabResult:
             "cpu_cores": self.cpu_cores,
             "tracker_budget_remaining": self.tracker_budget,
             "problems": self.problems,
+            "registry": self.registry,
             "root_cause": _root_cause_json(self.root_cause),
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
@@ -239,6 +246,19 @@ async def _check_redis(url: str) -> None:
         raise LabError(f"--redis: no Redis answers at {url} ({type(exc).__name__}: {exc})") from exc
     finally:
         await client.aclose()
+
+
+async def _check_etcd(url: str) -> None:
+    import httpx  # noqa: PLC0415
+
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            response = await client.get(url.rstrip("/") + "/health")
+        if b'"true"' not in response.content:
+            raise LabError(f"--etcd: etcd at {url} is not healthy: {response.text[:200]}")
+    except httpx.HTTPError as exc:
+        raise LabError(f"--etcd: no etcd answers at {url} ({type(exc).__name__}: "
+                       f"{exc})") from exc
 
 
 async def warm_up(gateway_url: str, pages: int = 10) -> None:
@@ -359,7 +379,7 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
 
 
 def _fleet_cpu(fleet: Fleet) -> dict[str, float]:
-    out = {name: service.cpu_seconds() for name, service in fleet.services.items()}
+    out = {name: service.cpu_seconds() for name, service in fleet.processes.items()}
     out["fault proxy"] = process_cpu_seconds(fleet.proxy.proc.pid if fleet.proxy.proc
                                              else None)
     return out
@@ -368,7 +388,8 @@ def _fleet_cpu(fleet: Fleet) -> dict[str, float]:
 async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Path,
                progress: Progress, variants: tuple[str, ...],
                redis_url: str | None,
-               on_fleet: Callable[[Fleet], Any] | None) -> LabResult:
+               on_fleet: Callable[[Fleet], Any] | None,
+               etcd: str | None = None) -> LabResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     # SIGTERM ends the run like Ctrl-C does: cancelled, so every `finally` below stops
@@ -379,9 +400,37 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if redis_url:
         await _check_redis(redis_url)
+    if etcd:
+        await _check_etcd(etcd)
+    lab_etcd: Any = None
+    etcd_url = etcd or None
+    if etcd == "":
+        from .registry import LabEtcd  # noqa: PLC0415
+
+        lab_etcd = LabEtcd(workdir)
+        progress.phase(f"starting the lab's etcd on {lab_etcd.url}")
+        await lab_etcd.start()
+        etcd_url = lab_etcd.url
+    registry: dict[str, Any] | None = None
+    if etcd_url is not None:
+        from .fleet import PAYMENT_INSTANCES  # noqa: PLC0415
+        from .registry import run_prefix  # noqa: PLC0415
+
+        etcd_prefix = run_prefix()
+        registry = {"etcd": "started by the lab" if lab_etcd is not None else "given",
+                    "url": etcd_url, "prefix": etcd_prefix,
+                    "variants": [v for v in variants if v == "protected"],
+                    "payment_instances": PAYMENT_INSTANCES}
+        progress.phase(f"the protected fleet runs behind etcd at {etcd_url} (prefix "
+                       f"{etcd_prefix}, {PAYMENT_INSTANCES} payment instances)")
     proxy = FaultProxy(workdir)
     progress.phase("starting the fault proxy")
-    await proxy.start()
+    try:
+        await proxy.start()
+    except BaseException:
+        if lab_etcd is not None:
+            lab_etcd.stop()
+        raise
     model = scenario.payment.concurrency / scenario.payment.service_time
     capacity = math.nan
     schedule: list[Arrival] = []
@@ -393,7 +442,11 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
         for variant in variants:
             progress.phase(f"{variant}: starting gateway, order, payment, profile")
             t = time.perf_counter()
-            fleet = Fleet(variant, workdir, proxy, scenario.payment, seed, redis_url=redis_url)
+            behind = etcd_url is not None and variant == "protected"
+            fleet = Fleet(variant, workdir, proxy, scenario.payment, seed, redis_url=redis_url,
+                          etcd_url=etcd_url if behind else None,
+                          etcd_prefix=etcd_prefix if behind else "",
+                          etcd=lab_etcd if behind else None)
             try:
                 await fleet.start()
                 timings[f"{variant}_startup"] = time.perf_counter() - t
@@ -436,6 +489,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                 break
     finally:
         await proxy.stop()
+        if lab_etcd is not None:
+            lab_etcd.stop()
     summaries = {
         variant: summarize(variant, outcomes, scraper.samples, scenario.faults,
                            scenario.duration)
@@ -450,7 +505,7 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      missed_scrapes={v: scraper.errors for v, (_, scraper) in results.items()},
                      tracker_budget={v: _last_budget(scraper.samples)
                                      for v, (_, scraper) in results.items()},
-                     problems=problems, cpu_cores=cpu_cores,
+                     problems=problems, cpu_cores=cpu_cores, registry=registry,
                      root_cause=rank_faults(results["protected"][1].samples, scenario.faults)
                      if "protected" in results else [])
 
@@ -488,12 +543,22 @@ def _last_budget(samples: list[Sample]) -> dict[str, float]:
 def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,
             workdir: Path | None = None, progress: Progress | None = None,
             variants: tuple[str, ...] = VARIANTS, redis_url: str | None = None,
-            on_fleet: Callable[[Fleet], Any] | None = None) -> LabResult:
+            on_fleet: Callable[[Fleet], Any] | None = None,
+            etcd: str | None = None) -> LabResult:
     """Run ``scenario`` against each variant in turn; returns what was measured.
 
     Process logs go to ``workdir`` (a new temporary directory by default).
     ``on_fleet`` is called with each fleet once it is up (``--prometheus`` uses it).
+    ``etcd``: ``None``, no registry; ``""``, the protected fleet runs behind an etcd
+    the lab starts (and ``registry_outage`` may kill); a URL, behind that etcd.
+    Raises :class:`~fournines.ConfigurationError` for a fault that needs the registry
+    the run does not have.
     """
+    check_etcd(scenario, etcd)
+    if etcd:
+        from ..discovery import EtcdEndpoints  # noqa: PLC0415
+
+        EtcdEndpoints(etcd, "lab")  # a URL it refuses is refused now, before any process
     for variant in variants:
         if variant not in VARIANTS:
             raise LabError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
@@ -502,7 +567,7 @@ def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,
     workdir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_run(scenario, seed=seed, rate=rate, workdir=workdir,
                             progress=progress or Progress(), variants=variants,
-                            redis_url=redis_url, on_fleet=on_fleet))
+                            redis_url=redis_url, on_fleet=on_fleet, etcd=etcd))
 
 
 def count_statuses(outcomes: list[Outcome]) -> Counter[int]:

@@ -36,10 +36,12 @@ from .._files import read_text, yaml_documents
 __all__ = [
     "FAULT_KINDS",
     "MAX_RATE",
+    "NEEDS_ETCD",
     "NOT_BUILT",
     "Fault",
     "PaymentModel",
     "Scenario",
+    "check_etcd",
     "check_load",
     "default_scenario",
     "load_scenario",
@@ -54,8 +56,19 @@ FAULT_KINDS: dict[str, str] = {
     "overload": "arrivals rise to `factor` x the fleet's measured capacity (more users)",
     "capacity_loss": "payment serves 1/`factor` of its modelled capacity (each request holds "
                      "its worker `factor` x longer): an overload at the same arrival rate",
+    "instance_kill": "one payment instance is SIGKILLed, and restarted when the fault ends "
+                     "(needs --etcd: the protected fleet runs 2 behind the registry; the "
+                     "unprotected fleet loses its only one)",
+    "registry_outage": "the lab's etcd is SIGKILLed, and restarted on its data when the fault "
+                       "ends (needs --etcd without a URL); clients keep the endpoints they knew",
 }
 """Every fault kind a scenario may use, with what it does."""
+
+NEEDS_ETCD: dict[str, str] = {
+    "instance_kill": "payment runs several instances only behind the registry",
+    "registry_outage": "without a registry there is nothing to take down",
+}
+"""Fault kinds that need ``fournines lab --etcd``, and why (see :func:`check_etcd`)."""
 
 
 _DEFAULT_DURATION = 60.0
@@ -77,6 +90,9 @@ _EXCLUSIVE = {
                     "restart would find its port taken",
     "payment_errors": "ending one clears every chaos fault of the payment service, so the "
                       "other would end early",
+    "instance_kill": "the payment instance is killed and restarted once at a time; the second "
+                     "restart would find its port taken",
+    "registry_outage": "ending one restarts etcd, so the other would end early",
 }
 
 
@@ -108,6 +124,8 @@ class Fault:
             "profile_kill": "SIGKILL",
             "overload": f"{self.factor:g}x capacity",
             "capacity_loss": f"1/{self.factor:g} capacity",
+            "instance_kill": "SIGKILL a payment instance",
+            "registry_outage": "etcd killed",
         }.get(self.kind, "")
         return f"{self.kind} ({detail})" if detail else self.kind
 
@@ -210,9 +228,6 @@ def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
 NOT_BUILT: dict[str, str] = {
     "rolling_deploy": "the lab's services do not run under `fournines serve` yet, so there "
                       "is no SIGHUP reload to roll",
-    "registry_outage": "the lab's fleet does not register in etcd yet (`fournines lab "
-                       "--etcd`), so an etcd outage would change nothing",
-    "instance_kill": "payment runs one instance, not several behind the registry",
     "db_storm": "the lab's payment service has no database write path yet",
     "db_restart": "the lab's payment service has no database write path yet",
     "consumer_kill": "the lab has no asynchronous payment confirmation flow (a message "
@@ -364,6 +379,26 @@ def check_load(scenario: Scenario, *, rate: float, capacity: float, rate_from: s
             f"requests open at once, a file descriptor each, but this process may open "
             f"{open_files} (RLIMIT_NOFILE; {FD_RESERVE} kept for the lab): lower it or the "
             "timeout, or raise the limit (ulimit -n)")
+
+
+def check_etcd(scenario: Scenario, etcd: str | None) -> None:
+    """Refuse faults that need the registry when the lab runs without it.
+
+    ``etcd`` is what ``--etcd`` gave: ``None`` (not given), ``""`` (the lab starts
+    its own etcd) or the URL of an existing one, which the lab may use but not
+    take down: ``registry_outage`` needs the lab's own.
+    """
+    for i, fault in enumerate(scenario.faults):
+        if fault.kind in NEEDS_ETCD and etcd is None:
+            raise ConfigurationError(
+                f"{scenario.source}: faults[{i}] is {fault.kind}, which needs the fleet "
+                f"behind the registry ({NEEDS_ETCD[fault.kind]}): run `fournines lab "
+                f"--etcd`")
+        if fault.kind == "registry_outage" and etcd:
+            raise ConfigurationError(
+                f"{scenario.source}: faults[{i}] is registry_outage, which kills and "
+                f"restarts the lab's own etcd, not the one at {etcd}: run `fournines lab "
+                f"--etcd` without a URL")
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -18,6 +18,13 @@ payment through the fault proxy) and profile concurrently. A degraded answer
 is still 200, and says so in ``x-lab-degraded`` (the fallbacks that answered)
 and in the JSON body.
 
+With ``FOURNINES_LAB_ETCD_URL`` set (``fournines lab --etcd``, protected variant
+only) every service registers itself in etcd once it serves (at
+``FOURNINES_LAB_ADVERTISE_URL``) and deregisters when it stops, and order and the
+gateway call ``http://payment``, ``http://order`` and ``http://profile``: the
+client balancer picks among the instances :class:`~fournines.discovery.EtcdEndpoints`
+follows.
+
 The payment service models a capacity: ``concurrency`` workers that each take
 ``service_time`` seconds per request (an ``asyncio.Semaphore``; the CPU cost
 is negligible, so the model, not the shared machine, is the bottleneck).
@@ -28,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -144,6 +152,8 @@ def _payment(protected: bool) -> ASGIApp:
         return 200, {"order": params["id"], "status": "paid"}, {}
 
     app = _router("/status/", status)
+    if protected:
+        app = _registered(app, "payment")
     from ..chaos import ChaosMiddleware  # noqa: PLC0415
 
     # Seeded: both variants see the same injected errors in the same order of calls.
@@ -225,7 +235,118 @@ def _profile(protected: bool) -> ASGIApp:
                      "avatar": f"/avatars/{user}.png"}, {}
 
     app = _router("/profiles/", profile)
-    return _protect(app, "profile") if protected else app
+    return _protect(_registered(app, "profile"), "profile") if protected else app
+
+
+# -- registry ---------------------------------------------------------------------------
+
+
+def _etcd() -> tuple[str, str] | None:
+    """``(etcd URL, key prefix)`` when the fleet runs behind the registry."""
+    url = os.environ.get("FOURNINES_LAB_ETCD_URL")
+    return (url, _env("ETCD_PREFIX")) if url else None
+
+
+def _endpoints(service: str) -> Any:
+    """The live instances of ``service`` in etcd (started with the app's lifespan)."""
+    from ..discovery import EtcdEndpoints  # noqa: PLC0415
+
+    etcd = _etcd()
+    assert etcd is not None
+    return EtcdEndpoints(etcd[0], service, prefix=etcd[1])
+
+
+def _balanced(source: Any) -> Any:
+    from ..client import AsyncBalancingTransport  # noqa: PLC0415
+    from ._transport import LeanTransport  # noqa: PLC0415
+
+    return AsyncBalancingTransport(source, transport=LeanTransport())
+
+
+def _registered(app: ASGIApp, service: str, sources: tuple[Any, ...] = ()) -> ASGIApp:
+    """``app`` that follows ``sources`` and is in the registry while it serves.
+
+    At startup the discovery sources get their first listing (a caller must know its
+    dependencies before it takes traffic); the registration waits until this process
+    accepts connections, so no client is sent to a port nobody listens on yet. On
+    SIGTERM it deregisters before uvicorn stops accepting, and at the lifespan's
+    shutdown it stops following.
+    """
+    etcd = _etcd()
+    if etcd is None:
+        return app
+    from ..discovery import EtcdRegistry, Instance, default_instance_id  # noqa: PLC0415
+    from .registry import LAB_TTL  # noqa: PLC0415
+
+    registry = EtcdRegistry(etcd[0], prefix=etcd[1], ttl=LAB_TTL)
+    instance = Instance(service=service, id=default_instance_id(),
+                        address=_env("ADVERTISE_URL"))
+    port = int(_env("PORT"))
+    tasks: list[asyncio.Task[None]] = []
+
+    async def register_when_serving() -> None:
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            break
+        await registry.register(instance)  # it keeps trying by itself if etcd is down
+
+    def deregister_first() -> None:
+        """On SIGTERM, leave the registry before the server stops accepting connections.
+
+        uvicorn's own handler (installed before the lifespan starts) closes the
+        listening socket at once; it gets the signal once the record is gone (or
+        after a second, when etcd does not answer), so that clients stop sending
+        here while this process still answers.
+        """
+        uvicorn_handler = signal.getsignal(signal.SIGTERM)
+        if not callable(uvicorn_handler):
+            return
+        loop = asyncio.get_running_loop()
+
+        async def drain(signum: int, frame: Any) -> None:
+            try:
+                async with asyncio.timeout(1.0):
+                    await registry.deregister()
+            except TimeoutError:
+                pass
+            finally:
+                uvicorn_handler(signum, frame)
+
+        def on_term(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(
+                lambda: tasks.append(loop.create_task(drain(signum, frame))))
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    async def lifespan(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await asyncio.gather(*(source.start() for source in sources))
+                tasks.append(asyncio.create_task(register_when_serving()))
+                deregister_first()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                for task in tasks:
+                    if task is not asyncio.current_task():
+                        task.cancel()
+                await registry.aclose()
+                await asyncio.gather(*(source.aclose() for source in sources))
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return wrapped
 
 
 # -- clients ----------------------------------------------------------------------------
@@ -239,13 +360,15 @@ def _plain_client() -> Any:
     return httpx.AsyncClient(transport=LeanTransport(), timeout=5.0)
 
 
-def _resilient_client(config: Any, per_route: dict[Any, Any] | None = None) -> Any:
+def _resilient_client(config: Any, per_route: dict[Any, Any] | None = None,
+                      under: Any = None) -> Any:
     import httpx  # noqa: PLC0415
 
     from ..client import AsyncResilientTransport  # noqa: PLC0415
     from ._transport import LeanTransport  # noqa: PLC0415
 
-    transport = AsyncResilientTransport(LeanTransport(), config=config, per_route=per_route)
+    transport = AsyncResilientTransport(under or LeanTransport(), config=config,
+                                        per_route=per_route)
     return httpx.AsyncClient(transport=transport, timeout=5.0)
 
 
@@ -255,6 +378,10 @@ def _resilient_client(config: Any, per_route: dict[Any, Any] | None = None) -> A
 def _order(protected: bool) -> ASGIApp:
     payment_url = _env("PAYMENT_URL")
     client = None
+    sources: tuple[Any, ...] = ()
+    if _etcd() is not None and protected:
+        payment_url = "http://payment"
+        sources = (_endpoints("payment"),)
 
     def get_client() -> Any:
         nonlocal client
@@ -274,7 +401,7 @@ def _order(protected: bool) -> ASGIApp:
                     # the status read is idempotent and a 500 from payment is transient
                     retry_statuses=frozenset({429, 500, 502, 503, 504}),
                     backoff=Backoff(initial=0.01, cap=0.04),
-                ))
+                ), under=_balanced(sources[0]) if sources else None)
             else:
                 client = _plain_client()
         return client
@@ -322,7 +449,8 @@ def _order(protected: bool) -> ASGIApp:
     app = _router("/orders/", order)
     if not protected:
         return app
-    return _protect(app, "order", concurrency_limit=_limit(initial=300, minimum=300), **_EDGE)
+    return _protect(_registered(app, "order", sources), "order",
+                    concurrency_limit=_limit(initial=300, minimum=300), **_EDGE)
 
 
 # -- gateway ----------------------------------------------------------------------------
@@ -332,6 +460,10 @@ def _gateway(protected: bool) -> ASGIApp:
     order_url = _env("ORDER_URL")
     profile_url = _env("PROFILE_URL")
     client = None
+    sources: tuple[Any, ...] = ()
+    if _etcd() is not None and protected:
+        order_url, profile_url = "http://order", "http://profile"
+        sources = (_endpoints("order"), _endpoints("profile"))
 
     def get_client() -> Any:
         nonlocal client
@@ -354,7 +486,13 @@ def _gateway(protected: bool) -> ASGIApp:
                                     reset_timeout=BREAKER_RESET, half_open_probes=3,
                                     initial_reset_timeout=BREAKER_FIRST_RESET,
                                     backoff=Backoff(initial=0.01, cap=0.05))
-                client = _resilient_client(base, per_route={profile_url: fast})
+                under = None
+                if sources:
+                    from ._transport import HostRouter  # noqa: PLC0415
+
+                    under = HostRouter({"order": _balanced(sources[0]),
+                                        "profile": _balanced(sources[1])})
+                client = _resilient_client(base, per_route={profile_url: fast}, under=under)
             else:
                 client = _plain_client()
         return client
@@ -421,7 +559,8 @@ def _gateway(protected: bool) -> ASGIApp:
     budget = BudgetTracker(name="page-availability", objective=99.99, period="30d")
     budget.export()
     return TrackingMiddleware(
-        _protect(app, "gateway", concurrency_limit=_limit(initial=300, minimum=300),
+        _protect(_registered(app, "gateway", sources), "gateway",
+                 concurrency_limit=_limit(initial=300, minimum=300),
                  **_EDGE, **options),
         budget)
 
