@@ -926,6 +926,8 @@ def _string_map(node: _Node, plugin: str, *, label_names: bool) -> Mapping[str, 
 
 
 def _remove_labels(config: _Node, period: str) -> LabelRemoval:
+    if config.value is None:  # no config: Sloth's defaults
+        config = _Node({}, config.path)
     config.check_keys(("preserveLabels", "skipMetrics"))
     keep = _plain_strings(config.get("preserveLabels"), _REMOVE_LABELS, "label name")
     sloth_names = _sloth_series(period)
@@ -938,6 +940,8 @@ def _remove_labels(config: _Node, period: str) -> LabelRemoval:
 
 def _budget_alert(config: _Node) -> BudgetExhaustedAlert:
     plugin = _BUDGET_ALERT
+    if config.value is None:
+        config = _Node({}, config.path)
     config.check_keys(("threshold", "for", "annotations", "alert_name", "alert_labels",
                        "selector_labels"))
     threshold = config.get("threshold")
