@@ -17,11 +17,15 @@ Per SLO, one rule group ``fournines-slo-SERVICE-SLO`` holds, in evaluation order
   "Alerting on SLOs"): a ``page`` alert when 2 % of the budget burns in 1h (with
   5m) or 5 % in 6h (with 30m), a ``ticket`` alert when 10 % burns in 1d (with
   2h) or in 3d (with 6h); optionally the seed's plain rule (5m error ratio above
-  0.1 % is ``P1``); and an alert when the SLI's traffic is missing.
+  0.1 % is ``P1``); the SLO's ``budget_alerts`` (at most a threshold of the budget
+  left, Sloth's ``error_budget_exhausted_alert``); and an alert when the SLI's traffic
+  is missing.
 
 Every series carries ``fournines_service`` and ``fournines_slo`` and the spec's
-labels. An SLO whose :class:`~fournines.slo.spec.RuleIntervals` differ has its
-rules in three groups instead (``...-sli``, ``...-meta``, ``...-alerts``), each
+labels, except where the SLO's ``label_removals`` take them off (Sloth's
+``remove_labels``: SLI and meta series keep only the identity and the labels kept).
+An SLO whose :class:`~fournines.slo.spec.RuleIntervals` differ has its rules in
+three groups instead (``...-sli``, ``...-meta``, ``...-alerts``), each
 with its interval. Zero traffic gives no sample (never NaN), so it never alerts; the
 ``min_events`` guard keeps a window with fewer requests than that from alerting.
 """
