@@ -364,3 +364,11 @@ def test_budget_alert_fires_at_the_minutes_sloths_plugin_alert_does(tmp_path: Pa
 
 def test_the_comparison_with_sloth_notices_a_differing_for(tmp_path: Path) -> None:
     assert _compare_with_sloth(tmp_path, {"for": "10m"}).returncode == 1
+
+
+@pytest.mark.parametrize("fields", [{"name": ""}, {"threshold": float("nan")},
+                                    {"threshold": True}, {"for_": "soon"}, {"for_": 5}])
+def test_budget_alert_config_built_in_code_is_validated(fields: dict[str, Any]) -> None:
+    with pytest.raises(SpecError) as info:
+        BudgetExhaustedAlert(**fields)
+    assert "BudgetExhaustedAlert." in str(info.value)

@@ -224,7 +224,7 @@ class BudgetExhaustedAlert:
                 or not math.isfinite(self.threshold):
             raise SpecError(f"BudgetExhaustedAlert.threshold: must be a finite number, got "
                             f"{self.threshold!r}")
-        if _prom_duration_ms(self.for_) is None:
+        if not isinstance(self.for_, str) or _prom_duration_ms(self.for_) is None:
             raise SpecError(f"BudgetExhaustedAlert.for_: must be a Prometheus duration like "
                             f"5m or 1h30m, got {self.for_!r}")
 
