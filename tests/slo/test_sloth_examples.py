@@ -158,8 +158,6 @@ def test_debug_plugins_of_sloths_example_change_nothing() -> None:
 @pytest.mark.parametrize("plugin", [
     "sloth.dev/contrib/denominator_corrected_rules/v1",
     "sloth.dev/contrib/validate_victoria_metrics/v1",
-    "sloth.dev/contrib/remove_labels/v1",
-    "sloth.dev/contrib/error_budget_exhausted_alert/v1",
     "example.com/my/plugin/v1",
 ])
 def test_an_slo_plugin_fournines_does_not_implement_is_refused_by_name(plugin: str) -> None:

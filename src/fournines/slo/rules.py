@@ -17,11 +17,15 @@ Per SLO, one rule group ``fournines-slo-SERVICE-SLO`` holds, in evaluation order
   "Alerting on SLOs"): a ``page`` alert when 2 % of the budget burns in 1h (with
   5m) or 5 % in 6h (with 30m), a ``ticket`` alert when 10 % burns in 1d (with
   2h) or in 3d (with 6h); optionally the seed's plain rule (5m error ratio above
-  0.1 % is ``P1``); and an alert when the SLI's traffic is missing.
+  0.1 % is ``P1``); the SLO's ``budget_alerts`` (at most a threshold of the budget
+  left, Sloth's ``error_budget_exhausted_alert``); and an alert when the SLI's traffic
+  is missing.
 
 Every series carries ``fournines_service`` and ``fournines_slo`` and the spec's
-labels. An SLO whose :class:`~fournines.slo.spec.RuleIntervals` differ has its
-rules in three groups instead (``...-sli``, ``...-meta``, ``...-alerts``), each
+labels, except where the SLO's ``label_removals`` take them off (Sloth's
+``remove_labels``: SLI and meta series keep only the identity and the labels kept).
+An SLO whose :class:`~fournines.slo.spec.RuleIntervals` differ has its rules in
+three groups instead (``...-sli``, ``...-meta``, ``...-alerts``), each
 with its interval. Zero traffic gives no sample (never NaN), so it never alerts; the
 ``min_events`` guard keeps a window with fewer requests than that from alerting.
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -41,6 +46,7 @@ from fractions import Fraction
 from .spec import (
     INFO_METRIC,
     SLO,
+    BudgetExhaustedAlert,
     SLOSpec,
     error_ratio_query,
     errors_or_zero_query,
@@ -50,6 +56,7 @@ from .spec import (
 __all__ = [
     "ALERT_ABSENT",
     "ALERT_SIMPLE",
+    "RECORD_BUDGET_REMAINING",
     "RECORD_ERROR_RATIO",
     "RECORD_PERIOD_ERROR_RATIO",
     "SIMPLE_FOR_MINUTES",
@@ -75,6 +82,9 @@ RECORD_ERROR_RATIO = "fournines_slo:error_ratio:rate{window}"
 """Name of the recorded error ratio over ``window`` (one of :data:`WINDOWS`)."""
 RECORD_PERIOD_ERROR_RATIO = "fournines_slo:error_ratio:period"
 """Name of the recorded error ratio over the SLO's whole period."""
+RECORD_BUDGET_REMAINING = "fournines_slo:period_error_budget_remaining:ratio"
+"""Name of the recorded share of the period's error budget left (1 = untouched, 0 = spent)."""
+_ID_LABELS = ("fournines_service", "fournines_slo")
 _ERRORS_5M = "fournines_slo:errors:rate5m"
 _REQUESTS = "fournines_slo:requests:rate{window}"
 ALERT_SIMPLE = "SLOHighErrorRate"
@@ -164,7 +174,7 @@ def _selector(spec: SLOSpec, slo: SLO) -> str:
                                             ("fournines_slo", slo.name))) + "}"
 
 
-def _record(name: str, expr: str, labels: Mapping[str, str]) -> list[str]:
+def _record_lines(name: str, expr: str, labels: Mapping[str, str]) -> list[str]:
     return [f"  - record: {name}", *_expr(expr), *_mapping("labels", labels)]
 
 
@@ -185,9 +195,90 @@ def _key(name: str) -> str:
     return name if _PLAIN_KEY.match(name) else json.dumps(name)
 
 
+def _series_labels(slo: SLO, name: str, labels: Mapping[str, str]) -> dict[str, str]:
+    """The labels of ``slo``'s recorded series ``name``, after its label removals."""
+    out = dict(labels)
+    for removal in slo.label_removals:
+        if name != INFO_METRIC and name not in removal.skip:
+            out = {k: v for k, v in out.items() if k in _ID_LABELS or k in removal.keep}
+    return out
+
+
+def _go_float(value: float) -> str:
+    """``value`` as Go's ``fmt.Sprintf("%g")`` writes it (``0``, ``0.05``, ``1e-05``).
+
+    Sloth writes a budget alert's threshold so; the same digits keep the rules equal.
+    """
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 else "0"
+    sign, digits, exponent = Decimal(repr(float(value))).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # where the decimal point falls within the digits
+    exp = point - 1
+    if exp < -4 or exp >= 6:  # Go's shortest %g switches to %e there
+        mantissa = text[0] + (f".{text[1:]}" if len(text) > 1 else "")
+        out = f"{mantissa}e{'-' if exp < 0 else '+'}{abs(exp):02d}"
+    elif point <= 0:
+        out = "0." + "0" * -point + text
+    elif point >= len(text):
+        out = text + "0" * (point - len(text))
+    else:
+        out = f"{text[:point]}.{text[point:]}"
+    return ("-" if sign else "") + out
+
+
+def _go_quote(text: str) -> str:
+    """``text`` as Go's ``strconv.Quote`` writes it, as Sloth's label matchers are."""
+    escapes = {'"': '\\"', "\\": "\\\\", "\a": "\\a", "\b": "\\b", "\f": "\\f",
+               "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+    out = []
+    for char in text:
+        if char in escapes:
+            out.append(escapes[char])
+        elif char == " " or (char.isprintable() and not char.isspace()):
+            out.append(char)
+        elif ord(char) < 0x80:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return '"' + "".join(out) + '"'
+
+
+def _budget_selector(spec: SLOSpec, slo: SLO, alert: BudgetExhaustedAlert) -> str:
+    """The label matchers of a budget-exhausted alert: as Sloth's, with fournines' identity.
+
+    The SLO's labels and the alert's ``selector_labels`` over ``fournines_service`` and
+    ``fournines_slo``, sorted by name and written as Prometheus' ``LabelSet.String()``.
+    """
+    labels = {"fournines_service": spec.service, "fournines_slo": slo.name, **spec.labels,
+              **slo.labels, **alert.selector_labels}
+    return "{" + ", ".join(f"{k}={_go_quote(v)}" for k, v in sorted(labels.items())) + "}"
+
+
+def _budget_alerts(spec: SLOSpec, slo: SLO) -> list[str]:
+    lines: list[str] = []
+    for alert in slo.budget_alerts:
+        lines += [f"  # At most {_go_float(alert.threshold)} of the period's error budget left "
+                  f"(Sloth's error_budget_exhausted_alert).",
+                  f"  - alert: {_key(alert.name)}",
+                  *_expr(f"{RECORD_BUDGET_REMAINING}{_budget_selector(spec, slo, alert)}"
+                         f" <= {_go_float(alert.threshold)}"),
+                  f"    for: {alert.for_}",
+                  *_mapping("labels", alert.labels),
+                  *_mapping("annotations", alert.annotations)]
+    return lines
+
+
 def _slo_group(spec: SLOSpec, slo: SLO) -> list[str]:
     labels = slo_labels(spec, slo)
     sel = _selector(spec, slo)
+
+    def _record(name: str, expr: str, labels: Mapping[str, str]) -> list[str]:
+        return _record_lines(name, expr, _series_labels(slo, name, labels))
+
     budget = slo.error_budget_ratio
     windows = burn_rate_windows(slo)
     min_events = slo.alerting.min_events
@@ -218,7 +309,7 @@ def _slo_group(spec: SLOSpec, slo: SLO) -> list[str]:
                     f"{RECORD_ERROR_RATIO.format(window='5m')}{sel} / {exact(budget)}", labels)
     meta += _record("fournines_slo:period_burn_rate:ratio",
                     f"{RECORD_PERIOD_ERROR_RATIO}{sel} / {exact(budget)}", labels)
-    meta += _record("fournines_slo:period_error_budget_remaining:ratio",
+    meta += _record(RECORD_BUDGET_REMAINING,
                     f"1 - {RECORD_PERIOD_ERROR_RATIO}{sel} / {exact(budget)}", labels)
     alerts: list[str] = []
     for severity in ("page", "ticket"):
@@ -237,6 +328,7 @@ def _slo_group(spec: SLOSpec, slo: SLO) -> list[str]:
                        "summary": f"{spec.service} {slo.name}: more than "
                                   f"{exact(threshold * 100)} % of requests failed over 5m",
                        **slo.alerting.annotations})]
+    alerts += _budget_alerts(spec, slo)
     if slo.alerting.absent_after is not None:
         alerts += ["  # No traffic series at all (not scraped, renamed, never exported): "
                    "nothing to judge."]

@@ -59,7 +59,9 @@ __all__ = [
     "SLO",
     "SLOTH_PLUGINS",
     "Alerting",
+    "BudgetExhaustedAlert",
     "EventsSLI",
+    "LabelRemoval",
     "LatencySLI",
     "RuleIntervals",
     "SLOSpec",
@@ -184,12 +186,59 @@ class RuleIntervals:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LabelRemoval:
+    """Drop the SLO's own labels from its recorded series (Sloth's ``remove_labels/v1``).
+
+    Every SLI and meta series loses each label except ``fournines_service``,
+    ``fournines_slo`` and those in ``keep``; the info series (:data:`INFO_METRIC`)
+    and the series named in ``skip`` keep all of theirs. Alert rules are untouched.
+    With the labels only on the info series, a label whose value changes no longer
+    splits the period ratio into two series (Sloth's issue #311).
+    """
+
+    keep: frozenset[str] = frozenset()
+    skip: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetExhaustedAlert:
+    """An alert when at most ``threshold`` of the period's error budget is left.
+
+    Sloth's ``error_budget_exhausted_alert/v1``: ``name`` fires once
+    ``fournines_slo:period_error_budget_remaining:ratio`` (selected by the SLO's
+    identity, its labels and ``selector_labels``) has been ``<= threshold`` for
+    ``for_`` (a Prometheus duration); the rule carries ``labels`` and ``annotations``.
+    """
+
+    name: str = "ErrorBudgetExhausted"
+    threshold: float = 0.0
+    for_: str = "5m"
+    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    selector_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise SpecError("BudgetExhaustedAlert.name: must be a non-empty string")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, int | float) \
+                or not math.isfinite(self.threshold):
+            raise SpecError(f"BudgetExhaustedAlert.threshold: must be a finite number, got "
+                            f"{self.threshold!r}")
+        if not isinstance(self.for_, str) or _prom_duration_ms(self.for_) is None:
+            raise SpecError(f"BudgetExhaustedAlert.for_: must be a Prometheus duration like "
+                            f"5m or 1h30m, got {self.for_!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SLO:
     """One objective: ``objective`` percent of events good over a rolling ``period``.
 
     ``info_labels`` go on the SLO's info series (:data:`INFO_METRIC`) only, as
     Sloth's ``sloth.dev/contrib/info_labels/v1`` plugin puts them on
-    ``sloth_slo_info``; ``intervals`` sets the rule groups' evaluation intervals.
+    ``sloth_slo_info``; ``intervals`` sets the rule groups' evaluation intervals;
+    ``label_removals`` apply in order to the recorded series, and ``budget_alerts``
+    are added after the burn-rate alerts (Sloth's ``remove_labels`` and
+    ``error_budget_exhausted_alert`` plugins).
     """
 
     name: str
@@ -201,6 +250,8 @@ class SLO:
     alerting: Alerting = field(default_factory=Alerting)
     info_labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     intervals: RuleIntervals = field(default_factory=RuleIntervals)
+    label_removals: tuple[LabelRemoval, ...] = ()
+    budget_alerts: tuple[BudgetExhaustedAlert, ...] = ()
 
     @property
     def period_seconds(self) -> int:
@@ -707,6 +758,9 @@ _CAMEL = MappingProxyType({"error_query": "errorQuery", "total_query": "totalQue
 
 _INFO_LABELS = "sloth.dev/contrib/info_labels/v1"
 _RULE_INTERVALS = "sloth.dev/contrib/rule_intervals/v1"
+_REMOVE_LABELS = "sloth.dev/contrib/remove_labels/v1"
+_BUDGET_ALERT = "sloth.dev/contrib/error_budget_exhausted_alert/v1"
+_REMAINING = "fournines_slo:period_error_budget_remaining:ratio"
 # Sloth's default chain: what fournines' own rules always do (validate the spec; SLI,
 # metadata and alert rules).
 _CORE_DEFAULTS = ("sloth.dev/core/validate/v1", "sloth.dev/core/sli_rules/v1",
@@ -716,6 +770,9 @@ _CORE_GENERATORS = _CORE_DEFAULTS[1:]
 SLOTH_PLUGINS: Mapping[str, str] = MappingProxyType({
     _INFO_LABELS: f"adds its labels to the SLO's info series ({INFO_METRIC})",
     _RULE_INTERVALS: "sets the evaluation interval of the SLO's rule groups",
+    _REMOVE_LABELS: "removes the SLO's labels from its recorded series, except the info "
+                    "series and those it is told to keep",
+    _BUDGET_ALERT: "adds an alert when the period's error budget left falls to its threshold",
     **{plugin: "what fournines' rules always do" for plugin in _CORE_DEFAULTS},
     "sloth.dev/core/debug/v1": "nothing (it only logs in Sloth)",
     "sloth.dev/core/noop/v1": "nothing",
@@ -728,6 +785,39 @@ name: it would change Sloth's output in a way fournines' rules would not.
 
 _PROM_DURATION = re.compile(r"^(?:[0-9]{1,9}y)?(?:[0-9]{1,9}w)?(?:[0-9]{1,9}d)?(?:[0-9]{1,9}h)?"
                             r"(?:[0-9]{1,9}m)?(?:[0-9]{1,9}s)?(?:[0-9]{1,9}ms)?$")
+
+
+# Prometheus' model.ParseDuration (github.com/prometheus/common, model/time.go).
+_PROM_DURATION_PARTS = re.compile(r"^(?:([0-9]+)y)?(?:([0-9]+)w)?(?:([0-9]+)d)?(?:([0-9]+)h)?"
+                                  r"(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?$")
+_PROM_UNITS_MS = (("y", 365 * 86_400_000), ("w", 7 * 86_400_000), ("d", 86_400_000),
+                  ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1))
+
+
+def _prom_duration_ms(text: str) -> int | None:
+    """Milliseconds of a Prometheus duration (``1h30m``, ``0``), or ``None`` if it is not one."""
+    if text == "0":
+        return 0
+    match = _PROM_DURATION_PARTS.match(text) if 0 < len(text) <= 80 else None
+    if match is None:
+        return None
+    total = sum(int(part) * unit for part, (_, unit) in zip(match.groups(), _PROM_UNITS_MS,
+                                                             strict=True) if part)
+    return total if total * 1_000_000 < 2 ** 63 else None  # Go's int64 nanoseconds
+
+
+def _prom_duration_text(milliseconds: int) -> str:
+    """``model.Duration.String()``: ``90m`` is ``1h30m``; years and weeks only when exact."""
+    if milliseconds == 0:
+        return "0s"
+    out = ""
+    for unit, size in _PROM_UNITS_MS:
+        if unit in ("y", "w") and milliseconds % size:
+            continue
+        if milliseconds >= size:
+            out += f"{milliseconds // size}{unit}"
+            milliseconds %= size
+    return out
 
 
 def _interval(node: _Node) -> str | None:
@@ -762,7 +852,132 @@ def _plugin_list(node: _Node) -> tuple[bool, list[tuple[int, _Node]]]:
     return override, plugins
 
 
-def _sloth_plugins(group: _Node, own: _Node) -> tuple[Mapping[str, str], RuleIntervals]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _PluginEffects:
+    info_labels: Mapping[str, str]
+    intervals: RuleIntervals
+    label_removals: tuple[LabelRemoval, ...]
+    budget_alerts: tuple[tuple[BudgetExhaustedAlert, _Node], ...]
+
+
+# Sloth's names for the series fournines records, for remove_labels' skipMetrics (Sloth's
+# pkg/common/conventions); the 5m ratio is what Sloth's period ratio sums, so skipping it
+# keeps the labels on everything fournines' period ratio sums too.
+def _sloth_series(period: str) -> dict[str, tuple[str, ...]]:
+    series: dict[str, tuple[str, ...]] = {
+        "slo:sli_error:ratio_rate5m": ("fournines_slo:error_ratio:rate5m",
+                                       "fournines_slo:errors:rate5m",
+                                       "fournines_slo:requests:rate5m"),
+        f"slo:sli_error:ratio_rate{period}": ("fournines_slo:error_ratio:period",),
+        "slo:objective:ratio": ("fournines_slo:objective:ratio",),
+        "slo:error_budget:ratio": ("fournines_slo:error_budget:ratio",),
+        "slo:time_period:days": ("fournines_slo:period:seconds",),
+        "slo:current_burn_rate:ratio": ("fournines_slo:current_burn_rate:ratio",),
+        "slo:period_burn_rate:ratio": ("fournines_slo:period_burn_rate:ratio",),
+        "slo:period_error_budget_remaining:ratio": (_REMAINING,),
+        "sloth_slo_info": (INFO_METRIC,),
+    }
+    for window in ("30m", "1h", "2h", "6h", "1d", "3d"):
+        series[f"slo:sli_error:ratio_rate{window}"] = (f"fournines_slo:error_ratio:rate{window}",
+                                                       f"fournines_slo:requests:rate{window}")
+    return series
+
+
+def _runs_after(plugins: list[tuple[int, _Node]], index: int, override: bool,
+                needed: Sequence[str]) -> bool:
+    """Whether the chain's plugin at ``index`` runs after Sloth's ``needed`` core plugins.
+
+    The core generators replace the rules they make, so a plugin that runs before them
+    changes nothing.
+    """
+    if not override:  # the defaults run between the plugins below 0 and the others
+        return plugins[index][0] >= 0
+    ids = [str(plugin.get("id").value) for _, plugin in plugins]
+    return all(core in ids[:index] for core in needed)
+
+
+def _plain_strings(node: _Node, plugin: str, what: str) -> list[str]:
+    if node.value is None:
+        return []
+    out = []
+    for item in node.items():
+        if not isinstance(item.value, str) or not item.value:
+            raise item.error(f"{plugin}: must be a non-empty {what}, got {item.value!r}")
+        out.append(item.value)
+    return out
+
+
+def _string_map(node: _Node, plugin: str, *, label_names: bool) -> Mapping[str, str]:
+    # Sloth decodes these into Go map[string]string: a number or a boolean is an error there.
+    if node.value is None:
+        return _EMPTY
+    out: dict[str, str] = {}
+    for key, value in node.mapping().items():
+        where = node.at(str(key))
+        if not isinstance(key, str) or not key:
+            raise SpecError(f"{plugin}: names must be non-empty strings", path=where)
+        if label_names and key.startswith("__"):
+            raise SpecError(f"{plugin}: label names starting with __ are reserved by "
+                            "Prometheus", path=where)
+        if not isinstance(value, str):
+            raise SpecError(f"{plugin}: must be a string, got {value!r}", path=where)
+        out[key] = value
+    return MappingProxyType(out)
+
+
+def _remove_labels(config: _Node, period: str) -> LabelRemoval:
+    if config.value is None:  # no config: Sloth's defaults
+        config = _Node({}, config.path)
+    config.check_keys(("preserveLabels", "skipMetrics"))
+    keep = _plain_strings(config.get("preserveLabels"), _REMOVE_LABELS, "label name")
+    sloth_names = _sloth_series(period)
+    skip: set[str] = set()
+    for name in _plain_strings(config.get("skipMetrics"), _REMOVE_LABELS, "metric name"):
+        # A name of neither Sloth nor fournines names no series: nothing to skip, as in Sloth.
+        skip.update(sloth_names.get(name, (name,)))
+    return LabelRemoval(keep=frozenset(keep), skip=frozenset(skip))
+
+
+def _budget_alert(config: _Node) -> BudgetExhaustedAlert:
+    plugin = _BUDGET_ALERT
+    if config.value is None:
+        config = _Node({}, config.path)
+    config.check_keys(("threshold", "for", "annotations", "alert_name", "alert_labels",
+                       "selector_labels"))
+    threshold = config.get("threshold")
+    if threshold.value is not None and (isinstance(threshold.value, bool)
+                                        or not isinstance(threshold.value, int | float)):
+        raise threshold.error(f"{plugin}: must be a number (the share of the error budget "
+                              f"left, 0 = all spent), got {threshold.value!r}")
+    value = threshold.number(0.0)
+    duration = config.get("for")
+    milliseconds = 0
+    if duration.value is not None:
+        parsed = (_prom_duration_ms(duration.value) if isinstance(duration.value, str)
+                  else None)
+        if parsed is None:
+            raise duration.error(f"{plugin}: must be a Prometheus duration like 5m or 1h30m, "
+                                 f"got {duration.value!r}")
+        milliseconds = parsed
+    name = config.get("alert_name")
+    if name.value is not None and not isinstance(name.value, str):
+        raise name.error(f"{plugin}: must be a string, got {name.value!r}")
+    selector = _string_map(config.get("selector_labels"), plugin, label_names=True)
+    for key in selector:
+        if not _LABEL_NAME.match(key):
+            raise SpecError(f"{plugin}: a selector label name must match "
+                            f"{_LABEL_NAME.pattern}", path=config.get("selector_labels").at(key))
+    return BudgetExhaustedAlert(
+        # Sloth's defaults: an empty name is ErrorBudgetExhausted, a zero duration 5m.
+        name=name.value or "ErrorBudgetExhausted",
+        threshold=value,
+        for_=_prom_duration_text(milliseconds) if milliseconds else "5m",
+        labels=_string_map(config.get("alert_labels"), plugin, label_names=True),
+        annotations=_string_map(config.get("annotations"), plugin, label_names=False),
+        selector_labels=selector)
+
+
+def _sloth_plugins(group: _Node, own: _Node, *, period: str = "30d") -> _PluginEffects:
     """What the SLO's plugin chain (the spec's ``slo_plugins``, then its own) does to its rules.
 
     Follows Sloth's ``internal/app/generate``: an SLO's ``overridePrevious`` drops the
@@ -783,7 +998,9 @@ def _sloth_plugins(group: _Node, own: _Node) -> tuple[Mapping[str, str], RuleInt
             "Sloth would generate only part of the rules, fournines always generates all")
     labels: dict[str, str] = {}
     intervals = RuleIntervals()
-    for priority, plugin in plugins:
+    removals: list[LabelRemoval] = []
+    budget_alerts: list[tuple[BudgetExhaustedAlert, _Node]] = []
+    for index, (priority, plugin) in enumerate(plugins):
         plugin_id = str(plugin.get("id").value)
         config = plugin.get("config")
         if plugin_id not in SLOTH_PLUGINS:
@@ -820,7 +1037,45 @@ def _sloth_plugins(group: _Node, own: _Node) -> tuple[Mapping[str, str], RuleInt
                 sli=_interval(interval.get("sliError")) or default,
                 meta=_interval(interval.get("metadata")) or default,
                 alerts=_interval(interval.get("alert")) or default)
-    return MappingProxyType(labels), intervals
+        elif plugin_id == _REMOVE_LABELS:
+            if not _runs_after(plugins, index, override, _CORE_GENERATORS[:2]):
+                raise plugin.get("priority").error(
+                    f"{_REMOVE_LABELS} runs before Sloth's SLI and metadata rules exist, so "
+                    "it removes no label; run it after them (a priority of 0 or more)")
+            removals.append(_remove_labels(config, period))
+        elif plugin_id == _BUDGET_ALERT:
+            if not _runs_after(plugins, index, override, _CORE_GENERATORS[2:]):
+                raise plugin.get("priority").error(
+                    f"{_BUDGET_ALERT} runs before Sloth's alert rules, which replace its "
+                    "alert; run it after them (a priority of 0 or more)")
+            budget_alerts.append((_budget_alert(config), config))
+    return _PluginEffects(info_labels=MappingProxyType(labels), intervals=intervals,
+                          label_removals=tuple(removals), budget_alerts=tuple(budget_alerts))
+
+
+def _check_budget_selectors(effects: _PluginEffects, service: str, name: str,
+                            custom: Mapping[str, str]) -> None:
+    """Refuse a budget alert whose selector matches no series: it would never fire."""
+    ids = {"fournines_service": service, "fournines_slo": name}
+    series = dict(custom)
+    for removal in effects.label_removals:
+        if _REMAINING not in removal.skip:
+            series = {k: v for k, v in series.items() if k in removal.keep}
+    series.update(ids)
+    for alert, config in effects.budget_alerts:
+        for key, value in {**custom, **alert.selector_labels}.items():
+            where = (config.get("selector_labels").at(key) if key in alert.selector_labels
+                     else config.path)
+            if key not in series:
+                why = (f"{_REMOVE_LABELS} removes it" if key in custom else
+                       "that series has no such label")
+                raise SpecError(
+                    f"{_BUDGET_ALERT}: the alert selects {key}={value!r} on {_REMAINING}, but "
+                    f"{why}: the alert would never fire", path=where)
+            if series[key] != value:
+                raise SpecError(
+                    f"{_BUDGET_ALERT}: the alert selects {key}={value!r} on {_REMAINING}, "
+                    f"which has {key}={series[key]!r}: the alert would never fire", path=where)
 
 
 def _sloth_alert(node: _Node) -> tuple[bool, Mapping[str, str], Mapping[str, str]]:
@@ -869,17 +1124,22 @@ def _read_sloth(root: _Node, source: str | None, *, camel: bool) -> SLOSpec:
                                "fournines cannot run their Go code; use sli.events")
         if not sli.has("events"):
             raise sli.error(f"needs events ({names['error_query']} and {names['total_query']})")
-        info_labels, intervals = _sloth_plugins(root.get(names["slo_plugins"]),
-                                                item.get("plugins"))
+        effects = _sloth_plugins(root.get(names["slo_plugins"]), item.get("plugins"))
+        slo_name = item.get("name").string(pattern=_NAME, what="a name of letters, digits, _ . -")
+        service = root.get("service").string(pattern=_NAME, what="a service name")
+        _check_budget_selectors(effects, service, slo_name,
+                                {**root.get("labels").labels(), **item.get("labels").labels()})
         slos.append(SLO(
-            name=item.get("name").string(pattern=_NAME, what="a name of letters, digits, _ . -"),
+            name=slo_name,
             objective=_objective(item.get("objective")),
             sli=_events(sli.get("events"), names["error_query"], names["total_query"]),
             description=item.get("description").string(""),
             labels=item.get("labels").labels(),
             alerting=_sloth_alerting(item.get("alerting"), names),
-            info_labels=info_labels,
-            intervals=intervals,
+            info_labels=effects.info_labels,
+            intervals=effects.intervals,
+            label_removals=effects.label_removals,
+            budget_alerts=tuple(alert for alert, _ in effects.budget_alerts),
         ))
     return SLOSpec(service=root.get("service").string(pattern=_NAME, what="a service name"),
                    labels=root.get("labels").labels(), slos=_unique(slos, root.get("slos")),
