@@ -25,6 +25,7 @@ from ._rabbitmq import (
     REASON,
     REPLAYED,
     dead_queue,
+    publish_confirmed,
 )
 from .outbox import MESSAGE_ID_HEADER
 
@@ -124,11 +125,10 @@ async def replay_dead_letters(queue: str, url: str = DEFAULT_URL, *,
             headers = {key: value for key, value in letter.headers.items()
                        if key not in (ATTEMPTS, REASON, FIRST_FAILURE, LAST_FAILURE, "x-death")}
             headers[REPLAYED] = int(letter.headers.get(REPLAYED, 0) or 0) + 1
-            await channel.default_exchange.publish(aio_pika.Message(
+            await publish_confirmed(channel.default_exchange, aio_pika.Message(
                 delivery.body, headers=headers, message_id=delivery.message_id,
                 content_type=delivery.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=queue,
-                mandatory=True)
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), queue)
             await delivery.ack()
             replayed.append(letter.id or "")
         return replayed

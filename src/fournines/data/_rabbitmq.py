@@ -134,6 +134,22 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
+async def publish_confirmed(exchange: Any, message: Any, routing_key: str) -> None:
+    """Publish ``message`` mandatory and wait for the broker's ack.
+
+    A message no queue takes comes back as ``basic.return`` (not an error to
+    aio-pika): raised here as aio-pika's ``DeliveryError``, so the caller keeps it.
+    """
+    import aio_pika  # noqa: PLC0415 - optional dependency
+    from pamqp.commands import Basic  # noqa: PLC0415
+
+    result = await exchange.publish(message, routing_key=routing_key, mandatory=True)
+    if not isinstance(result, Basic.Ack):
+        delivered = result if hasattr(result, "delivery") else None
+        frame = getattr(result, "delivery", result)
+        raise aio_pika.exceptions.DeliveryError(delivered, frame)
+
+
 def _queue_arguments(queue: str, delivery_limit: int | None) -> dict[str, Any]:
     args: dict[str, Any] = {
         "x-queue-type": "quorum",
@@ -204,10 +220,9 @@ class RabbitPublisher:
         exchange = await self._ready()
         # Published back to back on one channel (so in order on the wire), confirmed together.
         await asyncio.gather(*(
-            exchange.publish(aio_pika.Message(
+            publish_confirmed(exchange, aio_pika.Message(
                 message.body, headers=message.headers, message_id=message.id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=message.destination,
-                mandatory=True)
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
             for message in messages))
 
     async def close(self) -> None:
@@ -458,10 +473,10 @@ class Consumer:
         import aio_pika  # noqa: PLC0415
 
         try:
-            await self._channel.default_exchange.publish(aio_pika.Message(
+            await publish_confirmed(self._channel.default_exchange, aio_pika.Message(
                 delivery.body, headers=headers, message_id=delivery.message_id,
                 content_type=delivery.content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                routing_key=queue, mandatory=True)
+                queue)
         except Exception:
             # Not acked: the broker redelivers it, and the delivery limit bounds the loop.
             _log.warning("consumer %s: could not forward a message to %s", self.name, queue,

@@ -7,11 +7,13 @@ marks them sent; a crash between publishing and marking publishes the row again
 (at least once), and the consumer's inbox (the message id travels as the header
 :data:`MESSAGE_ID_HEADER`) makes the duplicate harmless.
 
-Order: rows of one key are published in the order of ``seq`` (insertion), each
-batch in one transaction that holds a transaction-level advisory lock per key it
-publishes, so a second relay skips every key the first one is busy with
-(``pg_try_advisory_xact_lock``) as well as its rows (``FOR UPDATE SKIP LOCKED``):
-several relays share the work and none publishes a row twice in the normal case.
+Order: rows of one key are published in the order of ``seq`` (insertion; rows of
+one key written by concurrent transactions are ordered by insertion, not commit),
+each batch in one transaction that first takes a transaction-level advisory lock
+per key, skipping the keys another relay holds (``pg_try_advisory_xact_lock``, the
+``SKIP LOCKED`` of keys), then locks that key's rows (``FOR UPDATE``): several
+relays share the work, each key is in one relay's hands at a time, and none
+publishes a row twice in the normal case.
 
 The relay wakes on ``NOTIFY fournines_outbox`` (sent by a statement trigger on
 insert) and polls every ``poll_interval`` seconds as a fallback for a lost
@@ -147,16 +149,28 @@ class OutboxMessage:
 
 Publish = Callable[[list[OutboxMessage]], Awaitable[None]]
 
-# A key's advisory lock: hashtextextended is stable across sessions and servers, and
-# the second argument keeps fournines' locks apart from other users' (the seed, by
-# convention the table's purpose).
-_CLAIM = """
+# Two steps, so that a key is claimed whole: first lock keys (a transaction-level
+# advisory lock each, skipping the keys another relay holds), then, on a snapshot taken
+# after the locks, read the unsent rows of those keys in order. Locking inside one
+# scan of the rows is not enough: the holder of a key can commit halfway through the
+# scan, and the rows of that key seen before would be skipped and later ones taken,
+# out of order. hashtextextended is stable across sessions; the seed keeps fournines'
+# locks apart from the application's.
+_CLAIM_KEYS = """
+SELECT key FROM (
+    SELECT key, min(seq) AS first FROM fournines_outbox WHERE sent_at IS NULL
+    GROUP BY key ORDER BY first LIMIT $2
+) candidates
+WHERE pg_try_advisory_xact_lock(hashtextextended(key, 4242))
+LIMIT $1
+"""
+_CLAIM_ROWS = """
 SELECT seq, id, destination, key, body, headers::text
 FROM fournines_outbox
-WHERE sent_at IS NULL AND pg_try_advisory_xact_lock(hashtextextended(key, 4242))
+WHERE sent_at IS NULL AND key = ANY($1::text[])
 ORDER BY seq
-LIMIT $1
-FOR UPDATE SKIP LOCKED
+LIMIT $2
+FOR UPDATE
 """
 
 
@@ -211,7 +225,10 @@ class Relay:
     async def relay_once(self) -> int:
         """Claim, publish and mark one batch; how many rows it published (0: none waiting)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self._batch_size)
+            keys = await conn.fetch(_CLAIM_KEYS, self._batch_size, 4 * self._batch_size)
+            if not keys:
+                return 0
+            rows = await conn.fetch(_CLAIM_ROWS, [k[0] for k in keys], self._batch_size)
             if not rows:
                 return 0
             messages = [
@@ -251,6 +268,9 @@ class Relay:
             while not self._stopping.is_set():
                 if listener is None or listener.is_closed():
                     listener = await self._listen(listener)
+                # Cleared before the batch, not after: a notification (or stop()) that
+                # arrives while a batch is in flight must not be lost.
+                self._wake.clear()
                 try:
                     count = await self.relay_once()
                     if self._clock.monotonic() - last_cleanup > min(60.0, self._retention or 60):
@@ -262,18 +282,20 @@ class Relay:
                     await self._sleep(self._retry_delay)
                     continue
                 if count < self._batch_size:  # caught up: wait for a notification or a poll
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll_interval)
         finally:
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await self._pool.release(listener)
+            await self._unlisten(listener)
+
+    async def _unlisten(self, conn: Any) -> None:
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.remove_listener(CHANNEL, self._notified)
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
 
     async def _listen(self, old: Any) -> Any:
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await self._pool.release(old)
+        await self._unlisten(old)
         try:
             conn = await self._pool.acquire()
             await conn.add_listener(CHANNEL, self._notified)
