@@ -44,7 +44,8 @@ class Sink:
         self.sent.extend(messages)
 
 
-async def _add(pool: asyncpg.Pool, items: list[tuple[str, str]], destination: str = "q") -> list[str]:
+async def _add(pool: asyncpg.Pool, items: list[tuple[str, str]],
+               destination: str = "q") -> list[str]:
     async with pool.acquire() as conn, conn.transaction():
         return [await outbox.add(conn, destination, key, body) for key, body in items]
 
@@ -152,13 +153,13 @@ async def test_add_outside_a_transaction_is_refused(pool: asyncpg.Pool) -> None:
 async def test_add_names_a_bad_argument(pool: asyncpg.Pool, args: tuple[Any, ...],
                                         field: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        with pytest.raises(ConfigurationError, match=f"outbox.add.{field}"):
+        with pytest.raises(ConfigurationError, match=rf"outbox\.add\.{field}"):
             await outbox.add(conn, *args)
 
 
 async def test_headers_that_are_not_json_are_refused(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        with pytest.raises(ConfigurationError, match="outbox.add.headers"):
+        with pytest.raises(ConfigurationError, match=r"outbox\.add\.headers"):
             await outbox.add(conn, "q", "k", "x", {"when": object()})
 
 

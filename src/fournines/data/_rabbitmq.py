@@ -256,6 +256,7 @@ class Consumer:
         attempts: int = 5,
         listeners: Sequence[Listener] = (),
         stop_timeout: float = 30.0,
+        message_id_property: bool = False,
         clock: Clock | None = None,
     ) -> None:
         owner = "consumer"
@@ -294,6 +295,7 @@ class Consumer:
             name=f"consumer:{self.name}")
         self._listeners = tuple(listeners)
         self._stop_timeout = float(stop_timeout)
+        self._id_property = bool(message_id_property)
         self._clock = clock or system_clock
         self._pool: Any = None
         self._connection: Any = None
@@ -382,14 +384,15 @@ class Consumer:
     async def _settle(self, delivery: Any) -> None:
         started = self._clock.monotonic()
         headers = dict(delivery.headers or {})
-        ident = headers.get(MESSAGE_ID_HEADER) or delivery.message_id
+        ident = headers.get(MESSAGE_ID_HEADER) or (
+            delivery.message_id if self._id_property else None)
         if isinstance(ident, bytes):
             ident = ident.decode(errors="replace")
         if not ident:
             await self._dead_letter(
                 delivery, headers, started, "missing_message_id", PoisonMessageError(
-                    "the message has no id (header fournines-message-id or message_id "
-                    "property)", reason="missing_message_id"))
+                    "the message has no id (header fournines-message-id)",
+                    reason="missing_message_id"))
             return
         try:
             body = self._decode(delivery.body)
@@ -502,6 +505,7 @@ def consumer(
     attempts: int = 5,
     listeners: Sequence[Listener] = (),
     stop_timeout: float = 30.0,
+    message_id_property: bool = False,
 ) -> Callable[[Handler], Consumer]:
     """Make ``async def handle(msg, tx)`` an idempotent consumer of ``queue``.
 
@@ -522,6 +526,10 @@ def consumer(
     :param attempts: attempts of the transaction on conflicts (40001/40P01), per delivery.
     :param listeners: receive :class:`MessageHandled` (and the transactions' events).
     :param stop_timeout: seconds :meth:`Consumer.stop` waits for the messages in flight.
+    :param message_id_property: without the ``fournines-message-id`` header, dedupe on
+        the AMQP ``message_id`` property. Off by default: aio-pika gives every
+        publish a fresh random one, so a producer's own retry would not be recognised,
+        and a message with no id header is dead-lettered (``"missing_message_id"``).
     """
 
     def decorate(handler: Handler) -> Consumer:
@@ -529,6 +537,7 @@ def consumer(
                         delivery_limit=delivery_limit, prefetch=prefetch,
                         concurrency=concurrency, decode=decode, dead_letter_on=dead_letter_on,
                         retry_on=retry_on, isolation=isolation, attempts=attempts,
-                        listeners=listeners, stop_timeout=stop_timeout)
+                        listeners=listeners, stop_timeout=stop_timeout,
+                        message_id_property=message_id_property)
 
     return decorate
