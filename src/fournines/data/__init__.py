@@ -10,7 +10,7 @@ raises :class:`CommitOutcomeUnknownError` unless the work is ``idempotent``.
 :func:`pool_check` is a readiness check on the pool the service uses, and
 :class:`PoolMetrics` reports its size, use and waits to Prometheus.
 
-Messages that survive crashes: :func:`outbox.add <fournines.data.outbox.add>` writes
+Messages that survive crashes: ``outbox.add(tx, ...)`` writes
 a message in the business
 transaction and a :class:`Relay` (with :class:`RabbitPublisher`) publishes it at least
 once, in order per key; :func:`consumer` makes ``async def handle(msg, tx)`` an
