@@ -44,6 +44,7 @@ from ._rabbitmq import (
     RabbitPublisher,
     consumer,
     dead_queue,
+    declare_queues,
     retry_queue,
 )
 from .checks import pool_check
@@ -75,6 +76,7 @@ __all__ = [
     "classify",
     "consumer",
     "dead_queue",
+    "declare_queues",
     "init_schema",
     "list_dead_letters",
     "outbox",

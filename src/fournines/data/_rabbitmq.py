@@ -49,6 +49,7 @@ __all__ = [
     "RabbitPublisher",
     "consumer",
     "dead_queue",
+    "declare_queues",
     "retry_queue",
 ]
 
@@ -164,9 +165,13 @@ def _queue_arguments(queue: str, delivery_limit: int | None) -> dict[str, Any]:
     return args
 
 
-async def declare(channel: Any, queue: str, ladder: Sequence[float],
-                  delivery_limit: int | None) -> Any:
-    """Declare ``queue``, its wait queues and its dead letters; the work queue."""
+async def declare_queues(channel: Any, queue: str, ladder: Sequence[float] = DEFAULT_LADDER,
+                         delivery_limit: int | None = 20) -> Any:
+    """Declare work queue ``queue``, its ladder's wait queues and its dead letters.
+
+    What :meth:`Consumer.start` does on an aio-pika ``channel``; call it first where a
+    producer publishes before any consumer has started. Returns the work queue.
+    """
     for step, delay in enumerate(ladder, start=1):
         await channel.declare_queue(retry_queue(queue, step), durable=True, arguments={
             "x-queue-type": "quorum",
@@ -323,7 +328,8 @@ class Consumer:
         self._owns_connection = connection is None
         self._channel = await self._connection.channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await declare(self._channel, self.queue, self.ladder, self.delivery_limit)
+        self._queue = await declare_queues(self._channel, self.queue, self.ladder,
+                                           self.delivery_limit)
         self._tag = await self._queue.consume(self._on_message)
 
     async def stop(self) -> None:
