@@ -6,7 +6,8 @@ Three consumers drain the same kind of preloaded quorum queue, in alternating ro
 - ``bare + INSERT``: the same, with the handler's effect as one autocommit INSERT (what
   a hand-written consumer does: not idempotent, a redelivery applies it twice);
 - ``fournines``: :func:`fournines.data.consumer`, the same INSERT inside one transaction
-  with the inbox row, ack after COMMIT.
+  with the inbox row, ack after COMMIT;
+- ``fournines batch=16``: the same, up to 16 waiting deliveries per transaction.
 
 Each uses prefetch 64 and 8 handlers at once (the bare ones run a task per message
 under the same bound). Then the relay's throughput: rows moved from the outbox to a
@@ -87,10 +88,11 @@ async def bare(connection: Any, queue: str, pool: asyncpg.Pool | None) -> float:
     return MESSAGES / elapsed
 
 
-async def idempotent(pool: asyncpg.Pool, queue: str) -> float:
+async def idempotent(pool: asyncpg.Pool, queue: str, batch: int = 1) -> float:
     done, count = asyncio.Event(), 0
 
-    @consumer(queue=queue, prefetch=PREFETCH, concurrency=CONCURRENCY, delivery_limit=None)
+    @consumer(queue=queue, prefetch=PREFETCH, concurrency=CONCURRENCY, delivery_limit=None,
+              batch=batch)
     async def handle(msg: Message, tx: Any) -> None:
         nonlocal count
         await tx.execute("INSERT INTO effects VALUES ($1)", msg.id)
@@ -135,7 +137,8 @@ async def main() -> None:
             await pool.execute("CREATE TABLE effects (id text NOT NULL)")
             connection = await aio_pika.connect(URL)
             channel = await connection.channel()
-            rates: dict[str, list[float]] = {"bare": [], "bare + INSERT": [], "fournines": []}
+            rates: dict[str, list[float]] = {"bare": [], "bare + INSERT": [], "fournines": [],
+                                            "fournines batch=16": []}
             for _ in range(ROUNDS):
                 for form, samples in rates.items():
                     queue = f"bench-{uuid.uuid4().hex[:6]}"
@@ -145,8 +148,10 @@ async def main() -> None:
                         samples.append(await bare(connection, queue, None))
                     elif form == "bare + INSERT":
                         samples.append(await bare(connection, queue, pool))
-                    else:
+                    elif form == "fournines":
                         samples.append(await idempotent(pool, queue))
+                    else:
+                        samples.append(await idempotent(pool, queue, batch=16))
             relay = [await relay_rate(pool, channel) for _ in range(ROUNDS)]
             for queue in queues:
                 for extra in (queue, dead_queue(queue), retry_queue(queue, 1),
@@ -161,9 +166,9 @@ async def main() -> None:
           f"{CONCURRENCY} handlers (median of the rounds; shared machine)")
     for form, values in rates.items():
         median = statistics.median(values)
-        print(f"  {form:<16} {median:8.0f} msg/s   x{median / base:.2f}   "
+        print(f"  {form:<20} {median:8.0f} msg/s   x{median / base:.2f}   "
               f"(rounds: {', '.join(f'{v:.0f}' for v in values)})")
-    print(f"  outbox relay     {statistics.median(relay):8.0f} msg/s   "
+    print(f"  outbox relay         {statistics.median(relay):8.0f} msg/s   "
           f"(rounds: {', '.join(f'{v:.0f}' for v in relay)})")
 
 

@@ -24,6 +24,7 @@ from fournines.data import (
     PoisonMessageError,
     consumer,
     dead_queue,
+    declare_queues,
     init_schema,
     list_dead_letters,
     replay_dead_letters,
@@ -376,3 +377,37 @@ def test_a_plain_function_handler_is_refused() -> None:
 def test_the_queue_names_of_the_ladder_are_derived_from_the_work_queue() -> None:
     assert dead_queue("orders") == "orders.dead"
     assert str(uuid.UUID(int=0))  # keeps uuid imported for unique ids elsewhere
+
+
+async def test_a_batch_applies_each_message_once_and_a_failure_retries_only_its_message(
+    pool: asyncpg.Pool, amqp_url: str,
+) -> None:
+    queue, rec = unique("batch"), RecordingListener()
+
+    def one_flaky(msg: Message) -> None:
+        if msg.body["n"] == 13 and msg.attempt == 1:
+            raise ConnectionError("later")
+
+    handle = make(queue, rec, one_flaky, batch=16, prefetch=64, concurrency=2)
+    async with await aio_pika.connect(amqp_url) as connection:  # all waiting before the start
+        channel = await connection.channel()
+        await declare_queues(channel, queue, LADDER)
+        for n in range(100):
+            await channel.default_exchange.publish(aio_pika.Message(
+                json.dumps({"n": n}).encode(), headers={MESSAGE_ID_HEADER: f"b-{n % 90}"}),
+                routing_key=queue)
+    await handle.start(pool, amqp_url)
+    try:
+        await until(lambda: asyncio.sleep(0, len(settled(rec, "acked")) == 90
+                                          and len(settled(rec, "duplicate")) == 10))
+    finally:
+        await handle.stop()
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 90
+    assert [e.step for e in settled(rec, "retried")] == [1]
+
+
+def test_a_batch_larger_than_the_prefetch_is_refused() -> None:
+    async def handle(msg: Message, tx: Any) -> None: ...
+
+    with pytest.raises(ConfigurationError, match=r"consumer\.batch"):
+        consumer(queue="q", prefetch=8, concurrency=2, batch=9)(handle)

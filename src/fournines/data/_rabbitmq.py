@@ -24,6 +24,7 @@ unacked (redelivered, deduplicated) or committed and acked.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as _dt
 import functools
@@ -254,6 +255,7 @@ class Consumer:
         delivery_limit: int | None = 20,
         prefetch: int = 32,
         concurrency: int = 8,
+        batch: int = 1,
         decode: Callable[[bytes], Any] = _json,
         dead_letter_on: ExceptionFilter = (PoisonMessageError, ValueError),
         retry_on: ExceptionFilter = Exception,
@@ -278,6 +280,7 @@ class Consumer:
                      optional=True)
         check_number(owner, "prefetch", prefetch, minimum=1, integer=True)
         check_number(owner, "concurrency", concurrency, minimum=1, integer=True)
+        check_number(owner, "batch", batch, minimum=1, maximum=prefetch, integer=True)
         check_number(owner, "stop_timeout", stop_timeout, minimum=0)
         if concurrency > prefetch:
             raise ConfigurationError(
@@ -292,6 +295,7 @@ class Consumer:
         self.delivery_limit = delivery_limit
         self.prefetch = prefetch
         self.concurrency = concurrency
+        self.batch = batch
         self._decode = decode
         self._fatal = exception_predicate(owner, "dead_letter_on", dead_letter_on)
         self._retryable = exception_predicate(owner, "retry_on", retry_on)
@@ -309,6 +313,7 @@ class Consumer:
         self._tag: Any = None
         self._slots = asyncio.Semaphore(concurrency)
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._waiting: collections.deque[Any] = collections.deque()
         self._stopped = asyncio.Event()
         functools.update_wrapper(self, handler)
 
@@ -375,8 +380,16 @@ class Consumer:
         if task is not None:
             self._inflight.add(task)
         try:
+            self._waiting.append(delivery)
             async with self._slots:
-                await self._settle(delivery)
+                # Whoever gets a slot takes the oldest waiting deliveries (up to a batch);
+                # a task whose delivery another took has nothing left to do.
+                taken = [self._waiting.popleft()
+                         for _ in range(min(self.batch, len(self._waiting)))]
+                if len(taken) == 1:
+                    await self._settle(taken[0])
+                elif taken:
+                    await self._settle_batch(taken)
         finally:
             if task is not None:
                 self._inflight.discard(task)
@@ -427,6 +440,56 @@ class Consumer:
             return
         if await self._ack(delivery):
             self._emit(started, "acked" if applied else "duplicate")
+
+    async def _settle_batch(self, deliveries: list[Any]) -> None:
+        """Apply several deliveries in one transaction; on any failure, each on its own."""
+        started = self._clock.monotonic()
+        messages: list[tuple[Any, Message]] = []
+        for delivery in deliveries:
+            headers = dict(delivery.headers or {})
+            ident = headers.get(MESSAGE_ID_HEADER) or (
+                delivery.message_id if self._id_property else None)
+            try:
+                if not ident:
+                    raise PoisonMessageError("no id", reason="missing_message_id")
+                body = self._decode(delivery.body)
+            except Exception:
+                await self._settle(delivery)  # the single path dead-letters it, with reason
+                continue
+            messages.append((delivery, Message(
+                id=ident.decode() if isinstance(ident, bytes) else str(ident), body=body,
+                raw=delivery.body, headers=headers, key=headers.get(KEY_HEADER),
+                routing_key=delivery.routing_key, attempt=int(headers.get(ATTEMPTS, 0)) + 1,
+                redelivered=bool(delivery.redelivered))))
+        if not messages:
+            return
+
+        async def work(conn: Any) -> set[str]:
+            rows = await conn.fetch(
+                "INSERT INTO fournines_inbox (consumer, message_id) "
+                "SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING message_id",
+                self.name, [msg.id for _, msg in messages])
+            fresh = {row[0] for row in rows}
+            applied = set()
+            for _, msg in messages:
+                if msg.id in fresh and msg.id not in applied:  # two copies in one batch
+                    applied.add(msg.id)
+                    await self.handler(msg, conn)
+            return applied
+
+        try:
+            applied = await self._transaction(self._pool, work)
+        except Exception:
+            # One message failed the whole batch (rolled back): settle each alone, so
+            # only the failing one climbs the ladder.
+            for delivery, _ in messages:
+                await self._settle(delivery)
+            return
+        for delivery, msg in messages:
+            if await self._ack(delivery):
+                fresh = msg.id in applied
+                applied.discard(msg.id)
+                self._emit(started, "acked" if fresh else "duplicate")
 
     async def _ack(self, delivery: Any) -> bool:
         try:
@@ -504,6 +567,7 @@ def consumer(
     delivery_limit: int | None = 20,
     prefetch: int = 32,
     concurrency: int = 8,
+    batch: int = 1,
     decode: Callable[[bytes], Any] = _json,
     dead_letter_on: ExceptionFilter = (PoisonMessageError, ValueError),
     retry_on: ExceptionFilter = Exception,
@@ -523,6 +587,10 @@ def consumer(
         settlement (the consumer crashed) before the broker dead-letters it.
     :param prefetch: unacked messages the broker sends ahead (``basic.qos``).
     :param concurrency: handlers running at once (a bulkhead; at most ``prefetch``).
+    :param batch: up to this many waiting deliveries share one transaction (one inbox
+        INSERT, the handlers one after another, one COMMIT, then each acked): fewer
+        round trips per message. A failure in a batch rolls it back and each of its
+        messages is then handled alone, so only the failing one is retried.
     :param decode: bytes to ``msg.body`` (JSON); raising dead-letters the message
         (``reason="malformed_body"``).
     :param dead_letter_on: failures that no retry can fix, dead-lettered at once
@@ -541,7 +609,8 @@ def consumer(
     def decorate(handler: Handler) -> Consumer:
         return Consumer(handler, queue=queue, name=name, ladder=ladder,
                         delivery_limit=delivery_limit, prefetch=prefetch,
-                        concurrency=concurrency, decode=decode, dead_letter_on=dead_letter_on,
+                        concurrency=concurrency, batch=batch, decode=decode,
+                        dead_letter_on=dead_letter_on,
                         retry_on=retry_on, isolation=isolation, attempts=attempts,
                         listeners=listeners, stop_timeout=stop_timeout,
                         message_id_property=message_id_property)
