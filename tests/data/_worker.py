@@ -26,7 +26,10 @@ async def run_consumer(dsn: str, url: str, queue: str, log: str) -> None:
         if isinstance(event, MessageHandled) and event.outcome == "duplicate":
             out.write("duplicate\n")
 
-    @consumer(queue=queue, ladder=(0.05, 0.1), prefetch=64, concurrency=8, listeners=[count])
+    batch = int(os.environ.get("FOURNINES_CRASH_BATCH", "1"))
+
+    @consumer(queue=queue, ladder=(0.05, 0.1), prefetch=64, concurrency=8, batch=batch,
+              listeners=[count])
     async def handle(msg: Message, tx: Any) -> None:
         await tx.execute("INSERT INTO effects (message_id, n) VALUES ($1, $2)", msg.id,
                          msg.body["n"])
