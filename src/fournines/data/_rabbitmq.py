@@ -225,11 +225,21 @@ class RabbitPublisher:
 
         exchange = await self._ready()
         # Published back to back on one channel (so in order on the wire), confirmed together.
-        await asyncio.gather(*(
-            publish_confirmed(exchange, aio_pika.Message(
-                message.body, headers=message.headers, message_id=message.id,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
-            for message in messages))
+        try:
+            await asyncio.gather(*(
+                publish_confirmed(exchange, aio_pika.Message(
+                    message.body, headers=message.headers, message_id=message.id,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
+                for message in messages))
+        except aio_pika.exceptions.DeliveryError:
+            raise  # unroutable: the channel is fine
+        except Exception:
+            # A robust channel can stay closed after a broker restart (aio-pika gives up
+            # on it): start over with a new connection at the next batch.
+            with contextlib.suppress(Exception):
+                await self.close()
+            self._connection = self._exchange = None
+            raise
 
     async def close(self) -> None:
         """Close the connection."""
@@ -315,6 +325,7 @@ class Consumer:
         self._inflight: set[asyncio.Task[Any]] = set()
         self._waiting: collections.deque[Any] = collections.deque()
         self._stopped = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
         functools.update_wrapper(self, handler)
 
     async def __call__(self, msg: Message, tx: Any) -> Any:
@@ -331,14 +342,38 @@ class Consumer:
         self._stopped.clear()
         self._connection = connection or await aio_pika.connect_robust(url)
         self._owns_connection = connection is None
+        await self._open_channel()
+        self._watchdog = asyncio.create_task(self._watch())
+
+    async def _open_channel(self) -> None:
         self._channel = await self._connection.channel(publisher_confirms=True)
         await self._channel.set_qos(prefetch_count=self.prefetch)
         self._queue = await declare_queues(self._channel, self.queue, self.ladder,
                                            self.delivery_limit)
         self._tag = await self._queue.consume(self._on_message)
 
+    async def _watch(self) -> None:
+        # aio-pika's robust connection reconnects, but a robust channel whose restore
+        # failed (the broker went away again mid-restore, a forced close) stays closed
+        # for good: open a new one. Its unacked deliveries were requeued by the broker.
+        while True:
+            await asyncio.sleep(1.0)
+            channel = self._channel
+            if channel is None or not channel.is_closed or self._connection.is_closed:
+                continue
+            try:
+                await self._open_channel()
+                _log.warning("consumer %s: its channel was closed; opened a new one", self.name)
+            except Exception:
+                _log.debug("consumer %s: cannot open a channel yet", self.name, exc_info=True)
+
     async def stop(self) -> None:
         """Stop fetching, let the messages in flight finish (and be acked), close."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(BaseException):
+                await watchdog
         if self._queue is not None and self._tag is not None:
             with contextlib.suppress(Exception):
                 await self._queue.cancel(self._tag)
