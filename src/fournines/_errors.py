@@ -50,6 +50,9 @@ that subpackage (shown in brackets)::
     │   └── PrometheusQueryError        Prometheus refused the query (error_type)
     ├── CommitOutcomeUnknownError       the connection was lost during COMMIT: applied
     │                                   or not, nobody knows; not retried [data]
+    ├── PoisonMessageError              a message that can never be handled: dead-letter
+    │                                   it now, no retry ladder [data]
+    ├── DeadLetterNotFoundError         no dead letter with that id (also a LookupError) [data]
     ├── InjectedFaultError              what an ErrorFault raises by default [chaos]
     ├── NetworkFaultError               a network command failed (also a RuntimeError) [chaos]
     ├── CheckFailed                     a health probe failed with a public output [asgi]
@@ -186,6 +189,22 @@ class CommitOutcomeUnknownError(FourNinesError):
         super().__init__(message)
         self.name = name
         self.attempts = attempts
+
+
+class PoisonMessageError(FourNinesError):
+    """A message that no retry can handle (malformed, invalid): dead-letter it now.
+
+    Raised by a consumer's decoder or handler to skip the retry ladder; the dead
+    letter's reason is ``reason`` (``"not_retryable"`` unless given).
+    """
+
+    def __init__(self, message: str, *, reason: str = "not_retryable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DeadLetterNotFoundError(FourNinesError, LookupError):
+    """``fournines dlq show/replay/purge ID``: no dead letter with that message id."""
 
 
 def check_number(

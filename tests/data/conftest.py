@@ -52,3 +52,6 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
         with _admin() as admin:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
+
+
+from ._amqp import amqp_url  # noqa: E402, F401 - the message tests' vhost fixture

@@ -10,11 +10,22 @@ raises :class:`CommitOutcomeUnknownError` unless the work is ``idempotent``.
 :func:`pool_check` is a readiness check on the pool the service uses, and
 :class:`PoolMetrics` reports its size, use and waits to Prometheus.
 
+Messages that survive crashes: ``outbox.add(tx, ...)`` writes
+a message in the business
+transaction and a :class:`Relay` (with :class:`RabbitPublisher`) publishes it at least
+once, in order per key; :func:`consumer` makes ``async def handle(msg, tx)`` an
+idempotent RabbitMQ consumer (inbox row in the handler's transaction, ack after
+commit, a retry ladder of TTL wait queues, dead letters with the reason in headers,
+which :func:`list_dead_letters` / :func:`replay_dead_letters` / ``fournines dlq``
+manage); :class:`ConsumerMetrics` counts it all. :data:`SCHEMA` is the migration
+(``fournines data init``).
+
 Needs the ``data`` extra (``pip install 'fournines[data]'``) or the driver in use;
 importing this package imports no driver.
 """
 
-from .._errors import CommitOutcomeUnknownError
+from .._errors import CommitOutcomeUnknownError, DeadLetterNotFoundError, PoisonMessageError
+from . import outbox
 from ._core import (
     DEFAULT_BACKOFF,
     Isolation,
@@ -24,20 +35,55 @@ from ._core import (
     classify,
     sqlstate,
 )
+from ._dlq import DeadLetter, list_dead_letters, purge_dead_letters, replay_dead_letters
+from ._rabbitmq import (
+    DEFAULT_LADDER,
+    Consumer,
+    Message,
+    MessageHandled,
+    RabbitPublisher,
+    consumer,
+    dead_queue,
+    declare_queues,
+    retry_queue,
+)
 from .checks import pool_check
-from .metrics import PoolMetrics
+from .metrics import ConsumerMetrics, PoolMetrics
+from .outbox import MESSAGE_ID_HEADER, SCHEMA, OutboxMessage, Relay, init_schema
 from .transactions import transaction, transaction_sync, transactional
 
 __all__ = [
     "DEFAULT_BACKOFF",
+    "DEFAULT_LADDER",
+    "MESSAGE_ID_HEADER",
+    "SCHEMA",
     "CommitOutcomeUnknownError",
+    "Consumer",
+    "ConsumerMetrics",
+    "DeadLetter",
+    "DeadLetterNotFoundError",
     "Isolation",
+    "Message",
+    "MessageHandled",
+    "OutboxMessage",
+    "PoisonMessageError",
     "PoolMetrics",
+    "RabbitPublisher",
+    "Relay",
     "TransactionDecision",
     "TransactionRetry",
     "Verdict",
     "classify",
+    "consumer",
+    "dead_queue",
+    "declare_queues",
+    "init_schema",
+    "list_dead_letters",
+    "outbox",
     "pool_check",
+    "purge_dead_letters",
+    "replay_dead_letters",
+    "retry_queue",
     "sqlstate",
     "transaction",
     "transaction_sync",

@@ -32,7 +32,7 @@ from typing import Any
 
 from .._errors import ConfigurationError
 
-__all__ = ["PoolMetrics"]
+__all__ = ["ConsumerMetrics", "PoolMetrics"]
 
 _GAUGES = {
     "connections": "Open connections of the pool.",
@@ -146,3 +146,63 @@ class PoolMetrics:
     def describe(self) -> Iterator[Any]:
         """No fixed description: the metrics are read at each scrape."""
         return iter(())
+
+
+class ConsumerMetrics:
+    """A listener that counts what idempotent consumers do, for ``prometheus_client``.
+
+    Pass it in a consumer's ``listeners`` (or :func:`~fournines.add_listener` it); per
+    consumer (the ``consumer`` label) it reports ``fournines_consumer_consumed_total``,
+    ``_acked_total``, ``_duplicates_total`` (redeliveries the inbox suppressed),
+    ``_retried_total`` (label ``step``: the ladder step), ``_dead_lettered_total``
+    (label ``reason``) and the histogram ``fournines_consumer_handler_seconds``
+    (receipt to settlement).
+
+    :param registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
+    :param prefix: the metric names' prefix.
+    """
+
+    def __init__(self, registry: Any = None, *, prefix: str = "fournines") -> None:
+        try:
+            import prometheus_client as prom  # noqa: PLC0415 - optional dependency
+        except ImportError as exc:
+            raise ConfigurationError(
+                "ConsumerMetrics needs prometheus_client: pip install 'fournines[prometheus]'"
+            ) from exc
+        if not isinstance(prefix, str) or not prefix:
+            raise ConfigurationError(
+                f"ConsumerMetrics.prefix must be a non-empty str, got {prefix!r}")
+        reg = registry if registry is not None else prom.REGISTRY
+        name = f"{prefix}_consumer"
+        self._consumed = prom.Counter(f"{name}_consumed", "Messages settled by the consumer.",
+                                      ["consumer"], registry=reg)
+        self._acked = prom.Counter(f"{name}_acked", "Messages applied and acked.",
+                                   ["consumer"], registry=reg)
+        self._duplicates = prom.Counter(
+            f"{name}_duplicates", "Redeliveries the inbox recognised: acked, not applied again.",
+            ["consumer"], registry=reg)
+        self._retried = prom.Counter(f"{name}_retried", "Messages sent to a retry ladder step.",
+                                     ["consumer", "step"], registry=reg)
+        self._dead = prom.Counter(f"{name}_dead_lettered", "Messages sent to the dead letters.",
+                                  ["consumer", "reason"], registry=reg)
+        self._seconds = prom.Histogram(f"{name}_handler_seconds",
+                                       "Seconds from receipt to settlement.", ["consumer"],
+                                       registry=reg)
+
+    def __call__(self, event: object) -> None:
+        """Count a ``MessageHandled`` event; ignore every other."""
+        from ._rabbitmq import MessageHandled  # noqa: PLC0415
+
+        if not isinstance(event, MessageHandled):
+            return
+        self._consumed.labels(event.name).inc()
+        self._seconds.labels(event.name).observe(event.seconds)
+        if event.outcome == "acked":
+            self._acked.labels(event.name).inc()
+        elif event.outcome == "duplicate":
+            self._acked.labels(event.name).inc()
+            self._duplicates.labels(event.name).inc()
+        elif event.outcome == "retried":
+            self._retried.labels(event.name, str(event.step)).inc()
+        else:
+            self._dead.labels(event.name, event.reason or "").inc()
