@@ -46,8 +46,9 @@ FAST = Backoff(initial=0.001, cap=0.002)
 
 
 def hung_policy(threshold: int, **kwargs: Any) -> ClientPolicy:
+    # A fixed reset: the breaker must still be open however slow the machine is.
     return ClientPolicy(trip=ConsecutiveFailures(threshold=threshold), attempts=1,
-                        reset_timeout=60.0, **kwargs)
+                        reset_timeout=60.0, initial_reset_timeout=None, **kwargs)
 
 
 @pytest.fixture

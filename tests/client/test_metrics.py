@@ -130,7 +130,8 @@ async def test_retries_and_hedges_are_counted_apart(
 
 async def test_rejections_by_reason_and_breaker_state(
         make_client: Any, registry: CollectorRegistry, host_a: str, host_b: str) -> None:
-    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60)
+    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60,
+                          initial_reset_timeout=None)
     client = make_client(config=policy, per_route={
         host_b: ClientPolicy(attempts=1, max_concurrent=1)})
     control(host_a, mode="fail", status=500)

@@ -68,7 +68,8 @@ async def test_last_good_answer_is_served_marked_stale_on_5xx(make_client: Any,
 
 async def test_stale_answer_is_served_while_the_breaker_is_open(make_client: Any,
                                                                 host_a: str) -> None:
-    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60)
+    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60,
+                          initial_reset_timeout=None)
     client = make_client(StaleCache(max_age=300.0), config=policy)
     control(host_a, body="paid")
     await client.get(host_a + ROUTE[1])

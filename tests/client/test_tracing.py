@@ -108,7 +108,8 @@ async def test_traceparent_of_the_client_span_reaches_downstream_on_every_attemp
 
 async def test_breaker_rejection_is_a_span_event_and_an_error(
         make_client: Any, exporter: InMemorySpanExporter, host_a: str) -> None:
-    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60)
+    policy = ClientPolicy(attempts=1, trip=ConsecutiveFailures(threshold=1), reset_timeout=60,
+                          initial_reset_timeout=None)
     client = make_client(config=policy)
     control(host_a, mode="fail", status=500)
     await client.get(host_a + "/x")
