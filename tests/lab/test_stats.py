@@ -238,3 +238,11 @@ def test_late_full_answers_do_not_count_as_full_service() -> None:
     fault = Fault(kind="profile_kill", at=10, duration=5)
     outcomes = [_page(15.0 + i * 0.1, latency=1.2 if i < 10 else 0.05) for i in range(40)]
     assert time_to_full_service(outcomes, fault, [fault], 20) == pytest.approx(1.0)
+
+
+def test_pages_sent_just_before_the_next_fault_do_not_count_against_recovery() -> None:
+    first = Fault(kind="profile_kill", at=10, duration=5)
+    second = Fault(kind="partition", at=18, duration=2)
+    # full after the first fault, but degraded from 17.5 s (the next fault's first victims)
+    outcomes = [_page(15.0 + i * 0.1, degraded=15.0 + i * 0.1 >= 17.5) for i in range(30)]
+    assert time_to_full_service(outcomes, first, [first, second], 30) == 0.0

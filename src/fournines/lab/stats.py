@@ -145,14 +145,16 @@ def time_to_full_service(outcomes: Sequence[Outcome], fault: Fault,
                          faults: Sequence[Fault], duration: float) -> float | None:
     """Seconds from ``fault``'s end until full service, or ``None`` if it never came back.
 
-    The time after the fault (up to the next fault's start, or the end of the load)
-    is cut into :data:`RECOVERY_BUCKET` buckets; full service is back at the end of
+    The time after the fault (up to 1 s before the next fault's start, whose pages
+    it may already answer, or the end of the load) is cut into :data:`RECOVERY_BUCKET`
+    buckets; full service is back at the end of
     the last bucket whose requests were answered in full within 1 s less than
     :data:`FULL_SERVICE_SHARE` of the time (0 when none was). ``None`` when the last
     bucket itself falls short, or nothing was sent after the fault: the run cannot
     say when it came back. Resolution: one bucket.
     """
-    until = min([f.at for f in faults if f.at >= fault.end] + [duration])
+    # A page sent less than 1 s before the next fault begins may be answered under it.
+    until = min([f.at - P99_TARGET for f in faults if f.at >= fault.end] + [duration])
     buckets: dict[int, list[bool]] = {}
     for outcome in outcomes:
         if fault.end <= outcome.at < until:
