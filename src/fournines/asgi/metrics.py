@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 from .._clock import SystemClock
 from .._errors import ConfigurationError, check_number
 from .._events import add_listener, remove_listener
+from .._histogram import Series, bucket_labels, check_buckets, fill_families
 from .._http import OTHER_METHOD, method_label
 from ._loop import current_task, running_loop
 from ._state import ServiceState
@@ -97,17 +98,6 @@ _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _log = logging.getLogger("fournines.asgi")
 
 
-class _Series:
-    """One (method, route, status) series: non-cumulative bucket counts and the sum."""
-
-    __slots__ = ("counts", "labels", "total")
-
-    def __init__(self, labels: tuple[str, str, str], size: int) -> None:
-        self.labels = labels
-        self.counts = [0] * size  # the last one is +Inf
-        self.total = 0.0
-
-
 class _Collector:
     """Builds the request and runtime metric families at scrape time."""
 
@@ -138,16 +128,10 @@ class _Collector:
                                 "How late the event loop woke a sampler sleep, in seconds.")
         tasks = GaugeMetricFamily("asyncio_tasks", "asyncio tasks not yet done.")
         if samples:
-            bounds = owner._bucket_labels
             # A copy: a request finishing on another thread must not resize the dict
             # while it is iterated.
-            for series in list(owner._series.values()):
-                cumulative, buckets = 0, []
-                for bound, count in zip(bounds, series.counts, strict=True):
-                    cumulative += count
-                    buckets.append((bound, float(cumulative)))
-                histogram.add_metric(series.labels, buckets, series.total)
-                counter.add_metric(series.labels, float(cumulative))
+            fill_families(histogram, counter, list(owner._series.values()),
+                          owner._bucket_labels)
             in_flight.add_metric([], float(owner._in_flight()))
             lag.add_metric([], owner.loop_lag)
             tasks.add_metric([], float(owner._task_count()))
@@ -223,10 +207,8 @@ class MetricsMiddleware:
         self.path = path
         if not isinstance(path, str) or not path.startswith("/"):
             raise ConfigurationError(f"MetricsMiddleware.path must start with '/', got {path!r}")
-        self._bounds = _check_buckets(buckets)
-        # The "le" values exactly as prometheus_client writes them ("0.005", "1.0").
-        to_go = prom.utils.floatToGoString
-        self._bucket_labels = [*(to_go(b) for b in self._bounds), "+Inf"]  # type: ignore[no-untyped-call]
+        self._bounds = check_buckets("MetricsMiddleware", buckets)
+        self._bucket_labels = bucket_labels(self._bounds)
         check_number("MetricsMiddleware", "sample_interval", sample_interval, minimum=0,
                      exclusive_minimum=True)
         self._sample_interval = float(sample_interval)
@@ -242,7 +224,7 @@ class MetricsMiddleware:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._sampler_loop: asyncio.AbstractEventLoop | None = None
-        self._series: dict[tuple[str, str, int], _Series] = {}
+        self._series: dict[tuple[str, str, int], Series] = {}
         self._mp_series: dict[tuple[str, str, int], _MultiprocessSeries] = {}
 
         multiproc_dir = os.environ.get(_MULTIPROC_ENV)
@@ -352,8 +334,8 @@ class MetricsMiddleware:
                 series.counts[bisect_left(self._bounds, duration)] += 1
                 series.total += duration
 
-    def _new_series(self, key: tuple[str, str, int]) -> _Series:
-        series = _Series((key[0], key[1], str(key[2])), len(self._bounds) + 1)
+    def _new_series(self, key: tuple[str, str, int]) -> Series:
+        series = Series((key[0], key[1], str(key[2])), len(self._bounds) + 1)
         self._series[key] = series
         return series
 
@@ -472,19 +454,6 @@ class MetricsMiddleware:
 
             # This worker is going away: its live gauges must stop counting.
             mp.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
-
-
-def _check_buckets(buckets: Sequence[float]) -> tuple[float, ...]:
-    """Validate histogram bounds: finite, positive, strictly increasing, not empty."""
-    bounds = tuple(buckets)
-    if not bounds:
-        raise ConfigurationError("MetricsMiddleware.buckets must not be empty")
-    for value in bounds:
-        check_number("MetricsMiddleware", "buckets", value, minimum=0, exclusive_minimum=True)
-    if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
-        raise ConfigurationError(
-            f"MetricsMiddleware.buckets must be strictly increasing, got {bounds!r}")
-    return tuple(float(b) for b in bounds)
 
 
 def _register(registry: CollectorRegistry, collector: Any) -> None:

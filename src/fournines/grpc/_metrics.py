@@ -32,7 +32,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from .._errors import ConfigurationError, check_number
+from .._errors import ConfigurationError
+from .._histogram import Series, bucket_labels, check_buckets, fill_families
 
 # The ASGI metrics' bounds: one set of buckets for every edge of a service, so one
 # latency objective reads the same everywhere.
@@ -46,15 +47,6 @@ __all__ = ["RpcMetrics"]
 
 LABELS = ("grpc_type", "grpc_service", "grpc_method", "grpc_code")
 
-
-
-class _Series:
-    __slots__ = ("counts", "labels", "total")
-
-    def __init__(self, labels: tuple[str, str, str, str], size: int) -> None:
-        self.labels = labels
-        self.counts = [0] * size
-        self.total = 0.0
 
 
 class _Collector:
@@ -82,14 +74,8 @@ class _Collector:
                                       "RPCs completed on the server.", labels=LABELS)
         in_flight = GaugeMetricFamily("grpc_server_in_flight", "RPCs inside their handler.")
         if samples:
-            bounds = owner._bucket_labels
-            for series in list(owner._series.values()):
-                cumulative, buckets = 0, []
-                for bound, count in zip(bounds, series.counts, strict=True):
-                    cumulative += count
-                    buckets.append((bound, float(cumulative)))
-                histogram.add_metric(series.labels, buckets, series.total)
-                counter.add_metric(series.labels, float(cumulative))
+            fill_families(histogram, counter, list(owner._series.values()),
+                          owner._bucket_labels)
             in_flight.add_metric([], float(owner.in_flight))
         yield histogram
         yield counter
@@ -115,18 +101,9 @@ class RpcMetrics:
             raise ConfigurationError(
                 "RpcMetrics needs prometheus_client: pip install 'fournines[grpc,prometheus]'"
             ) from exc
-        bounds = tuple(buckets)
-        if not bounds:
-            raise ConfigurationError("RpcMetrics.buckets must not be empty")
-        for value in bounds:
-            check_number("RpcMetrics", "buckets", value, minimum=0, exclusive_minimum=True)
-        if any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
-            raise ConfigurationError(
-                f"RpcMetrics.buckets must be strictly increasing, got {bounds!r}")
-        self._bounds = tuple(float(b) for b in bounds)
-        to_go = prom.utils.floatToGoString
-        self._bucket_labels = [*(to_go(b) for b in self._bounds), "+Inf"]  # type: ignore[no-untyped-call]
-        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._bounds = check_buckets("RpcMetrics", buckets)
+        self._bucket_labels = bucket_labels(self._bounds)
+        self._series: dict[tuple[str, str, str], Series] = {}
         self._lock = threading.Lock()
         self.in_flight = 0
         """RPCs inside their handler now."""
@@ -154,7 +131,7 @@ class RpcMetrics:
             series = self._series.get(key)
             if series is None:
                 service, _, name = method.lstrip("/").rpartition("/")
-                series = _Series((kind, service, name, code), len(self._bounds) + 1)
+                series = Series((kind, service, name, code), len(self._bounds) + 1)
                 self._series[key] = series
             series.counts[bisect_left(self._bounds, duration)] += 1
             series.total += duration
