@@ -32,12 +32,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .discovery import _cli as config_cli  # noqa: PLC0415
     from .lab import _cli as lab_cli  # noqa: PLC0415
     from .serve import _cli as serve_cli  # noqa: PLC0415
+    from .serve import _k8s_cli as k8s_cli  # noqa: PLC0415
     from .slo import _cli as slo_cli  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(prog="fournines", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fournines {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for area in (lab_cli, slo_cli, chaos_cli, serve_cli, config_cli, data_cli):
+    for area in (lab_cli, slo_cli, chaos_cli, serve_cli, k8s_cli, config_cli, data_cli):
         area.register(sub)
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the subcommand's own parser, with its usage (not the top-level one)
