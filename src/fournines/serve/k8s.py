@@ -389,8 +389,21 @@ def _scalar(value: object) -> str:
     assert isinstance(value, str)
     if _PLAIN.fullmatch(value) and value.lower() not in _WORDS:
         return value
-    # A JSON string is a YAML double-quoted scalar: every character escaped as both read it.
-    return json.dumps(value)
+    return _quoted(value)
+
+
+# A JSON surrogate pair: after an even run of backslashes, so never an escaped "\\u".
+_SURROGATES = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})")
+
+
+def _quoted(value: str) -> str:
+    """``value`` as a YAML double-quoted scalar, in ASCII: JSON's escapes are YAML's too,
+    except that YAML reads ``\\uD83D\\uDE00`` as two lone surrogates, not one character."""
+    def astral(pair: re.Match[str]) -> str:
+        high, low = int(pair.group(2), 16), int(pair.group(3), 16)
+        return pair.group(1) + f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
+
+    return _SURROGATES.sub(astral, json.dumps(value))
 
 
 def _flow(value: object) -> str | None:
@@ -403,7 +416,7 @@ def _flow(value: object) -> str | None:
         if not all(isinstance(v, str | int) for v in value):
             return None
         # Strings all quoted, as a Dockerfile's exec form: ["fournines", "serve", ...].
-        return "[" + ", ".join(json.dumps(v) if isinstance(v, str) else _scalar(v)
+        return "[" + ", ".join(_quoted(v) if isinstance(v, str) else _scalar(v)
                                for v in value) + "]"
     return _scalar(value)
 
@@ -436,7 +449,7 @@ def _block(value: dict[str, Any], indent: int, path: tuple[Any, ...],
             _block(item, indent + 2, here, notes, lines)
         elif flow is not None:  # a long list of scalars
             lines += _wrapped(f"{pad}{_scalar(key)}: ",
-                              [json.dumps(v) if isinstance(v, str) else _scalar(v)
+                              [_quoted(v) if isinstance(v, str) else _scalar(v)
                                for v in item])
         else:
             lines.append(f"{pad}{_scalar(key)}:")
