@@ -44,6 +44,7 @@ PAGES = {
     "fournines.instrumentation": "instrumentation",
     "fournines.lab": "lab",
     "fournines.serve": "serve",
+    "fournines.serve.k8s": "k8s",
     "fournines.grpc": "grpc",
 }
 

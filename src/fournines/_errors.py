@@ -42,7 +42,8 @@ that subpackage (shown in brackets)::
     │   └── GrpcDeadlineExceededError   also a grpc.RpcError, DEADLINE_EXCEEDED [grpc]
     ├── ConfigurationError              a bad setting, named (also a ValueError)
     │   ├── SpecError                   an invalid SLO spec, with file and path [slo]
-    │   └── ConfigValidationError       a config value refused, with key and field [discovery]
+    │   ├── ConfigValidationError       a config value refused, with key and field [discovery]
+    │   └── ManifestError               a Kubernetes manifest spec refused, with field [serve.k8s]
     ├── ConfigUnavailableError          no config to start with: etcd down or empty, no
     │                                   snapshot, no default (also a RuntimeError) [discovery]
     ├── PrometheusError                 Prometheus gave no answer to use [slo]

@@ -23,6 +23,7 @@ _PACKAGES = (
     "fournines.grpc",
     "fournines.lab",
     "fournines.serve",
+    "fournines.serve.k8s",
     "fournines.slo",
     "fournines.wsgi",
 )

@@ -344,6 +344,7 @@ def manifest_yaml(spec: ManifestSpec, *, comments: bool = True) -> str:
 def _notes(spec: ManifestSpec) -> dict[tuple[Any, ...], str]:
     pod = (0, "spec", "template", "spec")
     container = (*pod, "containers", 0)
+    bound = " (derived)" if spec.grace_period is None else f", at most {spec.grace_period}"
     drain = (f"drain_delay {spec.drain_delay:g} + drain_timeout {spec.drain_timeout:g} + "
              f"margin {spec.margin:g} = "
              f"{spec.drain_delay + spec.drain_timeout + spec.margin:g} s")
@@ -356,8 +357,7 @@ def _notes(spec: ManifestSpec) -> dict[tuple[Any, ...], str]:
         (0, "spec", "strategy", "rollingUpdate"):
             "maxUnavailable 0: never below the replicas that carry the SLO",
         (*pod, "terminationGracePeriodSeconds"): (
-            f"{drain}{' (derived)' if spec.grace_period is None else f', at most {spec.grace_period}'}"
-            ":\n"
+            f"{drain}{bound}:\n"
             "the kubelet never SIGKILLs a pod mid-drain"),
         (*pod, "topologySpreadConstraints"): "one node lost takes one replica, not all",
         (*container, "command"): ("exec form: the supervisor is PID 1 and gets SIGTERM itself "
@@ -397,8 +397,11 @@ _SURROGATES = re.compile(r"(?<!\\)((?:\\\\)*)\\u(d[89ab][0-9a-f]{2})\\u(d[c-f][0
 
 
 def _quoted(value: str) -> str:
-    """``value`` as a YAML double-quoted scalar, in ASCII: JSON's escapes are YAML's too,
-    except that YAML reads ``\\uD83D\\uDE00`` as two lone surrogates, not one character."""
+    r"""``value`` as a YAML double-quoted scalar, in ASCII.
+
+    JSON's escapes are YAML's too, except that YAML reads ``\uD83D\uDE00`` as two
+    lone surrogates, not one character: pairs become ``\U0001F600``.
+    """
     def astral(pair: re.Match[str]) -> str:
         high, low = int(pair.group(2), 16), int(pair.group(3), 16)
         return pair.group(1) + f"\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08x}"
@@ -488,15 +491,16 @@ def spec_from_mapping(data: Mapping[str, Any]) -> ManifestSpec:
                                  f"{type(data).__name__}")
     known = [f.name for f in fields(ManifestSpec)]
     values: dict[str, Any] = {}
-    for key, value in data.items():
+    for key, given in data.items():
         if key not in known:
             raise ManifestError(str(key), f"is not a field (fields: {', '.join(known)})")
+        value = given
         # YAML reads `cpu: 1` and `memory: 512` as numbers; Kubernetes takes them too.
         if key in ("cpu", "memory", "cpu_limit", "memory_limit") and isinstance(
-                value, int | float) and not isinstance(value, bool):
-            value = f"{value:g}"
-        if key == "serve_args" and isinstance(value, list):
-            value = tuple(value)
+                given, int | float) and not isinstance(given, bool):
+            value = f"{given:g}"
+        if key == "serve_args" and isinstance(given, list):
+            value = tuple(given)
         values[key] = value
     for required in ("name", "image", "app"):
         if required not in values:
