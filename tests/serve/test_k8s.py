@@ -393,8 +393,8 @@ def test_flags_override_the_config_file(tmp_path: Path, capsys: pytest.CaptureFi
 
     assert main(["k8s", "manifest", "--config", str(path), "--port", "9100"]) == 0
 
-    assert capsys.readouterr().out == manifest_yaml(spec(image="i", app="a:b", replicas=4,
-                                                         port=9100))
+    assert capsys.readouterr().out == manifest_yaml(
+        spec(image="i", app="a:b", replicas=4, port=9100), source=str(path))
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -556,3 +556,34 @@ def test_spec_is_a_frozen_keyword_only_dataclass() -> None:
         manifest.port = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         ManifestSpec("orders", "i", "a:b")  # type: ignore[misc]
+
+
+def test_the_default_memory_limit_can_be_taken_away(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*FLAGS, "--memory-limit", "none"]) == 0
+
+    assert capsys.readouterr().out == manifest_yaml(spec(memory_limit=None))
+
+
+def test_the_probe_settings_cannot_be_changed_by_accident() -> None:
+    with pytest.raises(TypeError):
+        PROBES["livenessProbe"]["httpGet"]["path"] = "/health"  # type: ignore[index]
+
+
+def test_an_existing_output_keeps_its_permissions(tmp_path: Path) -> None:
+    out = tmp_path / "deployment.yaml"
+    out.write_text("old\n")
+    out.chmod(0o600)
+
+    assert main([*FLAGS, "-o", str(out)]) == 0
+
+    assert (out.stat().st_mode & 0o777, out.read_text()) == (0o600, manifest_yaml(spec()))
+
+
+def test_a_manifest_from_a_file_names_the_file_to_edit(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "name: orders\nimage: i\napp: a:b\n")
+
+    assert main(["k8s", "manifest", "--config", str(path)]) == 0
+
+    assert f"# Edit {path} and regenerate; changes made here are lost.\n" in (
+        capsys.readouterr().out)

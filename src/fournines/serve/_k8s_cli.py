@@ -48,7 +48,8 @@ def register(sub: Any) -> None:
         "--margin": "seconds left for lifespan shutdown and exit (5)",
         "--grace-period": "terminationGracePeriodSeconds (derived: delay + timeout + margin)",
         "--cpu": "CPU request (250m)", "--memory": "memory request (256Mi)",
-        "--cpu-limit": "CPU limit (none)", "--memory-limit": "memory limit (512Mi)",
+        "--cpu-limit": "CPU limit (none)",
+        "--memory-limit": "memory limit (512Mi; 'none' for no limit)",
         "--max-surge": "extra pods during a rollout (1)",
         "--pdb-max-unavailable": "pods a node drain may evict at once (1)",
     }
@@ -85,7 +86,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for flag, (name, _) in _VALUE_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
-            values[name], flags[name] = value, flag
+            # `--memory-limit none` takes the default limit away.
+            none = name in ("cpu_limit", "memory_limit") and value == "none"
+            values[name], flags[name] = None if none else value, flag
     if args.factory:
         values["factory"], flags["factory"] = True, "--factory"
     for flag, name in (("--env", "env"), ("--secret-env", "secret_env")):
@@ -103,7 +106,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     parser.exit(2, f"{parser.prog}: error: --{name} is required "
                                    "(or --config FILE)\n")
             spec = k8s.ManifestSpec(**values)
-        text = k8s.manifest_yaml(spec, comments=not args.no_comments)
+        text = k8s.manifest_yaml(spec, comments=not args.no_comments, source=args.config)
     except k8s.ManifestError as exc:
         where = (flags[exc.field] if exc.field in flags and exc.file is None
                  else f"{args.config}: {exc.field}" if args.config is not None

@@ -79,13 +79,13 @@ class ManifestError(ConfigurationError):
 # readinessProbe: two misses take the pod out of the Service, one success brings it back.
 PROBES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "startupProbe": MappingProxyType({
-        "httpGet": {"path": "/startupz", "port": "http"}, "initialDelaySeconds": 10,
-        "periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 30}),
+        "httpGet": MappingProxyType({"path": "/startupz", "port": "http"}),
+        "initialDelaySeconds": 10, "periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 30}),
     "livenessProbe": MappingProxyType({
-        "httpGet": {"path": "/livez", "port": "http"}, "initialDelaySeconds": 10,
+        "httpGet": MappingProxyType({"path": "/livez", "port": "http"}), "initialDelaySeconds": 10,
         "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}),
     "readinessProbe": MappingProxyType({
-        "httpGet": {"path": "/readyz", "port": "http"}, "initialDelaySeconds": 10,
+        "httpGet": MappingProxyType({"path": "/readyz", "port": "http"}), "initialDelaySeconds": 10,
         "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1,
         "failureThreshold": 2}),
 })
@@ -326,13 +326,15 @@ def manifest_documents(spec: ManifestSpec) -> list[dict[str, Any]]:
     return [json.loads(json.dumps(document)) for document in (deployment, service, budget)]
 
 
-def manifest_yaml(spec: ManifestSpec, *, comments: bool = True) -> str:
+def manifest_yaml(spec: ManifestSpec, *, comments: bool = True,
+                  source: str | None = None) -> str:
     """The documents of :func:`manifest_documents` as one YAML stream.
 
     With ``comments`` (the default) each setting that follows from the drain, the
-    probes or the rollout says why in a comment.
+    probes or the rollout says why in a comment, and ``source`` (the spec file's
+    path) is named at the top as the file to edit instead.
     """
-    notes = _notes(spec) if comments else {}
+    notes = _notes(spec, source) if comments else {}
     parts = []
     for index, document in enumerate(manifest_documents(spec)):
         lines = [f"# {line}" if line else "#" for line in notes.get((index,), "").splitlines()]
@@ -341,7 +343,7 @@ def manifest_yaml(spec: ManifestSpec, *, comments: bool = True) -> str:
     return "---\n".join(parts)
 
 
-def _notes(spec: ManifestSpec) -> dict[tuple[Any, ...], str]:
+def _notes(spec: ManifestSpec, source: str | None) -> dict[tuple[Any, ...], str]:
     pod = (0, "spec", "template", "spec")
     container = (*pod, "containers", 0)
     bound = " (derived)" if spec.grace_period is None else f", at most {spec.grace_period}"
@@ -353,7 +355,9 @@ def _notes(spec: ManifestSpec) -> dict[tuple[Any, ...], str]:
                "On SIGTERM every worker fails /readyz at once and keeps serving, new\n"
                f"connections too, for drain_delay ({spec.drain_delay:g} s) while the "
                "endpoints update;\nthen it stops accepting and gives in-flight requests "
-               f"drain_timeout ({spec.drain_timeout:g} s).\nNo preStop hook is needed."),
+               f"drain_timeout ({spec.drain_timeout:g} s).\nNo preStop hook is needed."
+               + (f"\nEdit {source} and regenerate; changes made here are lost."
+                  if source else "")),
         (0, "spec", "strategy", "rollingUpdate"):
             "maxUnavailable 0: never below the replicas that carry the SLO",
         (*pod, "terminationGracePeriodSeconds"): (
@@ -542,15 +546,22 @@ def load_spec(path: str | os.PathLike[str],
 
 
 def write_manifest(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one."""
+    """Write ``text`` to ``path`` atomically: a reader sees the old file or the new one.
+
+    A file that exists keeps its permissions; a new one is ``0644``.
+    """
     target = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temp, 0o644)
+        os.chmod(temp, mode)
         os.replace(temp, target)
     except BaseException:
         with contextlib.suppress(OSError):
