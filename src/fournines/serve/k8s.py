@@ -44,6 +44,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._errors import ConfigurationError
+from ..asgi.health import DEFAULT_PATHS
 
 __all__ = [
     "PROBES",
@@ -77,17 +78,17 @@ class ManifestError(ConfigurationError):
 # startupProbe: a slow start gets 10 + 30 x 2 = 70 s before the kubelet restarts it.
 # livenessProbe: three misses in 30 s (a wedged event loop) restart the container.
 # readinessProbe: two misses take the pod out of the Service, one success brings it back.
+def _probe(endpoint: str, period: int, failures: int, **more: int) -> Mapping[str, Any]:
+    return MappingProxyType({
+        "httpGet": MappingProxyType({"path": DEFAULT_PATHS[endpoint], "port": "http"}),
+        "initialDelaySeconds": 10, "periodSeconds": period, "timeoutSeconds": 1, **more,
+        "failureThreshold": failures})
+
+
 PROBES: Mapping[str, Mapping[str, Any]] = MappingProxyType({
-    "startupProbe": MappingProxyType({
-        "httpGet": MappingProxyType({"path": "/startupz", "port": "http"}),
-        "initialDelaySeconds": 10, "periodSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 30}),
-    "livenessProbe": MappingProxyType({
-        "httpGet": MappingProxyType({"path": "/livez", "port": "http"}), "initialDelaySeconds": 10,
-        "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3}),
-    "readinessProbe": MappingProxyType({
-        "httpGet": MappingProxyType({"path": "/readyz", "port": "http"}), "initialDelaySeconds": 10,
-        "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1,
-        "failureThreshold": 2}),
+    "startupProbe": _probe("startup", 2, 30),
+    "livenessProbe": _probe("live", 10, 3),
+    "readinessProbe": _probe("ready", 5, 2, successThreshold=1),
 })
 """The probes of every generated container, by Kubernetes field (paths of
 :data:`fournines.asgi.health.DEFAULT_PATHS`)."""
