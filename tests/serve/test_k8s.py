@@ -130,6 +130,13 @@ def test_the_grace_period_is_drain_delay_plus_drain_timeout_plus_margin_rounded_
     assert manifest.termination_grace_period == math.ceil(2.5 + 10 + 1.2) == 14
 
 
+def test_drain_seconds_reach_the_command_exactly() -> None:
+    command = container(spec(drain_delay=1234567.5, drain_timeout=0.1))["command"]
+
+    assert command[command.index("--drain-delay") + 1] == "1234567.5"
+    assert command[command.index("--drain-timeout") + 1] == "0.1"
+
+
 def test_a_grace_period_that_covers_the_drain_is_kept() -> None:
     assert spec(grace_period=60).termination_grace_period == 60
     assert spec(grace_period=30).termination_grace_period == 30
@@ -273,6 +280,15 @@ def test_the_service_and_the_budget_select_the_deployments_pods() -> None:
     ({"serve_args": ("--bind", "0.0.0.0:1")}, "serve_args", "must not contain --bind"),
     ({"serve_args": ("--grace-period=99",)}, "serve_args", "must not contain --grace-period"),
     ({"serve_args": "--max-requests 9"}, "serve_args", "must be a list of strings"),
+    ({"serve_args": ("--grace=99",)}, "serve_args", "must not contain --grace-period"),
+    ({"serve_args": ("--max-requets", "9")}, "serve_args",
+     "are refused by fournines serve: unrecognized arguments: --max-requets 9"),
+    ({"serve_args": ("--max-requests", "many")}, "serve_args",
+     "are refused by fournines serve: argument --max-requests: invalid int value: 'many'"),
+    ({"memory": "1Gi", "memory_limit": "512Mi"}, "memory_limit",
+     "must be at least the memory request (1Gi), got '512Mi'"),
+    ({"cpu": "500m", "cpu_limit": "0.25"}, "cpu_limit",
+     "must be at least the cpu request (500m), got '0.25'"),
 ])
 def test_bad_settings_are_refused_naming_the_field(
         changes: dict[str, Any], field: str, problem: str) -> None:
@@ -298,11 +314,12 @@ def test_a_missing_required_field_is_named() -> None:
 
 
 def test_numeric_quantities_of_a_file_are_kubernetes_quantities() -> None:
-    manifest = spec_from_mapping({"name": "orders", "image": "i", "app": "a:b", "cpu": 1,
-                                  "memory_limit": 0.5, "serve_args": ["--max-requests", "9"]})
+    manifest = spec_from_mapping({"name": "orders", "image": "i", "app": "a:b", "cpu": 0.5,
+                                  "cpu_limit": 2, "memory_limit": 1e9,
+                                  "serve_args": ["--max-requests", "9"]})
 
-    assert (manifest.cpu, manifest.memory_limit, manifest.serve_args) == (
-        "1", "0.5", ("--max-requests", "9"))
+    assert (manifest.cpu, manifest.cpu_limit, manifest.memory_limit, manifest.serve_args) == (
+        "0.5", "2", "1000000000", ("--max-requests", "9"))
 
 
 # -- the YAML file -------------------------------------------------------------------------

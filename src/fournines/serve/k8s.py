@@ -31,6 +31,7 @@ field.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -41,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn
 
 from .._errors import ConfigurationError
 from ..asgi.health import DEFAULT_PATHS
@@ -207,10 +208,20 @@ class ManifestSpec:
             raise ManifestError("serve_args", f"must be a list of strings, got "
                                 f"{self.serve_args!r}")
         for arg in self.serve_args:
-            if arg.partition("=")[0] in _OWNED_FLAGS:
-                raise ManifestError("serve_args", f"must not contain {arg.partition('=')[0]}: "
-                                    "the manifest sets it from its own fields")
+            flag = arg.partition("=")[0]
+            # argparse takes "--grace" for "--grace-period": prefixes are the flag too.
+            if flag.startswith("--") and any(owned.startswith(flag) for owned in _OWNED_FLAGS):
+                owned = min(owned for owned in _OWNED_FLAGS if owned.startswith(flag))
+                raise ManifestError("serve_args", f"must not contain {owned}: the manifest "
+                                    "sets it from its own fields")
         object.__setattr__(self, "serve_args", tuple(self.serve_args))
+        if self.serve_args:  # a typo would only show as the pod's CrashLoopBackOff
+            _check_command(self.command)
+        for name, low, high in (("cpu", self.cpu, self.cpu_limit),
+                                ("memory", self.memory, self.memory_limit)):
+            if high is not None and _quantity(high) < _quantity(low):
+                raise ManifestError(f"{name}_limit", f"must be at least the {name} request "
+                                    f"({low}), got {high!r}")
 
     @property
     def termination_grace_period(self) -> int:
@@ -226,10 +237,41 @@ class ManifestSpec:
         if self.factory:
             command.append("--factory")
         command += ["--workers", str(self.workers), "--bind", f"0.0.0.0:{self.port}",
-                    "--drain-delay", f"{self.drain_delay:g}",
-                    "--drain-timeout", f"{self.drain_timeout:g}",
+                    "--drain-delay", _seconds(self.drain_delay),
+                    "--drain-timeout", _seconds(self.drain_timeout),
                     "--grace-period", str(self.termination_grace_period)]
         return [*command, *self.serve_args]
+
+
+class _RefusingParser(argparse.ArgumentParser):
+    """A parser whose errors are a spec's, not an exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ManifestError("serve_args", f"are refused by fournines serve: {message}")
+
+
+def _check_command(command: list[str]) -> None:
+    from . import _cli  # noqa: PLC0415 - the serve command's own parser, when needed
+
+    parser = _RefusingParser(prog="fournines")
+    _cli.register(parser.add_subparsers(dest="command", parser_class=_RefusingParser))
+    parser.parse_args(command[1:])
+
+
+_SUFFIXES = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
+             "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50,
+             "Ei": 2.0**60}
+
+
+def _quantity(text: str) -> float:
+    number = text.rstrip("kmMGTPEi")
+    return float(number) * _SUFFIXES.get(text[len(number):], 1.0)
+
+
+def _seconds(value: float) -> str:
+    """``value`` for a command line: ``5`` rather than ``5.0``, exactly as given."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def _match(name: str, value: object, pattern: re.Pattern[str], what: str) -> None:
@@ -503,7 +545,7 @@ def spec_from_mapping(data: Mapping[str, Any]) -> ManifestSpec:
         # YAML reads `cpu: 1` and `memory: 512` as numbers; Kubernetes takes them too.
         if key in ("cpu", "memory", "cpu_limit", "memory_limit") and isinstance(
                 given, int | float) and not isinstance(given, bool):
-            value = f"{given:g}"
+            value = str(int(given)) if float(given).is_integer() else repr(float(given))
         if key == "serve_args" and isinstance(given, list):
             value = tuple(given)
         values[key] = value
