@@ -567,7 +567,10 @@ def test_the_manifests_command_serves_its_probes_and_drains_within_its_grace_per
 
 
 def test_spec_is_a_frozen_keyword_only_dataclass() -> None:
-    manifest = spec()
+    manifest = spec(env={"A": "1"})
+
+    assert hash(manifest) == hash(spec(env={"A": "1"}))
+    assert manifest != spec(env={"A": "2"})
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         manifest.port = 1  # type: ignore[misc]

@@ -24,6 +24,11 @@ which ``margin`` is left. ``terminationGracePeriodSeconds`` is
 that is shorter is refused (:class:`ManifestError`), since the kubelet would SIGKILL
 the pod mid-drain.
 
+The supervisor is the container's PID 1, so a SIGHUP (``kubectl exec POD -- kill -HUP
+1``) reloads the workers in place, but SIGUSR2 does not apply: the old supervisor's
+exit would end the container. On Kubernetes a new version is a rollout, which the
+``maxUnavailable: 0`` strategy and the drain make lossless.
+
 ``load_spec(path)`` reads the same fields from a small YAML mapping (the names of
 :class:`ManifestSpec`'s fields); unknown fields and wrong types are refused, naming the
 field.
@@ -147,8 +152,9 @@ class ManifestSpec:
     memory: str = "256Mi"
     memory_limit: str | None = "512Mi"
     cpu_limit: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    secret_env: Mapping[str, str] = field(default_factory=dict)
+    # Compared, not hashed (a mapping has no hash): equal specs still hash equal.
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    secret_env: Mapping[str, str] = field(default_factory=dict, hash=False)
     serve_args: Sequence[str] = ()
     max_surge: int = 1
     pdb_max_unavailable: int = 1
