@@ -423,8 +423,11 @@ def _notes(spec: ManifestSpec, source: str | None) -> dict[tuple[Any, ...], str]
                                         "outage must not restart every pod"),
         (*container, "readinessProbe"): ("started, not draining, every critical check "
                                          "passing"),
-        (*container, "resources"): "no CPU limit unless asked: throttling becomes tail latency",
-        (2,): "Node drains evict one pod at a time; a crash-looping pod never blocks them.",
+        (*container, "resources"): (
+            "no CPU limit: throttling becomes tail latency" if spec.cpu_limit is None
+            else "a CPU limit throttles the workers: watch the tail latency"),
+        (2,): (f"Node drains evict at most {spec.pdb_max_unavailable} of the "
+               f"{spec.replicas} pods at a time;\na crash-looping pod never blocks them."),
     }
 
 
