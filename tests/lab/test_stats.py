@@ -214,6 +214,17 @@ def test_phase_counts_separate_full_degraded_and_late_answers() -> None:
             phase.failed) == (4, 1, 2, 1, 1)
 
 
+def test_answers_in_time_that_came_only_after_the_fault_ended_are_counted_apart() -> None:
+    # a +2 s latency fault from 10 to 15: a page sent at 14.5 and answered at 15.1
+    # (the proxy let its held answer go when the fault ended) is in time but late for
+    # the fault; one sent at 11 and answered at 11.05 is not
+    faults = [Fault(kind="payment_latency", at=10, duration=5, latency=2.0)]
+    outcomes = [_page(14.5, latency=0.6), _page(11.0), _page(14.9, latency=1.2)]
+    phase = summarize("unprotected", outcomes, [], faults, 20).phases["payment_latency (+2 s)"]
+    assert (phase.answered_in_time, phase.in_time_after_end) == (2, 1)
+    assert phase.to_json()["in_time_after_end"] == 1
+
+
 def test_full_service_is_back_after_the_last_short_bucket() -> None:
     fault = Fault(kind="profile_kill", at=10, duration=5)
     # 15.0-15.5 and 15.5-16.0 degraded, full from 16.0 on

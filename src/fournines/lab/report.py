@@ -212,8 +212,12 @@ def phase_rows(result: LabResult) -> list[tuple[str, str, str, str, str]]:
         if protected is not None and phase.startswith("after "):
             back = protected.recovery.get(phase.removeprefix("after "), 0.0)
             recovery = "not back" if back is None else f"{back:.1f} s"
-        rows.append((phase,
-                     f"{u.answered_in_time} of {u.requests}" if u else "-",
+        answered = "-"
+        if u is not None:
+            answered = f"{u.answered_in_time} of {u.requests}"
+            if u.in_time_after_end:
+                answered += f" ({u.in_time_after_end} after the fault ended)"
+        rows.append((phase, answered,
                      f"{p.full_in_time} of {p.requests}" if p else "-",
                      str(p.degraded) if p else "-", recovery))
     return rows

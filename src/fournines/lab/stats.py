@@ -117,6 +117,12 @@ class PhaseCounts:
     degraded, within 1 s. The lab's target compares the first of the protected fleet
     with the second of the unprotected one: degrading is allowed, but not at the
     cost of answers the unprotected fleet gives in full.
+
+    ``in_time_after_end``: of ``answered_in_time``, the answers of a fault window that
+    came only after the fault had ended. A fleet that waits gets these when a fault
+    ends (the fault proxy passes held data on at once when a latency toxic goes, as
+    Toxiproxy does); a fleet that bounds its waits below the fault's latency cannot.
+    The report shows them so that a missed target says what it was missed by.
     """
 
     requests: int
@@ -124,21 +130,25 @@ class PhaseCounts:
     answered_in_time: int
     degraded: int
     failed: int
+    in_time_after_end: int = 0
 
     def to_json(self) -> dict[str, int]:
         """A JSON-ready dict."""
         return {"requests": self.requests, "full_in_time": self.full_in_time,
                 "answered_in_time": self.answered_in_time, "degraded": self.degraded,
-                "failed": self.failed}
+                "failed": self.failed, "in_time_after_end": self.in_time_after_end}
 
 
-def _phase_counts(outcomes: Sequence[Outcome]) -> PhaseCounts:
+def _phase_counts(outcomes: Sequence[Outcome], end: float | None = None) -> PhaseCounts:
+    in_time = [o for o in outcomes if o.ok and o.latency < P99_TARGET]
     return PhaseCounts(
         requests=len(outcomes),
         full_in_time=sum(_full_in_time(o) for o in outcomes),
-        answered_in_time=sum(o.ok and o.latency < P99_TARGET for o in outcomes),
+        answered_in_time=len(in_time),
         degraded=sum(o.ok and o.degraded for o in outcomes),
-        failed=sum(not o.ok for o in outcomes))
+        failed=sum(not o.ok for o in outcomes),
+        in_time_after_end=0 if end is None else sum(
+            o.at + o.latency >= end for o in in_time))
 
 
 def time_to_full_service(outcomes: Sequence[Outcome], fault: Fault,
@@ -379,6 +389,7 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
     by_phase: dict[str, Counter[str]] = {}
     latencies_by_phase: dict[str, list[float]] = {}
     in_phase: dict[str, list[Outcome]] = {}
+    ends = {f.label(): f.end for f in faults}
     for outcome in sorted(outcomes, key=lambda o: o.at):
         phase = phase_of(outcome.at, faults)
         in_phase.setdefault(phase, []).append(outcome)
@@ -412,7 +423,7 @@ def summarize(variant: str, outcomes: Sequence[Outcome], samples: Sequence[Sampl
         failures_by_phase={k: dict(v) for k, v in by_phase.items()},
         degraded_by_source=dict(sources.most_common()),
         p99_by_phase={k: percentile(v, 99) for k, v in latencies_by_phase.items()},
-        phases={k: _phase_counts(v) for k, v in in_phase.items()},
+        phases={k: _phase_counts(v, ends.get(k)) for k, v in in_phase.items()},
         recovery={f.label(): time_to_full_service(outcomes, f, faults, duration)
                   for f in faults},
         series=series,
