@@ -1,4 +1,4 @@
-"""A protected service that registers itself in etcd (``python -m tests.discovery.apps.registered_app``).
+"""A protected service that registers itself in etcd (run with ``python -m``).
 
 ``protect(..., hooks=[RegistrationHook(...)])`` under :func:`fournines.asgi.serve`:
 instance ``INSTANCE_ID`` of service ``payment`` at ``http://127.0.0.1:PORT``,
