@@ -14,7 +14,8 @@ VENV=.venv
 # binary:package pairs of the servers and tools tests start themselves; an absolute path
 # stands for a file the package installs (a header the NFQUEUE shim compiles against).
 PACKAGES=(
-  redis-server:redis-server etcd:etcd-server prometheus:prometheus promtool:prometheus
+  redis-server:redis-server etcd:etcd-server etcdctl:etcd-client prometheus:prometheus
+  promtool:prometheus
   prometheus-alertmanager:prometheus-alertmanager
   nft:nftables iptables:iptables ip:iproute2 gcc:gcc
   /usr/include/libnetfilter_queue/libnetfilter_queue.h:libnetfilter-queue-dev

@@ -47,15 +47,25 @@ def private_redis() -> Iterator[RedisServer]:
         server.stop()
 
 
-@pytest.fixture
-def etcd_server() -> Iterator[EtcdServer]:
-    """A private single-node etcd of this test alone (it may kill, pause and restart it)."""
+def _running_etcd() -> Iterator[EtcdServer]:
     server = EtcdServer()
     server.start()
     try:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def etcd_server() -> Iterator[EtcdServer]:
+    """A private single-node etcd of this test alone (it may kill, pause and restart it)."""
+    yield from _running_etcd()
+
+
+@pytest.fixture(scope="module")
+def shared_etcd() -> Iterator[EtcdServer]:
+    """One etcd for the tests of a module that never stop it (each uses its own prefix)."""
+    yield from _running_etcd()
 
 
 @pytest.fixture

@@ -156,3 +156,38 @@ async def test_clients_over_their_quota_get_429(serve: Served) -> None:
     assert statuses == [200, 200, 429]
     assert limited.headers["ratelimit"].startswith('"orders";r=0')
     assert 'http_requests_total{method="GET",route="/orders/{id}",status="429"} 2.0' in text
+
+
+async def test_a_registration_hook_withdraws_the_instance_before_readiness_fails_on_shutdown(
+) -> None:
+    from fournines.asgi import Phase, ServiceState
+    from fournines.discovery import Instance, RegistrationHook, StaticRegistry
+
+    registry = StaticRegistry()
+    me = Instance(service="orders", id="o1", address="http://127.0.0.1:8080")
+    state = ServiceState(service="orders")
+    state.add_hook(RegistrationHook(registry, me))
+    phases: list[Phase] = []
+
+    class Witness:
+        async def on_ready(self, state: ServiceState) -> None:
+            pass
+
+        async def on_drain(self, state: ServiceState) -> None:
+            await asyncio.sleep(0.01)  # after the registration hook's deregister
+            phases.append(state.phase)
+
+    state.add_hook(Witness())
+    app = web.Application()
+    protect_aiohttp(app, state=state, registry=CollectorRegistry())
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert registry.instances("orders") == (me,)
+
+    await runner.cleanup()  # on_shutdown
+
+    assert registry.instances("orders") == ()
+    assert phases == [Phase.READY] and state.phase is Phase.DRAINING

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,6 +15,8 @@ import aetcd
 
 from fournines.discovery import Instance, RegistrationChanged
 from fournines.testing import RecordingListener
+
+from .._servers import require_binary
 
 
 async def eventually(condition: Callable[[], object], timeout: float = 20.0,
@@ -105,3 +110,17 @@ def payment(n: int, **kwargs: Any) -> Instance:
 def kinds(recorder: RecordingListener) -> list[str]:
     """The kinds of the ``RegistrationChanged`` events recorded, in order."""
     return [e.kind for e in recorder.of(RegistrationChanged)]
+
+
+def etcdctl(url: str, *args: str) -> str:
+    """Run the real ``etcdctl`` (v3 API, Debian ``etcd-client``) on ``url``; its output."""
+    binary = require_binary("etcdctl", "etcd-client")
+    done = subprocess.run([binary, "--endpoints", url, *args], capture_output=True, text=True,
+                          env={**os.environ, "ETCDCTL_API": "3"}, timeout=30, check=True)
+    return done.stdout
+
+
+def etcdctl_revision(url: str) -> int:
+    """The store's current revision, as ``etcdctl endpoint status`` reports it."""
+    status = json.loads(etcdctl(url, "endpoint", "status", "-w", "json"))
+    return int(status[0]["Status"]["header"]["revision"])

@@ -1,9 +1,12 @@
-"""Fixtures of the discovery tests: ``etcd`` is shared by a module unless it overrides it."""
+"""Fixtures of the discovery tests: ``etcd`` is shared by a module unless it overrides it.
+
+The etcd servers themselves are tests/conftest.py's fixtures (``shared_etcd``, ``etcd_server``).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,20 +18,10 @@ from .._servers import EtcdServer
 TTL = 2.0
 
 
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EtcdServer]:
-    """One etcd for the tests of a module that never stop it (each has its own prefix)."""
-    server = EtcdServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.fixture
 def etcd(shared_etcd: EtcdServer) -> EtcdServer:
-    """The etcd a test uses; modules that kill or pause it override this with a private one."""
+    """The etcd a test uses: the module's ``shared_etcd`` (tests/conftest.py); modules that
+    kill or pause it override this with the private ``etcd_server``."""
     return shared_etcd
 
 

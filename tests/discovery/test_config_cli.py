@@ -14,6 +14,7 @@ import pytest
 from fournines.cli import main
 
 from .._servers import EtcdServer
+from ._helpers import etcdctl, etcdctl_revision
 
 SCHEMA = """
 from dataclasses import dataclass, field
@@ -121,6 +122,54 @@ def test_history_marks_past_values_the_schema_refuses(
     lines = capsys.readouterr().out.splitlines()
     assert "invalid" not in lines[0]
     assert "(invalid: expected int, got str 'x')" in lines[1]
+
+
+def test_history_of_a_prefix_lists_each_state_deletions_included(
+    etcd: EtcdServer, key: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("set", key, '{"rate": {"per_second": 5}, "retry_attempts": 2}', "--prefix",
+               "--endpoints", etcd.url) == 0
+    etcdctl(etcd.url, "put", f"{key}/retry_attempts", "4")
+    etcdctl(etcd.url, "del", f"{key}/rate/per_second")
+    deleted = etcdctl_revision(etcd.url)
+    capsys.readouterr()
+
+    assert run("history", key, "--prefix", "--endpoints", etcd.url) == 0
+
+    lines = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    assert [json.loads(value) for _, value in lines] == [
+        {"retry_attempts": 4},
+        {"rate": {"per_second": 5}, "retry_attempts": 4},
+        {"rate": {"per_second": 5}, "retry_attempts": 2},
+    ]
+    assert int(lines[0][0]) == deleted
+    assert [int(revision) for revision, _ in lines] == sorted(
+        (int(revision) for revision, _ in lines), reverse=True)
+
+
+def test_history_of_a_prefix_starts_at_the_state_kept_by_the_last_compaction(
+    etcd: EtcdServer, key: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    for n in range(1, 6):
+        etcdctl(etcd.url, "put", f"{key}/retry_attempts", str(n))
+    etcdctl(etcd.url, "put", f"{key}/rate/per_second", "7")
+    etcdctl(etcd.url, "compact", str(etcdctl_revision(etcd.url) - 1))
+    etcdctl(etcd.url, "put", f"{key}/retry_attempts", "6")
+
+    assert run("history", key, "--prefix", "--limit", "5", "--endpoints", etcd.url) == 0
+
+    values = [json.loads(line.split("\t")[1])
+              for line in capsys.readouterr().out.splitlines()]
+    assert values == [{"rate": {"per_second": 7}, "retry_attempts": 6},
+                      {"rate": {"per_second": 7}, "retry_attempts": 5},
+                      {"retry_attempts": 5}]
+
+
+def test_history_of_an_empty_prefix_says_so_with_status_1(
+    etcd: EtcdServer, key: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("history", key, "--prefix", "--endpoints", etcd.url) == 1
+    assert "no key under the prefix" in capsys.readouterr().err
 
 
 def test_an_unreachable_etcd_is_one_line_and_status_1(

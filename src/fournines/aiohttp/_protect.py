@@ -251,7 +251,8 @@ def protect_aiohttp(
         state.mark_ready()
 
     async def stopping(_: web.Application) -> None:
-        state.mark_draining()
+        # The state's on_drain hooks (deregistration) first, then readiness fails.
+        await state.drain()
 
     app.on_startup.append(started)
     app.on_shutdown.append(stopping)

@@ -8,7 +8,7 @@ shutdown (imported lazily: it needs the ``serve`` extra).
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
-from ._state import InstanceLogFilter, Phase, ServiceState, instance_id
+from ._state import InstanceLogFilter, LifecycleHook, Phase, ServiceState, instance_id
 from .checks import (
     Check,
     CheckFailed,
@@ -47,6 +47,7 @@ __all__ = [
     "HealthMiddleware",
     "HealthStatus",
     "InstanceLogFilter",
+    "LifecycleHook",
     "LifecycleMiddleware",
     "LoadShedder",
     "MetricsMiddleware",

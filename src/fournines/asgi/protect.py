@@ -41,7 +41,7 @@ from typing import Any
 from .._errors import ConfigurationError
 from ..policies.adaptive import ConcurrencyLimit
 from ..policies.rate_limit import RateLimiter
-from ._state import ServiceState
+from ._state import LifecycleHook, ServiceState
 from ._types import ASGIApp
 from .checks import Check, event_loop_lag_check
 from .deadline import DeadlineMiddleware
@@ -79,6 +79,7 @@ def protect(
     rate_limit: Callable[[], RateLimiter] | Sequence[RateLimitRule] | None = None,
     rate_limit_key: str = "ip",
     instance_header: bool = True,
+    hooks: Sequence[LifecycleHook] = (),
 ) -> LifecycleMiddleware:
     """Wrap ``app`` in fournines' service protection (see the module docstring).
 
@@ -111,6 +112,11 @@ def protect(
         proxy's behind a proxy, unless ``serve(forwarded_allow_ips=...)`` names
         it), ``"header:<name>"`` or ``"global"``; see ``RateLimitRule.key``.
     :param instance_header: add ``x-instance-id`` to every response.
+    :param hooks: lifecycle hooks added to the state (see
+        :class:`~fournines.asgi.LifecycleHook`): ``on_ready`` once the service is
+        ready, ``on_drain`` first thing on drain, before readiness fails. A
+        :class:`fournines.discovery.RegistrationHook` registers the instance in a
+        service registry this way.
     :returns: the outermost middleware; ``.state`` is the shared state.
     """
     state = state if state is not None else ServiceState(service=service)
@@ -119,6 +125,12 @@ def protect(
     _check_options(rate_limit=rate_limit, rate_limit_key=rate_limit_key, shedding=shedding,
                    concurrency_limit=concurrency_limit, critical_paths=critical_paths,
                    metrics=metrics, registry=registry)
+    bad = [hook for hook in hooks if not isinstance(hook, LifecycleHook)]
+    if bad:
+        raise ConfigurationError("protect.hooks must be lifecycle hooks (async on_ready(state) "
+                                 f"and on_drain(state)), got {bad[0]!r}")
+    for hook in hooks:
+        state.add_hook(hook)
     inner: ASGIApp = app
     if rate_limit is not None:
         if callable(rate_limit):

@@ -42,6 +42,7 @@ only) nor, under httptools, its size; with ``http="h11"`` a head above
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import ipaddress
 import logging
@@ -109,6 +110,8 @@ class DrainingServer(uvicorn.Server):
         self.forced = False
         self._drain_until: float | None = None
         self._announced = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._hooks_task: asyncio.Future[None] | None = None
 
     @property
     def exit_code(self) -> int | None:
@@ -131,16 +134,33 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         self.exit_signal = sig
+        signalled = system_clock.monotonic()
+        loop = self._loop
+        if self.state.hooks and loop is not None:
+            # Hooks first (deregistration), readiness after them: on the loop, as a task.
+            loop.call_soon_threadsafe(self._start_hooks_first, signalled)
+            return
+        self._begin_drain(self.state.ready, signalled)
+
+    def _start_hooks_first(self, signalled: float) -> None:
+        self._hooks_task = asyncio.ensure_future(self._hooks_first(signalled))
+
+    async def _hooks_first(self, signalled: float) -> None:
         was_ready = self.state.ready
+        await self.state.drain(timeout=self.graceful.hook_timeout)
+        self._begin_drain(was_ready, signalled)
+
+    def _begin_drain(self, was_ready: bool, signalled: float) -> None:
         self.state.mark_draining()
         if was_ready and self.graceful.drain_delay > 0:
-            self._drain_until = system_clock.monotonic() + self.graceful.drain_delay
+            self._drain_until = signalled + self.graceful.drain_delay
         else:
             # Never ready means no load balancer sends traffic: nothing to wait for.
             self.should_exit = True
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start as uvicorn does; the service is ready once it listens."""
+        self._loop = asyncio.get_running_loop()
         await super().startup(sockets=sockets)
         if self.started:
             # Covers apps run without LifecycleMiddleware or with lifespan="off";
@@ -164,8 +184,9 @@ class DrainingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """Uvicorn's shutdown (stop accepting, wait, cancel, lifespan); then mark stopped."""
-        # Stopping for another reason (limit_max_requests): readiness fails now too.
-        self.state.mark_draining()
+        # Stopping for another reason (limit_max_requests): readiness fails now too,
+        # after the hooks (a no-op wait when the signal already ran them).
+        await self.state.drain(timeout=self.graceful.hook_timeout)
         await super().shutdown(sockets=sockets)
         self.state.mark_stopped()
         if self.forced:

@@ -10,7 +10,8 @@ balancer to a pod that is still ready.
 :class:`GracefulShutdown` holds the timing that :func:`fournines.asgi.server.serve`
 applies on SIGTERM::
 
-    SIGTERM ──> readiness 503 at once (state.mark_draining())
+    SIGTERM ──> lifecycle hooks' on_drain first (deregistration), up to hook_timeout
+           ──> readiness 503 (state.mark_draining())
            ──> keep serving, new connections too, for drain_delay
                (load balancers and kube-proxy notice and stop sending traffic)
            ──> stop accepting; wait for in-flight requests up to drain_timeout
@@ -19,7 +20,9 @@ applies on SIGTERM::
 
 ``drain_delay + drain_timeout`` must stay below ``grace_period`` (Kubernetes'
 ``terminationGracePeriodSeconds``, 30 s by default), leaving time for the
-lifespan shutdown before the kubelet sends SIGKILL.
+lifespan shutdown before the kubelet sends SIGKILL. The drain delay counts from
+the signal, so hooks that finish within it (a deregistration takes milliseconds)
+cost no extra time.
 """
 
 from __future__ import annotations
@@ -50,13 +53,16 @@ class GracefulShutdown:
     allowed with ``grace_period=None``). ``grace_period``: the platform's limit
     (Kubernetes' ``terminationGracePeriodSeconds``); ``drain_delay +
     drain_timeout`` must be shorter, or the kubelet kills the process mid-drain.
-    ``exit_code``: the exit status after a graceful drain.
+    ``exit_code``: the exit status after a graceful drain. ``hook_timeout``: how
+    long the state's lifecycle hooks (``on_drain``: deregistration) may hold
+    readiness up after the signal before it fails anyway.
     """
 
     drain_delay: float = 5.0
     drain_timeout: float | None = 20.0
     grace_period: float | None = 30.0
     exit_code: int = 0
+    hook_timeout: float = 1.0
 
     def __post_init__(self) -> None:
         check_number("GracefulShutdown", "drain_delay", self.drain_delay, minimum=0)
@@ -66,6 +72,7 @@ class GracefulShutdown:
                      exclusive_minimum=True, optional=True)
         check_number("GracefulShutdown", "exit_code", self.exit_code, minimum=0, maximum=255,
                      integer=True)
+        check_number("GracefulShutdown", "hook_timeout", self.hook_timeout, minimum=0)
         if self.grace_period is None:
             return
         if self.drain_timeout is None:
@@ -89,7 +96,8 @@ class LifecycleMiddleware:
       that ignores or rejects the lifespan protocol is marked ready when its
       lifespan call ends, as the server then serves without it; with a server
       that sends no lifespan at all, the first HTTP request marks it ready.
-      ``lifespan.shutdown`` marks the service draining, in case nothing did before.
+      ``lifespan.shutdown`` marks the service draining, in case nothing did before
+      (running the state's ``on_drain`` hooks first, for up to a second).
     - ``state.in_flight`` counts HTTP requests inside the app (WebSockets are
       long-lived and would distort it for load shedding, so they are not counted).
     - While draining, responses carry ``connection: close``: a keep-alive
@@ -156,7 +164,8 @@ class LifecycleMiddleware:
         async def lifespan_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                state.mark_draining()
+                # Plain uvicorn stopped accepting already; serve() ran the hooks earlier.
+                await state.drain()
             return message
 
         async def lifespan_send(message: Message) -> None:

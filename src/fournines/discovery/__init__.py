@@ -48,6 +48,7 @@ from .etcd import EtcdEndpoints, EtcdRegistry
 from .registry import (
     DEFAULT_PREFIX,
     Instance,
+    RegistrationHook,
     ServiceRegistry,
     StaticRegistry,
     default_instance_id,
@@ -72,6 +73,7 @@ __all__ = [
     "Instance",
     "Reconfigurable",
     "RegistrationChanged",
+    "RegistrationHook",
     "ServiceRegistry",
     "StaticRegistry",
     "bind",

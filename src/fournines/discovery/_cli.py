@@ -57,6 +57,7 @@ def register(sub: Any) -> None:
     watch.set_defaults(run=_watch)
     history = command("history", "list KEY's past values, newest first (until compaction)")
     history.add_argument("--limit", type=int, default=20, help="at most this many (20)")
+    prefixed(history)
     history.set_defaults(run=_history)
 
 
@@ -223,9 +224,10 @@ def _history(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         schema = _schema(args)
         past = await config_history(_endpoints(args), args.key, limit=args.limit,
-                                    timeout=args.timeout)
+                                    timeout=args.timeout, prefix=args.prefix)
         if not past:
-            print(f"{args.command_parser.prog}: {args.key}: no value in etcd", file=sys.stderr)
+            what = "no key under the prefix" if args.prefix else "no value"
+            print(f"{args.command_parser.prog}: {args.key}: {what} in etcd", file=sys.stderr)
             return 1
         for entry in past:
             text = " ".join(entry.value.split())

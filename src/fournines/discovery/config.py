@@ -809,13 +809,24 @@ async def get_config(endpoints: str | Sequence[str], key: str, *, schema: type[C
 
 
 async def config_history(endpoints: str | Sequence[str], key: str, *, limit: int = 20,
-                         timeout: float = 2.0) -> list[ConfigRevision]:
+                         timeout: float = 2.0, prefix: bool = False) -> list[ConfigRevision]:
     """The key's past values, newest first, as far back as etcd still keeps them.
 
     History ends at the last compaction, at ``limit`` values, or where the key
     was last created (a deleted and re-created key's older life is not followed).
+
+    With ``prefix=True``, the past states of the whole prefix (one key per field,
+    as ``ConfigWatcher(..., prefix=True)`` reads it): one entry per revision that
+    changed a key under it, deletions included, its ``value`` the fields put
+    together as JSON (``{}`` once every key was deleted) and its ``version`` the
+    number of keys. The oldest entry is the state at the last compaction.
     """
     check_number("config_history", "limit", limit, minimum=1, integer=True)
+    if prefix:
+        base = (key if key.endswith("/") else key + "/").encode()
+        entries: list[ConfigRevision] = await _once(
+            endpoints, timeout, lambda c: _prefix_history(c, base, timeout), "config_history")
+        return entries[:limit]
 
     async def read(client: Any) -> list[ConfigRevision]:
         rpc = _rpc()
@@ -844,3 +855,80 @@ async def config_history(endpoints: str | Sequence[str], key: str, *, limit: int
     result: list[ConfigRevision] = await _once(endpoints, timeout, read, "config_history")
     return result
 
+
+
+async def _prefix_history(client: Any, base: bytes, timeout: float) -> list[ConfigRevision]:
+    """Every state the prefix went through since the last compaction, newest first.
+
+    Replays the watch history: the state at the compaction revision (a range at
+    that revision), then each event after it. A watch has no end of history
+    marker, so the replay stops once it has reached the state read at first and
+    no event follows for a moment (or after ``timeout`` without any event).
+    """
+    rpc = _rpc()
+    range_end = base[:-1] + b"0"  # base ends with "/": its range ends at the next byte up
+    head = await asyncio.wait_for(client.get_prefix(base), timeout)
+    head_state = {kv.key: kv.value for kv in head}
+    head_mod = max((kv.mod_revision for kv in head), default=0)
+    start = 1
+    while True:
+        state: dict[bytes, bytes] = {}
+        states: dict[int, dict[bytes, bytes]] = {}
+        if start > 1:
+            # The compaction keeps each key's value as of its revision: the oldest state.
+            response = await asyncio.wait_for(client.kvstub.Range(
+                rpc.RangeRequest(key=base, range_end=range_end, revision=start - 1),
+                timeout=timeout, metadata=client.metadata), timeout)
+            state = {kv.key: kv.value for kv in response.kvs}
+            if state:
+                states[max(kv.mod_revision for kv in response.kvs)] = dict(state)
+        try:
+            await _replay(client, base, start, state, states, head_state, head_mod, timeout)
+        except Exception as exc:
+            compacted = getattr(exc, "compacted_revision", None)
+            if not isinstance(compacted, int) or compacted < start:
+                raise
+            start = compacted + 1
+            continue
+        return [ConfigRevision(revision=revision, value=_prefix_text(base, kvs, revision),
+                               version=len(kvs))
+                for revision, kvs in sorted(states.items(), reverse=True)]
+
+
+async def _replay(client: Any, base: bytes, start: int, state: dict[bytes, bytes],
+                  states: dict[int, dict[bytes, bytes]], head_state: dict[bytes, bytes],
+                  head_mod: int, timeout: float) -> None:
+    watch = await asyncio.wait_for(client.watch_prefix(base, start_revision=start), timeout)
+    last = start - 1
+    try:
+        iterator = aiter(watch)
+        while True:
+            # Caught up with the first read: only a key created and deleted since can
+            # still come, and it would come at once.
+            caught_up = state == head_state and last >= head_mod
+            try:
+                event = await asyncio.wait_for(anext(iterator), 0.3 if caught_up else timeout)
+            except (TimeoutError, StopAsyncIteration):
+                return
+            kv = event.kv
+            if event.kind == "DELETE":
+                state.pop(kv.key, None)
+            else:
+                state[kv.key] = kv.value
+            last = kv.mod_revision
+            states[last] = dict(state)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(watch.cancel(), timeout)
+
+
+def _prefix_text(base: bytes, state: dict[bytes, bytes], revision: int) -> str:
+    kvs = [(key, value, revision) for key, value in state.items()]
+    try:
+        data = _assemble(base.decode(), kvs, revision)
+    except ConfigValidationError:
+        # A past state that no watcher could read (a field with keys under it):
+        # shown as it was stored, one entry per key.
+        data = {key[len(base):].decode("utf-8", "replace"): value.decode("utf-8", "replace")
+                for key, value in sorted(state.items())}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))

@@ -74,7 +74,7 @@ T = TypeVar("T")
 
 _REGISTRY_BACKOFF = Backoff(initial=0.1, cap=5.0, jitter="full")
 """Registration attempts: a blink is retried within 100 ms, an outage at most every 5 s
-(and every ``ttl / 3`` while the lease may still be alive)."""
+(and at most every ``ttl / 3``, so that a returning etcd has the record within a TTL)."""
 
 _DISCOVERY_BACKOFF = Backoff(initial=0.1, cap=1.0, jitter="full")
 """Reconnections of a watcher: at most a second apart, so that once etcd is back a new
@@ -178,8 +178,8 @@ class EtcdRegistry:
     :param prefix: the key prefix (see :data:`~fournines.discovery.DEFAULT_PREFIX`).
     :param timeout: seconds each call to etcd may take.
     :param backoff: the wait between attempts after a failure (jittered, 0.1 s
-        doubling up to 5 s; while the lease may still be alive, never longer than
-        ``ttl / 3``).
+        doubling up to 5 s, and never longer than ``ttl / 3``: the lease may still
+        be saved, and once etcd is back the record is in it again within a TTL).
     :param listeners: receive ``RegistrationChanged`` events.
     :param clock: where time and sleeps come from.
     :param rng: random source of the jitter.
@@ -351,9 +351,9 @@ class EtcdRegistry:
                 if reg.registered and self._clock.monotonic() - reg.confirmed_at >= self._ttl:
                     self._lost(reg, "unreachable")
                 delay = previous = self._backoff.delay(failures, previous, self._rng)
-                if reg.registered:
-                    # The lease may still be alive: keep trying often enough to save it.
-                    delay = min(delay, self._interval)
+                # Never longer than ttl / 3: while the lease may still be alive, to save
+                # it; after, so that once etcd is back the record is again within a TTL.
+                delay = min(delay, self._interval)
             finally:
                 reg.attempted.set()
             await self._clock.asleep(delay)

@@ -37,6 +37,7 @@ from .._errors import ConfigurationError
 __all__ = [
     "DEFAULT_PREFIX",
     "Instance",
+    "RegistrationHook",
     "ServiceRegistry",
     "StaticRegistry",
     "default_instance_id",
@@ -290,3 +291,47 @@ class _StaticEndpoints:
 def addresses(instances: Iterable[Instance]) -> tuple[str, ...]:
     """The distinct addresses of ``instances``, sorted (what a balancer takes)."""
     return tuple(sorted({i.address for i in instances}))
+
+
+class RegistrationHook:
+    """Register ``instance`` in ``registry`` when the service is ready; deregister on drain.
+
+    A lifecycle hook for :func:`fournines.asgi.protect` (``hooks=[...]``) or
+    ``ServiceState.add_hook``::
+
+        registry = EtcdRegistry("http://127.0.0.1:2379")
+        me = Instance(service="payment", address="http://10.0.0.5:8000")
+        app = protect(app, service="payment", hooks=[RegistrationHook(registry, me)])
+        serve(app)
+
+    The record is put once the state turns ready (after the lifespan startup:
+    a watcher never sees an instance that cannot serve yet) and withdrawn first
+    thing on drain, before readiness fails: under :func:`fournines.asgi.serve`
+    the SIGTERM deregisters, waits for it (up to
+    ``GracefulShutdown.hook_timeout``) and only then fails readiness and starts
+    the drain delay, so clients that discover through the registry stop sending
+    while the server still accepts.
+    """
+
+    __slots__ = ("instance", "registry")
+
+    def __init__(self, registry: ServiceRegistry, instance: Instance) -> None:
+        if not isinstance(registry, ServiceRegistry):
+            raise ConfigurationError(
+                f"RegistrationHook.registry must be a ServiceRegistry, got {registry!r}")
+        if not isinstance(instance, Instance):
+            raise ConfigurationError(
+                f"RegistrationHook.instance must be an Instance, got {instance!r}")
+        self.registry = registry
+        self.instance = instance
+
+    async def on_ready(self, state: object) -> None:
+        """Register the instance (a registry that cannot reach its store keeps trying)."""
+        await self.registry.register(self.instance)
+
+    async def on_drain(self, state: object) -> None:
+        """Deregister the instance."""
+        await self.registry.deregister(self.instance)
+
+    def __repr__(self) -> str:
+        return f"RegistrationHook({self.registry!r}, {self.instance.key()!r})"
