@@ -6,8 +6,13 @@ Targets are what hands out a fresh connection or session per attempt: an
 level and read-only mode go through SQLAlchemy's execution options, which the
 pool resets when the connection comes back; the deadline's timeouts are set by
 ``set_config(..., true)``, one statement that every PostgreSQL driver can prepare.
-A session is flushed before COMMIT, so an error of the flush counts as one before
-COMMIT was sent (and is retried when it is a conflict).
+On MySQL and MariaDB (dialect ``mysql`` or ``mariadb``; pymysql, aiomysql, any
+driver) the deadline sets the session's ``innodb_lock_wait_timeout`` and
+``max_statement_time`` (MySQL: ``max_execution_time``) for the transaction and puts
+them back after it (a connection that cannot be put back is invalidated, never
+returned with them), and read-only is ``SET TRANSACTION READ ONLY``. A session is
+flushed before COMMIT, so an error of the flush counts as one before COMMIT was
+sent (and is retried when it is a conflict).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ def is_sqlalchemy_sync(target: object) -> bool:
     return isinstance(target, Engine | sessionmaker)
 
 
+_MYSQL = frozenset({"mysql", "mariadb"})
+
+
 def _options(core: TransactionRetry, dialect: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if core.isolation is not None:
@@ -55,9 +63,30 @@ def _lost(error: BaseException, invalidated: bool) -> bool:
     return invalidated or bool(getattr(error, "connection_invalidated", False))
 
 
+def _engine(target: Any) -> Any:
+    return target if isinstance(target, Engine | AsyncEngine) else target.kw.get("bind")
+
+
 def _dialect(target: Any) -> str:
-    engine = target if isinstance(target, Engine | AsyncEngine) else target.kw.get("bind")
+    engine = _engine(target)
     return str(engine.dialect.name) if engine is not None else ""
+
+
+def _mysql_sql(core: TransactionRetry, target: Any, ms: int | None
+               ) -> tuple[tuple[str, ...], str | None]:
+    """MySQL's first statement of an attempt (modes, timeouts) and the undo of its timeouts.
+
+    Read after connecting: only then does SQLAlchemy know whether the server is MariaDB.
+    """
+    statements: list[str] = []
+    restore = None
+    if core.readonly:
+        statements.append("SET TRANSACTION READ ONLY")
+    if ms is not None:
+        apply, restore = core.mysql_timeouts_sql(
+            ms, mariadb=bool(getattr(_engine(target).dialect, "is_mariadb", False)))
+        statements.append(apply)
+    return tuple(statements), restore
 
 
 async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable[T]]) -> T:
@@ -69,7 +98,7 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
     attempt, delay = 1, 0.0
     while True:
         ms = core.timeout_ms(current_deadline())
-        committing = False
+        committing, restore = False, None
         handle = target.connect() if engine else target()
         if engine:
             # Taking a connection is not part of the transaction: its errors raise as they are.
@@ -83,7 +112,12 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                 else:
                     await handle.connection(execution_options=options or None)
                 ms = core.timeout_ms(current_deadline())
-                if ms is not None and dialect == "postgresql":
+                if dialect in _MYSQL:
+                    first, undo = _mysql_sql(core, target, ms)
+                    for statement in first:
+                        await handle.execute(text(statement))
+                    restore = undo
+                elif ms is not None and dialect == "postgresql":
                     await handle.execute(_TIMEOUTS, {"ms": str(ms)})
                 result = await fn(handle)
                 if not engine:
@@ -107,6 +141,8 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                     raise decision.error from exc
                 delay = decision.delay
         finally:
+            if restore is not None:
+                await _arestore(handle, restore)
             with contextlib.suppress(Exception):
                 await handle.close()
         await core.clock.asleep(delay)
@@ -122,7 +158,7 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
     attempt, delay = 1, 0.0
     while True:
         ms = core.timeout_ms(current_deadline())
-        committing = False
+        committing, restore = False, None
         handle = target.connect() if engine else target()
         try:
             try:
@@ -133,7 +169,12 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
                 else:
                     handle.connection(execution_options=options or None)
                 ms = core.timeout_ms(current_deadline())
-                if ms is not None and dialect == "postgresql":
+                if dialect in _MYSQL:
+                    first, undo = _mysql_sql(core, target, ms)
+                    for statement in first:
+                        handle.execute(text(statement))
+                    restore = undo
+                elif ms is not None and dialect == "postgresql":
                     handle.execute(_TIMEOUTS, {"ms": str(ms)})
                 result = fn(handle)
                 if not engine:
@@ -157,7 +198,29 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
                     raise decision.error from exc
                 delay = decision.delay
         finally:
+            if restore is not None:
+                _restore(handle, restore)
             with contextlib.suppress(Exception):
                 handle.close()
         core.clock.sleep(delay)
         attempt += 1
+
+
+# The session's timeouts go back before the connection goes back to the pool; when they
+# cannot (the connection broke), the connection is invalidated: the pool drops it
+# rather than hand the next transaction one with a deadline's 50 ms timeouts.
+
+async def _arestore(handle: Any, restore: str) -> None:
+    try:
+        await handle.execute(text(restore))
+    except Exception:  # noqa: BLE001 - the outcome is decided; only the connection is at stake
+        with contextlib.suppress(Exception):
+            await handle.invalidate()
+
+
+def _restore(handle: Any, restore: str) -> None:
+    try:
+        handle.execute(text(restore))
+    except Exception:  # noqa: BLE001
+        with contextlib.suppress(Exception):
+            handle.invalidate()
