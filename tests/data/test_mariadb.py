@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -217,7 +218,7 @@ def test_read_only_refuses_a_write_and_is_not_retried(sync_engine: Engine) -> No
         calls += 1
         conn.execute(text("INSERT INTO ledger VALUES ('ro', 1)"))
 
-    with pytest.raises(Exception) as caught:  # noqa: PT011 - the driver's own error
+    with pytest.raises(DBAPIError) as caught:
         transaction_sync(sync_engine, write, readonly=True)
 
     assert mysql_errno(caught.value) == 1792  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION

@@ -12,6 +12,7 @@ from asyncpg.pool import PoolConnectionProxy  # type: ignore[import-untyped]
 from .._deadline import current_deadline
 from .._errors import ConfigurationError
 from ._core import TransactionRetry
+from ._watch import acquiring
 
 T = TypeVar("T")
 
@@ -38,8 +39,9 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
         conn = target
         if pool is not None:
             try:
-                conn = await pool.acquire(timeout=None if deadline is None
-                                          else deadline.remaining())
+                with acquiring(pool):
+                    conn = await pool.acquire(timeout=None if deadline is None
+                                              else deadline.remaining())
             except TimeoutError as exc:
                 if deadline is None:
                     raise

@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 from .._deadline import current_deadline
 from .._errors import ConfigurationError
 from ._core import TransactionRetry
+from ._watch import acquiring
 
 T = TypeVar("T")
 
@@ -60,7 +61,9 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
         conn = target
         if pool is not None:
             try:
-                conn = await pool.getconn(None if deadline is None else deadline.remaining())
+                with acquiring(pool):
+                    conn = await pool.getconn(None if deadline is None
+                                              else deadline.remaining())
             except PoolTimeout as exc:
                 if deadline is None:
                     raise
@@ -111,7 +114,8 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
         conn = target
         if pool is not None:
             try:
-                conn = pool.getconn(None if deadline is None else deadline.remaining())
+                with acquiring(pool):
+                    conn = pool.getconn(None if deadline is None else deadline.remaining())
             except PoolTimeout as exc:
                 if deadline is None:
                     raise

@@ -27,6 +27,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .._deadline import current_deadline
 from ._core import TransactionRetry
+from ._watch import acquiring, pool_key
 
 T = TypeVar("T")
 
@@ -94,6 +95,7 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
     engine = isinstance(target, AsyncEngine)
     dialect = _dialect(target)
     options = _options(core, dialect)
+    pool = pool_key(target)
     start = core.begin()
     attempt, delay = 1, 0.0
     while True:
@@ -102,7 +104,8 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
         handle = target.connect() if engine else target()
         if engine:
             # Taking a connection is not part of the transaction: its errors raise as they are.
-            await handle.start()
+            with acquiring(pool):
+                await handle.start()
         try:
             try:
                 if engine:
@@ -110,7 +113,8 @@ async def run(core: TransactionRetry, target: Any, fn: Callable[[Any], Awaitable
                         await handle.execution_options(**options)
                     await handle.begin()
                 else:
-                    await handle.connection(execution_options=options or None)
+                    with acquiring(pool):
+                        await handle.connection(execution_options=options or None)
                 ms = core.timeout_ms(current_deadline())
                 if dialect in _MYSQL:
                     first, undo = _mysql_sql(core, target, ms)
@@ -154,12 +158,17 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
     engine = isinstance(target, Engine)
     dialect = _dialect(target)
     options = _options(core, dialect)
+    pool = pool_key(target)
     start = core.begin()
     attempt, delay = 1, 0.0
     while True:
         ms = core.timeout_ms(current_deadline())
         committing, restore = False, None
-        handle = target.connect() if engine else target()
+        if engine:
+            with acquiring(pool):
+                handle = target.connect()
+        else:
+            handle = target()
         try:
             try:
                 if engine:
@@ -167,7 +176,8 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
                         handle.execution_options(**options)
                     handle.begin()
                 else:
-                    handle.connection(execution_options=options or None)
+                    with acquiring(pool):
+                        handle.connection(execution_options=options or None)
                 ms = core.timeout_ms(current_deadline())
                 if dialect in _MYSQL:
                     first, undo = _mysql_sql(core, target, ms)
@@ -213,7 +223,7 @@ def run_sync(core: TransactionRetry, target: Any, fn: Callable[[Any], T]) -> T:
 async def _arestore(handle: Any, restore: str) -> None:
     try:
         await handle.execute(text(restore))
-    except Exception:  # noqa: BLE001 - the outcome is decided; only the connection is at stake
+    except Exception:  # the outcome is decided; only the connection is at stake
         with contextlib.suppress(Exception):
             await handle.invalidate()
 
@@ -221,6 +231,6 @@ async def _arestore(handle: Any, restore: str) -> None:
 def _restore(handle: Any, restore: str) -> None:
     try:
         handle.execute(text(restore))
-    except Exception:  # noqa: BLE001
+    except Exception:
         with contextlib.suppress(Exception):
             handle.invalidate()
