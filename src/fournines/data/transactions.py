@@ -7,8 +7,10 @@ type) and :func:`transaction_sync` for blocking code (a psycopg ``ConnectionPool
 or ``Connection``, a SQLAlchemy ``Engine`` or ``sessionmaker``);
 :func:`transactional` is the decorator form of both. ``fn`` receives the
 connection (the session, for a session maker) and does its work; it must not
-commit. SQLAlchemy's deadline timeouts and read-only mode are PostgreSQL's;
-other dialects get the retry and the isolation level only.
+commit. Through SQLAlchemy, MySQL and MariaDB are served too: their deadlock
+(1213) and lock wait timeout (1205) are retried, and a deadline sets the session's
+``innodb_lock_wait_timeout`` and ``max_statement_time`` for the transaction (put back
+after it); other dialects get the retry and the isolation level only.
 
 The whole transaction is retried, never a statement, when:
 
