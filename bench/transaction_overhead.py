@@ -3,7 +3,8 @@
 Target: ``await transaction(pool, fn)`` within 5 % of ``async with pool.acquire() as conn:
 async with conn.transaction(): await fn(conn)`` on asyncpg, and of the same by hand on
 psycopg's AsyncConnectionPool, with no deadline (with one, each attempt sends one more
-statement, ``SET LOCAL`` of the timeouts: measured too, for information).
+statement, ``SET LOCAL`` of the timeouts: measured too, for information; and on a pool
+a ``PoolMetrics`` watches, whose acquires are timed).
 Each transaction runs one ``SELECT 1``. Rounds alternate the forms; the median of the
 rounds' per-transaction times is compared.
 Run: ``.venv/bin/python bench/transaction_overhead.py`` (DATABASE_URL, default the
@@ -20,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 
 from fournines import deadline_after
-from fournines.data import transaction
+from fournines.data import PoolMetrics, transaction
 
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 ROUNDS = 15
@@ -73,11 +75,17 @@ async def main() -> None:
             async with deadline_after(5):
                 await transaction(pool, asyncpg_work)
 
-        await compare("asyncpg, no conflicts (target: fournines <= x1.05)", {
-            "by hand: acquire + conn.transaction()": by_hand,
-            "fournines transaction(pool, fn)": retried,
-            "fournines under a deadline (+ SET LOCAL)": retried_with_deadline,
-        })
+        async def retried_watched() -> None:
+            await transaction(watched, asyncpg_work)
+
+        async with asyncpg.create_pool(DSN, min_size=1, max_size=1) as watched:
+            PoolMetrics(CollectorRegistry()).add(watched, name="bench")
+            await compare("asyncpg, no conflicts (target: fournines <= x1.05)", {
+                "by hand: acquire + conn.transaction()": by_hand,
+                "fournines transaction(pool, fn)": retried,
+                "fournines on a pool PoolMetrics watches": retried_watched,
+                "fournines under a deadline (+ SET LOCAL)": retried_with_deadline,
+            })
 
     async with AsyncConnectionPool(DSN, min_size=1, max_size=1, open=False) as ppool:
 
