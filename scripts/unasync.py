@@ -84,6 +84,19 @@ TARGETS: tuple[Target, ...] = (
             "awrap": "wrap",
         },
     ),
+    Target(
+        source="src/fournines/data/_loop.py",
+        target="src/fournines/data/_loop_sync.py",
+    ),
+    Target(
+        source="src/fournines/data/_psycopg.py",
+        target="src/fournines/data/_psycopg_sync.py",
+        names={
+            "AsyncConnectionPool": "ConnectionPool",
+            "AsyncConnection": "Connection",
+            "_loop": "_loop_sync",
+        },
+    ),
 )
 
 _HEADER = (

@@ -88,11 +88,11 @@ def _detect(target: object) -> str | None:
         _ASYNC_RUNS["asyncpg"] = _asyncpg.run
         return "asyncpg" if _asyncpg.is_asyncpg(target) else None
     if module in ("psycopg", "psycopg_pool"):
-        from . import _psycopg  # noqa: PLC0415
-        _ASYNC_RUNS["psycopg"], _SYNC_RUNS["psycopg_sync"] = _psycopg.run, _psycopg.run_sync
-        if _psycopg.is_psycopg_async(target):
+        from . import _psycopg, _psycopg_sync  # noqa: PLC0415
+        _ASYNC_RUNS["psycopg"], _SYNC_RUNS["psycopg_sync"] = _psycopg.run, _psycopg_sync.run
+        if _psycopg.is_target(target):
             return "psycopg"
-        if _psycopg.is_psycopg_sync(target):
+        if _psycopg_sync.is_target(target):
             return "psycopg_sync"
     if module == "sqlalchemy":
         from . import _sqlalchemy  # noqa: PLC0415
