@@ -97,6 +97,17 @@ TARGETS: tuple[Target, ...] = (
             "_loop": "_loop_sync",
         },
     ),
+    Target(
+        source="src/fournines/data/_sqlalchemy.py",
+        target="src/fournines/data/_sqlalchemy_sync.py",
+        names={
+            "AsyncEngine": "Engine",
+            "AsyncConnection": "Connection",
+            "async_sessionmaker": "sessionmaker",
+            "is_async_target": "is_sync_target",
+            "_loop": "_loop_sync",
+        },
+    ),
 )
 
 _HEADER = (

@@ -1,10 +1,10 @@
 """The sans-I/O core of transaction retry: settings, error classification, decisions.
 
-Every driver shell (asyncpg, psycopg async and sync) runs the same loop: take a
-connection, begin, apply the deadline as timeouts, run the work, commit; on a
-failure, roll back, release the connection, and ask :meth:`TransactionRetry.after_failure`
-what to do. Everything that decides lives here, free of any driver's types, so
-the shells stay a dozen lines of I/O each and decide nothing.
+Every driver runs the one loop of :mod:`._loop` (and its generated sync twin): take a
+connection, begin, apply the deadline as timeouts, run the work, commit; on a failure,
+roll back, release the connection, and ask :meth:`TransactionRetry.after_failure`
+what to do. Everything that decides lives here, free of any driver's types, so the
+drivers' shells are their I/O alone and decide nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The psycopg 3 shell of transaction retry, for an AsyncConnectionPool or AsyncConnection.
+"""The psycopg 3 shell of transaction retry, for AsyncConnectionPool and AsyncConnection.
 
 I/O only, every decision in ``_core``. :mod:`._psycopg_sync` is generated from
 :mod:`._psycopg` by ``scripts/unasync.py``: edit the async one, then run the script.
@@ -28,7 +28,10 @@ __all__ = ["is_target", "run"]
 
 
 def is_target(target: object) -> bool:
-    """Whether ``target`` is a psycopg AsyncConnectionPool or AsyncConnection."""
+    """Whether ``target`` is a pool or connection of this shell's kind.
+
+    The kind: psycopg's ``AsyncConnectionPool`` and ``AsyncConnection``.
+    """
     return isinstance(target, AsyncConnectionPool | psycopg.AsyncConnection)
 
 

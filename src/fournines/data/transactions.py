@@ -95,12 +95,12 @@ def _detect(target: object) -> str | None:
         if _psycopg_sync.is_target(target):
             return "psycopg_sync"
     if module == "sqlalchemy":
-        from . import _sqlalchemy  # noqa: PLC0415
+        from . import _sqlalchemy, _sqlalchemy_sync  # noqa: PLC0415
         _ASYNC_RUNS["sqlalchemy"] = _sqlalchemy.run
-        _SYNC_RUNS["sqlalchemy_sync"] = _sqlalchemy.run_sync
-        if _sqlalchemy.is_sqlalchemy_async(target):
+        _SYNC_RUNS["sqlalchemy_sync"] = _sqlalchemy_sync.run
+        if _sqlalchemy.is_target(target):
             return "sqlalchemy"
-        if _sqlalchemy.is_sqlalchemy_sync(target):
+        if _sqlalchemy_sync.is_target(target):
             return "sqlalchemy_sync"
     return None
 
