@@ -84,6 +84,30 @@ TARGETS: tuple[Target, ...] = (
             "awrap": "wrap",
         },
     ),
+    Target(
+        source="src/fournines/data/_loop.py",
+        target="src/fournines/data/_loop_sync.py",
+    ),
+    Target(
+        source="src/fournines/data/_psycopg.py",
+        target="src/fournines/data/_psycopg_sync.py",
+        names={
+            "AsyncConnectionPool": "ConnectionPool",
+            "AsyncConnection": "Connection",
+            "_loop": "_loop_sync",
+        },
+    ),
+    Target(
+        source="src/fournines/data/_sqlalchemy.py",
+        target="src/fournines/data/_sqlalchemy_sync.py",
+        names={
+            "AsyncEngine": "Engine",
+            "AsyncConnection": "Connection",
+            "async_sessionmaker": "sessionmaker",
+            "is_async_target": "is_sync_target",
+            "_loop": "_loop_sync",
+        },
+    ),
 )
 
 _HEADER = (

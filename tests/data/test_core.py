@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pymysql
 import pytest
 
 from fournines import (
@@ -21,6 +22,7 @@ from fournines.data import (
     CommitOutcomeUnknownError,
     TransactionRetry,
     classify,
+    mysql_errno,
     sqlstate,
     transaction,
 )
@@ -310,3 +312,52 @@ def test_a_plain_retry_around_a_transaction_does_not_retry_an_unknown_commit() -
         Retry(attempts=3, backoff=Backoff(initial=0, cap=0)).call(commit)
 
     assert calls == 1
+
+
+# MySQL and MariaDB: the drivers' own error objects, as the server's error packet makes them.
+
+def mysql_error(errno: int) -> BaseException:
+    return pymysql.err.OperationalError(errno, "from the server")
+
+
+@pytest.mark.parametrize("errno", [1213, 1205])
+def test_a_mysql_deadlock_or_lock_wait_timeout_is_retried(errno: int) -> None:
+    assert verdict(mysql_error(errno)) == "retry"
+
+
+@pytest.mark.parametrize("errno", [1969, 3024, 1205])
+def test_a_mysql_statement_or_lock_timeout_under_a_deadline_is_the_deadline(errno: int) -> None:
+    assert verdict(mysql_error(errno), under_deadline=True) == "deadline"
+
+
+def test_a_mysql_statement_timeout_without_a_deadline_is_raised() -> None:
+    assert verdict(mysql_error(1969)) == "raise"
+
+
+@pytest.mark.parametrize("errno", [2006, 2013, 1927])
+def test_a_mysql_lost_connection_is_retried_before_commit_and_unknown_during_it(
+    errno: int
+) -> None:
+    assert verdict(mysql_error(errno)) == "retry"
+    assert verdict(mysql_error(errno), committing=True) == "unknown"
+
+
+def test_a_mysql_duplicate_key_is_raised() -> None:
+    assert verdict(pymysql.err.IntegrityError(1062, "Duplicate entry")) == "raise"
+
+
+def test_the_mysql_errno_is_found_through_a_wrapper_and_not_in_other_errors() -> None:
+    assert mysql_errno(Wrapper(mysql_error(1213))) == 1213
+    assert mysql_errno(ValueError(1213)) is None
+    assert mysql_errno(PgError("40001")) is None
+
+
+def test_the_mysql_timeouts_are_set_for_the_session_and_put_back() -> None:
+    retry = TransactionRetry()
+    apply, restore = retry.mysql_timeouts_sql(1250, mariadb=True)
+    assert "SESSION innodb_lock_wait_timeout = 2" in apply
+    assert "SESSION max_statement_time = 1.250" in apply
+    assert "@fournines_lock_wait" in restore and "@fournines_statement_time" in restore
+    apply, _ = retry.mysql_timeouts_sql(80, mariadb=False)
+    assert "SESSION max_execution_time = 80" in apply
+    assert "SESSION innodb_lock_wait_timeout = 1" in apply

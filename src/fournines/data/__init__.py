@@ -33,6 +33,7 @@ from ._core import (
     TransactionRetry,
     Verdict,
     classify,
+    mysql_errno,
     sqlstate,
 )
 from ._dlq import DeadLetter, list_dead_letters, purge_dead_letters, replay_dead_letters
@@ -79,6 +80,7 @@ __all__ = [
     "declare_queues",
     "init_schema",
     "list_dead_letters",
+    "mysql_errno",
     "outbox",
     "pool_check",
     "purge_dead_letters",

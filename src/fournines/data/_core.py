@@ -1,10 +1,10 @@
 """The sans-I/O core of transaction retry: settings, error classification, decisions.
 
-Every driver shell (asyncpg, psycopg async and sync) runs the same loop: take a
-connection, begin, apply the deadline as timeouts, run the work, commit; on a
-failure, roll back, release the connection, and ask :meth:`TransactionRetry.after_failure`
-what to do. Everything that decides lives here, free of any driver's types, so
-the shells stay a dozen lines of I/O each and decide nothing.
+Every driver runs the one loop of :mod:`._loop` (and its generated sync twin): take a
+connection, begin, apply the deadline as timeouts, run the work, commit; on a failure,
+roll back, release the connection, and ask :meth:`TransactionRetry.after_failure`
+what to do. Everything that decides lives here, free of any driver's types, so the
+drivers' shells are their I/O alone and decide nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ __all__ = [
     "TransactionRetry",
     "Verdict",
     "classify",
+    "mysql_errno",
     "sqlstate",
 ]
 
@@ -57,6 +58,22 @@ _TIMED_OUT = frozenset({"57014", "55P03"})
 # The server ended the session (pg_terminate_backend, shutdown, crash, starting up);
 # class 08 is "connection exception".
 _LOST = frozenset({"57P01", "57P02", "57P03"})
+
+# MySQL and MariaDB tell errors by number, not SQLSTATE (1213's is 40001, 1205's HY000).
+# 1213 ER_LOCK_DEADLOCK: InnoDB rolled the transaction back; 1205 ER_LOCK_WAIT_TIMEOUT:
+# innodb_lock_wait_timeout ended a wait for a row lock (only the statement is rolled
+# back, but the whole transaction is, here, and run again).
+_MYSQL_RETRYABLE = frozenset({1213, 1205})
+# What the timeouts set from a deadline raise: 1969 ER_STATEMENT_TIMEOUT (MariaDB's
+# max_statement_time), 3024 ER_QUERY_TIMEOUT (MySQL's max_execution_time), and 1205
+# when innodb_lock_wait_timeout was set from the deadline.
+_MYSQL_TIMED_OUT = frozenset({1969, 3024, 1205})
+# The server ended the session: 2006 gone away, 2013 lost during a query, 2055 lost
+# at handshake, 4031 idle disconnection (MySQL 8), 1927 connection killed (MariaDB),
+# 1053 server shutdown in progress.
+_MYSQL_LOST = frozenset({2006, 2013, 2055, 4031, 1927, 1053})
+# Drivers whose errors carry the MySQL error number (first argument, or ``errno``).
+_MYSQL_DRIVERS = frozenset({"pymysql", "aiomysql", "MySQLdb", "asyncmy", "mysql", "mariadb"})
 
 _LEVELS = get_args(Isolation)
 
@@ -91,6 +108,28 @@ def sqlstate(error: BaseException) -> str | None:
     return None
 
 
+def mysql_errno(error: BaseException) -> int | None:
+    """The MySQL/MariaDB error number of a driver error, or ``None``.
+
+    Read from the error of a MySQL driver (pymysql, aiomysql, mysqlclient, asyncmy,
+    mysql-connector, mariadb): its ``errno``, or its first argument; on the error
+    itself, then on what it wraps (SQLAlchemy's ``orig``, the ``__cause__``).
+    """
+    seen: BaseException | None = error
+    for _ in range(4):
+        if seen is None:
+            return None
+        if type(seen).__module__.partition(".")[0] in _MYSQL_DRIVERS:
+            code = getattr(seen, "errno", None)
+            if not isinstance(code, int) and seen.args:
+                code = seen.args[0]
+            if isinstance(code, int) and not isinstance(code, bool):
+                return code
+        inner = getattr(seen, "orig", None)
+        seen = inner if isinstance(inner, BaseException) else seen.__cause__
+    return None
+
+
 def classify(
     error: BaseException,
     *,
@@ -115,6 +154,13 @@ def classify(
     'retry'
     """
     code = sqlstate(error)
+    # A MySQL error's number says more than its SQLSTATE (1205's is the catch-all HY000).
+    if (errno := mysql_errno(error)) is not None:
+        if under_deadline and errno in _MYSQL_TIMED_OUT:
+            return "deadline"
+        if errno in _MYSQL_RETRYABLE:
+            return "retry"
+        lost = lost or errno in _MYSQL_LOST
     if code in _RETRYABLE:
         # The server rolled back, at COMMIT too: the outcome is known, and it is "no".
         return "retry"
@@ -267,6 +313,27 @@ class TransactionRetry:
         """The statements that make ``ms`` the transaction's statement and lock timeouts."""
         return f"SET LOCAL statement_timeout = {int(ms)}; SET LOCAL lock_timeout = {int(ms)}"
 
+    def mysql_timeouts_sql(self, ms: int, *, mariadb: bool) -> tuple[str, str]:
+        """For MySQL/MariaDB: the statement making ``ms`` the session's timeouts, and its undo.
+
+        There is no ``SET LOCAL`` there: the session's ``innodb_lock_wait_timeout``
+        (whole seconds, rounded up) and MariaDB's ``max_statement_time`` (seconds, to
+        the millisecond; it also ends a wait for a lock) or MySQL's
+        ``max_execution_time`` (ms; read-only SELECTs only) are set for the
+        transaction, their values kept in user variables, and the second statement
+        puts them back before the connection returns to its pool.
+        """
+        lock_wait = max(1, math.ceil(int(ms) / 1000))
+        variable, value = (("max_statement_time", f"{int(ms) / 1000:.3f}") if mariadb
+                           else ("max_execution_time", str(int(ms))))
+        apply = ("SET @fournines_lock_wait = @@SESSION.innodb_lock_wait_timeout, "
+                 f"@fournines_statement_time = @@SESSION.{variable}, "
+                 f"SESSION innodb_lock_wait_timeout = {lock_wait}, "
+                 f"SESSION {variable} = {value}")
+        restore = ("SET SESSION innodb_lock_wait_timeout = @fournines_lock_wait, "
+                   f"SESSION {variable} = @fournines_statement_time")
+        return apply, restore
+
     def modes_sql(self) -> str:
         """The transaction modes (``ISOLATION LEVEL ... READ ONLY``), or ``""``."""
         parts = []
@@ -305,7 +372,7 @@ class TransactionRetry:
                 f"transaction {self._name!r}: the deadline passed before it could run")
         return DeadlineExceededError(
             f"transaction {self._name!r} ran out of its deadline: the server cancelled it "
-            f"(statement_timeout / lock_timeout {ms} ms)" if ms is not None else
+            f"(the statement and lock timeouts set from it, {ms} ms)" if ms is not None else
             f"transaction {self._name!r} ran out of its deadline waiting for a connection")
 
     def after_failure(

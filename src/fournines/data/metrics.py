@@ -11,9 +11,10 @@ name                                               type     from
 ``fournines_db_pool_in_use``                       gauge    checked out (all kinds)
 ``fournines_db_pool_idle``                         gauge    ready to hand out (all kinds)
 ``fournines_db_pool_max``                          gauge    the most it opens (asyncpg, psycopg)
-``fournines_db_pool_waiting``                      gauge    requests waiting (psycopg)
+``fournines_db_pool_waiting``                      gauge    requests waiting (all kinds)
 ``fournines_db_pool_acquires_total``               counter  connections requested (psycopg)
 ``fournines_db_pool_acquire_wait_seconds_total``   counter  time spent waiting (psycopg)
+``fournines_db_pool_acquire_seconds``              histo.   time to get a connection (all)
 =================================================  =======  ===============================
 
 Sources: asyncpg's ``Pool.get_size()`` / ``get_idle_size()`` / ``get_max_size()``,
@@ -22,6 +23,14 @@ psycopg_pool's ``get_stats()``, SQLAlchemy's ``QueuePool.checkedin()`` /
 than guessing it from private attributes; the mean wait for a connection is
 ``rate(..._acquire_wait_seconds_total) / rate(..._acquires_total)``.
 Reading is cheap and happens only when Prometheus scrapes.
+
+Neither asyncpg nor SQLAlchemy has a hook where an acquire *starts* (SQLAlchemy's
+``checkout`` event and asyncpg's ``setup`` run after the wait), so for them the
+acquire latency histogram and ``waiting`` count the acquires fournines makes:
+:func:`~fournines.data.transaction`, :func:`~fournines.data.transaction_sync` and
+:func:`~fournines.data.pool_check` on a pool added here (a connection the application
+takes by itself is not in them). psycopg_pool's ``waiting`` is its own (every request);
+its histogram too counts fournines' acquires.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._histogram import bucket_labels, check_buckets
+from ._watch import DEFAULT_BUCKETS, Watch, pool_key, unwatch, watch
 
 __all__ = ["ConsumerMetrics", "PoolMetrics"]
 
@@ -90,9 +101,12 @@ class PoolMetrics:
 
     :param registry: a ``prometheus_client.CollectorRegistry`` (default: the global one).
     :param prefix: the metric names' prefix.
+    :param buckets: the acquire latency histogram's upper bounds, in seconds (a pool
+        watched by several ``PoolMetrics`` keeps the first one's).
     """
 
-    def __init__(self, registry: Any = None, *, prefix: str = "fournines") -> None:
+    def __init__(self, registry: Any = None, *, prefix: str = "fournines",
+                 buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
         try:
             import prometheus_client as prom  # noqa: PLC0415 - optional dependency
         except ImportError as exc:
@@ -101,8 +115,9 @@ class PoolMetrics:
             ) from exc
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError(f"PoolMetrics.prefix must be a non-empty str, got {prefix!r}")
+        self._buckets = check_buckets("PoolMetrics", buckets)
         self._prefix = f"{prefix}_db_pool"
-        self._pools: dict[str, Any] = {}
+        self._pools: dict[str, tuple[Any, Any, Watch]] = {}
         self._lock = threading.Lock()
         (registry if registry is not None else prom.REGISTRY).register(self)
 
@@ -111,19 +126,27 @@ class PoolMetrics:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"PoolMetrics.add.name must be a non-empty str, got {name!r}")
         _read_pool(pool)  # refuses an unsupported pool now, not at the first scrape
+        key = pool_key(pool)
+        timing = watch(key, self._buckets)
         with self._lock:
-            self._pools[name] = pool
+            previous = self._pools.get(name)
+            self._pools[name] = (pool, key, timing)
+        if previous is not None:
+            unwatch(previous[1])
 
     def remove(self, name: str) -> None:
         """Stop reporting the pool added as ``name`` (a pool closed for good)."""
         with self._lock:
-            self._pools.pop(name, None)
+            previous = self._pools.pop(name, None)
+        if previous is not None:
+            unwatch(previous[1])
 
     def collect(self) -> Iterator[Any]:
         """The metrics of every pool, read now (called by ``prometheus_client``)."""
         from prometheus_client.core import (  # noqa: PLC0415
             CounterMetricFamily,
             GaugeMetricFamily,
+            HistogramMetricFamily,
         )
 
         with self._lock:
@@ -134,14 +157,26 @@ class PoolMetrics:
             **{key: CounterMetricFamily(f"{self._prefix}_{key}", text, labels=["pool"])
                for key, text in _COUNTERS.items()},
         }
-        for name, pool in pools:
+        latency = HistogramMetricFamily(
+            f"{self._prefix}_acquire_seconds",
+            "Seconds fournines waited to get a connection of the pool.", labels=["pool"])
+        for name, (pool, _, timing) in pools:
             try:
                 values = _read_pool(pool)
             except Exception:  # a pool closed under us: no numbers this scrape
                 continue
+            counts, total, waiting = timing.snapshot()
+            values.setdefault("waiting", waiting)
             for key, value in values.items():
                 families[key].add_metric([name], value)
+            cumulative, buckets = 0, []
+            # The watch's own bounds: a pool watched by two PoolMetrics has the first's.
+            for bound, count in zip(bucket_labels(timing.bounds), counts, strict=True):
+                cumulative += count
+                buckets.append((bound, float(cumulative)))
+            latency.add_metric([name], buckets, total)
         yield from families.values()
+        yield latency
 
     def describe(self) -> Iterator[Any]:
         """No fixed description: the metrics are read at each scrape."""

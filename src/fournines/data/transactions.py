@@ -7,8 +7,10 @@ type) and :func:`transaction_sync` for blocking code (a psycopg ``ConnectionPool
 or ``Connection``, a SQLAlchemy ``Engine`` or ``sessionmaker``);
 :func:`transactional` is the decorator form of both. ``fn`` receives the
 connection (the session, for a session maker) and does its work; it must not
-commit. SQLAlchemy's deadline timeouts and read-only mode are PostgreSQL's;
-other dialects get the retry and the isolation level only.
+commit. Through SQLAlchemy, MySQL and MariaDB are served too: their deadlock
+(1213) and lock wait timeout (1205) are retried, and a deadline sets the session's
+``innodb_lock_wait_timeout`` and ``max_statement_time`` for the transaction (put back
+after it); other dialects get the retry and the isolation level only.
 
 The whole transaction is retried, never a statement, when:
 
@@ -86,19 +88,19 @@ def _detect(target: object) -> str | None:
         _ASYNC_RUNS["asyncpg"] = _asyncpg.run
         return "asyncpg" if _asyncpg.is_asyncpg(target) else None
     if module in ("psycopg", "psycopg_pool"):
-        from . import _psycopg  # noqa: PLC0415
-        _ASYNC_RUNS["psycopg"], _SYNC_RUNS["psycopg_sync"] = _psycopg.run, _psycopg.run_sync
-        if _psycopg.is_psycopg_async(target):
+        from . import _psycopg, _psycopg_sync  # noqa: PLC0415
+        _ASYNC_RUNS["psycopg"], _SYNC_RUNS["psycopg_sync"] = _psycopg.run, _psycopg_sync.run
+        if _psycopg.is_target(target):
             return "psycopg"
-        if _psycopg.is_psycopg_sync(target):
+        if _psycopg_sync.is_target(target):
             return "psycopg_sync"
     if module == "sqlalchemy":
-        from . import _sqlalchemy  # noqa: PLC0415
+        from . import _sqlalchemy, _sqlalchemy_sync  # noqa: PLC0415
         _ASYNC_RUNS["sqlalchemy"] = _sqlalchemy.run
-        _SYNC_RUNS["sqlalchemy_sync"] = _sqlalchemy.run_sync
-        if _sqlalchemy.is_sqlalchemy_async(target):
+        _SYNC_RUNS["sqlalchemy_sync"] = _sqlalchemy_sync.run
+        if _sqlalchemy.is_target(target):
             return "sqlalchemy"
-        if _sqlalchemy.is_sqlalchemy_sync(target):
+        if _sqlalchemy_sync.is_target(target):
             return "sqlalchemy_sync"
     return None
 
