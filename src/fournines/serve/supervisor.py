@@ -54,7 +54,7 @@ one worker and no ``PROMETHEUS_MULTIPROC_DIR`` set, the supervisor creates one
 ``/metrics`` merges every worker's series whichever worker answers; a worker
 that exits has its live gauges removed (prometheus_client's
 ``mark_process_dead``), its counters stay. With ``metrics_bind``, the supervisor
-serves its own endpoint (see :mod:`fournines.serve._probe`): ``/metrics`` with
+serves its own endpoint (plain HTTP, one request per connection): ``/metrics`` with
 ``fournines_serve_workers{state}``, ``fournines_serve_worker_restarts_total{cause}``
 (``crash``, ``hung``, ``startup``, ``reload``, ``max_requests``, ``max_rss``),
 ``fournines_serve_reloads_total{outcome}``, ``fournines_serve_generation`` and
@@ -449,6 +449,10 @@ class _Supervisor:
             logger.info("Supervisor metrics and probes on %s", _sockets.describe(self.metrics))
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        # A worker's death closes its pipe a moment before it can be reaped; SIGCHLD
+        # (through the wakeup fd) wakes the loop again once it can, instead of the
+        # next tick: a crashed worker is replaced as soon as it is gone.
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _wake_only)
         old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         try:
             for sock in self.listeners:
@@ -1090,6 +1094,10 @@ class _Supervisor:
              "The code generation new workers start with (one more per reload).",
              [("fournines_serve_generation", {}, self.generation)]),
         ])
+
+
+def _wake_only(sig: int, frame: object) -> None:
+    """A Python-level handler, so the signal reaches the wakeup fd; nothing else to do."""
 
 
 def _notify(*lines: str) -> None:
