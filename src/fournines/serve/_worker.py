@@ -158,7 +158,7 @@ def preload() -> None:
     after ``PROMETHEUS_MULTIPROC_DIR`` is set.
     """
     for name in ("uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl",
-                 "uvicorn.protocols.websockets.websockets_impl", "uvicorn.loops.uvloop",
+                 "uvicorn.loops.uvloop",
                  "uvicorn.loops.asyncio", "uvicorn.lifespan.on", "fournines.asgi.protocol"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
