@@ -1108,8 +1108,7 @@ class _Supervisor:
 
     def _recycle_reason(self, worker: _Worker) -> str | None:
         options = self.options
-        if worker.limit_reached or (worker.max_requests is not None
-                                    and worker.requests >= worker.max_requests):
+        if worker.limit_reached:  # the worker counts, exactly (uvicorn's count lags)
             return "max_requests"
         if options.max_rss is not None and worker.rss > options.max_rss:
             return "max_rss"
@@ -1122,6 +1121,8 @@ class _Supervisor:
         for worker in self._members():
             if running >= self.options.reload_batch:
                 return
+            if worker.replaced_for is not None:
+                continue  # its replacement is starting
             reason = self._recycle_reason(worker) if worker.ready else None
             if reason is None:
                 continue
