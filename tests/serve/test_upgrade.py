@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
+
+import httpx
 
 from fournines.serve import status
 
@@ -76,10 +79,6 @@ def test_an_upgrade_whose_new_supervisor_cannot_start_keeps_the_old_one(
 
 
 def test_the_supervisor_endpoint_passes_to_the_new_supervisor(tmp_path: Path) -> None:
-    import socket
-
-    import httpx
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
