@@ -59,7 +59,9 @@ class Served:
 
     def __init__(self, tmp_path: Path, *, workers: int = 2, version: str = "v1",
                  args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                 drain_delay: float = 0.5, script: Path | None = None) -> None:
+                 drain_delay: float = 0.5, script: Path | None = None,
+                 app: str = APP) -> None:
+        self.app = app
         self.drain_delay = drain_delay
         self.script = script
         self.version_file = tmp_path / "version"
@@ -79,7 +81,7 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Served:
-        command = [sys.executable, "-m", "fournines", "serve", APP, "--workers",
+        command = [sys.executable, "-m", "fournines", "serve", self.app, "--workers",
                    str(self.workers), "--bind", f"fd://{self.sock.fileno()}",
                    "--app-dir", str(ROOT), "--drain-delay", str(self.drain_delay),
                    "--drain-timeout", "10",

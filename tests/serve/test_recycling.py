@@ -1,9 +1,11 @@
-"""``--max-requests`` with jitter: workers are replaced new first, with no failed request."""
+"""``--max-requests`` (with jitter) and ``--max-rss``: workers replaced new first, no failure."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import httpx
 
 from ._supervisor import Load, Served, wait_for
 
@@ -25,7 +27,8 @@ def test_max_requests_recycles_each_worker_new_first_under_load(tmp_path: Path) 
     assert load.failures == []
     recycled = _RECYCLED.findall(log)
     assert all(150 <= int(limit) <= 200 for _, _, limit in recycled)
-    assert all(int(count) >= int(limit) for _, count, limit in recycled)
+    # The worker counts its requests itself: the replacement starts at exactly its limit.
+    assert all(int(count) == int(limit) for _, count, limit in recycled)
     for old, _, _ in recycled[:3]:
         # New first: the replacement started after the decision was ready before the
         # old worker stopped.
@@ -33,3 +36,22 @@ def test_max_requests_recycles_each_worker_new_first_under_load(tmp_path: Path) 
         new = re.search(r"Worker (\d+) started", after)
         assert new is not None
         assert after.index(f"Worker {new.group(1)} ready") < after.index(f"Worker {old} stopped")
+
+
+def test_a_worker_above_max_rss_is_replaced_new_first(tmp_path: Path) -> None:
+    with Served(tmp_path, workers=2, drain_delay=0.2, args=("--max-rss", "150")) as served:
+        served.wait_ready()
+        with Load(served.url) as load:
+            wait_for(lambda: load.served() > 50, what="load running")
+            grown = int(httpx.get(served.url + "/grow?mb=200", timeout=30).json()["pid"])
+            wait_for(lambda: f"Worker {grown} stopped" in served.log(), timeout=60,
+                     what=f"worker {grown} recycled")
+        log = served.log()
+    assert load.failures == []
+    after = log[log.index(f"Worker {grown} uses "):]
+    assert "(max 150.0): replacing it, new first" in after.splitlines()[0]
+    new = re.search(r"Worker (\d+) started", after)
+    assert new is not None
+    assert after.index(f"Worker {new.group(1)} ready") < after.index(f"Worker {grown} stopped")
+    # Only the worker that grew: the other stayed under the limit.
+    assert log.count(" uses ") == 1

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
+
+import httpx
 
 from fournines.serve import status
 
@@ -73,3 +76,29 @@ def test_an_upgrade_whose_new_supervisor_cannot_start_keeps_the_old_one(
     assert "before its workers were ready; this supervisor keeps serving" in log
     assert "this version is broken at import" in log
     assert load.versions == ["v1"]
+
+
+def test_the_supervisor_endpoint_passes_to_the_new_supervisor(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}/livez"
+    served = Served(tmp_path, workers=1, drain_delay=0.2,
+                    args=("--metrics-bind", f"127.0.0.1:{port}"))
+    successor = None
+    try:
+        with served:
+            served.wait_ready()
+            assert served.proc is not None
+            old = served.proc.pid
+            assert httpx.get(endpoint, timeout=30).json()["pid"] == old
+            os.kill(old, signal.SIGUSR2)
+            assert served.proc.wait(60) == 0
+            # The same socket, inherited: no new bind, so no port conflict with the old one.
+            successor = int(httpx.get(endpoint, timeout=30).json()["pid"])
+            assert successor != old
+            assert "cannot bind the metrics endpoint" not in served.log()
+    finally:
+        if successor is not None and _alive(successor):
+            os.kill(successor, signal.SIGTERM)
+            wait_for(lambda: not _alive(successor), what="the new supervisor stopped")

@@ -49,6 +49,19 @@ def register(sub: Any) -> None:
                        help="replace a worker (new first) after this many requests")
     serve.add_argument("--max-requests-jitter", type=int, default=0,
                        help="add up to this many to --max-requests, per worker (0)")
+    serve.add_argument("--reload-batch", type=int, default=1, metavar="N",
+                       help="workers replaced at a time on a reload or recycle, each new "
+                            "one first (1)")
+    serve.add_argument("--max-rss", type=float, default=None, metavar="MIB",
+                       help="replace a worker (new first) whose resident memory exceeds "
+                            "this many MiB")
+    serve.add_argument("--fork", action="store_true",
+                       help="fork workers from the supervisor (fournines and uvicorn "
+                            "imported once: faster replacements; upgrading those two is then "
+                            "a SIGUSR2, the app is still re-imported on SIGHUP)")
+    serve.add_argument("--metrics-bind", default=None, metavar="HOST:PORT",
+                       help="serve the supervisor's own /metrics, /livez and /readyz here "
+                            "(off by default)")
     serve.add_argument("--log-level", default="info", help="uvicorn's log level (info)")
     serve.add_argument("--no-access-log", action="store_true", help="no uvicorn access log")
     serve.set_defaults(run=_run, command_parser=serve)
@@ -84,7 +97,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         run(args.app, workers=args.workers, bind=args.bind, factory=args.factory,
             app_dir=args.app_dir, shutdown=shutdown, startup_timeout=args.startup_timeout,
             heartbeat_timeout=args.heartbeat_timeout, max_requests=args.max_requests,
-            max_requests_jitter=args.max_requests_jitter, log_level=args.log_level,
+            max_requests_jitter=args.max_requests_jitter, reload_batch=args.reload_batch,
+            max_rss=args.max_rss, fork=args.fork, metrics_bind=args.metrics_bind,
+            log_level=args.log_level,
             control=args.control, **options)
     except ConfigurationError as exc:
         parser.exit(2, f"fournines serve: error: {exc}\n")

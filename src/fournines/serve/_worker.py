@@ -8,8 +8,12 @@ It talks to the supervisor over the write end of a pipe, one line per message:
 
 - ``ready``: uvicorn's startup (lifespan included) completed and the worker
   accepts on the sockets;
-- ``beat N``: once a second from uvicorn's tick, N the requests served so far;
-  a blocked event loop sends none, and the supervisor replaces the worker;
+- ``beat N RSS``: once a second from uvicorn's tick, N the requests served so
+  far, RSS the resident memory in bytes (``/proc/self/statm``; 0 where there is
+  none); a blocked event loop sends none, and the supervisor replaces the worker;
+- ``limit N``: sent by the request that reaches the worker's ``max_requests``
+  (counted per request, not per heartbeat), so the supervisor starts the
+  replacement at exactly that count;
 - ``error TEXT``: the app could not be loaded or started (then exit 4).
 
 A write that fails because the supervisor is gone starts the worker's drain:
@@ -19,6 +23,7 @@ an orphan serves its in-flight requests and exits instead of living forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib
 import json
@@ -60,6 +65,40 @@ class _Reporter:
             self.gone = True
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss() -> int:
+    """The resident memory of this process in bytes (0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as file:
+            return int(file.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _RequestLimit:
+    """Counts HTTP requests and tells the supervisor at the one that reaches ``limit``.
+
+    uvicorn's own count reaches the supervisor with the heartbeat only (once a
+    second), so a busy worker would overshoot its limit by a second of requests
+    before its replacement even started.
+    """
+
+    def __init__(self, app: Any, limit: int, reporter: _Reporter) -> None:
+        self.app = app
+        self.limit = limit
+        self.reporter = reporter
+        self.count = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.count += 1
+            if self.count == self.limit:
+                self.reporter.send(f"limit {self.count}")
+        await self.app(scope, receive, send)
+
+
 class WorkerServer(DrainingServer):
     """A :class:`DrainingServer` that reports readiness and heartbeats to its supervisor."""
 
@@ -74,7 +113,7 @@ class WorkerServer(DrainingServer):
     async def on_tick(self, counter: int) -> bool:
         """Heartbeat once a second; drain when the supervisor has gone."""
         if counter % 10 == 0:
-            self.reporter.send(f"beat {self.server_state.total_requests}")
+            self.reporter.send(f"beat {self.server_state.total_requests} {_rss()}")
             if self.reporter.gone and self.exit_signal is None:
                 self.handle_exit(signal.SIGTERM, None)
         return await super().on_tick(counter)
@@ -107,7 +146,26 @@ def load_app(target: str, *, factory: bool) -> Any:
 
 def main(argv: list[str]) -> int:
     """Run one worker from the JSON spec in ``argv[1]``; returns its exit status."""
-    spec = json.loads(argv[1])
+    return serve(json.loads(argv[1]))
+
+
+def preload() -> None:
+    """Import what a worker needs before its app, so a forked worker starts without it.
+
+    uvicorn imports its protocol, loop and lifespan modules only when it starts;
+    importing them here (in the supervisor, with ``fork``) spares every forked
+    worker that time. prometheus_client is not among them: it must be imported
+    after ``PROMETHEUS_MULTIPROC_DIR`` is set.
+    """
+    for name in ("uvicorn.protocols.http.httptools_impl", "uvicorn.protocols.http.h11_impl",
+                 "uvicorn.loops.uvloop",
+                 "uvicorn.loops.asyncio", "uvicorn.lifespan.on", "fournines.asgi.protocol"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def serve(spec: dict[str, Any]) -> int:
+    """Run one worker from its spec (what :func:`main` parses); returns its exit status."""
     reporter = _Reporter(spec["pipe"])
     # Signals the supervisor sends between spawn and uvicorn's own handlers: a worker
     # told to stop before it serves just exits.
@@ -130,6 +188,9 @@ def main(argv: list[str]) -> int:
                          **spec["uvicorn_options"])
     assert isinstance(server, WorkerServer)
     server.reporter = reporter
+    if spec.get("max_requests"):
+        # Wrapped after make_server, which looks for protect()'s state on the app itself.
+        server.config.app = _RequestLimit(server.config.app, spec["max_requests"], reporter)
     try:
         server.run(sockets=sockets)
     except SystemExit:  # uvicorn exits 3 when the lifespan startup fails

@@ -4,8 +4,9 @@
 that re-imports the app shows the new version. The version ``broken`` raises at
 import. ``CRASH_AFTER`` (seconds) makes every worker exit by itself that long after
 its startup. ``/slow?seconds=S`` answers after S seconds (noting its start in
-``SLOW_STARTED_FILE``); ``/block`` blocks the
-event loop (a hung worker). ``make_app`` is a factory of the same app.
+``SLOW_STARTED_FILE``); ``/block`` blocks the event loop (a hung worker);
+``/grow?mb=N`` keeps N MiB more resident memory. ``make_app`` is a factory of the
+same app.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 VERSION = Path(os.environ["APP_VERSION_FILE"]).read_text().strip()
 if VERSION == "broken":
     raise RuntimeError("this version is broken at import")
+
+
+_KEPT: list[bytes] = []
 
 
 def _crash_later(seconds: float) -> None:
@@ -51,6 +55,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(float(query.get("seconds", "1")))
     elif path == "/block":
         time.sleep(3600)
+    elif path == "/grow":
+        query = dict(part.split("=") for part in scope["query_string"].decode().split("&") if part)
+        # Written, so the pages are resident, not just reserved.
+        _KEPT.append(b"x" * (int(query.get("mb", "1")) * 1024 * 1024))
     body = json.dumps({"pid": os.getpid(), "version": VERSION}).encode()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json")]})
