@@ -238,17 +238,18 @@ class _Partition:
         self.suspect = True  # count deliveries until one record settles
 
 
-class _Rebalance:
-    """aiokafka calls these around a rebalance (awaited before it rejoins)."""
+def _rebalance_listener(owner: KafkaConsumer) -> Any:
+    """A ``ConsumerRebalanceListener`` (aiokafka awaits it before it rejoins the group)."""
+    from aiokafka import ConsumerRebalanceListener  # noqa: PLC0415
 
-    def __init__(self, owner: KafkaConsumer) -> None:
-        self._owner = owner
+    class Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await owner._revoke(set(revoked))
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._owner._revoke(set(revoked))
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            """Nothing to do: a partition's state is made at its first fetched records."""
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        """Nothing to do: a partition's state is made at its first fetched records."""
+    return Rebalance()
 
 
 class KafkaConsumer:
@@ -355,11 +356,14 @@ class KafkaConsumer:
         await self._producer.start()
         self._kafka = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=self.name,
                                        **self._options)
-        self._kafka.subscribe(self.topics, listener=_Rebalance(self))
         try:
+            self._kafka.subscribe(self.topics, listener=_rebalance_listener(self))
             await self._kafka.start()
         except BaseException:
+            with contextlib.suppress(Exception):
+                await self._kafka.stop()
             await self._producer.stop()
+            self._kafka = self._producer = None
             raise
         self._tasks = [asyncio.create_task(self._fetch()), asyncio.create_task(self._commits())]
 
