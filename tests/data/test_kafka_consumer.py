@@ -393,9 +393,9 @@ def test_bad_settings_name_the_field() -> None:
     async def handler(msg: KafkaMessage, tx: Any) -> None:
         return None
 
-    with pytest.raises(ConfigurationError, match="kafka_consumer.topic"):
+    with pytest.raises(ConfigurationError, match=r"kafka_consumer\.topic"):
         kafka_consumer(topic="")(handler)
-    with pytest.raises(ConfigurationError, match="kafka_consumer.concurrency"):
+    with pytest.raises(ConfigurationError, match=r"kafka_consumer\.concurrency"):
         kafka_consumer(topic="t", concurrency=0)(handler)
     with pytest.raises(ConfigurationError, match="coroutine function"):
         kafka_consumer(topic="t")(lambda msg, tx: None)  # type: ignore[arg-type]
