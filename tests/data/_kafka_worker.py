@@ -27,7 +27,9 @@ async def run_consumer(dsn: str, bootstrap: str, topic: str, log: str) -> None:
         if isinstance(event, MessageHandled) and event.outcome == "duplicate":
             out.write("duplicate\n")
 
-    @kafka_consumer(topic=topic, ladder=(0.05, 0.1), partitions=4, concurrency=4,
+    batch = int(os.environ.get("FOURNINES_CRASH_BATCH", "1"))
+
+    @kafka_consumer(topic=topic, ladder=(0.05, 0.1), partitions=4, concurrency=4, batch=batch,
                     listeners=[count])
     async def handle(msg: KafkaMessage, tx: Any) -> None:
         await tx.execute("INSERT INTO effects (message_id, n) VALUES ($1, $2)", msg.id,

@@ -126,14 +126,16 @@ async def committed_is(tansu: Tansu, topic: str, n: int) -> bool:
     return await committed(tansu.bootstrap, topic, topic) == n
 
 
-async def test_records_of_one_key_are_applied_in_order(pool: asyncpg.Pool, tansu: Tansu) -> None:
+@pytest.mark.parametrize("batch", [1, 16])
+async def test_records_of_one_key_are_applied_in_order(pool: asyncpg.Pool, tansu: Tansu,
+                                                       batch: int) -> None:
     topic, rec = unique("order"), RecordingListener()
     seen: dict[str, list[int]] = {}
 
     def note(msg: KafkaMessage) -> None:
         seen.setdefault(msg.key or "", []).append(msg.body["n"])
 
-    handle = make(topic, rec, note, concurrency=2)
+    handle = make(topic, rec, note, concurrency=2, batch=batch)
     producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
     await producer.start()
     await handle.start(pool, tansu.bootstrap)
@@ -177,6 +179,38 @@ async def test_a_failing_record_waits_in_the_retry_topic_until_due_then_passes(
     assert tries[1][1] - tries[0][1] >= LADDER[0] - 0.01
     assert tries[2][1] - tries[1][1] >= LADDER[1] - 0.01
     assert await pool.fetchval("SELECT count(*) FROM effects") == 1  # the failures rolled back
+
+
+async def test_a_failure_in_a_batch_sends_only_the_failing_record_up_the_ladder(
+    pool: asyncpg.Pool, tansu: Tansu,
+) -> None:
+    topic, rec = unique("batchfail"), RecordingListener()
+
+    def behaviour(msg: KafkaMessage) -> None:
+        if msg.body["n"] == 5 and msg.attempt == 1:
+            raise TimeoutError("once")
+
+    handle = make(topic, rec, behaviour, batch=16)
+    producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all")
+    await producer.start()
+    try:
+        # Produced before the consumer starts, so they arrive together and share batches.
+        await declare(tansu, topic)
+        await asyncio.gather(*[await producer.send(
+            topic, json.dumps({"n": n}).encode(), key=b"one",
+            headers=[(MESSAGE_ID_HEADER, f"bf-{n}".encode())]) for n in range(40)])
+        await handle.start(pool, tansu.bootstrap)
+        await until(count(rec, "acked", 40))
+    finally:
+        await producer.stop()
+        await handle.stop()
+    assert [e.step for e in settled(rec, "retried")] == [1]
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 40
+    assert await pool.fetchval("SELECT count(DISTINCT id) FROM effects") == 40
+
+
+async def declare(tansu: Tansu, topic: str) -> None:
+    await declare_topics(tansu.bootstrap, topic, LADDER, partitions=2)
 
 
 async def test_a_retry_that_is_not_due_pauses_only_its_partition(

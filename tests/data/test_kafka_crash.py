@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from fournines.data import declare_topics, init_schema, outbox
 
@@ -30,9 +31,10 @@ WORKER = Path(__file__).with_name("_kafka_worker.py")
 SRC = Path(__file__).parents[2] / "src"
 
 
-def start(role: str, database: str, bootstrap: str, topic: str,
-          log: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{Path(__file__).parents[2]}"}
+def start(role: str, database: str, bootstrap: str, topic: str, log: Path,
+          batch: int = 1) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{Path(__file__).parents[2]}",
+           "FOURNINES_CRASH_BATCH": str(batch)}
     proc = subprocess.Popen([sys.executable, str(WORKER), role, database, bootstrap, topic,
                              str(log)], stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
@@ -45,8 +47,9 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=30)
 
 
+@pytest.mark.parametrize("batch", [1, 16])
 async def test_kill_9_of_kafka_consumer_and_relay_loses_nothing_and_applies_nothing_twice(
-    database: str, tansu: Tansu, tmp_path: Path,
+    database: str, tansu: Tansu, tmp_path: Path, batch: int,
 ) -> None:
     topic, log = unique("kcrash"), tmp_path / "duplicates.log"
     log.touch()
@@ -62,7 +65,7 @@ async def test_kill_9_of_kafka_consumer_and_relay_loses_nothing_and_applies_noth
                     await outbox.add(conn, topic, f"k{n % 50}", json.dumps({"n": n}))
         await declare_topics(tansu.bootstrap, topic, (0.05, 0.1), partitions=4)
 
-        consumer = start("consumer", database, tansu.bootstrap, topic, log)
+        consumer = start("consumer", database, tansu.bootstrap, topic, log, batch)
         relay = start("relay", database, tansu.bootstrap, topic, log)
         thresholds = sorted(rng.randrange(N // 10, 9 * N // 10) for _ in range(5))
         relay_killed = False
@@ -81,7 +84,8 @@ async def test_kill_9_of_kafka_consumer_and_relay_loses_nothing_and_applies_noth
                         thresholds.pop(0)
                         await asyncio.sleep(rng.random() * 0.2)  # a random instant
                         kill(consumer)
-                        consumer = start("consumer", database, tansu.bootstrap, topic, log)
+                        consumer = start("consumer", database, tansu.bootstrap, topic, log,
+                                         batch)
                     if applied >= N and not thresholds:
                         break
                     await asyncio.sleep(0.01)
@@ -97,5 +101,5 @@ async def test_kill_9_of_kafka_consumer_and_relay_loses_nothing_and_applies_noth
         assert await pool.fetchval("SELECT count(DISTINCT n) FROM effects") == N
         assert await pool.fetchval("SELECT count(*) FROM effects") == N
         duplicates = log.read_text().count("duplicate")
-        print(f"\nkafka: {N} messages, 5 consumer kills, 1 relay kill: {elapsed:.1f}s, "
+        print(f"\nkafka batch={batch}: {N} messages, 5 consumer kills, 1 relay kill: {elapsed:.1f}s, "
               f"{duplicates} duplicates suppressed")

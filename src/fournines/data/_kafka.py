@@ -270,6 +270,7 @@ class KafkaConsumer:
         partitions: int = 4,
         concurrency: int = 8,
         prefetch: int = 256,
+        batch: int = 1,
         decode: Callable[[bytes], Any] = decode_json,
         dead_letter_on: ExceptionFilter = (PoisonMessageError, ValueError),
         retry_on: ExceptionFilter = Exception,
@@ -296,6 +297,7 @@ class KafkaConsumer:
         check_number(owner, "partitions", partitions, minimum=1, integer=True)
         check_number(owner, "concurrency", concurrency, minimum=1, integer=True)
         check_number(owner, "prefetch", prefetch, minimum=1, integer=True)
+        check_number(owner, "batch", batch, minimum=1, maximum=prefetch, integer=True)
         check_number(owner, "stop_timeout", stop_timeout, minimum=0)
         check_number(owner, "commit_interval", commit_interval, minimum=0)
         if not callable(decode):
@@ -308,6 +310,7 @@ class KafkaConsumer:
         self.partitions = partitions
         self.concurrency = concurrency
         self.prefetch = prefetch
+        self.batch = batch
         self._decode = decode
         self._fatal = exception_predicate(owner, "dead_letter_on", dead_letter_on)
         self._retryable = exception_predicate(owner, "retry_on", retry_on)
@@ -497,24 +500,37 @@ class KafkaConsumer:
     # -- one partition ------------------------------------------------------------------
 
     async def _drain(self, part: _Partition) -> None:
-        while part.pending and not self._halting:
+        while part.pending and not self._halting and not part.revoked and part.held is None:
             async with self._slots:
                 # A chunk per turn, so that a long backlog does not starve the others.
-                for _ in range(64):
+                for _ in range(max(1, 64 // self.batch)):
                     if not part.pending or self._halting or part.revoked:
-                        return
-                    record = part.pending[0]
-                    if record.topic in self._retry_topics and self._hold(part, record):
-                        return
-                    await self._settle(part, record)
-                    if part.pending and part.pending[0] is record:
-                        part.pending.popleft()
-                    part.done = record.offset + 1
+                        break
+                    records = self._take(part)
+                    if not records:  # a retry not due yet: the partition is held
+                        break
+                    if len(records) == 1:
+                        await self._settle(part, records[0])
+                    else:
+                        await self._settle_batch(part, records)
+                    for _ in records:
+                        if part.pending:
+                            part.pending.popleft()
+                    part.done = records[-1].offset + 1
                     self._commit_wanted.set()
             if len(part.pending) < self.prefetch // 2 and part.held is None:
                 self._resume(part)
         if part.held is None:
             self._resume(part)
+
+    def _take(self, part: _Partition) -> list[Any]:
+        """The next records to settle together (in order), or none if the head is held."""
+        head = part.pending[0]
+        if head.topic in self._retry_topics:
+            return [] if self._hold(part, head) else [head]
+        if part.suspect or self.batch == 1:
+            return [head]  # deliveries are counted one by one after an assignment
+        return [part.pending[i] for i in range(min(self.batch, len(part.pending)))]
 
     def _resume(self, part: _Partition) -> None:
         if self._kafka is not None and not part.revoked:
@@ -610,6 +626,58 @@ class KafkaConsumer:
             part.suspect = False
         self._emit(started, "acked" if applied else "duplicate")
 
+    async def _settle_batch(self, part: _Partition, records: list[Any]) -> None:
+        """Apply consecutive records in one transaction; on any failure, each on its own."""
+        started = self._clock.monotonic()
+        messages: list[KafkaMessage] = []
+        for record in records:
+            headers = decode_headers(record.headers)
+            ident = headers.get(MESSAGE_ID_HEADER)
+            try:
+                if not ident or record.value is None:
+                    raise PoisonMessageError("bad record", reason="malformed_body")
+                previous = _int_header(headers, ATTEMPTS)
+                body = self._decode(record.value)
+            except Exception:
+                messages = []  # the single path dead-letters it, with its reason, in order
+                break
+            key = headers.get(KEY_HEADER) or (
+                record.key.decode(errors="replace") if record.key is not None else None)
+            messages.append(KafkaMessage(
+                id=ident, body=body, raw=record.value, headers=headers, key=key,
+                routing_key=record.topic, attempt=previous + 1, topic=self.topic,
+                partition=record.partition, offset=record.offset))
+        if not messages:
+            for record in records:
+                await self._settle(part, record)
+            return
+
+        async def work(conn: Any) -> set[str]:
+            rows = await conn.fetch(
+                "INSERT INTO fournines_inbox (consumer, message_id) "
+                "SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING message_id",
+                self.name, [msg.id for msg in messages])
+            fresh = {row[0] for row in rows}
+            applied = set()
+            for msg in messages:
+                if msg.id in fresh and msg.id not in applied:  # two copies in one batch
+                    applied.add(msg.id)
+                    await self.handler(msg, conn)
+            return applied
+
+        try:
+            applied = await self._transaction(self._pool, work)
+        except Exception:
+            # One record failed the whole batch (rolled back): settle each alone, in
+            # order, so only the failing one climbs the ladder.
+            for record in records:
+                await self._settle(part, record)
+            return
+        for msg in messages:
+            fresh = msg.id in applied
+            applied.discard(msg.id)
+            self._emit(started, "acked" if fresh else "duplicate")
+
     async def _count_delivery(self, ident: str) -> int | None:
         try:
             count: int = await self._pool.fetchval(
@@ -684,6 +752,7 @@ def kafka_consumer(
     partitions: int = 4,
     concurrency: int = 8,
     prefetch: int = 256,
+    batch: int = 1,
     decode: Callable[[bytes], Any] = decode_json,
     dead_letter_on: ExceptionFilter = (PoisonMessageError, ValueError),
     retry_on: ExceptionFilter = Exception,
@@ -705,6 +774,10 @@ def kafka_consumer(
     :param partitions: partitions of the topics it creates (those that exist are kept).
     :param concurrency: partitions handled at once (each one record at a time, in order).
     :param prefetch: records fetched ahead per partition before its fetching pauses.
+    :param batch: up to this many consecutive records of one partition share one
+        transaction (one inbox INSERT, the handlers in offset order, one COMMIT): fewer
+        round trips per record. A failure rolls the batch back and its records are
+        then settled one by one, so only the failing one climbs the ladder.
     :param decode: bytes to ``msg.body`` (JSON); raising dead-letters the record
         (``reason="malformed_body"``).
     :param dead_letter_on: failures no retry can fix, dead-lettered at once.
@@ -720,7 +793,8 @@ def kafka_consumer(
     def decorate(handler: Handler) -> KafkaConsumer:
         return KafkaConsumer(handler, topic=topic, name=name, ladder=ladder,
                              delivery_limit=delivery_limit, partitions=partitions,
-                             concurrency=concurrency, prefetch=prefetch, decode=decode,
+                             concurrency=concurrency, prefetch=prefetch, batch=batch,
+                             decode=decode,
                              dead_letter_on=dead_letter_on, retry_on=retry_on,
                              isolation=isolation, attempts=attempts, listeners=listeners,
                              stop_timeout=stop_timeout, commit_interval=commit_interval,
