@@ -101,5 +101,5 @@ async def test_kill_9_of_kafka_consumer_and_relay_loses_nothing_and_applies_noth
         assert await pool.fetchval("SELECT count(DISTINCT n) FROM effects") == N
         assert await pool.fetchval("SELECT count(*) FROM effects") == N
         duplicates = log.read_text().count("duplicate")
-        print(f"\nkafka batch={batch}: {N} messages, 5 consumer kills, 1 relay kill: {elapsed:.1f}s, "
-              f"{duplicates} duplicates suppressed")
+        print(f"\nkafka batch={batch}: {N} messages, 5 consumer kills, 1 relay kill: "
+              f"{elapsed:.1f}s, {duplicates} duplicates suppressed")
