@@ -413,7 +413,8 @@ async def test_a_record_read_past_the_delivery_limit_is_dead_lettered(
         await handle.stop()
     [letter] = await list_kafka_dead_letters(topic, tansu.bootstrap)
     assert (letter.id, letter.reason) == ("crasher", "delivery_limit")
-    assert await pool.fetchval("SELECT count(*) FROM fournines_deliveries") == 1  # crasher's
+    # Settled: its count is dropped, so a replay starts from zero.
+    assert await pool.fetchval("SELECT count(*) FROM fournines_deliveries") == 0
 
 
 async def test_declare_topics_creates_the_ladder_and_the_dead_letter_topic(tansu: Tansu) -> None:
@@ -433,3 +434,29 @@ def test_bad_settings_name_the_field() -> None:
         kafka_consumer(topic="t", concurrency=0)(handler)
     with pytest.raises(ConfigurationError, match="coroutine function"):
         kafka_consumer(topic="t")(lambda msg, tx: None)  # type: ignore[arg-type]
+
+
+async def test_lag_counts_the_records_not_yet_settled_per_partition(
+    pool: asyncpg.Pool, tansu: Tansu,
+) -> None:
+    topic, rec = unique("lag"), RecordingListener()
+    gate = asyncio.Event()
+
+    @kafka_consumer(topic=topic, partitions=1, listeners=[rec])
+    async def handle(msg: KafkaMessage, tx: Any) -> None:
+        if msg.body["n"] == 1:
+            await gate.wait()  # the second record holds the partition
+
+    await declare_topics(tansu.bootstrap, topic, partitions=1)
+    for n in range(10):
+        await produce(tansu.bootstrap, topic, json.dumps({"n": n}).encode(), ident=f"l-{n}")
+    await handle.start(pool, tansu.bootstrap)
+    try:
+        await until(count(rec, "acked", 1))
+        assert handle.lag() == {(topic, 0): 9}  # 10 records, 1 settled
+        gate.set()
+        await until(count(rec, "acked", 10))
+        assert handle.lag() == {(topic, 0): 0}
+    finally:
+        gate.set()
+        await handle.stop()

@@ -601,6 +601,7 @@ class KafkaConsumer:
                                             f"read {deliveries} times without settling "
                                             "(the consumer crashed on it?)",
                                             reason="delivery_limit"), previous=previous)
+                await self._forget_delivery(ident)
                 part.suspect = False
                 return
 
@@ -620,6 +621,8 @@ class KafkaConsumer:
             applied = await self._transaction(self._pool, work)
         except Exception as exc:
             await self._failed(part, record, headers, started, exc, previous)
+            if counted:  # settled (retry topic or dead letters): not a crash loop
+                await self._forget_delivery(ident)
             part.suspect = False
             return
         if applied:
@@ -691,6 +694,11 @@ class KafkaConsumer:
             _log.warning("kafka consumer %s: cannot count deliveries", self.name, exc_info=True)
             return None
         return count
+
+    async def _forget_delivery(self, ident: str) -> None:
+        with contextlib.suppress(Exception):  # a leftover row only delays a future count
+            await self._pool.execute("DELETE FROM fournines_deliveries WHERE consumer = $1 "
+                                     "AND message_id = $2", self.name, ident)
 
     async def _failed(self, part: _Partition, record: Any, headers: dict[str, str],
                       started: float, exc: Exception, previous: int) -> None:
