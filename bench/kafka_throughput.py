@@ -7,6 +7,8 @@ round), in alternating rounds:
   database (the ceiling);
 - ``bare + INSERT``: the same, with the effect as one autocommit INSERT per record
   (a hand-written consumer: not idempotent, a re-read applies it twice);
+- ``bare + INSERT x4``: the same, the partitions of each fetched batch at once (each
+  in order), as the idempotent consumer runs them;
 - ``fournines``: :func:`fournines.data.kafka_consumer`, the same INSERT in one
   transaction with the inbox row, offsets committed after COMMIT;
 - ``fournines batch=16``: up to 16 consecutive records of a partition per transaction.
@@ -83,7 +85,8 @@ async def preload(bootstrap: str, topic: str) -> None:
         await producer.stop()
 
 
-async def bare(bootstrap: str, topic: str, pool: asyncpg.Pool | None) -> float:
+async def bare(bootstrap: str, topic: str, pool: asyncpg.Pool | None,
+               parallel: bool = False) -> float:
     reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bare-{topic}",
                               enable_auto_commit=False, auto_offset_reset="earliest",
                               session_timeout_ms=6000, heartbeat_interval_ms=1000)
@@ -94,12 +97,18 @@ async def bare(bootstrap: str, topic: str, pool: asyncpg.Pool | None) -> float:
             batches = await reader.getmany(timeout_ms=200, max_records=256)
             if batches and not began:
                 began = time.perf_counter()  # from the first record: joining is not counted
-            for records in batches.values():
+            async def apply(records: list[Any]) -> None:
                 for record in records:
                     if pool is not None:
                         await pool.execute("INSERT INTO effects VALUES ($1)",
                                            dict(record.headers)[MESSAGE_ID_HEADER].decode())
-                    count += 1
+
+            if parallel:  # each partition's records in order, the partitions at once
+                await asyncio.gather(*(apply(records) for records in batches.values()))
+            else:
+                for records in batches.values():
+                    await apply(records)
+            count += sum(len(records) for records in batches.values())
             if batches:
                 await reader.commit()
         elapsed = time.perf_counter() - began
@@ -155,7 +164,8 @@ async def main() -> None:
                                        max_size=CONCURRENCY + 4) as pool:
             await init_schema(pool)
             await pool.execute("CREATE TABLE effects (id text NOT NULL)")
-            rates: dict[str, list[float]] = {"bare": [], "bare + INSERT": [], "fournines": [],
+            rates: dict[str, list[float]] = {"bare": [], "bare + INSERT": [],
+                                            "bare + INSERT x4": [], "fournines": [],
                                             "fournines batch=16": []}
             for _ in range(ROUNDS):
                 for form, samples in rates.items():
@@ -165,6 +175,8 @@ async def main() -> None:
                         samples.append(await bare(bootstrap, topic, None))
                     elif form == "bare + INSERT":
                         samples.append(await bare(bootstrap, topic, pool))
+                    elif form == "bare + INSERT x4":
+                        samples.append(await bare(bootstrap, topic, pool, parallel=True))
                     elif form == "fournines":
                         samples.append(await idempotent(bootstrap, topic, pool))
                     else:
