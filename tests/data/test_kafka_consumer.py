@@ -79,8 +79,9 @@ def make(topic: str, rec: RecordingListener,
          **settings: Any) -> KafkaConsumer:
     settings.setdefault("listeners", [rec])
     settings.setdefault("ladder", LADDER)
+    settings.setdefault("partitions", 2)
 
-    @kafka_consumer(topic=topic, partitions=2, **settings)
+    @kafka_consumer(topic=topic, **settings)
     async def handle(msg: KafkaMessage, tx: Any) -> None:
         await tx.execute("INSERT INTO effects VALUES ($1, $2, $3)", msg.id,
                          json.dumps(msg.body), time.time())
@@ -460,3 +461,66 @@ async def test_lag_counts_the_records_not_yet_settled_per_partition(
     finally:
         gate.set()
         await handle.stop()
+
+
+async def test_a_second_member_joining_mid_stream_takes_partitions_and_nothing_is_applied_twice(
+    pool: asyncpg.Pool, tansu: Tansu,
+) -> None:
+    topic, rec, rec_second = unique("rebalance"), RecordingListener(), RecordingListener()
+    first = make(topic, rec, partitions=4)
+    second = make(topic, rec, partitions=4, listeners=[rec, rec_second])
+    await declare_topics(tansu.bootstrap, topic, LADDER, partitions=4)
+    producer = AIOKafkaProducer(bootstrap_servers=tansu.bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(
+            topic, json.dumps({"n": n}).encode(), key=f"k{n % 16}".encode(),
+            headers=[(MESSAGE_ID_HEADER, f"rb-{n}".encode())]) for n in range(2000)])
+    finally:
+        await producer.stop()
+    await first.start(pool, tansu.bootstrap)
+    try:
+        await until(count(rec, "acked", 300))
+        await second.start(pool, tansu.bootstrap)  # the group rebalances: revoke, commit
+        await until(lambda: asyncio.sleep(0, len(settled(rec, "acked")) + len(
+            settled(rec, "duplicate")) >= 2000 and len(settled(rec, "acked")) >= 2000), 120)
+    finally:
+        await second.stop()
+        await first.stop()
+    assert settled(rec_second, "acked"), "the second member never got a partition"
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 2000
+    assert await pool.fetchval("SELECT count(DISTINCT id) FROM effects") == 2000
+
+
+async def test_an_unexpected_error_outside_retry_on_is_dead_lettered_and_metrics_count_it(
+    pool: asyncpg.Pool, tansu: Tansu,
+) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from fournines.data import ConsumerMetrics
+
+    registry = prometheus_client.CollectorRegistry()
+    topic, rec = unique("unexpected"), RecordingListener()
+
+    def boom(msg: KafkaMessage) -> None:
+        if msg.id == "u-1":
+            raise KeyError("surprise")
+
+    handle = make(topic, rec, boom, retry_on=(TimeoutError,),
+                  listeners=[rec, ConsumerMetrics(registry)])
+    await handle.start(pool, tansu.bootstrap)
+    try:
+        await produce(tansu.bootstrap, topic, b"{}", ident="u-1")
+        await produce(tansu.bootstrap, topic, b"{}", ident="u-2")
+        await until(count(rec, "acked", 1))
+    finally:
+        await handle.stop()
+    [letter] = await list_kafka_dead_letters(topic, tansu.bootstrap)
+    assert (letter.id, letter.reason, letter.exception) == ("u-1", "not_retryable",
+                                                           "builtins.KeyError")
+
+    def sample(name: str, **labels: str) -> float | None:
+        value: float | None = registry.get_sample_value(name, {"consumer": topic, **labels})
+        return value
+
+    assert sample("fournines_consumer_acked_total") == 1
+    assert sample("fournines_consumer_dead_lettered_total", reason="not_retryable") == 1
