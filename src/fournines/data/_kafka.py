@@ -127,7 +127,9 @@ class KafkaMessage(Message):
     """One Kafka record as a handler sees it: a :class:`Message` plus where it was read.
 
     ``routing_key`` is the topic it was read from (the work topic or a retry topic),
-    ``topic`` the work topic it belongs to.
+    ``topic`` the work topic it belongs to; ``redelivered`` is true for the records
+    read right after a partition was assigned, the ones another member (or a crashed
+    process) may have read already.
     """
 
     topic: str
