@@ -13,7 +13,7 @@ says what a block needs:
 Blocks that call servers read their addresses from the environment with a
 default a reader would use; here they point at servers this module starts on
 loopback (``PAYMENTS_URL``, ``ORDERS_ENDPOINTS``, ``REDIS_URL``, ``TOXIPROXY_PORT``,
-``ETCD_URL``).
+``ETCD_URL``, ``KAFKA_BOOTSTRAP``).
 
 ``python -m tests.test_readme --write DIR`` writes the blocks that run to DIR, one
 module each, for ``mypy --strict`` (the Makefile's ``lint`` target).
@@ -113,6 +113,7 @@ import pytest  # noqa: E402  (the --write mode above runs without pytest)
 from fournines.chaos.network import capabilities  # noqa: E402
 
 from ._servers import EtcdServer, RedisServer, free_port  # noqa: E402
+from .data._tansu import Tansu  # noqa: E402
 
 
 class _Answer(BaseHTTPRequestHandler):
@@ -171,9 +172,20 @@ def readme_etcd() -> Iterator[EtcdServer]:
         server.cleanup()
 
 
+@pytest.fixture(scope="module")
+def readme_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    """A private Tansu (Kafka's protocol) for the README's Kafka block."""
+    broker = Tansu(tmp_path_factory.mktemp("tansu") / "tansu.log")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.kill()
+
+
 @pytest.fixture
 def env(http_servers: list[str], redis_server: RedisServer, chaos_proxy: int,
-        readme_etcd: EtcdServer) -> dict[str, str]:
+        readme_etcd: EtcdServer, readme_kafka: Tansu) -> dict[str, str]:
     return {
         **os.environ,
         "PAYMENTS_URL": http_servers[0],
@@ -182,6 +194,7 @@ def env(http_servers: list[str], redis_server: RedisServer, chaos_proxy: int,
         "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
         "TOXIPROXY_PORT": str(chaos_proxy),
         "ETCD_URL": readme_etcd.url,
+        "KAFKA_BOOTSTRAP": readme_kafka.bootstrap,
         "CHAOS_TOKEN": "readme-token-0123456789",
         "PYTHONUNBUFFERED": "1",
     }

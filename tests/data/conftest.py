@@ -56,3 +56,4 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 
 from ._amqp import amqp_url  # noqa: E402, F401 - the message tests' vhost fixture
 from ._mariadb import mariadb_database  # noqa: E402, F401 - the MariaDB tests' database
+from ._tansu import tansu  # noqa: E402, F401 - the Kafka tests' broker fixture

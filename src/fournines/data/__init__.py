@@ -17,7 +17,10 @@ once, in order per key; :func:`consumer` makes ``async def handle(msg, tx)`` an
 idempotent RabbitMQ consumer (inbox row in the handler's transaction, ack after
 commit, a retry ladder of TTL wait queues, dead letters with the reason in headers,
 which :func:`list_dead_letters` / :func:`replay_dead_letters` / ``fournines dlq``
-manage); :class:`ConsumerMetrics` counts it all. :data:`SCHEMA` is the migration
+manage); :func:`kafka_consumer` and :class:`KafkaPublisher` do the same on Kafka
+(retry topics whose partitions pause until a retry is due, ``T.dead``, and
+:func:`list_kafka_dead_letters` / :func:`replay_kafka_dead_letters`);
+:class:`ConsumerMetrics` counts it all. :data:`SCHEMA` is the migration
 (``fournines data init``).
 
 Needs the ``data`` extra (``pip install 'fournines[data]'``) or the driver in use;
@@ -37,6 +40,21 @@ from ._core import (
     sqlstate,
 )
 from ._dlq import DeadLetter, list_dead_letters, purge_dead_letters, replay_dead_letters
+from ._kafka import (
+    KafkaConsumer,
+    KafkaMessage,
+    KafkaPublisher,
+    dead_topic,
+    declare_topics,
+    kafka_consumer,
+    retry_topic,
+)
+from ._kafka_dlq import (
+    KafkaDeadLetter,
+    list_kafka_dead_letters,
+    purge_kafka_dead_letters,
+    replay_kafka_dead_letters,
+)
 from ._rabbitmq import (
     DEFAULT_LADDER,
     Consumer,
@@ -64,6 +82,10 @@ __all__ = [
     "DeadLetter",
     "DeadLetterNotFoundError",
     "Isolation",
+    "KafkaConsumer",
+    "KafkaDeadLetter",
+    "KafkaMessage",
+    "KafkaPublisher",
     "Message",
     "MessageHandled",
     "OutboxMessage",
@@ -77,15 +99,22 @@ __all__ = [
     "classify",
     "consumer",
     "dead_queue",
+    "dead_topic",
     "declare_queues",
+    "declare_topics",
     "init_schema",
+    "kafka_consumer",
     "list_dead_letters",
+    "list_kafka_dead_letters",
     "mysql_errno",
     "outbox",
     "pool_check",
     "purge_dead_letters",
+    "purge_kafka_dead_letters",
     "replay_dead_letters",
+    "replay_kafka_dead_letters",
     "retry_queue",
+    "retry_topic",
     "sqlstate",
     "transaction",
     "transaction_sync",

@@ -25,8 +25,10 @@ def register(sub: Any) -> None:
     init.add_argument("--print-sql", action="store_true", help="print the SQL, run nothing")
     init.set_defaults(run=_init, command_parser=init)
 
-    dlq = sub.add_parser("dlq", help="inspect and replay the dead letters of a RabbitMQ queue",
-                         description="The dead letters of work queue QUEUE live in QUEUE.dead.")
+    dlq = sub.add_parser("dlq", help="inspect and replay the dead letters of a queue or topic",
+                         description="The dead letters of work queue (or Kafka topic) QUEUE "
+                                     "live in QUEUE.dead. --url amqp://... is RabbitMQ, "
+                                     "--url kafka://HOST:PORT is Kafka.")
     commands = dlq.add_subparsers(dest="action", required=True)
     for name, text in (("list", "one JSON line per dead letter"),
                        ("show", "one dead letter's headers and body, as JSON"),
@@ -42,7 +44,8 @@ def register(sub: Any) -> None:
             parser.add_argument("--limit", type=int, default=None, help="list at most this many")
         parser.add_argument("--url", default=os.environ.get(_AMQP) or
                             "amqp://guest:guest@127.0.0.1/",
-                            help=f"AMQP URL (default ${_AMQP}, else guest on 127.0.0.1)")
+                            help=f"AMQP URL, or kafka://HOST:PORT[,HOST:PORT] for Kafka "
+                                 f"(default ${_AMQP}, else RabbitMQ's guest on 127.0.0.1)")
         parser.set_defaults(run=_dlq, command_parser=parser)
 
 
@@ -75,11 +78,23 @@ def _init(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _dlq(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .._errors import DeadLetterNotFoundError  # noqa: PLC0415
-    from . import list_dead_letters, purge_dead_letters, replay_dead_letters  # noqa: PLC0415
+    from . import (  # noqa: PLC0415
+        list_dead_letters,
+        list_kafka_dead_letters,
+        purge_dead_letters,
+        purge_kafka_dead_letters,
+        replay_dead_letters,
+        replay_kafka_dead_letters,
+    )
 
+    kafka = args.url.startswith("kafka://")  # the same commands on a topic's T.dead
+    url = args.url.removeprefix("kafka://")
+    lister: Any = list_kafka_dead_letters if kafka else list_dead_letters
+    replayer: Any = replay_kafka_dead_letters if kafka else replay_dead_letters
+    purger: Any = purge_kafka_dead_letters if kafka else purge_dead_letters
     try:
         if args.action in ("list", "show"):
-            letters = asyncio.run(list_dead_letters(args.queue, args.url, limit=getattr(
+            letters = asyncio.run(lister(args.queue, url, limit=getattr(
                 args, "limit", None)))
             if args.action == "list":
                 for letter in letters:
@@ -94,10 +109,10 @@ def _dlq(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             raise DeadLetterNotFoundError(
                 f"no dead letter of queue {args.queue!r} with id {args.ids[0]}")
         if args.action == "replay":
-            ids = asyncio.run(replay_dead_letters(args.queue, args.url, ids=args.ids))
+            ids = asyncio.run(replayer(args.queue, url, ids=args.ids))
             print(f"replayed {len(ids)} dead letter(s) to {args.queue}")
             return 0
-        count = asyncio.run(purge_dead_letters(args.queue, args.url, ids=args.ids))
+        count = asyncio.run(purger(args.queue, url, ids=args.ids))
         print(f"purged {count} dead letter(s) of {args.queue}")
         return 0
     except DeadLetterNotFoundError as exc:

@@ -14,19 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import DeadLetterNotFoundError
-from ._rabbitmq import (
-    ATTEMPTS,
-    DEFAULT_URL,
-    ERROR,
-    EXCEPTION,
-    FIRST_FAILURE,
-    LAST_FAILURE,
-    ORIGINAL_ROUTING_KEY,
-    REASON,
-    REPLAYED,
-    dead_queue,
-    publish_confirmed,
-)
+from ._ladder import ATTEMPTS, ERROR, EXCEPTION, FIRST_FAILURE, LAST_FAILURE, REASON, REPLAYED
+from ._rabbitmq import DEFAULT_URL, ORIGINAL_ROUTING_KEY, dead_queue, publish_confirmed
 from .outbox import MESSAGE_ID_HEADER
 
 __all__ = ["DeadLetter", "list_dead_letters", "purge_dead_letters", "replay_dead_letters"]

@@ -26,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as _dt
 import functools
-import json
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -39,6 +37,14 @@ from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, PoisonMessageError, check_number
 from .._events import Event, Listener, dispatch, has_listeners
 from ..policies._classify import ExceptionFilter, exception_predicate
+from ._ladder import (
+    ATTEMPTS,
+    REASON,
+    decode_json,
+    failure_headers,
+    now_iso,
+    plan_failure,
+)
 from .outbox import KEY_HEADER, MESSAGE_ID_HEADER, OutboxMessage
 from .transactions import transaction
 
@@ -61,17 +67,9 @@ DEFAULT_LADDER = (1.0, 10.0, 60.0)
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1/"
 
-# Headers a failure adds (the original routing only on the first failure).
-ATTEMPTS = "fournines-attempts"
-REASON = "fournines-reason"
-EXCEPTION = "fournines-exception"
-ERROR = "fournines-error"
-FIRST_FAILURE = "fournines-first-failure"
-LAST_FAILURE = "fournines-last-failure"
+# Headers of the original routing (on the first failure); the rest are in _ladder.
 ORIGINAL_EXCHANGE = "fournines-original-exchange"
 ORIGINAL_ROUTING_KEY = "fournines-original-routing-key"
-QUEUE = "fournines-queue"
-REPLAYED = "fournines-replayed"
 
 Outcome = Literal["acked", "duplicate", "retried", "dead_lettered"]
 
@@ -125,15 +123,8 @@ class Message:
 Handler = Callable[[Message, Any], Awaitable[Any]]
 
 
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError as exc:  # UnicodeDecodeError is one too
-        raise PoisonMessageError(f"the body is not JSON: {exc}", reason="malformed_body") from exc
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+_json = decode_json
+_now = now_iso
 
 
 async def publish_confirmed(exchange: Any, message: Any, routing_key: str) -> None:
@@ -539,12 +530,10 @@ class Consumer:
     async def _failed(self, delivery: Any, headers: dict[str, Any], started: float,
                       exc: Exception) -> None:
         attempts = int(headers.get(ATTEMPTS, 0)) + 1
-        if self._fatal(exc) or not self._retryable(exc):
-            reason = exc.reason if isinstance(exc, PoisonMessageError) else "not_retryable"
-            await self._dead_letter(delivery, headers, started, reason, exc)
-            return
-        if attempts > len(self.ladder):
-            await self._dead_letter(delivery, headers, started, "retries_exhausted", exc)
+        plan = plan_failure(exc, attempts=attempts, ladder=self.ladder, fatal=self._fatal,
+                            retryable=self._retryable)
+        if plan.reason is not None:
+            await self._dead_letter(delivery, headers, started, plan.reason, exc)
             return
         out = self._failure_headers(delivery, headers, exc, attempts)
         if await self._forward(delivery, retry_queue(self.queue, attempts), out):
@@ -552,18 +541,9 @@ class Consumer:
 
     def _failure_headers(self, delivery: Any, headers: dict[str, Any], exc: BaseException | None,
                          attempts: int) -> dict[str, Any]:
-        now = _now()
-        out = dict(headers)
-        out.setdefault(ORIGINAL_EXCHANGE, delivery.exchange or "")
-        out.setdefault(ORIGINAL_ROUTING_KEY, delivery.routing_key or "")
-        out.setdefault(FIRST_FAILURE, now)
-        out[LAST_FAILURE] = now
-        out[ATTEMPTS] = attempts
-        out[QUEUE] = self.queue
-        if exc is not None:
-            kind = type(exc)
-            out[EXCEPTION] = f"{kind.__module__}.{kind.__qualname__}"
-            out[ERROR] = str(exc)[:1000]
+        out = failure_headers(headers, queue=self.queue, attempts=attempts, exc=exc, original={
+            ORIGINAL_EXCHANGE: delivery.exchange or "",
+            ORIGINAL_ROUTING_KEY: delivery.routing_key or ""})
         # x-death grows by one entry per ladder cycle; the fournines-* headers say it all.
         out.pop("x-death", None)
         return out

@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS fournines_inbox (
     processed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, message_id)
 );
+CREATE TABLE IF NOT EXISTS fournines_deliveries (
+    consumer     text NOT NULL,
+    message_id   text NOT NULL,
+    deliveries   int NOT NULL DEFAULT 1,
+    last_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, message_id)
+);
 CREATE OR REPLACE FUNCTION fournines_outbox_notify() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
@@ -76,7 +83,8 @@ DROP TRIGGER IF EXISTS fournines_outbox_notify ON fournines_outbox;
 CREATE TRIGGER fournines_outbox_notify AFTER INSERT ON fournines_outbox
     FOR EACH STATEMENT EXECUTE FUNCTION fournines_outbox_notify();
 """
-"""The migration: the outbox and inbox tables and the notify trigger (idempotent).
+"""The migration: the outbox and inbox tables, the Kafka consumer's delivery counts
+and the notify trigger (idempotent).
 
 Run by ``fournines data init DSN`` or :func:`init_schema`; copy it into your own
 migrations if you keep them (it is plain PostgreSQL 12+ SQL)."""
