@@ -1,0 +1,92 @@
+"""The lab's payment confirmation consumer: ``python -m fournines.lab._confirm``.
+
+Its effect is one row in ``lab_confirmations`` per message handled (no unique key:
+a message handled twice leaves two rows, which the lab counts at the end).
+
+- protected: :func:`fournines.data.consumer` (inbox row in the handler's
+  transaction, ack after COMMIT, retry ladder, dead letters);
+- unprotected: plain aio-pika: the row is written in a transaction, then the
+  message is acked; a SIGKILL between the two redelivers it, handled again.
+
+Configured from ``FOURNINES_LAB_DATABASE_URL``, ``FOURNINES_LAB_AMQP_URL``,
+``FOURNINES_LAB_QUEUE`` and ``FOURNINES_LAB_VARIANT``; prints :data:`READY` once
+it consumes (the lab waits for that line in its log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import Any
+
+__all__ = ["READY", "main"]
+
+READY = "fournines-lab-consumer: consuming"
+HANDLE_TIME = 0.002
+"""Seconds each confirmation takes: messages are in flight when the consumer is killed."""
+
+
+async def _effect(conn: Any, payment_id: str) -> None:
+    await conn.execute("INSERT INTO lab_confirmations (payment_id) VALUES ($1)", payment_id)
+    await asyncio.sleep(HANDLE_TIME)
+
+
+async def _protected(pool: Any, url: str, queue: str) -> None:
+    from ..data import Message, consumer  # noqa: PLC0415
+
+    @consumer(queue=queue, name="lab-confirm", ladder=(0.5,), prefetch=32, concurrency=8)
+    async def confirm(msg: Message, tx: Any) -> None:
+        await _effect(tx, str(msg.body["payment"]))
+
+    await confirm.start(pool, url)
+    print(READY, flush=True)
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    await stopped.wait()
+    await confirm.stop()
+
+
+async def _unprotected(pool: Any, url: str, queue: str) -> None:
+    import aio_pika  # noqa: PLC0415
+
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=32)
+    declared = await channel.declare_queue(queue, durable=True)
+    slots = asyncio.Semaphore(8)
+
+    async def on_message(message: Any) -> None:
+        async with slots:
+            payment = str(json.loads(message.body)["payment"])
+            async with pool.acquire() as conn, conn.transaction():
+                await _effect(conn, payment)
+            await message.ack()
+
+    await declared.consume(on_message)
+    print(READY, flush=True)
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    await stopped.wait()
+    await connection.close()
+
+
+async def main() -> None:
+    """Consume until SIGTERM."""
+    import asyncpg  # noqa: PLC0415
+
+    pool = await asyncpg.create_pool(os.environ["FOURNINES_LAB_DATABASE_URL"], min_size=1,
+                                     max_size=8)
+    url, queue = os.environ["FOURNINES_LAB_AMQP_URL"], os.environ["FOURNINES_LAB_QUEUE"]
+    try:
+        if os.environ.get("FOURNINES_LAB_VARIANT") == "protected":
+            await _protected(pool, url, queue)
+        else:
+            await _unprotected(pool, url, queue)
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
