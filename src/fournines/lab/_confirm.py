@@ -1,12 +1,16 @@
 """The lab's payment confirmation consumer: ``python -m fournines.lab._confirm``.
 
-Its effect is one row in ``lab_confirmations`` per message handled (no unique key:
-a message handled twice leaves two rows, which the lab counts at the end).
+Handling a confirmation writes one row in ``lab_confirmations`` (no unique key: a
+message handled twice leaves two rows, which the lab counts at the end) and then
+notifies the customer (:data:`HANDLE_TIME`, a call elsewhere), so a SIGKILL finds
+messages in the middle of their handling:
 
-- protected: :func:`fournines.data.consumer` (inbox row in the handler's
-  transaction, ack after COMMIT, retry ladder, dead letters);
-- unprotected: plain aio-pika: the row is written in a transaction, then the
-  message is acked; a SIGKILL between the two redelivers it, handled again.
+- protected: :func:`fournines.data.consumer`: the row, the inbox row and the
+  notification in one transaction, acked after COMMIT (a kill rolls it all back,
+  and the redelivery is handled as if new);
+- unprotected: plain aio-pika: the row is committed, the customer notified, then
+  the message acked; a kill in between redelivers a message whose row is there,
+  and it is written again.
 
 Configured from ``FOURNINES_LAB_DATABASE_URL``, ``FOURNINES_LAB_AMQP_URL``,
 ``FOURNINES_LAB_QUEUE`` and ``FOURNINES_LAB_VARIANT``; prints :data:`READY` once
@@ -24,12 +28,15 @@ from typing import Any
 __all__ = ["READY", "main"]
 
 READY = "fournines-lab-consumer: consuming"
-HANDLE_TIME = 0.002
-"""Seconds each confirmation takes: messages are in flight when the consumer is killed."""
+HANDLE_TIME = 0.05
+"""Seconds the notification of one confirmation takes."""
 
 
 async def _effect(conn: Any, payment_id: str) -> None:
     await conn.execute("INSERT INTO lab_confirmations (payment_id) VALUES ($1)", payment_id)
+
+
+async def _notify() -> None:
     await asyncio.sleep(HANDLE_TIME)
 
 
@@ -39,6 +46,7 @@ async def _protected(pool: Any, url: str, queue: str) -> None:
     @consumer(queue=queue, name="lab-confirm", ladder=(0.5,), prefetch=32, concurrency=8)
     async def confirm(msg: Message, tx: Any) -> None:
         await _effect(tx, str(msg.body["payment"]))
+        await _notify()
 
     await confirm.start(pool, url)
     print(READY, flush=True)
@@ -62,6 +70,7 @@ async def _unprotected(pool: Any, url: str, queue: str) -> None:
             payment = str(json.loads(message.body)["payment"])
             async with pool.acquire() as conn, conn.transaction():
                 await _effect(conn, payment)
+            await _notify()
             await message.ack()
 
     await declared.consume(on_message)

@@ -415,6 +415,9 @@ class VariantSteps:
         self.payments: list[_Payment] = []
         self.attempts: list[_Attempt] = []
         self.deploys: list[dict[str, Any]] = []
+        self.kills: list[dict[str, Any]] = []
+        """Per consumer kill: when, and how many applied payments were not yet confirmed
+        (the stream the kill cut into)."""
         self.start_at = 0.0
         self.until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -561,6 +564,8 @@ class VariantSteps:
         elif fault.kind == "consumer_kill":
             assert self.consumer is not None
             self.consumer.kill()
+            self.kills.append({"at": round(time.perf_counter() - self.start_at, 3),
+                               "unconfirmed": await self._unconfirmed()})
         elif fault.kind == "rolling_deploy":
             await self._deploy(fault)
 
@@ -703,7 +708,8 @@ class VariantSteps:
                     "payments": len(counts), "exactly_once": sum(c == 1 for c in counts),
                     "missing": sum(c == 0 for c in counts),
                     "more_than_once": sum(c > 1 for c in counts),
-                    "extra_rows": sum(c - 1 for c in counts if c > 1) + int(extra)}
+                    "extra_rows": sum(c - 1 for c in counts if c > 1) + int(extra),
+                    "kills": self.kills}
         finally:
             await conn.close()
         checks = [summary["lost"] == 0, summary["applied_twice"] == 0,
@@ -716,6 +722,20 @@ class VariantSteps:
             summary["exactly_once"] = c["missing"] == 0 and c["more_than_once"] == 0 \
                 and c["extra_rows"] == 0
         return summary
+
+    async def _unconfirmed(self) -> int | None:
+        import asyncpg  # noqa: PLC0415
+
+        try:
+            conn = await asyncpg.connect(self.dsn, timeout=2.0)
+        except (OSError, asyncpg.PostgresError):
+            return None
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM lab_payments p WHERE NOT EXISTS (SELECT 1 FROM "
+                "lab_confirmations c WHERE c.payment_id = p.id)"))
+        finally:
+            await conn.close()
 
     async def _drain_confirmations(self) -> None:
         """Until every applied payment is confirmed and nothing more arrives (or a timeout)."""
@@ -778,5 +798,8 @@ def step_lines(steps: dict[str, dict[str, Any]]) -> list[str]:
                     f"{c['exactly_once']} of {c['payments']} payments confirmed once, "
                     f"{c['missing']} missing, {c['more_than_once']} more than once "
                     f"({c['extra_rows']} extra effects)")
+                for k in c["kills"]:
+                    lines.append(f"{variant}:   consumer SIGKILLed at {k['at']:.1f} s with "
+                                 f"{k['unconfirmed']} applied payments not yet confirmed")
     return lines
 
