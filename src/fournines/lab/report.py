@@ -83,7 +83,7 @@ def _ms(value: float) -> str:
 
 
 def _step_servers(result: LabResult) -> str:
-    return "; ".join(f"{k}: {v}" for k, v in result.step_servers.items()) or "no servers"
+    return "; ".join(f"{k}: {v}" for k, v in result.step_servers.items()) or "no servers needed"
 
 
 def _steps_html(result: LabResult) -> str:

@@ -490,11 +490,11 @@ class VariantSteps:
 
     async def run_writes(self, start: float) -> None:
         """Send the steady payments from ``start`` for the scenario's duration."""
+        self.start_at = start
         if not self.writes:
             return
         import httpx  # noqa: PLC0415
 
-        self.start_at = start
         self.until = start + self.scenario.duration + DRAIN_TIMEOUT / 2
         self._client = httpx.AsyncClient(timeout=5.0, limits=httpx.Limits(
             max_connections=100, max_keepalive_connections=100))
