@@ -9,6 +9,7 @@ exactly once).
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -192,4 +193,4 @@ def test_the_report_shows_the_steps_section(report: dict[str, Any]) -> None:
     for text in ("ledger OK", "confirmations (outbox -> RabbitMQ -> consumer)",
                  "transaction retries by the payment service", "consumer SIGKILLed at"):
         assert text in report["_stdout"], text
-        assert text in report["_html"], text
+        assert html.escape(text) in report["_html"], text

@@ -25,9 +25,11 @@ import os
 import signal
 from typing import Any
 
-__all__ = ["READY", "main"]
+__all__ = ["LADDER", "READY", "main"]
 
 READY = "fournines-lab-consumer: consuming"
+LADDER = (0.5, 1.0, 2.0, 4.0)
+"""The protected consumer's retry ladder, in seconds."""
 HANDLE_TIME = 0.05
 """Seconds the notification of one confirmation takes."""
 
@@ -43,7 +45,9 @@ async def _notify() -> None:
 async def _protected(pool: Any, url: str, queue: str) -> None:
     from ..data import Message, consumer  # noqa: PLC0415
 
-    @consumer(queue=queue, name="lab-confirm", ladder=(0.5,), prefetch=32, concurrency=8)
+    # The ladder rides out a database restart of a few seconds (7.5 s of waits in all)
+    # before a message goes to the dead letters, which the lab counts.
+    @consumer(queue=queue, name="lab-confirm", ladder=LADDER, prefetch=32, concurrency=8)
     async def confirm(msg: Message, tx: Any) -> None:
         await _effect(tx, str(msg.body["payment"]))
         await _notify()

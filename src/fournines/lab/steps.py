@@ -81,6 +81,9 @@ ACCOUNTS = 50
 """Accounts the steady payments move money between (few conflicts)."""
 HOT_ACCOUNTS = 3
 """Accounts a storm's clients fight over (many conflicts)."""
+STORM_PAUSE = 0.02
+"""Seconds a storm client waits between its transfers: the storm is conflicts, not a
+flood of requests that would load the lab's own process (and its load generator)."""
 INITIAL_BALANCE = 1_000_000
 """Every account's balance before the load."""
 DRAIN_TIMEOUT = 20.0
@@ -549,6 +552,7 @@ class VariantSteps:
                     id=f"{self.variant}-s{index}-{serial[0]}", src=f"hot-{a}", dst=f"hot-{b}",
                     amount=self._rng.randint(1, 100), started=time.perf_counter() - self.start_at,
                     storm=True))
+                await asyncio.sleep(STORM_PAUSE)
 
         await asyncio.gather(*(client(c) for c in range(fault.concurrency)))
 
@@ -709,6 +713,7 @@ class VariantSteps:
                     "missing": sum(c == 0 for c in counts),
                     "more_than_once": sum(c > 1 for c in counts),
                     "extra_rows": sum(c - 1 for c in counts if c > 1) + int(extra),
+                    "dead_letters": await self._dead_letters(),
                     "kills": self.kills}
         finally:
             await conn.close()
@@ -722,6 +727,26 @@ class VariantSteps:
             summary["exactly_once"] = c["missing"] == 0 and c["more_than_once"] == 0 \
                 and c["extra_rows"] == 0
         return summary
+
+    async def _dead_letters(self) -> int | None:
+        """Messages in the protected consumer's dead letters (``None``: no such queue)."""
+        if self.variant != "protected" or self.run.amqp_url is None:
+            return None
+        import aio_pika  # noqa: PLC0415
+
+        from ..data import dead_queue  # noqa: PLC0415
+
+        try:
+            connection = await aio_pika.connect(self.run.amqp_url)
+        except Exception:
+            return None
+        async with connection:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(dead_queue(self.queue), passive=True)
+            except Exception:
+                return None
+            return int(queue.declaration_result.message_count or 0)
 
     async def _unconfirmed(self) -> int | None:
         import asyncpg  # noqa: PLC0415
@@ -797,7 +822,9 @@ def step_lines(steps: dict[str, dict[str, Any]]) -> list[str]:
                     f"{'exactly once' if db['exactly_once'] else 'NOT exactly once'}: "
                     f"{c['exactly_once']} of {c['payments']} payments confirmed once, "
                     f"{c['missing']} missing, {c['more_than_once']} more than once "
-                    f"({c['extra_rows']} extra effects)")
+                    f"({c['extra_rows']} extra effects)"
+                    + (f", {c['dead_letters']} in the dead letters"
+                       if c.get("dead_letters") is not None else ""))
                 for k in c["kills"]:
                     lines.append(f"{variant}:   consumer SIGKILLed at {k['at']:.1f} s with "
                                  f"{k['unconfirmed']} applied payments not yet confirmed")
