@@ -87,7 +87,7 @@ async def _unprotected(pool: Any, url: str, queue: str) -> None:
 
 async def main() -> None:
     """Consume until SIGTERM."""
-    import asyncpg  # noqa: PLC0415
+    import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415
 
     pool = await asyncpg.create_pool(os.environ["FOURNINES_LAB_DATABASE_URL"], min_size=1,
                                      max_size=8)

@@ -76,7 +76,7 @@ class _Writes:
         # its database is down, as the read path never needs it.
         async with self.lock:
             if self.pool is None:
-                import asyncpg  # noqa: PLC0415 - the data extra
+                import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415
 
                 self.pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=10,
                                                       timeout=2.0, command_timeout=5.0)

@@ -115,7 +115,7 @@ def _needs_database(kinds: set[str]) -> bool:
 async def _postgres_answers(dsn: str) -> str | None:
     """``None`` when PostgreSQL answers at ``dsn``, else why not."""
     try:
-        import asyncpg  # noqa: PLC0415
+        import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415
     except ImportError:
         return "the asyncpg package is missing: pip install 'fournines[data]'"
     try:
@@ -130,7 +130,7 @@ async def _rabbit_answers(url: str) -> str | None:
     try:
         import aio_pika  # noqa: PLC0415
     except ImportError:
-        return "the aio-pika package is missing: pip install 'fournines[data]'"
+        return "the aio-pika package is missing: pip install 'fournines[messages]'"
     try:
         connection = await asyncio.wait_for(aio_pika.connect(url), 5.0)
     except Exception as exc:
@@ -449,7 +449,7 @@ class VariantSteps:
         return env
 
     async def prepare(self) -> None:
-        """This variant's database (schema, accounts) and consumer, before its fleet."""
+        """Make the variant's database (schema, accounts), start its consumer."""
         if not self.writes:
             return
         import asyncpg  # noqa: PLC0415
@@ -601,7 +601,8 @@ class VariantSteps:
                 record["message"] = str(answer.get("message", ""))
             else:
                 record["how"] = "stop (SIGTERM) and start the one uvicorn process"
-                service.stop()
+                # Waiting for the old process to exit must not stall the load generator.
+                await asyncio.to_thread(service.stop)
                 service.spawn()
                 await service.ready()
                 record["ok"] = True
