@@ -119,6 +119,17 @@ def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
         proc.wait()
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux ``/proc``; empty where unknown)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def process_cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` from ``/proc``; NaN where unknown."""
     if pid is None:
@@ -194,8 +205,17 @@ class ServiceProcess:
 
         Read from ``/proc/PID/stat`` (Linux): the lab reports each service's share of
         the machine, to show that the modelled capacity, not the CPU, is the bottleneck.
+        Under ``fournines serve`` the workers' time is added to the supervisor's (the
+        workers alive now: a replaced worker's time is gone, so it is a lower bound).
         """
-        return process_cpu_seconds(self.proc.pid if self.proc is not None else None)
+        pid = self.proc.pid if self.proc is not None else None
+        total = process_cpu_seconds(pid)
+        if pid is not None and self.serve_control is not None:
+            for child in _children(pid):
+                used = process_cpu_seconds(child)
+                if math.isfinite(used):
+                    total += used
+        return total
 
     def kill(self) -> None:
         """SIGKILL: no draining, no goodbye (a crash)."""
