@@ -129,3 +129,49 @@ async def test_a_restart_under_load_recovers_and_applies_nothing_twice(
     assert done <= applied
     assert not failed & applied
     assert applied <= done | unknown
+
+
+async def test_the_outbox_relay_keeps_relaying_after_a_restart(cluster: PrivatePostgres) -> None:
+    # The server closes the relay's LISTEN connection, which the asyncpg pool takes back
+    # by itself: the relay must notice, not die on the detached connection.
+    from fournines.data import Relay, init_schema, outbox
+
+    published: list[str] = []
+
+    async def publish(messages: list[Any]) -> None:
+        published.extend(m.id for m in messages)
+
+    async def add(ident: str) -> None:
+        async def work(conn: Any) -> None:
+            await outbox.add(conn, "q", key=ident, body=b"{}", message_id=ident)
+
+        await transaction(pool, work)
+
+    async with asyncpg.create_pool(cluster.dsn, min_size=1, max_size=4) as pool:
+        await init_schema(pool)
+        relay = Relay(pool, publish, poll_interval=0.1, retry_delay=0.1)
+        running = asyncio.create_task(relay.run())
+        try:
+            await add("before")
+
+            async def seen(ident: str) -> bool:
+                return ident in published
+
+            await wait_for(lambda: seen("before"))
+            await asyncio.to_thread(cluster.stop)
+            await asyncio.sleep(0.5)  # the relay meets the server gone
+            await asyncio.to_thread(cluster.start)
+
+            async def added() -> bool:
+                try:
+                    await add("after")
+                except DOWN:
+                    return False
+                return True
+
+            await wait_for(added)
+            await wait_for(lambda: seen("after"))
+            assert not running.done()
+        finally:
+            relay.stop()
+            await asyncio.wait_for(running, 10)

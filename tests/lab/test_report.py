@@ -132,7 +132,7 @@ def test_the_json_keeps_every_request_and_every_fault_parameter(tmp_path: Path) 
     assert data["faults"][0] == {"kind": "payment_errors", "label": "payment_errors (20% x 500)",
                                  "at": 1, "duration": 1, "end": 2, "rate": 0.2, "status": 500,
                                  "latency": 2.0, "jitter": 0.0, "mode": "timeout",
-                                 "factor": 3.0}
+                                 "factor": 3.0, "service": "order", "concurrency": 16}
 
 
 def big_result(failures: int) -> LabResult:

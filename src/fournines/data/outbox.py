@@ -182,6 +182,20 @@ FOR UPDATE
 """
 
 
+def _closed(conn: Any) -> bool:
+    """Whether the listening connection is gone.
+
+    When the server closes a connection that is checked out of an asyncpg pool
+    (a restart), the pool takes it back by itself and its proxy refuses every
+    call, ``is_closed()`` included (``InterfaceError``: "released back to the
+    pool"): that connection is gone too.
+    """
+    try:
+        return bool(conn.is_closed())
+    except Exception:
+        return True
+
+
 class Relay:
     """Publishes the outbox's committed rows, in order per key, at least once.
 
@@ -274,7 +288,7 @@ class Relay:
         last_cleanup = self._clock.monotonic()
         try:
             while not self._stopping.is_set():
-                if listener is None or listener.is_closed():
+                if listener is None or _closed(listener):
                     listener = await self._listen(listener)
                 # Cleared before the batch, not after: a notification (or stop()) that
                 # arrives while a batch is in flight must not be lost.
@@ -304,12 +318,16 @@ class Relay:
 
     async def _listen(self, old: Any) -> Any:
         await self._unlisten(old)
+        conn: Any = None
         try:
             conn = await self._pool.acquire()
             await conn.add_listener(CHANNEL, self._notified)
             return conn
         except Exception:
             _log.warning("outbox relay: cannot LISTEN; polling", exc_info=True)
+            if conn is not None:  # the server went away between the two: not kept
+                with contextlib.suppress(Exception):
+                    await self._pool.release(conn)
             return None
 
     async def _sleep(self, seconds: float) -> None:

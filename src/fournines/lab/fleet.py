@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,17 @@ def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
         proc.wait()
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux ``/proc``; empty where unknown)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(c) for c in task.read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def process_cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of process ``pid`` from ``/proc``; NaN where unknown."""
     if pid is None:
@@ -135,8 +147,12 @@ class ServiceProcess:
     """One lab service in its own uvicorn process."""
 
     def __init__(self, role: str, variant: str, env: dict[str, str], workdir: Path,
-                 port: int | None = None, name: str | None = None) -> None:
+                 port: int | None = None, name: str | None = None,
+                 serve_control: str | None = None) -> None:
         self.role = role
+        self.serve_control = serve_control
+        """With a path: the service runs under ``fournines serve`` (2 workers), whose
+        control socket is there (a ``rolling_deploy`` reloads it)."""
         self.name = name or role
         self.variant = variant
         self.port = port or free_port()
@@ -153,6 +169,18 @@ class ServiceProcess:
         """Start the process (does not wait for it to answer)."""
         env = {**os.environ, **self.env, "FOURNINES_LAB_ROLE": self.role,
                "FOURNINES_LAB_VARIANT": self.variant, "FOURNINES_LAB_PORT": str(self.port)}
+        if self.serve_control is not None:
+            # Drains short enough for the lab's compressed time: a worker being replaced
+            # fails readiness for 0.5 s, then has 3 s for the requests in flight.
+            command = [*DIE_WITH_PARENT, sys.executable, "-m", "fournines", "serve",
+                       "fournines.lab.services:create_app", "--factory", "--workers", "2",
+                       "--bind", f"127.0.0.1:{self.port}", "--control", self.serve_control,
+                       "--drain-delay", "0.5", "--drain-timeout", "3", "--grace-period", "10",
+                       "--log-level", "warning", "--no-access-log"]
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(command, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            return
         command = [*DIE_WITH_PARENT, sys.executable, "-m", "uvicorn",
                    "fournines.lab.services:create_app",
                    "--factory", "--host", "127.0.0.1", "--port", str(self.port),
@@ -177,8 +205,17 @@ class ServiceProcess:
 
         Read from ``/proc/PID/stat`` (Linux): the lab reports each service's share of
         the machine, to show that the modelled capacity, not the CPU, is the bottleneck.
+        Under ``fournines serve`` the workers' time is added to the supervisor's (the
+        workers alive now: a replaced worker's time is gone, so it is a lower bound).
         """
-        return process_cpu_seconds(self.proc.pid if self.proc is not None else None)
+        pid = self.proc.pid if self.proc is not None else None
+        total = process_cpu_seconds(pid)
+        if pid is not None and self.serve_control is not None:
+            for child in _children(pid):
+                used = process_cpu_seconds(child)
+                if math.isfinite(used):
+                    total += used
+        return total
 
     def kill(self) -> None:
         """SIGKILL: no draining, no goodbye (a crash)."""
@@ -277,8 +314,14 @@ class Fleet:
 
     def __init__(self, variant: str, workdir: Path, proxy: FaultProxy, payment: PaymentModel,
                  seed: int, redis_url: str | None = None, etcd_url: str | None = None,
-                 etcd_prefix: str = "", etcd: LabEtcd | None = None) -> None:
+                 etcd_prefix: str = "", etcd: LabEtcd | None = None,
+                 payment_env: dict[str, str] | None = None,
+                 served: frozenset[str] = frozenset()) -> None:
         self.variant = variant
+        self.payment_env = payment_env or {}
+        """Extra environment of the payment service (its write path, for the steps)."""
+        self.served = served
+        """Services run under ``fournines serve`` (see :mod:`fournines.lab.steps`)."""
         self.proxy = proxy
         self.proxy_name = f"payment-{variant}"
         self.proxy_names = [self.proxy_name]
@@ -330,7 +373,8 @@ class Fleet:
                 "FOURNINES_LAB_PAYMENT_CONCURRENCY": str(
                     workers if self.etcd_url else self.payment_model.concurrency),
                 "FOURNINES_LAB_PAYMENT_SERVICE_TIME": str(self.payment_model.service_time),
-            }, self.workdir, name=name)
+                **self.payment_env,
+            }, self.workdir, name=name, serve_control=self._control("payment", i))
             route = self.proxy_name if i == 0 else f"{self.proxy_name}-{i + 1}"
             if i:
                 self.proxy_names.append(route)
@@ -340,14 +384,15 @@ class Fleet:
             process.env.update(self._registered(name, routes[-1]))
             payments.append(process)
         self.payment_via_proxy = routes[0]
-        profile = ServiceProcess("profile", self.variant, common, self.workdir)
+        profile = ServiceProcess("profile", self.variant, common, self.workdir,
+                                 serve_control=self._control("profile"))
         order = ServiceProcess("order", self.variant, {
             **common, "FOURNINES_LAB_PAYMENT_URL": self.payment_via_proxy,
-        }, self.workdir)
+        }, self.workdir, serve_control=self._control("order"))
         gateway = ServiceProcess("gateway", self.variant, {
             **common, "FOURNINES_LAB_ORDER_URL": order.url,
             "FOURNINES_LAB_PROFILE_URL": profile.url,
-        }, self.workdir)
+        }, self.workdir, serve_control=self._control("gateway"))
         for process in (profile, order, gateway):
             process.env.update(self._registered(process.role, process.url))
         self.services = {"gateway": gateway, "order": order, "payment": payments[0],
@@ -359,6 +404,13 @@ class Fleet:
         if self.etcd_url:
             await self._wait_registered({"gateway": 1, "order": 1, "payment": count,
                                          "profile": 1})
+
+    def _control(self, role: str, instance: int = 0) -> str | None:
+        if role not in self.served or instance:
+            return None
+        # A unix socket path is short (108 bytes): under /tmp, not the work directory.
+        return os.path.join(tempfile.gettempdir(),
+                            f"fournines-lab-{os.getpid()}-{self.variant}-{role}.sock")
 
     async def _wait_registered(self, expected: dict[str, int], timeout: float = 20.0) -> None:
         """Until etcd lists every instance: the load must not start on a half-found fleet."""

@@ -18,6 +18,7 @@ from .confidence import Difference, Interval
 from .rootcause import accuracy
 from .runner import LabResult
 from .stats import BEHIND_LAG, BEHIND_SHARE, OBJECTIVE, VariantSummary
+from .steps import step_lines
 
 __all__ = ["comparison_line", "plot_svg", "render_html", "render_summary_svg", "render_table",
            "write_json"]
@@ -79,6 +80,24 @@ def _lower_bound(summary: VariantSummary) -> str:
 
 def _ms(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value * 1000:.0f} ms"
+
+
+def _step_servers(result: LabResult) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in result.step_servers.items()) or "no servers needed"
+
+
+def _steps_html(result: LabResult) -> str:
+    if not result.steps:
+        return ""
+    esc = html.escape
+    items = "".join(
+        f'<li class="{"bad" if " BROKEN" in line or " NOT " in line else ""}">{esc(line)}</li>'
+        for line in step_lines(result.steps))
+    return (f'<h2 id="steps">Steps: deploys, database, queue</h2>\n<p class="note">'
+            f"{esc(_step_servers(result))}. Payments are checked in the ledger at the end: "
+            "acknowledged and present, applied once (two entries that sum to zero), money "
+            "conserved; confirmations are counted per applied payment.</p>\n"
+            f"<ul>{items}</ul>\n")
 
 
 def _registry_html(result: LabResult) -> str:
@@ -171,6 +190,12 @@ def render_table(result: LabResult, console: Any) -> None:
                 console.print(f"  {phase}: {detail}")
     for line in root_cause_lines(result):
         console.print(line, highlight=False, markup=False)
+    if result.steps:
+        console.print("[bold]steps[/] (deploys, database, queue; "
+                      f"{_step_servers(result)})")
+        for line in step_lines(result.steps):
+            console.print(f"  {line}", highlight=False, markup=False,
+                          style="bold red" if " BROKEN" in line or " NOT " in line else None)
     errors = [e for e in result.fault_log if "error" in e]
     for entry in errors:
         console.print(f"[red]fault action failed[/]: {entry['variant']} {entry['fault']} "
@@ -546,7 +571,7 @@ intended send time, so a stalled fleet cannot hide its queue.</p>
 <h2>Targets</h2><ul>{targets}</ul>
 <h2 id="root-cause">Root cause</h2>
 <pre>{esc(chr(10).join(root_cause_lines(result))) or "no ranking (no fault)"}</pre>
-<h2 id="phases">Answers per phase</h2>
+{_steps_html(result)}<h2 id="phases">Answers per phase</h2>
 <p class="note">Full service is back at the end of the last half second after a fault in
 which fewer than 99 % of the protected pages were answered in full within 1 s.</p>
 {phase_table}

@@ -30,7 +30,7 @@ from .fleet import FaultProxy, Fleet, LabError, process_cpu_seconds
 from .load import OUT_OF_FILES, Arrival, Outcome, _get, _Pool, arrivals, run_load
 from .metrics import Sample, Scraper
 from .rootcause import FaultRanking, accuracy, rank_faults
-from .scenario import Fault, Scenario, check_etcd, check_load
+from .scenario import STEP_KINDS, Fault, Scenario, check_etcd, check_load
 from .stats import CONFIDENCE, OBJECTIVE, P99_TARGET, VariantSummary, summarize
 
 __all__ = ["LabResult", "Progress", "run_lab", "run_problems"]
@@ -96,6 +96,12 @@ class LabResult:
     registry: dict[str, Any] | None = None
     """How the protected fleet found its services (``--etcd``): ``None`` without a
     registry; else the etcd used, its key prefix and the payment instances."""
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per variant, what the steps measured (:mod:`fournines.lab.steps`): the pages of
+    each rolling deploy, the payments, retries and ledger check of the database steps,
+    the confirmations' exactly-once count; empty without steps."""
+    step_servers: dict[str, str] = field(default_factory=dict)
+    """Where the steps' PostgreSQL and RabbitMQ were."""
     problems: list[str] = field(default_factory=list)
     """What the run could not do as asked (see :func:`run_problems`); when not empty the
     numbers measure the lab, not the fleet, and ``fournines lab`` exits 1."""
@@ -199,6 +205,8 @@ class LabResult:
             "tracker_budget_remaining": self.tracker_budget,
             "problems": self.problems,
             "registry": self.registry,
+            "steps": self.steps,
+            "step_servers": self.step_servers,
             "root_cause": _root_cause_json(self.root_cause),
             # at: intended send time (s from the start of the load); latency from then
             "request_log": {
@@ -276,7 +284,7 @@ async def warm_up(gateway_url: str, pages: int = 10) -> None:
 
 
 async def _play_faults(fleet: Fleet, faults: tuple[Fault, ...], start: float,
-                       log: list[dict[str, Any]]) -> None:
+                       log: list[dict[str, Any]], steps: Any = None) -> None:
     async def one(index: int, fault: Fault) -> None:
         for action, when in (("begin", fault.at), ("end", fault.end)):
             await asyncio.sleep(max(start + when - time.perf_counter(), 0.0))
@@ -284,7 +292,8 @@ async def _play_faults(fleet: Fleet, faults: tuple[Fault, ...], start: float,
                                      "action": action, "planned": when,
                                      "at": round(time.perf_counter() - start, 3)}
             try:
-                await (fleet.begin if action == "begin" else fleet.end)(fault, index)
+                target = steps if steps is not None and fault.kind in STEP_KINDS else fleet
+                await (target.begin if action == "begin" else target.end)(fault, index)
             except Exception as exc:  # reported, never hidden: the run goes on
                 entry["error"] = f"{type(exc).__name__}: {exc}"
             entry["done"] = round(time.perf_counter() - start, 3)
@@ -331,7 +340,9 @@ def _current_fault(faults: tuple[Fault, ...], elapsed: float) -> str:
 
 async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival],
                        progress: Progress, fault_log: list[dict[str, Any]],
-                       cpu: dict[str, float]) -> tuple[list[Outcome], Scraper]:
+                       cpu: dict[str, float], steps: Any = None,
+                       step_results: dict[str, Any] | None = None,
+                       ) -> tuple[list[Outcome], Scraper]:
     variant = fleet.variant
     targets = ({name: s.url for name, s in fleet.services.items()}
                if variant == "protected" else {})
@@ -351,7 +362,10 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
     cpu_before = _fleet_cpu(fleet)
     scraping = asyncio.create_task(scraper.run(start, stop))
     ticking = asyncio.create_task(ticker())
-    faults = asyncio.create_task(_play_faults(fleet, scenario.faults, start, fault_log))
+    faults = asyncio.create_task(_play_faults(fleet, scenario.faults, start, fault_log,
+                                              steps))
+    writes = asyncio.create_task(steps.run_writes(start)) if steps is not None else None
+    outcomes: list[Outcome] = []
     try:
         try:
             outcomes = await run_load(fleet.gateway_url, schedule, timeout=scenario.timeout,
@@ -360,13 +374,21 @@ async def _run_variant(fleet: Fleet, scenario: Scenario, schedule: list[Arrival]
         except RuntimeError as exc:  # the generator lost requests: nothing to report
             raise LabError(f"{variant}: {exc}") from exc
         await faults
+        if writes is not None:
+            await writes
     finally:
         stop.set()
         await asyncio.gather(scraping, ticking, return_exceptions=True)
-        if not faults.done():
-            faults.cancel()
-            with contextlib.suppress(BaseException):
-                await faults
+        for task in (faults, writes):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if steps is not None:
+            progress.phase(f"{variant}: settling and checking the steps")
+            result = await steps.finish(outcomes)
+            if step_results is not None:
+                step_results[variant] = result
     progress.load_finished(variant)
     # The services' CPU during the load (a killed profile restarts from zero: its share
     # is then a lower bound), in cores: the model must stay the bottleneck, not the CPU.
@@ -431,6 +453,21 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
         if lab_etcd is not None:
             lab_etcd.stop()
         raise
+    step_run: Any = None
+    step_results: dict[str, dict[str, Any]] = {}
+    if any(f.kind in STEP_KINDS for f in scenario.faults):
+        from .steps import StepRun  # noqa: PLC0415
+
+        step_run = StepRun(scenario, workdir)
+        progress.phase("starting the steps' servers (PostgreSQL, RabbitMQ)")
+        try:
+            await step_run.start()
+        except BaseException:
+            await step_run.stop()
+            await proxy.stop()
+            if lab_etcd is not None:
+                lab_etcd.stop()
+            raise
     model = scenario.payment.concurrency / scenario.payment.service_time
     capacity = math.nan
     schedule: list[Arrival] = []
@@ -443,11 +480,17 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
             progress.phase(f"{variant}: starting gateway, order, payment, profile")
             t = time.perf_counter()
             behind = etcd_url is not None and variant == "protected"
+            steps = step_run.variant(variant) if step_run is not None else None
             fleet = Fleet(variant, workdir, proxy, scenario.payment, seed, redis_url=redis_url,
                           etcd_url=etcd_url if behind else None,
                           etcd_prefix=etcd_prefix if behind else "",
-                          etcd=lab_etcd if behind else None)
+                          etcd=lab_etcd if behind else None,
+                          payment_env=None, served=steps.served if steps else frozenset())
             try:
+                if steps is not None:
+                    await steps.prepare()
+                    fleet.payment_env = steps.payment_env()
+                    steps.attach(fleet)
                 await fleet.start()
                 timings[f"{variant}_startup"] = time.perf_counter() - t
                 await warm_up(fleet.gateway_url)
@@ -473,7 +516,7 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                 cpu = time.process_time()
                 cores: dict[str, float] = {}
                 results[variant] = await _run_variant(fleet, scenario, schedule, progress,
-                                                      fault_log, cores)
+                                                      fault_log, cores, steps, step_results)
                 timings[f"{variant}_load"] = time.perf_counter() - t
                 # The generator must not be the bottleneck: its own CPU time says so.
                 timings[f"{variant}_generator_cpu"] = time.process_time() - cpu
@@ -483,6 +526,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                 problems += run_problems(variant, results[variant][0], fault_log)
             finally:
                 await fleet.stop()
+                if steps is not None and steps.consumer is not None:
+                    steps.consumer.stop()
                 with contextlib.suppress(Exception):
                     await proxy.reset()
             if problems:  # the comparison is void: running the next variant proves nothing
@@ -491,6 +536,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
         await proxy.stop()
         if lab_etcd is not None:
             lab_etcd.stop()
+        if step_run is not None:
+            await step_run.stop()
     summaries = {
         variant: summarize(variant, outcomes, scraper.samples, scenario.faults,
                            scenario.duration)
@@ -506,6 +553,8 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                      tracker_budget={v: _last_budget(scraper.samples)
                                      for v, (_, scraper) in results.items()},
                      problems=problems, cpu_cores=cpu_cores, registry=registry,
+                     steps=step_results,
+                     step_servers=step_run.info if step_run is not None else {},
                      root_cause=rank_faults(results["protected"][1].samples, scenario.faults)
                      if "protected" in results else [])
 
@@ -555,6 +604,10 @@ def run_lab(scenario: Scenario, *, seed: int = 7, rate: float | None = None,
     the run does not have.
     """
     check_etcd(scenario, etcd)
+    if any(f.kind in STEP_KINDS for f in scenario.faults):
+        from .steps import check_servers  # noqa: PLC0415
+
+        check_servers(scenario)
     if etcd:
         from ..discovery import EtcdEndpoints  # noqa: PLC0415
 

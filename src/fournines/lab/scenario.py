@@ -38,6 +38,8 @@ __all__ = [
     "MAX_RATE",
     "NEEDS_ETCD",
     "NOT_BUILT",
+    "ROLLABLE",
+    "STEP_KINDS",
     "Fault",
     "PaymentModel",
     "Scenario",
@@ -61,6 +63,15 @@ FAULT_KINDS: dict[str, str] = {
                      "unprotected fleet loses its only one)",
     "registry_outage": "the lab's etcd is SIGKILLed, and restarted on its data when the fault "
                        "ends (needs --etcd without a URL); clients keep the endpoints they knew",
+    "rolling_deploy": "`service` is deployed again during the load: the protected fleet runs "
+                      "it under `fournines serve` (2 workers) and reloads it new-first "
+                      "(SIGHUP); the unprotected fleet stops and starts its one process",
+    "db_storm": "`concurrency` clients send conflicting transfers between a few hot accounts "
+                "(serialization failures and deadlocks) on payment's PostgreSQL write path",
+    "db_restart": "the lab's private PostgreSQL is stopped (fast shutdown) and started "
+                  "again when the fault ends, under payment's writes",
+    "consumer_kill": "the payment confirmation consumer (outbox -> RabbitMQ -> consumer) is "
+                     "SIGKILLed mid-stream, and restarted when the fault ends",
 }
 """Every fault kind a scenario may use, with what it does."""
 
@@ -69,6 +80,18 @@ NEEDS_ETCD: dict[str, str] = {
     "registry_outage": "without a registry there is nothing to take down",
 }
 """Fault kinds that need ``fournines lab --etcd``, and why (see :func:`check_etcd`)."""
+
+STEP_KINDS: dict[str, tuple[str, ...]] = {
+    "rolling_deploy": (),
+    "db_storm": ("PostgreSQL",),
+    "db_restart": ("PostgreSQL (a private cluster: initdb and pg_ctl)",),
+    "consumer_kill": ("PostgreSQL", "RabbitMQ"),
+}
+"""The steps that play the seed's fleet beyond HTTP, and the servers each needs
+(:mod:`fournines.lab.steps` checks them before any process starts)."""
+
+ROLLABLE = ("gateway", "order", "payment", "profile")
+"""The services a ``rolling_deploy`` may deploy again."""
 
 
 _DEFAULT_DURATION = 60.0
@@ -93,6 +116,10 @@ _EXCLUSIVE = {
     "instance_kill": "the payment instance is killed and restarted once at a time; the second "
                      "restart would find its port taken",
     "registry_outage": "ending one restarts etcd, so the other would end early",
+    "rolling_deploy": "a service is deployed once at a time; a second reload would be refused "
+                      "while the first one runs",
+    "db_restart": "ending one starts PostgreSQL, so the other would end early",
+    "consumer_kill": "the consumer is killed and restarted once at a time",
 }
 
 
@@ -109,6 +136,10 @@ class Fault:
     jitter: float = 0.0
     mode: str = "timeout"
     factor: float = 3.0
+    service: str = "order"
+    """What a ``rolling_deploy`` deploys again (one of :data:`ROLLABLE`)."""
+    concurrency: int = 16
+    """Concurrent clients of a ``db_storm``'s conflicting transfers."""
 
     @property
     def end(self) -> float:
@@ -126,6 +157,10 @@ class Fault:
             "capacity_loss": f"1/{self.factor:g} capacity",
             "instance_kill": "SIGKILL a payment instance",
             "registry_outage": "etcd killed",
+            "rolling_deploy": f"{self.service}",
+            "db_storm": f"{self.concurrency} conflicting clients",
+            "db_restart": "PostgreSQL stopped",
+            "consumer_kill": "SIGKILL the consumer",
         }.get(self.kind, "")
         return f"{self.kind} ({detail})" if detail else self.kind
 
@@ -176,6 +211,7 @@ _FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
     "latency": (float, 0.0, 60.0),
     "jitter": (float, 0.0, 60.0),
     "factor": (float, 1.0, 20.0),
+    "concurrency": (int, 1, 200),
 }
 
 
@@ -225,16 +261,11 @@ def _mapping(where: str, value: Any, allowed: set[str]) -> dict[str, Any]:
     return value
 
 
-NOT_BUILT: dict[str, str] = {
-    "rolling_deploy": "the lab's services do not run under `fournines serve` yet, so there "
-                      "is no SIGHUP reload to roll",
-    "db_storm": "the lab's payment service has no database write path yet",
-    "db_restart": "the lab's payment service has no database write path yet",
-    "consumer_kill": "the lab has no asynchronous payment confirmation flow (a message "
-                     "consumer) yet",
-}
+NOT_BUILT: dict[str, str] = {}
 """Fault kinds of the seed that the lab cannot play yet, and what is missing for each:
-a scenario naming one is refused with that reason, never played as something else."""
+a scenario naming one is refused with that reason, never played as something else.
+Empty since the whole seed is built (:data:`STEP_KINDS`); a step whose servers are
+missing on this machine is refused by :func:`fournines.lab.steps.check_servers`."""
 
 
 def _fault(where: str, raw: Any) -> Fault:
@@ -244,7 +275,7 @@ def _fault(where: str, raw: Any) -> Fault:
         raise ConfigurationError(
             f"{where}.kind: {wanted!r} is not built in the lab yet: {NOT_BUILT[wanted]}"
         )
-    data = _mapping(where, raw, {"kind", "mode", *_FAULT_FIELDS})
+    data = _mapping(where, raw, {"kind", "mode", "service", *_FAULT_FIELDS})
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in FAULT_KINDS:  # a list is not hashable
         raise ConfigurationError(
@@ -265,6 +296,13 @@ def _fault(where: str, raw: Any) -> Fault:
                 f"{where}.mode must be 'timeout' or 'refuse', got {_show(data['mode'])}"
             )
         values["mode"] = data["mode"]
+    if "service" in data:
+        if kind != "rolling_deploy":
+            raise ConfigurationError(f"{where}.service is only for rolling_deploy, not {kind}")
+        if not isinstance(data["service"], str) or data["service"] not in ROLLABLE:
+            raise ConfigurationError(f"{where}.service must be one of {', '.join(ROLLABLE)}, "
+                                     f"got {_show(data['service'])}")
+        values["service"] = data["service"]
     return Fault(**values)
 
 
@@ -394,6 +432,13 @@ def check_etcd(scenario: Scenario, etcd: str | None) -> None:
                 f"{scenario.source}: faults[{i}] is {fault.kind}, which needs the fleet "
                 f"behind the registry ({NEEDS_ETCD[fault.kind]}): run `fournines lab "
                 f"--etcd`")
+        if fault.kind == "rolling_deploy" and etcd is not None:
+            # Two workers behind one port would share one registry record: the draining
+            # worker's deregistration would hide the one that still serves.
+            raise ConfigurationError(
+                f"{scenario.source}: faults[{i}] is rolling_deploy, which the lab plays "
+                "without the registry (the workers of `fournines serve` share one "
+                "registered address): run it without --etcd")
         if fault.kind == "registry_outage" and etcd:
             raise ConfigurationError(
                 f"{scenario.source}: faults[{i}] is registry_outage, which kills and "

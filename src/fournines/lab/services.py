@@ -168,6 +168,11 @@ def _payment(protected: bool) -> ASGIApp:
         chaotic = _protect(chaotic, "payment", concurrency_limit=_limit(
             initial=PAYMENT_LIMIT_PER_WORKER * concurrency,
             minimum=PAYMENT_MIN_LIMIT_PER_WORKER * concurrency))
+    # The write path (a scenario with database or consumer steps) sits outside the read
+    # path's modelled capacity and shedder: its protection is the transaction retry.
+    from ._payments import with_payments  # noqa: PLC0415
+
+    chaotic = with_payments(chaotic, protected)
     # Outermost: the lab's own control of the model is never shed or counted.
     return _capacity_control(chaotic, slowdown, _env("CHAOS_TOKEN"))
 
