@@ -132,10 +132,19 @@ def process_cpu_seconds(pid: int | None) -> float:
 
 
 class ServiceProcess:
-    """One lab service in its own uvicorn process."""
+    """One lab service in its own uvicorn process.
+
+    With ``control`` (a socket path) it runs under ``fournines serve`` instead, one
+    worker, the supervisor holding the port: :meth:`restart` is then a new-first
+    reload through that control socket (``fournines serve --reload``), as a
+    deploy or ``kubectl rollout restart`` replaces a pod; without it a restart stops
+    the process and starts it again.
+    """
 
     def __init__(self, role: str, variant: str, env: dict[str, str], workdir: Path,
-                 port: int | None = None, name: str | None = None) -> None:
+                 port: int | None = None, name: str | None = None,
+                 control: Path | None = None) -> None:
+        self.control = control
         self.role = role
         self.name = name or role
         self.variant = variant
@@ -153,6 +162,17 @@ class ServiceProcess:
         """Start the process (does not wait for it to answer)."""
         env = {**os.environ, **self.env, "FOURNINES_LAB_ROLE": self.role,
                "FOURNINES_LAB_VARIANT": self.variant, "FOURNINES_LAB_PORT": str(self.port)}
+        if self.control is not None:
+            # The lab's compressed time: drain in a fraction of a second, not serve's 5 s.
+            command = [*DIE_WITH_PARENT, sys.executable, "-m", "fournines", "serve",
+                       "fournines.lab.services:create_app", "--factory",
+                       "--bind", f"127.0.0.1:{self.port}", "--control", str(self.control),
+                       "--workers", "1", "--drain-delay", "0.2", "--drain-timeout", "2",
+                       "--grace-period", "5", "--no-access-log", "--log-level", "warning"]
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(command, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+            return
         command = [*DIE_WITH_PARENT, sys.executable, "-m", "uvicorn",
                    "fournines.lab.services:create_app",
                    "--factory", "--host", "127.0.0.1", "--port", str(self.port),
@@ -179,6 +199,23 @@ class ServiceProcess:
         the machine, to show that the modelled capacity, not the CPU, is the bottleneck.
         """
         return process_cpu_seconds(self.proc.pid if self.proc is not None else None)
+
+    async def restart(self) -> None:
+        """Replace the process's code and state: a serve reload (new first), or stop + start."""
+        if self.control is None:
+            self.stop()
+            self.spawn()
+            await self.ready()
+            return
+        from ..serve import ControlError, reload  # noqa: PLC0415
+
+        try:
+            answer = await asyncio.to_thread(reload, str(self.control), timeout=60.0)
+        except ControlError as exc:
+            raise LabError(f"the {self.variant} {self.name} service: {exc}") from exc
+        if not answer.get("ok"):
+            raise LabError(f"the {self.variant} {self.name} service did not reload: "
+                           f"{answer.get('message')}")
 
     def kill(self) -> None:
         """SIGKILL: no draining, no goodbye (a crash)."""
@@ -277,8 +314,12 @@ class Fleet:
 
     def __init__(self, variant: str, workdir: Path, proxy: FaultProxy, payment: PaymentModel,
                  seed: int, redis_url: str | None = None, etcd_url: str | None = None,
-                 etcd_prefix: str = "", etcd: LabEtcd | None = None) -> None:
+                 etcd_prefix: str = "", etcd: LabEtcd | None = None,
+                 served: frozenset[str] = frozenset()) -> None:
         self.variant = variant
+        self.served = served
+        """Services run under ``fournines serve`` (restarted by a reload, new first)."""
+        self._sockets: Path | None = None
         self.proxy = proxy
         self.proxy_name = f"payment-{variant}"
         self.proxy_names = [self.proxy_name]
@@ -340,14 +381,17 @@ class Fleet:
             process.env.update(self._registered(name, routes[-1]))
             payments.append(process)
         self.payment_via_proxy = routes[0]
-        profile = ServiceProcess("profile", self.variant, common, self.workdir)
+        profile = ServiceProcess("profile", self.variant, common, self.workdir,
+                                 control=self.control_path("profile"))
         order = ServiceProcess("order", self.variant, {
             **common, "FOURNINES_LAB_PAYMENT_URL": self.payment_via_proxy,
-        }, self.workdir)
+        }, self.workdir, control=self.control_path("order"))
         gateway = ServiceProcess("gateway", self.variant, {
             **common, "FOURNINES_LAB_ORDER_URL": order.url,
             "FOURNINES_LAB_PROFILE_URL": profile.url,
-        }, self.workdir)
+        }, self.workdir, control=self.control_path("gateway"))
+        if "payment" in self.served and not self.etcd_url:
+            payments[0].control = self.control_path("payment")
         for process in (profile, order, gateway):
             process.env.update(self._registered(process.role, process.url))
         self.services = {"gateway": gateway, "order": order, "payment": payments[0],
@@ -384,6 +428,17 @@ class Fleet:
         finally:
             await asyncio.gather(*(s.aclose() for s in sources.values()))
 
+    def control_path(self, service: str) -> Path | None:
+        """The ``fournines serve`` control socket of ``service``, if it runs under serve."""
+        if service not in self.served:
+            return None
+        if self._sockets is None:
+            # AF_UNIX paths are short (108 bytes): not in the workdir, which may be deep.
+            import tempfile  # noqa: PLC0415
+
+            self._sockets = Path(tempfile.mkdtemp(prefix="fournines-lab-serve-"))
+        return self._sockets / f"{self.variant}-{service}.sock"
+
     @property
     def gateway_url(self) -> str:
         """Where the load goes."""
@@ -394,6 +449,8 @@ class Fleet:
         await self._http.aclose()
         for service in self.processes.values():
             service.stop()
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
 
     # -- faults ---------------------------------------------------------------------
 
@@ -430,6 +487,15 @@ class Fleet:
             self.payments[-1].kill()
         elif fault.kind == "registry_outage" and self.etcd is not None:
             self.etcd.kill()
+        elif fault.kind == "leak":
+            from .services import LEAK_PATH  # noqa: PLC0415
+
+            response = await self._http.put(
+                self.processes[fault.service].url + LEAK_PATH, params={"growth": fault.growth},
+                headers={"authorization": f"Bearer {self.token}"})
+            if response.status_code != 200:
+                raise LabError(f"{fault.service}: PUT {LEAK_PATH} answered "
+                               f"{response.status_code}: {response.text[:200]}")
         # overload is in the arrival schedule itself; a fleet without a registry has no
         # registry to lose
 
@@ -476,3 +542,17 @@ class Fleet:
             await payment.ready()
         elif fault.kind == "registry_outage" and self.etcd is not None:
             await self.etcd.start()
+        elif fault.kind == "leak" and await self.leaking(fault.service):
+            # The on-call's restart by hand, when nothing restarted it before.
+            await self.processes[fault.service].restart()
+
+    async def leaking(self, service: str) -> bool:
+        """Whether ``service`` still leaks (no restart since a ``leak`` began)."""
+        from .services import LEAK_PATH  # noqa: PLC0415
+
+        response = await self._http.get(self.processes[service].url + LEAK_PATH,
+                                        headers={"authorization": f"Bearer {self.token}"})
+        if response.status_code != 200:
+            raise LabError(f"{service}: GET {LEAK_PATH} answered {response.status_code}: "
+                           f"{response.text[:200]}")
+        return bool(response.json()["leaking"])

@@ -35,10 +35,12 @@ from .._files import read_text, yaml_documents
 
 __all__ = [
     "FAULT_KINDS",
+    "LEAK_SERVICES",
     "MAX_RATE",
     "NEEDS_ETCD",
     "NOT_BUILT",
     "Fault",
+    "LoopSettings",
     "PaymentModel",
     "Scenario",
     "check_etcd",
@@ -61,6 +63,9 @@ FAULT_KINDS: dict[str, str] = {
                      "unprotected fleet loses its only one)",
     "registry_outage": "the lab's etcd is SIGKILLed, and restarted on its data when the fault "
                        "ends (needs --etcd without a URL); clients keep the endpoints they knew",
+    "leak": "`service` (order by default) gets `growth` seconds slower per second until its "
+            "process is restarted: by the closed loop (a scenario's `loop:`), else by hand "
+            "at the fault's end",
 }
 """Every fault kind a scenario may use, with what it does."""
 
@@ -93,7 +98,11 @@ _EXCLUSIVE = {
     "instance_kill": "the payment instance is killed and restarted once at a time; the second "
                      "restart would find its port taken",
     "registry_outage": "ending one restarts etcd, so the other would end early",
+    "leak": "the restart that ends one cures the other too",
 }
+
+LEAK_SERVICES = ("gateway", "order", "payment", "profile")
+"""The services a ``leak`` may hit."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +118,10 @@ class Fault:
     jitter: float = 0.0
     mode: str = "timeout"
     factor: float = 3.0
+    service: str = "order"
+    """The service a ``leak`` hits."""
+    growth: float = 0.1
+    """A ``leak``'s growth: seconds of delay added per second since it began."""
 
     @property
     def end(self) -> float:
@@ -126,6 +139,7 @@ class Fault:
             "capacity_loss": f"1/{self.factor:g} capacity",
             "instance_kill": "SIGKILL a payment instance",
             "registry_outage": "etcd killed",
+            "leak": f"{self.service} +{self.growth:g} s per s",
         }.get(self.kind, "")
         return f"{self.kind} ({detail})" if detail else self.kind
 
@@ -147,6 +161,24 @@ class PaymentModel:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoopSettings:
+    """A scenario's closed loop (its ``loop:`` section; see :mod:`fournines.lab.loop`).
+
+    :param time_scale: seconds of operation one lab second stands for: Prometheus'
+        scrape and evaluation intervals, the SLO rules' windows and ``for:`` durations
+        and Alertmanager's timers are divided by it (60: a minute of load is an hour).
+    :param cooldown: lab seconds between two restarts of one service (remediate's
+        per-target cooldown).
+    :param max_actions: restarts the loop may do in one run (remediate's
+        ``max_actions_per_hour``: a run is shorter than an hour).
+    """
+
+    time_scale: float = 60.0
+    cooldown: float = 10.0
+    max_actions: int = 6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     """A whole lab run: load, modelled capacity and fault schedule (see the module docs)."""
 
@@ -158,6 +190,8 @@ class Scenario:
     payment: PaymentModel = field(default_factory=PaymentModel)
     faults: tuple[Fault, ...] = ()
     source: str = "<default>"
+    loop: LoopSettings | None = None
+    """The closed loop, when the scenario has one (``fournines lab`` then runs it)."""
 
     def with_duration(self, duration: float) -> Scenario:
         """The scenario run for ``duration`` seconds, its fault times scaled to match."""
@@ -176,6 +210,7 @@ _FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
     "latency": (float, 0.0, 60.0),
     "jitter": (float, 0.0, 60.0),
     "factor": (float, 1.0, 20.0),
+    "growth": (float, 0.001, 10.0),
 }
 
 
@@ -244,7 +279,7 @@ def _fault(where: str, raw: Any) -> Fault:
         raise ConfigurationError(
             f"{where}.kind: {wanted!r} is not built in the lab yet: {NOT_BUILT[wanted]}"
         )
-    data = _mapping(where, raw, {"kind", "mode", *_FAULT_FIELDS})
+    data = _mapping(where, raw, {"kind", "mode", "service", *_FAULT_FIELDS})
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in FAULT_KINDS:  # a list is not hashable
         raise ConfigurationError(
@@ -265,13 +300,34 @@ def _fault(where: str, raw: Any) -> Fault:
                 f"{where}.mode must be 'timeout' or 'refuse', got {_show(data['mode'])}"
             )
         values["mode"] = data["mode"]
+    if "service" in data:
+        if kind != "leak" or data["service"] not in LEAK_SERVICES:
+            raise ConfigurationError(
+                f"{where}.service must be one of {', '.join(LEAK_SERVICES)} (and only a leak "
+                f"has one), got {_show(data['service'])}")
+        values["service"] = data["service"]
     return Fault(**values)
+
+
+def _loop(where: str, raw: Any) -> LoopSettings:
+    data = _mapping(where, raw if raw is not None else {},
+                    {"time_scale", "cooldown", "max_actions"})
+    values: dict[str, Any] = {}
+    if "time_scale" in data:
+        values["time_scale"] = _number(f"{where}.time_scale", data["time_scale"], float,
+                                       1.0, 3600.0)
+    if "cooldown" in data:
+        values["cooldown"] = _number(f"{where}.cooldown", data["cooldown"], float, 0.0, 3600.0)
+    if "max_actions" in data:
+        values["max_actions"] = int(_number(f"{where}.max_actions", data["max_actions"], int,
+                                            1, 1000))
+    return LoopSettings(**values)
 
 
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     """Build a :class:`Scenario` from parsed YAML; errors name ``source`` and the path."""
     top = _mapping(source, data, {"name", "duration", "rate", "orders", "timeout", "payment",
-                                  "faults", "description"})
+                                  "faults", "description", "loop"})
     values: dict[str, Any] = {"source": source}
     if "name" in top:
         if not isinstance(top["name"], str) or not top["name"]:
@@ -311,6 +367,11 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
             )
         faults.append(fault)
     _check_overlaps(source, faults)
+    if "loop" in top:
+        values["loop"] = _loop(f"{source}: loop", top["loop"])
+        if not any(f.kind == "leak" for f in faults):
+            raise ConfigurationError(f"{source}: loop: the closed loop restarts a leaking "
+                                     "service, and faults has no leak to cure")
     values["faults"] = tuple(sorted(faults, key=lambda f: f.at))
     return Scenario(**values)
 
