@@ -320,6 +320,8 @@ class Fleet:
         self.served = served
         """Services run under ``fournines serve`` (restarted by a reload, new first)."""
         self._sockets: Path | None = None
+        self.hand_restarts: list[str] = []
+        """Services restarted at a ``leak``'s end because they still leaked (by hand)."""
         self.proxy = proxy
         self.proxy_name = f"payment-{variant}"
         self.proxy_names = [self.proxy_name]
@@ -545,6 +547,7 @@ class Fleet:
         elif fault.kind == "leak" and await self.leaking(fault.service):
             # The on-call's restart by hand, when nothing restarted it before.
             await self.processes[fault.service].restart()
+            self.hand_restarts.append(fault.service)
 
     async def leaking(self, service: str) -> bool:
         """Whether ``service`` still leaks (no restart since a ``leak`` began)."""
