@@ -314,8 +314,9 @@ def _loop(where: str, raw: Any) -> LoopSettings:
                     {"time_scale", "cooldown", "max_actions"})
     values: dict[str, Any] = {}
     if "time_scale" in data:
+        # At most 120: the rules' 5m window must still hold ten scrapes (15 s / scale).
         values["time_scale"] = _number(f"{where}.time_scale", data["time_scale"], float,
-                                       1.0, 3600.0)
+                                       1.0, 120.0)
     if "cooldown" in data:
         values["cooldown"] = _number(f"{where}.cooldown", data["cooldown"], float, 0.0, 3600.0)
     if "max_actions" in data:
