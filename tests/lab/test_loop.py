@@ -87,7 +87,7 @@ def test_the_closed_loop_example_has_a_leak_and_a_loop() -> None:
 
 
 def test_a_loop_without_a_leak_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="loop: .*no leak"):
+    with pytest.raises(ConfigurationError, match=r"loop: .*no leak"):
         parse_scenario({"duration": 10, "loop": {"cooldown": 3},
                         "faults": [{"kind": "profile_kill", "at": 1, "duration": 2}]},
                        source="s.yaml")

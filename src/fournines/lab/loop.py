@@ -160,7 +160,7 @@ def lab_slo_spec(service: str) -> str:
 
 
 def generate_lab_rules(directory: Path, scale: float,
-                       services: tuple[str, ...] = LEAK_SERVICES) -> tuple[Path, list[str]]:
+                       services: tuple[str, ...] = LEAK_SERVICES) -> tuple[Path, list[list[str]]]:
     """Write each service's spec, run ``fournines slo rules`` on it, scale and join them.
 
     Returns the scaled rule file (``directory/slo-rules.yml``) and the commands run.
@@ -798,6 +798,10 @@ def _rows(result: LoopResult) -> list[tuple[str, ...]]:
          *(_secs(p.time_to_detect) for p in passes)),
         ("time to remediate (fault start -> healthy)",
          *(_secs(p.time_to_remediate) for p in passes)),
+        ("alert firing -> healthy", *(_secs(None if p.healthy_at is None
+                                            or p.detected_at is None
+                                            else p.healthy_at - p.detected_at)
+                                      for p in passes)),
         ("restarts (by the loop, by hand)",
          *(f"{p.decisions().get('executed', 0)}, "
            f"{sum(1 for e in p.fault_log if e.get('restarted'))}" for p in passes)),

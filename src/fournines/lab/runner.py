@@ -186,7 +186,8 @@ class LabResult:
             "faults": [{"kind": f.kind, "label": f.label(), "at": f.at,
                         "duration": f.duration, "end": f.end,
                         **{k: v for k, v in dataclasses.asdict(f).items()
-                           if k not in ("kind", "at", "duration")}}
+                           if k not in ("kind", "at", "duration")
+                           and (f.kind == "leak" or k not in ("service", "growth"))}}
                        for f in s.faults],
             "fault_log": self.fault_log,
             "variants": {k: v.to_json() for k, v in self.summaries.items()},
