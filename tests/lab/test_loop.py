@@ -292,3 +292,12 @@ def test_the_reports_carry_the_remediation_timeline(loop_run: LoopRun) -> None:
     assert any(e.startswith("fault leak") for e in events)
     assert any(e.startswith(f"ALERTS {ALERT}") for e in events)
     assert any(e.startswith("healthy") for e in events)
+
+
+def test_a_loop_scenario_refuses_the_registry_before_anything_starts(tmp_path: Path) -> None:
+    from fournines.lab import run_and_report
+
+    with pytest.raises(ConfigurationError, match="drop --etcd"):
+        run_and_report(scenario_file=str(ROOT / "examples" / "lab" / "closed-loop.yaml"),
+                       out=tmp_path / "out", etcd="")
+    assert not (tmp_path / "out").exists()

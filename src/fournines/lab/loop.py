@@ -43,6 +43,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -201,7 +202,7 @@ class _LoopPrometheus(LabPrometheus):
         self.rules_command: list[list[str]] = []
 
     def start(self) -> None:
-        """Generate the rules, scale them, check them and start Prometheus."""
+        """Generate the rules, scale them and start Prometheus (which refuses bad rules)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         rules, self.rules_command = generate_lab_rules(self.dir, self.scale)
         self.targets.write_text("[]", encoding="utf-8")
@@ -381,7 +382,12 @@ class LoopStack:
         """
         step = SCRAPE_INTERVAL / self.settings.time_scale
         out = []
-        for series in self.prometheus.range_query("ALERTS", start, end, step):
+        try:
+            found = self.prometheus.range_query("ALERTS", start, end, step)
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            raise LabError(f"the loop: Prometheus did not answer the ALERTS query "
+                           f"({type(exc).__name__}: {exc}); see {self.prometheus.dir}") from exc
+        for series in found:
             times = [float(t) for t, _ in series["values"]]
             spans: list[list[float]] = []
             for t in times:
@@ -680,6 +686,11 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
     fault = leaks[0]
     served = frozenset(f.service for f in leaks)
     t0 = time.perf_counter()
+    # SIGTERM ends the run like Ctrl-C, so every `finally` stops what the lab started.
+    task = asyncio.current_task()
+    if task is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     result = LoopResult(scenario=scenario, seed=seed, rate=math.nan, workdir=str(workdir))
     schedule: list[Arrival] = []
     for name in passes:
