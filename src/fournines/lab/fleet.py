@@ -203,7 +203,9 @@ class ServiceProcess:
     async def restart(self) -> None:
         """Replace the process's code and state: a serve reload (new first), or stop + start."""
         if self.control is None:
-            self.stop()
+            # Off the event loop: a graceful stop waits for slow requests, and the load
+            # generator shares this loop.
+            await asyncio.to_thread(self.stop)
             self.spawn()
             await self.ready()
             return
