@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import re
 import secrets
 import shutil
@@ -235,11 +234,10 @@ class _LoopPrometheus(LabPrometheus):
         return result
 
 
-def _spawn_and_wait(command: list[str], owner: Any, ready_url: str, what: str,
-                    env: dict[str, str] | None = None) -> None:
+def _spawn_and_wait(command: list[str], owner: Any, ready_url: str, what: str) -> None:
     log = (owner.dir / f"{what}.log").open("ab")
     owner.proc = subprocess.Popen([*DIE_WITH_PARENT, *command], stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True, env=env)
+                                  stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     end = time.monotonic() + 20
     while time.monotonic() < end:
@@ -350,8 +348,7 @@ class LoopStack:
         config.write_text(json.dumps(self.remediate_config(), indent=1), encoding="utf-8")
         _spawn_and_wait([sys.executable, "-m", "fournines", "remediate", "--config",
                          str(config)], self.remediate,
-                        f"http://127.0.0.1:{self.remediate_port}/healthz", "remediate",
-                        env={**os.environ})
+                        f"http://127.0.0.1:{self.remediate_port}/healthz", "remediate")
         am_config = self.alertmanager.dir / "alertmanager.yml"
         am_config.write_text(json.dumps(self.alertmanager_config(token), indent=1),
                              encoding="utf-8")
@@ -464,11 +461,11 @@ class LoopPass:
 
     def alert_first(self, state: str, service: str | None = None) -> float | None:
         """When the P1 alert was first in ``state`` (lab s), for ``service`` or any."""
-        times = [a["first"] for a in self.alerts
+        times = [start for a in self.alerts
                  if a["labels"].get("alertname") == ALERT
                  and a["labels"].get("alertstate") == state
                  and (service is None or a["labels"].get("fournines_service") == service)
-                 and a["first"] >= self.fault.at]
+                 for start, _ in a["spans"] if start >= self.fault.at]
         return min(times, default=None)
 
     @property
