@@ -23,7 +23,14 @@ from .confidence import (
     sample_size_to_prove,
     wilson,
 )
-from .scenario import Fault, PaymentModel, Scenario, default_scenario, load_scenario
+from .scenario import (
+    Fault,
+    LoopSettings,
+    PaymentModel,
+    Scenario,
+    default_scenario,
+    load_scenario,
+)
 
 # The runner imports httpx (the `lab` extra), and this package is imported by
 # `fournines --help`: load it on first use.
@@ -32,10 +39,13 @@ __getattr__, __dir__ = lazy_attributes("fournines.lab", {
     "LabResult": ("fournines.lab.runner", "pip install 'fournines[lab]'"),
     "run_lab": ("fournines.lab.runner", "pip install 'fournines[lab]'"),
     "run_and_report": ("fournines.lab.main", "pip install 'fournines[lab]'"),
+    "LoopResult": ("fournines.lab.loop", "pip install 'fournines[lab]'"),
+    "run_closed_loop": ("fournines.lab.loop", "pip install 'fournines[lab]'"),
 }, globals())
 
 if TYPE_CHECKING:  # the real types for a user's type checker; never imported at run time
     from .fleet import LabError
+    from .loop import LoopResult, run_closed_loop
     from .main import run_and_report
     from .runner import LabResult, run_lab
 
@@ -45,6 +55,8 @@ __all__ = [
     "Interval",
     "LabError",
     "LabResult",
+    "LoopResult",
+    "LoopSettings",
     "PaymentModel",
     "Scenario",
     "Verdict",
@@ -56,6 +68,7 @@ __all__ = [
     "load_scenario",
     "newcombe_difference",
     "run_and_report",
+    "run_closed_loop",
     "run_lab",
     "sample_size_to_prove",
     "wilson",

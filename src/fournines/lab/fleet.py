@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,15 +143,23 @@ def process_cpu_seconds(pid: int | None) -> float:
 
 
 class ServiceProcess:
-    """One lab service in its own uvicorn process."""
+    """One lab service in its own uvicorn process.
+
+    With ``control`` (a socket path) it runs under ``fournines serve`` instead, one
+    worker, the supervisor holding the port: :meth:`restart` is then a new-first
+    reload through that control socket (``fournines serve --reload``), as a
+    deploy or ``kubectl rollout restart`` replaces a pod; without it a restart stops
+    the process and starts it again.
+    """
 
     def __init__(self, role: str, variant: str, env: dict[str, str], workdir: Path,
                  port: int | None = None, name: str | None = None,
-                 serve_control: str | None = None) -> None:
+                 control: Path | None = None, workers: int = 1) -> None:
         self.role = role
-        self.serve_control = serve_control
-        """With a path: the service runs under ``fournines serve`` (2 workers), whose
-        control socket is there (a ``rolling_deploy`` reloads it)."""
+        self.control = control
+        """With a path: the service runs under ``fournines serve`` (``workers`` workers),
+        whose control socket is there (a ``rolling_deploy`` or a leak's restart reloads it)."""
+        self.workers = workers
         self.name = name or role
         self.variant = variant
         self.port = port or free_port()
@@ -169,12 +176,13 @@ class ServiceProcess:
         """Start the process (does not wait for it to answer)."""
         env = {**os.environ, **self.env, "FOURNINES_LAB_ROLE": self.role,
                "FOURNINES_LAB_VARIANT": self.variant, "FOURNINES_LAB_PORT": str(self.port)}
-        if self.serve_control is not None:
+        if self.control is not None:
             # Drains short enough for the lab's compressed time: a worker being replaced
             # fails readiness for 0.5 s, then has 3 s for the requests in flight.
             command = [*DIE_WITH_PARENT, sys.executable, "-m", "fournines", "serve",
-                       "fournines.lab.services:create_app", "--factory", "--workers", "2",
-                       "--bind", f"127.0.0.1:{self.port}", "--control", self.serve_control,
+                       "fournines.lab.services:create_app", "--factory",
+                       "--workers", str(self.workers),
+                       "--bind", f"127.0.0.1:{self.port}", "--control", str(self.control),
                        "--drain-delay", "0.5", "--drain-timeout", "3", "--grace-period", "10",
                        "--log-level", "warning", "--no-access-log"]
             with self.log.open("ab") as log:
@@ -210,12 +218,31 @@ class ServiceProcess:
         """
         pid = self.proc.pid if self.proc is not None else None
         total = process_cpu_seconds(pid)
-        if pid is not None and self.serve_control is not None:
+        if pid is not None and self.control is not None:
             for child in _children(pid):
                 used = process_cpu_seconds(child)
                 if math.isfinite(used):
                     total += used
         return total
+
+    async def restart(self) -> None:
+        """Replace the process's code and state: a serve reload (new first), or stop + start."""
+        if self.control is None:
+            # Off the event loop: a graceful stop waits for slow requests, and the load
+            # generator shares this loop.
+            await asyncio.to_thread(self.stop)
+            self.spawn()
+            await self.ready()
+            return
+        from ..serve import ControlError, reload  # noqa: PLC0415
+
+        try:
+            answer = await asyncio.to_thread(reload, str(self.control), timeout=60.0)
+        except ControlError as exc:
+            raise LabError(f"the {self.variant} {self.name} service: {exc}") from exc
+        if not answer.get("ok"):
+            raise LabError(f"the {self.variant} {self.name} service did not reload: "
+                           f"{answer.get('message')}")
 
     def kill(self) -> None:
         """SIGKILL: no draining, no goodbye (a crash)."""
@@ -316,12 +343,18 @@ class Fleet:
                  seed: int, redis_url: str | None = None, etcd_url: str | None = None,
                  etcd_prefix: str = "", etcd: LabEtcd | None = None,
                  payment_env: dict[str, str] | None = None,
-                 served: frozenset[str] = frozenset()) -> None:
+                 served: frozenset[str] = frozenset(), serve_workers: int = 1) -> None:
         self.variant = variant
         self.payment_env = payment_env or {}
         """Extra environment of the payment service (its write path, for the steps)."""
         self.served = served
-        """Services run under ``fournines serve`` (see :mod:`fournines.lab.steps`)."""
+        """Services run under ``fournines serve`` (restarted by a reload, new first; see
+        :mod:`fournines.lab.steps` and :mod:`fournines.lab.loop`)."""
+        self.serve_workers = serve_workers
+        """Workers per served service (a leak's state lives in one worker: the loop uses 1)."""
+        self._sockets: Path | None = None
+        self.hand_restarts: list[str] = []
+        """Services restarted at a ``leak``'s end because they still leaked (by hand)."""
         self.proxy = proxy
         self.proxy_name = f"payment-{variant}"
         self.proxy_names = [self.proxy_name]
@@ -374,7 +407,9 @@ class Fleet:
                     workers if self.etcd_url else self.payment_model.concurrency),
                 "FOURNINES_LAB_PAYMENT_SERVICE_TIME": str(self.payment_model.service_time),
                 **self.payment_env,
-            }, self.workdir, name=name, serve_control=self._control("payment", i))
+            }, self.workdir, name=name,
+                control=None if i or self.etcd_url else self.control_path("payment"),
+                workers=self.serve_workers)
             route = self.proxy_name if i == 0 else f"{self.proxy_name}-{i + 1}"
             if i:
                 self.proxy_names.append(route)
@@ -385,14 +420,15 @@ class Fleet:
             payments.append(process)
         self.payment_via_proxy = routes[0]
         profile = ServiceProcess("profile", self.variant, common, self.workdir,
-                                 serve_control=self._control("profile"))
+                                 control=self.control_path("profile"),
+                                 workers=self.serve_workers)
         order = ServiceProcess("order", self.variant, {
             **common, "FOURNINES_LAB_PAYMENT_URL": self.payment_via_proxy,
-        }, self.workdir, serve_control=self._control("order"))
+        }, self.workdir, control=self.control_path("order"), workers=self.serve_workers)
         gateway = ServiceProcess("gateway", self.variant, {
             **common, "FOURNINES_LAB_ORDER_URL": order.url,
             "FOURNINES_LAB_PROFILE_URL": profile.url,
-        }, self.workdir, serve_control=self._control("gateway"))
+        }, self.workdir, control=self.control_path("gateway"), workers=self.serve_workers)
         for process in (profile, order, gateway):
             process.env.update(self._registered(process.role, process.url))
         self.services = {"gateway": gateway, "order": order, "payment": payments[0],
@@ -404,13 +440,6 @@ class Fleet:
         if self.etcd_url:
             await self._wait_registered({"gateway": 1, "order": 1, "payment": count,
                                          "profile": 1})
-
-    def _control(self, role: str, instance: int = 0) -> str | None:
-        if role not in self.served or instance:
-            return None
-        # A unix socket path is short (108 bytes): under /tmp, not the work directory.
-        return os.path.join(tempfile.gettempdir(),
-                            f"fournines-lab-{os.getpid()}-{self.variant}-{role}.sock")
 
     async def _wait_registered(self, expected: dict[str, int], timeout: float = 20.0) -> None:
         """Until etcd lists every instance: the load must not start on a half-found fleet."""
@@ -436,6 +465,17 @@ class Fleet:
         finally:
             await asyncio.gather(*(s.aclose() for s in sources.values()))
 
+    def control_path(self, service: str) -> Path | None:
+        """The ``fournines serve`` control socket of ``service``, if it runs under serve."""
+        if service not in self.served:
+            return None
+        if self._sockets is None:
+            # AF_UNIX paths are short (108 bytes): not in the workdir, which may be deep.
+            import tempfile  # noqa: PLC0415
+
+            self._sockets = Path(tempfile.mkdtemp(prefix="fournines-lab-serve-"))
+        return self._sockets / f"{self.variant}-{service}.sock"
+
     @property
     def gateway_url(self) -> str:
         """Where the load goes."""
@@ -446,6 +486,8 @@ class Fleet:
         await self._http.aclose()
         for service in self.processes.values():
             service.stop()
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
 
     # -- faults ---------------------------------------------------------------------
 
@@ -482,6 +524,15 @@ class Fleet:
             self.payments[-1].kill()
         elif fault.kind == "registry_outage" and self.etcd is not None:
             self.etcd.kill()
+        elif fault.kind == "leak":
+            from .services import LEAK_PATH  # noqa: PLC0415
+
+            response = await self._http.put(
+                self.processes[fault.service].url + LEAK_PATH, params={"growth": fault.growth},
+                headers={"authorization": f"Bearer {self.token}"})
+            if response.status_code != 200:
+                raise LabError(f"{fault.service}: PUT {LEAK_PATH} answered "
+                               f"{response.status_code}: {response.text[:200]}")
         # overload is in the arrival schedule itself; a fleet without a registry has no
         # registry to lose
 
@@ -528,3 +579,18 @@ class Fleet:
             await payment.ready()
         elif fault.kind == "registry_outage" and self.etcd is not None:
             await self.etcd.start()
+        elif fault.kind == "leak" and await self.leaking(fault.service):
+            # The on-call's restart by hand, when nothing restarted it before.
+            await self.processes[fault.service].restart()
+            self.hand_restarts.append(fault.service)
+
+    async def leaking(self, service: str) -> bool:
+        """Whether ``service`` still leaks (no restart since a ``leak`` began)."""
+        from .services import LEAK_PATH  # noqa: PLC0415
+
+        response = await self._http.get(self.processes[service].url + LEAK_PATH,
+                                        headers={"authorization": f"Bearer {self.token}"})
+        if response.status_code != 200:
+            raise LabError(f"{service}: GET {LEAK_PATH} answered {response.status_code}: "
+                           f"{response.text[:200]}")
+        return bool(response.json()["leaking"])

@@ -105,6 +105,23 @@ def run_and_report(*, scenario_file: str | None = None, duration: float | None =
 
     console = console or Console()
     scenario = _scenario(scenario_file, duration)
+    if scenario.loop is not None:
+        if etcd is not None or redis_url or prometheus:
+            raise ConfigurationError(f"{scenario.source}: a scenario with a loop runs its own "
+                                     "Prometheus and no registry or Redis: drop --etcd, "
+                                     "--redis and --prometheus")
+        from .loop import run_loop_and_report  # noqa: PLC0415
+
+        for option, folder in (("--out", out),
+                               ("--json", json_file.parent if json_file else None)):
+            if folder is not None:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise ConfigurationError(f"{option} {folder}: cannot create the folder "
+                                             f"({exc.strerror})") from exc
+        return run_loop_and_report(scenario, seed=seed, rate=rate, out=out,
+                                   json_file=json_file, console=console)
     check_etcd(scenario, etcd)
     if etcd:
         from ..discovery import EtcdEndpoints  # noqa: PLC0415

@@ -71,6 +71,7 @@ TRUE_CAUSE: Mapping[str, str | None] = {
     "overload": None,  # more arrivals at the edge: no single service is the cause
     "instance_kill": "payment",
     "registry_outage": None,  # the registry is no service of the fleet's
+    "leak": None,  # the service the leak names (Fault.service), not one per kind
 }
 """The service each fault kind breaks (``None``: not counted in the accuracy)."""
 
@@ -268,7 +269,8 @@ def rank_faults(samples: Sequence[Sample], faults: Sequence[Fault],
         departed = frozenset(s.service for s in suspects if s.departed)
         ordered = sorted(suspects, key=lambda s: _order(s, departed, topology))
         rankings.append(FaultRanking(fault=fault.label(), kind=fault.kind,
-                                     truth=TRUE_CAUSE.get(fault.kind),
+                                     truth=fault.service if fault.kind == "leak"
+                                     else TRUE_CAUSE.get(fault.kind),
                                      suspects=tuple(ordered)))
     return rankings
 

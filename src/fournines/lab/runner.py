@@ -192,7 +192,8 @@ class LabResult:
             "faults": [{"kind": f.kind, "label": f.label(), "at": f.at,
                         "duration": f.duration, "end": f.end,
                         **{k: v for k, v in dataclasses.asdict(f).items()
-                           if k not in ("kind", "at", "duration")}}
+                           if k not in ("kind", "at", "duration")
+                           and (f.kind == "leak" or k != "growth")}}
                        for f in s.faults],
             "fault_log": self.fault_log,
             "variants": {k: v.to_json() for k, v in self.summaries.items()},
@@ -485,7 +486,9 @@ async def _run(scenario: Scenario, *, seed: int, rate: float | None, workdir: Pa
                           etcd_url=etcd_url if behind else None,
                           etcd_prefix=etcd_prefix if behind else "",
                           etcd=lab_etcd if behind else None,
-                          payment_env=None, served=steps.served if steps else frozenset())
+                          payment_env=None, served=steps.served if steps else frozenset(),
+                          # a rolling deploy replaces 2 workers, one after the other
+                          serve_workers=2)
             try:
                 if steps is not None:
                     await steps.prepare()

@@ -35,12 +35,14 @@ from .._files import read_text, yaml_documents
 
 __all__ = [
     "FAULT_KINDS",
+    "LEAK_SERVICES",
     "MAX_RATE",
     "NEEDS_ETCD",
     "NOT_BUILT",
     "ROLLABLE",
     "STEP_KINDS",
     "Fault",
+    "LoopSettings",
     "PaymentModel",
     "Scenario",
     "check_etcd",
@@ -72,6 +74,9 @@ FAULT_KINDS: dict[str, str] = {
                   "again when the fault ends, under payment's writes",
     "consumer_kill": "the payment confirmation consumer (outbox -> RabbitMQ -> consumer) is "
                      "SIGKILLed mid-stream, and restarted when the fault ends",
+    "leak": "`service` (order by default) gets `growth` seconds slower per second until its "
+            "process is restarted: by the closed loop (a scenario's `loop:`), else by hand "
+            "at the fault's end",
 }
 """Every fault kind a scenario may use, with what it does."""
 
@@ -120,7 +125,11 @@ _EXCLUSIVE = {
                       "while the first one runs",
     "db_restart": "ending one starts PostgreSQL, so the other would end early",
     "consumer_kill": "the consumer is killed and restarted once at a time",
+    "leak": "the restart that ends one cures the other too",
 }
+
+LEAK_SERVICES = ("gateway", "order", "payment", "profile")
+"""The services a ``leak`` may hit."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,9 +146,12 @@ class Fault:
     mode: str = "timeout"
     factor: float = 3.0
     service: str = "order"
-    """What a ``rolling_deploy`` deploys again (one of :data:`ROLLABLE`)."""
+    """What a ``rolling_deploy`` deploys again (one of :data:`ROLLABLE`), or the service a
+    ``leak`` hits (one of :data:`LEAK_SERVICES`)."""
     concurrency: int = 16
     """Concurrent clients of a ``db_storm``'s conflicting transfers."""
+    growth: float = 0.1
+    """A ``leak``'s growth: seconds of delay added per second since it began."""
 
     @property
     def end(self) -> float:
@@ -161,6 +173,7 @@ class Fault:
             "db_storm": f"{self.concurrency} conflicting clients",
             "db_restart": "PostgreSQL stopped",
             "consumer_kill": "SIGKILL the consumer",
+            "leak": f"{self.service} +{self.growth:g} s per s",
         }.get(self.kind, "")
         return f"{self.kind} ({detail})" if detail else self.kind
 
@@ -182,6 +195,24 @@ class PaymentModel:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LoopSettings:
+    """A scenario's closed loop (its ``loop:`` section; see :mod:`fournines.lab.loop`).
+
+    :param time_scale: seconds of operation one lab second stands for: Prometheus'
+        scrape and evaluation intervals, the SLO rules' windows and ``for:`` durations
+        and Alertmanager's timers are divided by it (60: a minute of load is an hour).
+    :param cooldown: lab seconds between two restarts of one service (remediate's
+        per-target cooldown).
+    :param max_actions: restarts the loop may do in one run (remediate's
+        ``max_actions_per_hour``: a run is shorter than an hour).
+    """
+
+    time_scale: float = 60.0
+    cooldown: float = 10.0
+    max_actions: int = 6
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Scenario:
     """A whole lab run: load, modelled capacity and fault schedule (see the module docs)."""
 
@@ -193,6 +224,8 @@ class Scenario:
     payment: PaymentModel = field(default_factory=PaymentModel)
     faults: tuple[Fault, ...] = ()
     source: str = "<default>"
+    loop: LoopSettings | None = None
+    """The closed loop, when the scenario has one (``fournines lab`` then runs it)."""
 
     def with_duration(self, duration: float) -> Scenario:
         """The scenario run for ``duration`` seconds, its fault times scaled to match."""
@@ -212,6 +245,7 @@ _FAULT_FIELDS: dict[str, tuple[type, float | None, float | None]] = {
     "jitter": (float, 0.0, 60.0),
     "factor": (float, 1.0, 20.0),
     "concurrency": (int, 1, 200),
+    "growth": (float, 0.001, 10.0),
 }
 
 
@@ -297,19 +331,37 @@ def _fault(where: str, raw: Any) -> Fault:
             )
         values["mode"] = data["mode"]
     if "service" in data:
-        if kind != "rolling_deploy":
-            raise ConfigurationError(f"{where}.service is only for rolling_deploy, not {kind}")
-        if not isinstance(data["service"], str) or data["service"] not in ROLLABLE:
-            raise ConfigurationError(f"{where}.service must be one of {', '.join(ROLLABLE)}, "
+        if kind not in ("rolling_deploy", "leak"):
+            raise ConfigurationError(
+                f"{where}.service is only for rolling_deploy and leak, not {kind}")
+        allowed = ROLLABLE if kind == "rolling_deploy" else LEAK_SERVICES
+        if not isinstance(data["service"], str) or data["service"] not in allowed:
+            raise ConfigurationError(f"{where}.service must be one of {', '.join(allowed)}, "
                                      f"got {_show(data['service'])}")
         values["service"] = data["service"]
     return Fault(**values)
 
 
+def _loop(where: str, raw: Any) -> LoopSettings:
+    data = _mapping(where, raw if raw is not None else {},
+                    {"time_scale", "cooldown", "max_actions"})
+    values: dict[str, Any] = {}
+    if "time_scale" in data:
+        # At most 120: the rules' 5m window must still hold ten scrapes (15 s / scale).
+        values["time_scale"] = _number(f"{where}.time_scale", data["time_scale"], float,
+                                       1.0, 120.0)
+    if "cooldown" in data:
+        values["cooldown"] = _number(f"{where}.cooldown", data["cooldown"], float, 0.0, 3600.0)
+    if "max_actions" in data:
+        values["max_actions"] = int(_number(f"{where}.max_actions", data["max_actions"], int,
+                                            1, 1000))
+    return LoopSettings(**values)
+
+
 def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
     """Build a :class:`Scenario` from parsed YAML; errors name ``source`` and the path."""
     top = _mapping(source, data, {"name", "duration", "rate", "orders", "timeout", "payment",
-                                  "faults", "description"})
+                                  "faults", "description", "loop"})
     values: dict[str, Any] = {"source": source}
     if "name" in top:
         if not isinstance(top["name"], str) or not top["name"]:
@@ -349,6 +401,11 @@ def parse_scenario(data: Any, source: str = "<scenario>") -> Scenario:
             )
         faults.append(fault)
     _check_overlaps(source, faults)
+    if "loop" in top:
+        values["loop"] = _loop(f"{source}: loop", top["loop"])
+        if not any(f.kind == "leak" for f in faults):
+            raise ConfigurationError(f"{source}: loop: the closed loop restarts a leaking "
+                                     "service, and faults has no leak to cure")
     values["faults"] = tuple(sorted(faults, key=lambda f: f.at))
     return Scenario(**values)
 

@@ -47,6 +47,7 @@ from ..asgi._types import ASGIApp, Receive, Scope, Send
 __all__ = [
     "CAPACITY_PATH",
     "GUEST_PROFILE",
+    "LEAK_PATH",
     "PAYMENT_LIMIT_PER_WORKER",
     "PAYMENT_MIN_LIMIT_PER_WORKER",
     "UNKNOWN_STATUS",
@@ -96,6 +97,8 @@ def _router(prefix: str, handler: Handler) -> ASGIApp:
 
     """An ASGI app: ``GET {prefix}{id}`` -> ``handler(params, query)``; ``/livez`` -> 200."""
 
+    leak = _Leak(_env("CHAOS_TOKEN", ""))
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -111,14 +114,87 @@ def _router(prefix: str, handler: Handler) -> ASGIApp:
         if path == "/livez":
             await _send_json(send, 200, {"status": "pass"})
             return
+        if path == LEAK_PATH:
+            await leak.control(scope, send)
+            return
         if not path.startswith(prefix):
             await _send_json(send, 404, {"error": "not found"})
+            return
+        if leak.started is not None and not await leak.suffer(send):
             return
         query = {k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
         status, body, headers = await handler({"id": path[len(prefix):]}, query)
         await _send_json(send, status, body, headers)
 
     return app
+
+
+# -- leak -------------------------------------------------------------------------------
+
+LEAK_PATH = "/lab/leak"
+"""``PUT {LEAK_PATH}?growth=G`` (the chaos token as bearer) starts a leak in this process:
+from then on every request is ``G`` seconds slower per second since (up to
+:data:`LEAK_MAX_DELAY`), until the process is replaced; ``GET`` answers
+``{"leaking": bool, "delay": seconds}``. Nothing undoes it but a restart."""
+LEAK_MAX_DELAY = 30.0
+
+
+class _Leak:
+    """A leak that only a restart cures: the state lives in this process and nowhere else.
+
+    It stands for what grows with uptime in a real service (a heap whose collections
+    get longer, a pool that loses a connection now and then): the longer it runs, the
+    slower every request. A protected service still honours its callers' deadlines, so
+    work it cannot finish in time is answered 504 at the deadline and counted in its own
+    metrics, as payment's queue does.
+    """
+
+    __slots__ = ("expected", "growth", "started")
+
+    def __init__(self, token: str) -> None:
+        self.expected = f"Bearer {token}".encode()
+        self.growth = 0.0
+        self.started: float | None = None
+
+    def delay(self) -> float:
+        if self.started is None:
+            return 0.0
+        return min(self.growth * (asyncio.get_running_loop().time() - self.started),
+                   LEAK_MAX_DELAY)
+
+    async def suffer(self, send: Send) -> bool:
+        """Wait out the leak; ``False`` when the caller's deadline passed (504 sent)."""
+        delay = self.delay()
+        deadline = current_deadline()
+        if deadline is not None and deadline.remaining() < delay:
+            await asyncio.sleep(max(deadline.remaining(), 0.0))
+            await _send_json(send, 504, {"error": "deadline passed (the service leaks)"},
+                             {"x-lab-error": "leak"})
+            return False
+        await asyncio.sleep(delay)
+        return True
+
+    async def control(self, scope: Scope, send: Send) -> None:
+        headers = dict(scope.get("headers") or [])
+        if not self.expected.removeprefix(b"Bearer ") or headers.get(
+                b"authorization") != self.expected:
+            await _send_json(send, 401, {"error": "the lab's chaos token is required"})
+            return
+        if scope["method"] == "GET":
+            await _send_json(send, 200, {"leaking": self.started is not None,
+                                         "delay": self.delay()})
+            return
+        query = parse_qs(scope.get("query_string", b"").decode())
+        try:
+            growth = float(query["growth"][0])
+        except (KeyError, ValueError):
+            growth = -1.0
+        if scope["method"] != "PUT" or not 0.0 < growth <= 10.0:
+            await _send_json(send, 400, {"error": "PUT ?growth=G with 0 < G <= 10"})
+            return
+        self.growth = growth
+        self.started = asyncio.get_running_loop().time()
+        await _send_json(send, 200, {"leaking": True, "growth": growth})
 
 
 # -- payment ----------------------------------------------------------------------------

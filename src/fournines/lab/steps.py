@@ -590,12 +590,12 @@ class VariantSteps:
                                   "planned_end": fault.end,
                                   "began": round(began - self.start_at, 3)}
         try:
-            if service.serve_control is not None:
+            if service.control is not None:
                 from ..serve import control  # noqa: PLC0415
 
                 record["how"] = ("fournines serve: rolling reload, new workers first "
                                  "(the control socket's reload, as SIGHUP)")
-                answer = await asyncio.to_thread(control.reload, service.serve_control,
+                answer = await asyncio.to_thread(control.reload, str(service.control),
                                                  timeout=120.0)
                 record["ok"] = bool(answer.get("ok"))
                 record["message"] = str(answer.get("message", ""))
