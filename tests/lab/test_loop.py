@@ -99,8 +99,8 @@ def test_a_leak_in_an_unknown_service_is_refused() -> None:
             {"kind": "leak", "at": 1, "duration": 2, "service": "billing"}]}, source="s.yaml")
 
 
-def test_only_a_leak_names_a_service() -> None:
-    with pytest.raises(ConfigurationError, match="only a leak"):
+def test_only_a_leak_or_a_rolling_deploy_names_a_service() -> None:
+    with pytest.raises(ConfigurationError, match="only for rolling_deploy and leak"):
         parse_scenario({"duration": 10, "faults": [
             {"kind": "profile_kill", "at": 1, "duration": 2, "service": "profile"}]},
             source="s.yaml")
