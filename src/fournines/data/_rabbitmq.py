@@ -24,7 +24,6 @@ unacked (redelivered, deduplicated) or committed and acked.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as _dt
 import functools
@@ -130,6 +129,15 @@ def _json(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError as exc:  # UnicodeDecodeError is one too
         raise PoisonMessageError(f"the body is not JSON: {exc}", reason="malformed_body") from exc
+
+
+def _live(delivery: Any) -> bool:
+    """Whether ``delivery`` can still be acked: the broker requeues those of a closed channel."""
+    try:
+        delivery.channel  # noqa: B018 - aio-pika raises here once the channel is closed
+    except Exception:
+        return False
+    return True
 
 
 def _now() -> str:
@@ -323,7 +331,7 @@ class Consumer:
         self._tag: Any = None
         self._slots = asyncio.Semaphore(concurrency)
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._waiting: collections.deque[Any] = collections.deque()
+        self._waiting: dict[int, Any] = {}
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         functools.update_wrapper(self, handler)
@@ -414,18 +422,28 @@ class Consumer:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        key = id(delivery)
+        self._waiting[key] = delivery
         try:
-            self._waiting.append(delivery)
             async with self._slots:
-                # Whoever gets a slot takes the oldest waiting deliveries (up to a batch);
-                # a task whose delivery another took has nothing left to do.
-                taken = [self._waiting.popleft()
-                         for _ in range(min(self.batch, len(self._waiting)))]
+                # Whoever gets a slot takes its own delivery and the oldest other waiting
+                # ones (up to a batch); a task whose delivery another took has nothing left
+                # to do. Each task takes out its own entry in ``finally``: aiormq cancels
+                # the tasks of a channel that closes (a broker restart), and an entry left
+                # behind would be taken later in place of a live one, which would then
+                # wait, unacked and never redelivered, for good.
+                if self._waiting.pop(key, None) is None:
+                    return
+                taken = [delivery]
+                while len(taken) < self.batch and self._waiting:
+                    taken.append(self._waiting.pop(next(iter(self._waiting))))
+                taken = [d for d in taken if _live(d)]
                 if len(taken) == 1:
                     await self._settle(taken[0])
                 elif taken:
                     await self._settle_batch(taken)
         finally:
+            self._waiting.pop(key, None)
             if task is not None:
                 self._inflight.discard(task)
 
