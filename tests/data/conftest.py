@@ -55,3 +55,4 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 from ._amqp import amqp_url  # noqa: E402, F401 - the message tests' vhost fixture
+from ._private_rabbit import private_rabbit  # noqa: E402, F401 - a private broker to restart

@@ -207,9 +207,17 @@ class RabbitPublisher:
 
     :param url: the AMQP URL (reconnects by itself: ``connect_robust``).
     :param exchange: the exchange to publish to (``""``: the default exchange).
+    :param timeout: seconds a batch may wait for its confirms (``None``: no limit). A
+        broker that accepts the connection but never confirms (paused by a memory or
+        disk alarm, half dead) fails the batch, which the relay sends again later,
+        instead of holding the batch's row locks for as long as the broker hangs.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, exchange: str = "") -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, exchange: str = "",
+                 timeout: float | None = 30.0) -> None:
+        check_number("RabbitPublisher", "timeout", timeout, minimum=0, exclusive_minimum=True,
+                     optional=True)
+        self._timeout = None if timeout is None else float(timeout)
         self._url = url
         self._exchange_name = exchange
         self._connection: Any = None
@@ -234,11 +242,12 @@ class RabbitPublisher:
         exchange = await self._ready()
         # Published back to back on one channel (so in order on the wire), confirmed together.
         try:
-            await asyncio.gather(*(
-                publish_confirmed(exchange, aio_pika.Message(
-                    message.body, headers=message.headers, message_id=message.id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
-                for message in messages))
+            async with asyncio.timeout(self._timeout):
+                await asyncio.gather(*(
+                    publish_confirmed(exchange, aio_pika.Message(
+                        message.body, headers=message.headers, message_id=message.id,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
+                    for message in messages))
         except aio_pika.exceptions.DeliveryError:
             raise  # unroutable: the channel is fine
         except Exception:
