@@ -38,6 +38,7 @@ from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, PoisonMessageError, check_number
 from .._events import Event, Listener, dispatch, has_listeners
 from ..policies._classify import ExceptionFilter, exception_predicate
+from ._tracing import MessageTracer
 from .outbox import KEY_HEADER, MESSAGE_ID_HEADER, OutboxMessage
 from .transactions import transaction
 
@@ -129,6 +130,18 @@ def _json(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError as exc:  # UnicodeDecodeError is one too
         raise PoisonMessageError(f"the body is not JSON: {exc}", reason="malformed_body") from exc
+
+
+def _attempt(headers: Mapping[str, Any]) -> int:
+    """The attempt (1 = first) a delivery is, from ``fournines-attempts``; junk counts 0."""
+    value = headers.get(ATTEMPTS, 0)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    try:
+        previous = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return min(max(previous, 0), 1_000_000) + 1
 
 
 def _live(delivery: Any) -> bool:
@@ -291,6 +304,8 @@ class Consumer:
         listeners: Sequence[Listener] = (),
         stop_timeout: float = 30.0,
         message_id_property: bool = False,
+        tracing: bool = False,
+        tracer_provider: Any = None,
         clock: Clock | None = None,
     ) -> None:
         owner = "consumer"
@@ -333,6 +348,8 @@ class Consumer:
         self._stop_timeout = float(stop_timeout)
         self._id_property = bool(message_id_property)
         self._clock = clock or system_clock
+        self._tracer = (MessageTracer(owner, tracer_provider, system="rabbitmq") if tracing
+                        else None)
         self._pool: Any = None
         self._connection: Any = None
         self._channel: Any = None
@@ -457,12 +474,37 @@ class Consumer:
                 self._inflight.discard(task)
 
     def _emit(self, started: float, outcome: Outcome, **fields: Any) -> None:
+        batched = fields.pop("batched", False)
+        if self._tracer is not None and not batched:
+            self._tracer.record_current(outcome, fields.get("error"))
         if has_listeners(self._listeners):
             dispatch(self._listeners, MessageHandled(
                 policy="consumer", name=self.name, queue=self.queue, outcome=outcome,
                 seconds=self._clock.monotonic() - started, **fields))
 
+    def _span(self, delivery: Any, headers: Mapping[str, Any]) -> Any:
+        assert self._tracer is not None
+        ident = headers.get(MESSAGE_ID_HEADER)
+        return self._tracer.start(
+            headers, self.queue, ident if isinstance(ident, str) else None, {
+                "messaging.rabbitmq.destination.routing_key": delivery.routing_key,
+                "fournines.consumer.attempt": _attempt(headers)})
+
     async def _settle(self, delivery: Any) -> None:
+        if self._tracer is None:
+            await self._settle_one(delivery)
+            return
+        # One CONSUMER span per delivery, continuing the producer's trace from the
+        # headers, current while the handler runs and until the delivery is settled.
+        span = self._span(delivery, delivery.headers or {})
+        token = self._tracer.enter(span)
+        try:
+            await self._settle_one(delivery)
+        finally:
+            self._tracer.leave(token)
+            span.end()
+
+    async def _settle_one(self, delivery: Any) -> None:
         started = self._clock.monotonic()
         headers = dict(delivery.headers or {})
         ident = headers.get(MESSAGE_ID_HEADER) or (
@@ -483,7 +525,7 @@ class Consumer:
             return
         msg = Message(id=str(ident), body=body, raw=delivery.body, headers=headers,
                       key=headers.get(KEY_HEADER), routing_key=delivery.routing_key,
-                      attempt=int(headers.get(ATTEMPTS, 0)) + 1,
+                      attempt=_attempt(headers),
                       redelivered=bool(delivery.redelivered))
 
         async def work(conn: Any) -> bool:
@@ -521,10 +563,13 @@ class Consumer:
             messages.append((delivery, Message(
                 id=ident.decode() if isinstance(ident, bytes) else str(ident), body=body,
                 raw=delivery.body, headers=headers, key=headers.get(KEY_HEADER),
-                routing_key=delivery.routing_key, attempt=int(headers.get(ATTEMPTS, 0)) + 1,
+                routing_key=delivery.routing_key, attempt=_attempt(headers),
                 redelivered=bool(delivery.redelivered))))
         if not messages:
             return
+        tracer = self._tracer
+        spans = ([self._span(delivery, msg.headers) for delivery, msg in messages]
+                 if tracer is not None else [])
 
         async def work(conn: Any) -> set[str]:
             rows = await conn.fetch(
@@ -533,25 +578,40 @@ class Consumer:
                 self.name, [msg.id for _, msg in messages])
             fresh = {row[0] for row in rows}
             applied = set()
-            for _, msg in messages:
+            for index, (_, msg) in enumerate(messages):
                 if msg.id in fresh and msg.id not in applied:  # two copies in one batch
                     applied.add(msg.id)
-                    await self.handler(msg, conn)
+                    if tracer is None:
+                        await self.handler(msg, conn)
+                        continue
+                    token = tracer.enter(spans[index])
+                    try:
+                        await self.handler(msg, conn)
+                    finally:
+                        tracer.leave(token)
             return applied
 
         try:
             applied = await self._transaction(self._pool, work)
         except Exception:
             # One message failed the whole batch (rolled back): settle each alone, so
-            # only the failing one climbs the ladder.
+            # only the failing one climbs the ladder (each in a span of its own).
+            for span in spans:
+                span.set_attribute("fournines.consumer.outcome", "batch_rolled_back")
+                span.end()
             for delivery, _ in messages:
                 await self._settle(delivery)
             return
-        for delivery, msg in messages:
+        for index, (delivery, msg) in enumerate(messages):
+            outcome: Outcome | None = None
             if await self._ack(delivery):
-                fresh = msg.id in applied
+                outcome = "acked" if msg.id in applied else "duplicate"
                 applied.discard(msg.id)
-                self._emit(started, "acked" if fresh else "duplicate")
+                self._emit(started, outcome, batched=True)
+            if tracer is not None:
+                if outcome is not None:
+                    tracer.record(spans[index], outcome)
+                spans[index].end()
 
     async def _ack(self, delivery: Any) -> bool:
         try:
@@ -565,7 +625,7 @@ class Consumer:
 
     async def _failed(self, delivery: Any, headers: dict[str, Any], started: float,
                       exc: Exception) -> None:
-        attempts = int(headers.get(ATTEMPTS, 0)) + 1
+        attempts = _attempt(headers)
         if self._fatal(exc) or not self._retryable(exc):
             reason = exc.reason if isinstance(exc, PoisonMessageError) else "not_retryable"
             await self._dead_letter(delivery, headers, started, reason, exc)
@@ -597,7 +657,7 @@ class Consumer:
 
     async def _dead_letter(self, delivery: Any, headers: dict[str, Any], started: float,
                            reason: str, exc: BaseException) -> None:
-        out = self._failure_headers(delivery, headers, exc, int(headers.get(ATTEMPTS, 0)) + 1)
+        out = self._failure_headers(delivery, headers, exc, _attempt(headers))
         out[REASON] = reason
         if await self._forward(delivery, dead_queue(self.queue), out):
             self._emit(started, "dead_lettered", reason=reason, error=exc)
@@ -638,6 +698,8 @@ def consumer(
     listeners: Sequence[Listener] = (),
     stop_timeout: float = 30.0,
     message_id_property: bool = False,
+    tracing: bool = False,
+    tracer_provider: Any = None,
 ) -> Callable[[Handler], Consumer]:
     """Make ``async def handle(msg, tx)`` an idempotent consumer of ``queue``.
 
@@ -675,6 +737,7 @@ def consumer(
                         dead_letter_on=dead_letter_on,
                         retry_on=retry_on, isolation=isolation, attempts=attempts,
                         listeners=listeners, stop_timeout=stop_timeout,
-                        message_id_property=message_id_property)
+                        message_id_property=message_id_property, tracing=tracing,
+                        tracer_provider=tracer_provider)
 
     return decorate
