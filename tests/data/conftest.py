@@ -56,4 +56,5 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 
 from ._amqp import amqp_url  # noqa: E402, F401 - the message tests' vhost fixture
 from ._mariadb import mariadb_database  # noqa: E402, F401 - the MariaDB tests' database
+from ._private_rabbit import private_rabbit  # noqa: E402, F401 - a private broker to restart
 from ._tansu import tansu  # noqa: E402, F401 - the Kafka tests' broker fixture

@@ -211,3 +211,9 @@ def test_data_init_reports_an_unreachable_database_in_one_line(
     assert main(["data", "init", "postgresql://postgres@127.0.0.1:1/x"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fournines data init" in err
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, "30"])
+def test_rabbit_publisher_refuses_a_timeout_that_is_not_a_positive_number(timeout: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"RabbitPublisher\.timeout"):
+        RabbitPublisher(timeout=timeout)

@@ -24,7 +24,6 @@ unacked (redelivered, deduplicated) or committed and acked.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import logging
@@ -45,6 +44,7 @@ from ._ladder import (
     now_iso,
     plan_failure,
 )
+from ._tracing import MessageTracer
 from .outbox import KEY_HEADER, MESSAGE_ID_HEADER, OutboxMessage
 from .transactions import transaction
 
@@ -127,6 +127,27 @@ _json = decode_json
 _now = now_iso
 
 
+def _attempt(headers: Mapping[str, Any]) -> int:
+    """The attempt (1 = first) a delivery is, from ``fournines-attempts``; junk counts 0."""
+    value = headers.get(ATTEMPTS, 0)
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    try:
+        previous = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return min(max(previous, 0), 1_000_000) + 1
+
+
+def _live(delivery: Any) -> bool:
+    """Whether ``delivery`` can still be acked: the broker requeues those of a closed channel."""
+    try:
+        delivery.channel  # noqa: B018 - aio-pika raises here once the channel is closed
+    except Exception:
+        return False
+    return True
+
+
 async def publish_confirmed(exchange: Any, message: Any, routing_key: str) -> None:
     """Publish ``message`` mandatory and wait for the broker's ack.
 
@@ -190,9 +211,17 @@ class RabbitPublisher:
 
     :param url: the AMQP URL (reconnects by itself: ``connect_robust``).
     :param exchange: the exchange to publish to (``""``: the default exchange).
+    :param timeout: seconds a batch may wait for its confirms (``None``: no limit). A
+        broker that accepts the connection but never confirms (paused by a memory or
+        disk alarm, half dead) fails the batch, which the relay sends again later,
+        instead of holding the batch's row locks for as long as the broker hangs.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, exchange: str = "") -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, exchange: str = "",
+                 timeout: float | None = 30.0) -> None:
+        check_number("RabbitPublisher", "timeout", timeout, minimum=0, exclusive_minimum=True,
+                     optional=True)
+        self._timeout = None if timeout is None else float(timeout)
         self._url = url
         self._exchange_name = exchange
         self._connection: Any = None
@@ -217,11 +246,12 @@ class RabbitPublisher:
         exchange = await self._ready()
         # Published back to back on one channel (so in order on the wire), confirmed together.
         try:
-            await asyncio.gather(*(
-                publish_confirmed(exchange, aio_pika.Message(
-                    message.body, headers=message.headers, message_id=message.id,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
-                for message in messages))
+            async with asyncio.timeout(self._timeout):
+                await asyncio.gather(*(
+                    publish_confirmed(exchange, aio_pika.Message(
+                        message.body, headers=message.headers, message_id=message.id,
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT), message.destination)
+                    for message in messages))
         except aio_pika.exceptions.DeliveryError:
             raise  # unroutable: the channel is fine
         except Exception:
@@ -265,6 +295,8 @@ class Consumer:
         listeners: Sequence[Listener] = (),
         stop_timeout: float = 30.0,
         message_id_property: bool = False,
+        tracing: bool = False,
+        tracer_provider: Any = None,
         clock: Clock | None = None,
     ) -> None:
         owner = "consumer"
@@ -307,6 +339,8 @@ class Consumer:
         self._stop_timeout = float(stop_timeout)
         self._id_property = bool(message_id_property)
         self._clock = clock or system_clock
+        self._tracer = (MessageTracer(owner, tracer_provider, system="rabbitmq") if tracing
+                        else None)
         self._pool: Any = None
         self._connection: Any = None
         self._channel: Any = None
@@ -314,7 +348,7 @@ class Consumer:
         self._tag: Any = None
         self._slots = asyncio.Semaphore(concurrency)
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._waiting: collections.deque[Any] = collections.deque()
+        self._waiting: dict[int, Any] = {}
         self._stopped = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         functools.update_wrapper(self, handler)
@@ -405,28 +439,63 @@ class Consumer:
         task = asyncio.current_task()
         if task is not None:
             self._inflight.add(task)
+        key = id(delivery)
+        self._waiting[key] = delivery
         try:
-            self._waiting.append(delivery)
             async with self._slots:
-                # Whoever gets a slot takes the oldest waiting deliveries (up to a batch);
-                # a task whose delivery another took has nothing left to do.
-                taken = [self._waiting.popleft()
-                         for _ in range(min(self.batch, len(self._waiting)))]
+                # Whoever gets a slot takes its own delivery and the oldest other waiting
+                # ones (up to a batch); a task whose delivery another took has nothing left
+                # to do. Each task takes out its own entry in ``finally``: aiormq cancels
+                # the tasks of a channel that closes (a broker restart), and an entry left
+                # behind would be taken later in place of a live one, which would then
+                # wait, unacked and never redelivered, for good.
+                if self._waiting.pop(key, None) is None:
+                    return
+                taken = [delivery]
+                while len(taken) < self.batch and self._waiting:
+                    taken.append(self._waiting.pop(next(iter(self._waiting))))
+                taken = [d for d in taken if _live(d)]
                 if len(taken) == 1:
                     await self._settle(taken[0])
                 elif taken:
                     await self._settle_batch(taken)
         finally:
+            self._waiting.pop(key, None)
             if task is not None:
                 self._inflight.discard(task)
 
     def _emit(self, started: float, outcome: Outcome, **fields: Any) -> None:
+        batched = fields.pop("batched", False)
+        if self._tracer is not None and not batched:
+            self._tracer.record_current(outcome, fields.get("error"))
         if has_listeners(self._listeners):
             dispatch(self._listeners, MessageHandled(
                 policy="consumer", name=self.name, queue=self.queue, outcome=outcome,
                 seconds=self._clock.monotonic() - started, **fields))
 
+    def _span(self, delivery: Any, headers: Mapping[str, Any]) -> Any:
+        assert self._tracer is not None
+        ident = headers.get(MESSAGE_ID_HEADER)
+        return self._tracer.start(
+            headers, self.queue, ident if isinstance(ident, str) else None, {
+                "messaging.rabbitmq.destination.routing_key": delivery.routing_key,
+                "fournines.consumer.attempt": _attempt(headers)})
+
     async def _settle(self, delivery: Any) -> None:
+        if self._tracer is None:
+            await self._settle_one(delivery)
+            return
+        # One CONSUMER span per delivery, continuing the producer's trace from the
+        # headers, current while the handler runs and until the delivery is settled.
+        span = self._span(delivery, delivery.headers or {})
+        token = self._tracer.enter(span)
+        try:
+            await self._settle_one(delivery)
+        finally:
+            self._tracer.leave(token)
+            span.end()
+
+    async def _settle_one(self, delivery: Any) -> None:
         started = self._clock.monotonic()
         headers = dict(delivery.headers or {})
         ident = headers.get(MESSAGE_ID_HEADER) or (
@@ -447,7 +516,7 @@ class Consumer:
             return
         msg = Message(id=str(ident), body=body, raw=delivery.body, headers=headers,
                       key=headers.get(KEY_HEADER), routing_key=delivery.routing_key,
-                      attempt=int(headers.get(ATTEMPTS, 0)) + 1,
+                      attempt=_attempt(headers),
                       redelivered=bool(delivery.redelivered))
 
         async def work(conn: Any) -> bool:
@@ -485,10 +554,13 @@ class Consumer:
             messages.append((delivery, Message(
                 id=ident.decode() if isinstance(ident, bytes) else str(ident), body=body,
                 raw=delivery.body, headers=headers, key=headers.get(KEY_HEADER),
-                routing_key=delivery.routing_key, attempt=int(headers.get(ATTEMPTS, 0)) + 1,
+                routing_key=delivery.routing_key, attempt=_attempt(headers),
                 redelivered=bool(delivery.redelivered))))
         if not messages:
             return
+        tracer = self._tracer
+        spans = ([self._span(delivery, msg.headers) for delivery, msg in messages]
+                 if tracer is not None else [])
 
         async def work(conn: Any) -> set[str]:
             rows = await conn.fetch(
@@ -497,25 +569,40 @@ class Consumer:
                 self.name, [msg.id for _, msg in messages])
             fresh = {row[0] for row in rows}
             applied = set()
-            for _, msg in messages:
+            for index, (_, msg) in enumerate(messages):
                 if msg.id in fresh and msg.id not in applied:  # two copies in one batch
                     applied.add(msg.id)
-                    await self.handler(msg, conn)
+                    if tracer is None:
+                        await self.handler(msg, conn)
+                        continue
+                    token = tracer.enter(spans[index])
+                    try:
+                        await self.handler(msg, conn)
+                    finally:
+                        tracer.leave(token)
             return applied
 
         try:
             applied = await self._transaction(self._pool, work)
         except Exception:
             # One message failed the whole batch (rolled back): settle each alone, so
-            # only the failing one climbs the ladder.
+            # only the failing one climbs the ladder (each in a span of its own).
+            for span in spans:
+                span.set_attribute("fournines.consumer.outcome", "batch_rolled_back")
+                span.end()
             for delivery, _ in messages:
                 await self._settle(delivery)
             return
-        for delivery, msg in messages:
+        for index, (delivery, msg) in enumerate(messages):
+            outcome: Outcome | None = None
             if await self._ack(delivery):
-                fresh = msg.id in applied
+                outcome = "acked" if msg.id in applied else "duplicate"
                 applied.discard(msg.id)
-                self._emit(started, "acked" if fresh else "duplicate")
+                self._emit(started, outcome, batched=True)
+            if tracer is not None:
+                if outcome is not None:
+                    tracer.record(spans[index], outcome)
+                spans[index].end()
 
     async def _ack(self, delivery: Any) -> bool:
         try:
@@ -529,7 +616,7 @@ class Consumer:
 
     async def _failed(self, delivery: Any, headers: dict[str, Any], started: float,
                       exc: Exception) -> None:
-        attempts = int(headers.get(ATTEMPTS, 0)) + 1
+        attempts = _attempt(headers)
         plan = plan_failure(exc, attempts=attempts, ladder=self.ladder, fatal=self._fatal,
                             retryable=self._retryable)
         if plan.reason is not None:
@@ -550,7 +637,7 @@ class Consumer:
 
     async def _dead_letter(self, delivery: Any, headers: dict[str, Any], started: float,
                            reason: str, exc: BaseException) -> None:
-        out = self._failure_headers(delivery, headers, exc, int(headers.get(ATTEMPTS, 0)) + 1)
+        out = self._failure_headers(delivery, headers, exc, _attempt(headers))
         out[REASON] = reason
         if await self._forward(delivery, dead_queue(self.queue), out):
             self._emit(started, "dead_lettered", reason=reason, error=exc)
@@ -591,6 +678,8 @@ def consumer(
     listeners: Sequence[Listener] = (),
     stop_timeout: float = 30.0,
     message_id_property: bool = False,
+    tracing: bool = False,
+    tracer_provider: Any = None,
 ) -> Callable[[Handler], Consumer]:
     """Make ``async def handle(msg, tx)`` an idempotent consumer of ``queue``.
 
@@ -628,6 +717,7 @@ def consumer(
                         dead_letter_on=dead_letter_on,
                         retry_on=retry_on, isolation=isolation, attempts=attempts,
                         listeners=listeners, stop_timeout=stop_timeout,
-                        message_id_property=message_id_property)
+                        message_id_property=message_id_property, tracing=tracing,
+                        tracer_provider=tracer_provider)
 
     return decorate

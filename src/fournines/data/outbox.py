@@ -33,6 +33,7 @@ from typing import Any
 
 from .._clock import Clock, system_clock
 from .._errors import ConfigurationError, check_number
+from ._tracing import inject_context
 
 __all__ = ["MESSAGE_ID_HEADER", "SCHEMA", "OutboxMessage", "Relay", "add", "init_schema"]
 
@@ -111,7 +112,9 @@ async def add(
     :param destination: where the relay sends it (a queue name for RabbitMQ).
     :param key: the ordering key: messages of one key are published in order.
     :param body: the payload (``str`` is sent as UTF-8).
-    :param headers: string-keyed, JSON-serialisable headers sent along.
+    :param headers: string-keyed, JSON-serialisable headers sent along. The current
+        OpenTelemetry context is added (``traceparent``/``tracestate``, unless these
+        are given), so a consumer with ``tracing=True`` continues the caller's trace.
     :param message_id: the id the consumer dedupes on (default: a new UUID).
     :raises ConfigurationError: a bad argument, or ``tx`` not in a transaction
         (the message would be sent whether the business change commits or not).
@@ -124,7 +127,7 @@ async def add(
     if not isinstance(body, bytes | bytearray | memoryview):
         raise ConfigurationError(f"outbox.add.body must be bytes or str, got {type(body).__name__}")
     try:
-        encoded = json.dumps(dict(headers or {}))
+        encoded = json.dumps(inject_context(dict(headers or {})))
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(
             f"outbox.add.headers must be a JSON-serialisable mapping, got {headers!r}") from exc
