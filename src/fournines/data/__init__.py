@@ -39,6 +39,7 @@ from ._core import (
     mysql_errno,
     sqlstate,
 )
+from ._hook import ConsumerHook
 from ._dlq import DeadLetter, list_dead_letters, purge_dead_letters, replay_dead_letters
 from ._kafka import (
     KafkaConsumer,
@@ -78,6 +79,7 @@ __all__ = [
     "SCHEMA",
     "CommitOutcomeUnknownError",
     "Consumer",
+    "ConsumerHook",
     "ConsumerMetrics",
     "DeadLetter",
     "DeadLetterNotFoundError",
