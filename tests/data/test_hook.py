@@ -18,7 +18,14 @@ import pytest
 
 from fournines import ConfigurationError
 from fournines.asgi import ServiceState
-from fournines.data import MESSAGE_ID_HEADER, ConsumerHook, Message, MessageHandled, consumer, init_schema
+from fournines.data import (
+    MESSAGE_ID_HEADER,
+    ConsumerHook,
+    Message,
+    MessageHandled,
+    consumer,
+    init_schema,
+)
 from fournines.testing import RecordingListener
 
 from ._amqp import unique

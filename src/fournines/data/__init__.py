@@ -39,8 +39,8 @@ from ._core import (
     mysql_errno,
     sqlstate,
 )
-from ._hook import ConsumerHook
 from ._dlq import DeadLetter, list_dead_letters, purge_dead_letters, replay_dead_letters
+from ._hook import ConsumerHook
 from ._kafka import (
     KafkaConsumer,
     KafkaMessage,
