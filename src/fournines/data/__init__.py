@@ -40,6 +40,7 @@ from ._core import (
     sqlstate,
 )
 from ._dlq import DeadLetter, list_dead_letters, purge_dead_letters, replay_dead_letters
+from ._hook import ConsumerHook
 from ._kafka import (
     KafkaConsumer,
     KafkaMessage,
@@ -78,6 +79,7 @@ __all__ = [
     "SCHEMA",
     "CommitOutcomeUnknownError",
     "Consumer",
+    "ConsumerHook",
     "ConsumerMetrics",
     "DeadLetter",
     "DeadLetterNotFoundError",
